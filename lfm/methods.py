@@ -1,0 +1,435 @@
+"""Every merge method of Locate-then-Merge, as pure functions on one weight's delta.
+
+The paper's framework (Eq. 1):  theta_merge = theta_base + F(Sub(delta)),  delta = theta_tuned - theta_base.
+A method is one row of `METHODS`: its Sub (which entries of delta survive) and its F (how the
+survivors are scaled back). Neuron-Fusion's Sub is a *suppressor* (one of the magnitude baselines,
+or uniform alpha-scaling) and its F is a *restore* of the located neurons.
+
+    method           Sub(delta)                                   F(x)
+    task_arithmetic  delta                                        alpha * x
+    ties             keep the int(K*n) largest |delta|            alpha * x          (one tuned model: no sign election)
+    breadcrumbs      drop the top int(gamma*n), keep next int(K*n) alpha * x
+    dare             keep each entry with probability K           alpha * x / K      (or l1-norm matching)
+    della            per row, keep prob. K-eps..K+eps by |rank|   alpha * x / p_ij   (or l1-norm matching)
+    hard             nothing (the base LLM inside the MLLM)       0
+    neuron_fusion    suppress (ties | breadcrumbs: mask at K,     restore located neurons: replace (their full
+                     task_arithmetic: alpha * delta)              delta) or rescale (x C(i)/C'(i)); then alpha
+                                                                  (not again for the task_arithmetic suppressor)
+
+All functions take float tensors and return new tensors (inputs are never modified). A weight is
+[out, in] as stored; see `lfm.neurons` for which axis is a neuron.
+"""
+
+import math
+import re
+import zlib
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+from lfm.neurons import LOCATE_MODES, locate, module_of, neuron_axis, neuron_scores
+
+
+# ----------------------------------------------------------------------------------------------
+# The recipe: every knob of a merge, validated once.
+
+SUPPRESSORS = ("ties", "breadcrumbs", "task_arithmetic")
+RESTORES = ("replace", "rescale")
+RESCALES = ("inverse", "l1")
+OTHERS = ("method", "tuned", "base")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One merge, fully described. Defaults are the paper's good settings (K=0.2, M=0.3, alpha=1)."""
+
+    method: str = "neuron_fusion"
+    density: float = 0.2  # K in (0, 1]: fraction of delta entries each tensor keeps
+    neurons: float = 0.3  # M in [0, 1]: fraction of neurons restored per module; 0 = suppress-only stage
+    suppress: str = "ties"  # neuron_fusion's Sub: ties | breadcrumbs | task_arithmetic
+    restore: str = "rescale"  # neuron_fusion's F: replace (Neu-P-*) | rescale (Neu-S-*)
+    alpha: float = 1.0  # scales the final delta (is the suppressor itself for task_arithmetic)
+    gamma: float = 0.01  # breadcrumbs: fraction of largest |delta| dropped as outliers
+    epsilon: float = 0.1  # della: keep probabilities span K-eps .. K+eps
+    rescale: str = "inverse"  # dare/della: 1/p (the papers) or l1 (match the l1 norm, as mergekit >= 0.1.0)
+    locate: str = "top"  # which neurons to restore: top C(i) (the paper), random or bottom (controls)
+    seed: int = 0  # for dare, della and locate=random; same seed => same bytes
+    others: str = "method"  # non-linear LM tensors (norms, embeddings, lm_head): method | tuned | base
+    keep_base: tuple[str, ...] = ()  # regexes on canonical names that take the base weight
+    keep_tuned: tuple[str, ...] = ()  # regexes on canonical names that take the tuned weight
+
+    def __post_init__(self):
+        object.__setattr__(self, "keep_base", tuple(self.keep_base))
+        object.__setattr__(self, "keep_tuned", tuple(self.keep_tuned))
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(METHODS)} "
+                             f"or a paper alias {sorted(ALIASES)}")
+        _check_choice("suppress", self.suppress, SUPPRESSORS)
+        _check_choice("restore", self.restore, RESTORES)
+        _check_choice("rescale", self.rescale, RESCALES)
+        _check_choice("locate", self.locate, LOCATE_MODES)
+        _check_choice("others", self.others, OTHERS)
+        if not 0.0 < self.density <= 1.0:
+            raise ValueError(f"density K must be in (0, 1], got {self.density}")
+        if not 0.0 <= self.neurons <= 1.0:
+            raise ValueError(f"neurons M must be in [0, 1] (M=0 is the suppress-only stage), got {self.neurons}")
+        if not math.isfinite(self.alpha):
+            raise ValueError(f"alpha must be a finite number, got {self.alpha}")
+        if not 0.0 <= self.gamma < 1.0:
+            raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
+        if self.method == "della" and self.density < 1.0 and not (
+                self.density - self.epsilon > 0 and self.density + self.epsilon <= 1):
+            raise ValueError(f"della needs 0 < K-epsilon and K+epsilon <= 1, got K={self.density}, "
+                             f"epsilon={self.epsilon}; lower --epsilon")
+        for pattern in self.keep_base + self.keep_tuned:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"invalid regex {pattern!r} in keep_base/keep_tuned: {e}") from e
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "Recipe":
+        """Build a recipe from a method name or a paper alias ('neu-p-ties', 'neu-s-bread', 'ta', ...)."""
+        key = name.strip().lower()
+        preset = dict(ALIASES.get(key, {"method": key.replace("-", "_")}))
+        preset.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**preset)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recipe":
+        """Strict: an unknown key is an error (a typo must not silently become a default)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown recipe keys {unknown}; valid keys: {sorted(known)}")
+        data = dict(data)
+        method = data.pop("method", "neuron_fusion")
+        return cls.from_name(method, **data)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["keep_base"], d["keep_tuned"] = list(self.keep_base), list(self.keep_tuned)
+        return d
+
+    @property
+    def label(self) -> str:
+        """A short human name: 'Neu-S-TIES K=0.2 M=0.3', 'TIES K=0.2', 'hard-merge'."""
+        if self.method == "hard":
+            return "hard-merge"
+        if self.method == "task_arithmetic":
+            return f"TaskA a={self.alpha:g}"
+        if self.method == "neuron_fusion":
+            sup = {"ties": "TIES", "breadcrumbs": "Bread", "task_arithmetic": "TaskA"}[self.suppress]
+            tag = "P" if self.restore == "replace" else "S"
+            k = f" a={self.alpha:g}" if self.suppress == "task_arithmetic" else f" K={self.density:g}"
+            return f"Neu-{tag}-{sup}{k} M={self.neurons:g}"
+        return f"{METHODS[self.method].title} K={self.density:g}"
+
+    @property
+    def is_random(self) -> bool:
+        return self.method in ("dare", "della") or (self.method == "neuron_fusion" and self.locate == "random")
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {list(choices)}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sub: which entries of delta survive. Each returns (mask [same shape, bool], keep_prob or None).
+
+def top_k_mask(abs_delta: torch.Tensor, k: int, sorted_abs: torch.Tensor | None = None) -> torch.Tensor:
+    """Exactly k True entries at the largest |delta| (ties broken by lower flat index).
+
+    Args:
+        abs_delta: |delta|, any shape.
+        k: how many to keep, clipped to [0, numel].
+        sorted_abs: optional [numel] |delta| sorted descending; makes the threshold a lookup
+            (sweeps compute it once per tensor).
+    """
+    n = abs_delta.numel()
+    flat = abs_delta.reshape(-1)
+    if k >= n:
+        return torch.ones_like(abs_delta, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(abs_delta, dtype=torch.bool)
+    if sorted_abs is not None:
+        threshold = sorted_abs[k - 1]
+    else:
+        # k-th largest = (n-k+1)-th smallest; kthvalue is O(n), a full sort is not needed
+        threshold = torch.kthvalue(flat, n - k + 1).values
+    mask = flat > threshold
+    missing = k - int(mask.sum())
+    if missing > 0:
+        tied = torch.nonzero(flat == threshold).squeeze(1)[:missing]
+        mask[tied] = True
+    return mask.view_as(abs_delta)
+
+
+def keep_all(delta, recipe, generator=None, sorted_abs=None):
+    return torch.ones_like(delta, dtype=torch.bool), None
+
+
+def keep_none(delta, recipe, generator=None, sorted_abs=None):
+    return torch.zeros_like(delta, dtype=torch.bool), None
+
+
+def keep_top_k(delta, recipe, generator=None, sorted_abs=None):
+    """TIES trim: the int(K*n) largest |delta|."""
+    return top_k_mask(delta.abs(), int(recipe.density * delta.numel()), sorted_abs), None
+
+
+def keep_band(delta, recipe, generator=None, sorted_abs=None):
+    """Breadcrumbs: drop the int(gamma*n) largest |delta| (outliers), keep the next int(K*n).
+
+    When K + gamma > 1 the outlier drop shrinks so that int(K*n) entries are still kept.
+    """
+    n = delta.numel()
+    n_keep = int(recipe.density * n)
+    n_top = min(int(recipe.gamma * n), n - n_keep)
+    magnitude = delta.abs()
+    # top-k masks are nested (same threshold rule), so the difference is exactly the band
+    band = top_k_mask(magnitude, n_top + n_keep, sorted_abs) & ~top_k_mask(magnitude, n_top, sorted_abs)
+    return band, None
+
+
+def keep_bernoulli(delta, recipe, generator=None, sorted_abs=None):
+    """DARE: keep every entry independently with probability K."""
+    p = torch.full(delta.shape, recipe.density, dtype=torch.float32)
+    mask = torch.rand(delta.shape, generator=generator) < p
+    return mask.to(delta.device), p.to(delta.device)
+
+
+def keep_by_magnitude_rank(delta, recipe, generator=None, sorted_abs=None):
+    """DELLA MagPrune: per row, keep probability grows linearly with |delta|'s rank in that row,
+    from K-eps (smallest) to K+eps (largest)."""
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
+    n_cols = rows.shape[1]
+    order = torch.sort(rows.abs(), dim=1, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(n_cols, device=rows.device).expand_as(order))
+    rank01 = ranks.float() / (n_cols - 1) if n_cols > 1 else torch.full_like(ranks, 0.5, dtype=torch.float32)
+    p = (recipe.density - recipe.epsilon) + 2 * recipe.epsilon * rank01
+    draw = torch.rand(rows.shape, generator=generator).to(rows.device)
+    mask = draw < p
+    return mask.reshape(delta.shape), p.reshape(delta.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# F: how the survivors are scaled back.
+
+def scale(delta, mask, keep_prob, recipe):
+    """alpha * Sub(delta)."""
+    return recipe.alpha * delta * mask
+
+
+def rescale_kept(delta, mask, keep_prob, recipe):
+    """alpha * Sub(delta) / p (inverse), or matched to delta's l1 norm ('l1', as mergekit)."""
+    kept = delta * mask
+    if recipe.rescale == "inverse":
+        return recipe.alpha * kept / keep_prob
+    before, after = delta.abs().sum(), kept.abs().sum()
+    if before < 1e-7 or after < 1e-7:
+        return recipe.alpha * kept
+    return recipe.alpha * kept * (before / after)
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry: a method is data.
+
+@dataclass(frozen=True)
+class Method:
+    title: str
+    sub: object  # (delta, recipe, generator, sorted_abs) -> (mask, keep_prob | None)
+    f: object  # (delta, mask, keep_prob, recipe) -> new delta
+    reference: str = ""
+    uses: tuple[str, ...] = field(default=())  # which recipe fields matter (for UIs and recipes)
+
+
+METHODS: dict[str, Method] = {
+    "task_arithmetic": Method("TaskA", keep_all, scale, "https://arxiv.org/abs/2212.04089", ("alpha",)),
+    "ties": Method("TIES", keep_top_k, scale, "https://arxiv.org/abs/2306.01708", ("density", "alpha")),
+    "breadcrumbs": Method("Breadcrumbs", keep_band, scale, "https://arxiv.org/abs/2312.06795",
+                          ("density", "gamma", "alpha")),
+    "dare": Method("DARE", keep_bernoulli, rescale_kept, "https://arxiv.org/abs/2311.03099",
+                   ("density", "rescale", "alpha", "seed")),
+    "della": Method("DELLA", keep_by_magnitude_rank, rescale_kept, "https://arxiv.org/abs/2406.11617",
+                    ("density", "epsilon", "rescale", "alpha", "seed")),
+    "hard": Method("hard-merge", keep_none, scale, "https://arxiv.org/abs/2505.16703", ()),
+    # Sub/F of neuron_fusion are the suppressor's Sub and `restore`, applied in `merge_delta`.
+    "neuron_fusion": Method("Neuron-Fusion", None, None, "https://arxiv.org/abs/2505.16703",
+                            ("density", "neurons", "suppress", "restore", "alpha", "gamma", "locate", "seed")),
+}
+
+ALIASES: dict[str, dict] = {
+    "ta": {"method": "task_arithmetic"}, "taska": {"method": "task_arithmetic"},
+    "task-arithmetic": {"method": "task_arithmetic"},
+    "bread": {"method": "breadcrumbs"}, "hard-merge": {"method": "hard"},
+    "neuron-fusion": {"method": "neuron_fusion"},
+    **{f"neu-{tag}-{short}": {"method": "neuron_fusion", "suppress": sup, "restore": restore}
+       for tag, restore in (("p", "replace"), ("s", "rescale"))
+       for short, sup in (("ties", "ties"), ("bread", "breadcrumbs"), ("breadcrumbs", "breadcrumbs"),
+                          ("taska", "task_arithmetic"), ("ta", "task_arithmetic"))},
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Neuron-Fusion: suppress, then restore the located neurons.
+
+def suppress(delta: torch.Tensor, recipe: Recipe, sorted_abs: torch.Tensor | None = None):
+    """Neuron-Suppress. Returns (suppressed [same shape], mask [bool]).
+
+    ties / breadcrumbs: delta * mask at density K (alpha is applied after restore).
+    task_arithmetic:    alpha * delta, every entry kept (uniform scaling is the suppression).
+    """
+    if recipe.suppress == "task_arithmetic":
+        return recipe.alpha * delta, torch.ones_like(delta, dtype=torch.bool)
+    mask, _ = METHODS[recipe.suppress].sub(delta, recipe, None, sorted_abs)
+    return delta * mask, mask
+
+
+def restore_replace(delta: torch.Tensor, suppressed: torch.Tensor, located: torch.Tensor, axis: int):
+    """Neuron-Replace (paper Eq. 3): located neurons get their full delta back.
+
+    delta, suppressed: [out, in]; located: [n_neurons] bool along `axis`.
+    """
+    keep = located.view(-1, 1) if axis == 0 else located.view(1, -1)
+    return torch.where(keep, delta, suppressed)
+
+
+def restore_rescale(delta: torch.Tensor, suppressed: torch.Tensor, located: torch.Tensor, axis: int):
+    """Neuron-Rescale (paper Eq. 4): a located neuron's surviving entries are scaled by C(i)/C'(i),
+    so its change score after suppression equals the original.
+
+    A located neuron with no surviving entry (C'(i) = 0) cannot be rescaled: it is restored by
+    replace instead. Returns (restored, n_replaced_fallback).
+    """
+    scores = neuron_scores(delta, axis)  # C(i)
+    scores_after = neuron_scores(suppressed, axis)  # C'(i)
+    empty = located & (scores_after == 0)
+    rescalable = located & ~empty
+    ratio = torch.ones_like(scores)
+    ratio[rescalable] = scores[rescalable] / scores_after[rescalable]
+    ratio = ratio.view(-1, 1) if axis == 0 else ratio.view(1, -1)
+    restored = suppressed * ratio
+    restored = restore_replace(delta, restored, empty, axis)
+    return restored, int(empty.sum())
+
+
+@dataclass
+class DeltaStats:
+    """What a merge did to one tensor (aggregated per module into lfm_recipe.json)."""
+
+    numel: int
+    kept: int  # entries surviving Sub / suppress
+    n_neurons: int = 0
+    n_located: int = 0
+    n_fallback_replace: int = 0  # located neurons with C'(i)=0, restored by replace
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.kept / self.numel if self.numel else 0.0
+
+
+def merge_delta(delta: torch.Tensor, recipe: Recipe, *, neuron_axis: int | None = None,
+                generator: torch.Generator | None = None, sorted_abs: torch.Tensor | None = None,
+                scores: torch.Tensor | None = None):
+    """F(Sub(delta)) for one tensor.
+
+    Args:
+        delta: [out, in] (or any shape for non-neuron tensors), float32.
+        recipe: the merge.
+        neuron_axis: 0/1 for the seven linear modules (neuron restore applies), None otherwise
+            (neuron_fusion then only suppresses).
+        generator: CPU generator for dare / della / locate=random.
+        sorted_abs: optional cached |delta| sorted descending (flat), for fast repeated thresholds.
+        scores: optional cached C(i) for this tensor.
+    Returns:
+        (new_delta [same shape as delta], DeltaStats)
+    """
+    if recipe.method != "neuron_fusion":
+        method = METHODS[recipe.method]
+        mask, keep_prob = method.sub(delta, recipe, generator, sorted_abs)
+        return method.f(delta, mask, keep_prob, recipe), DeltaStats(delta.numel(), int(mask.sum()))
+
+    suppressed, mask = suppress(delta, recipe, sorted_abs)
+    stats = DeltaStats(delta.numel(), int(mask.sum()))
+    if neuron_axis is not None and recipe.neurons > 0:
+        if scores is None:
+            scores = neuron_scores(delta, neuron_axis)
+        located = locate(scores, recipe.neurons, recipe.locate, generator)
+        stats.n_neurons, stats.n_located = scores.numel(), int(located.sum())
+        if recipe.restore == "replace":
+            suppressed = restore_replace(delta, suppressed, located, neuron_axis)
+        else:
+            suppressed, stats.n_fallback_replace = restore_rescale(delta, suppressed, located, neuron_axis)
+    elif neuron_axis is not None:
+        stats.n_neurons = delta.shape[neuron_axis]
+    if recipe.suppress == "task_arithmetic":
+        return suppressed, stats  # alpha was the suppressor
+    return recipe.alpha * suppressed, stats
+
+
+# ----------------------------------------------------------------------------------------------
+# One named tensor: policies (others, keep_base/keep_tuned, extra vocabulary rows) + the math.
+
+def tensor_generator(recipe: Recipe, name: str) -> torch.Generator:
+    """A CPU generator seeded from (seed, tensor name): the draw for a tensor does not depend on
+    the order tensors are visited or on the device (crc32, not Python's salted hash)."""
+    return torch.Generator().manual_seed(recipe.seed * 1_000_003 + zlib.crc32(name.encode()))
+
+
+def source_of(name: str, recipe: Recipe) -> str:
+    """Where tensor `name` comes from: 'tuned', 'base' or 'method' (merged)."""
+    if any(re.search(p, name) for p in recipe.keep_tuned):
+        return "tuned"
+    if any(re.search(p, name) for p in recipe.keep_base):
+        return "base"
+    if recipe.method == "hard":
+        return "base"
+    if module_of(name) is None and recipe.others != "method":
+        return recipe.others
+    return "method"
+
+
+def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, name: str,
+                 sorted_abs: torch.Tensor | None = None, scores: torch.Tensor | None = None):
+    """theta_base + F(Sub(theta_tuned - theta_base)) for one named LM tensor.
+
+    base: [n_base, ...]; tuned: [n_tuned, ...] with n_tuned >= n_base only for vocabulary
+    tensors (embed_tokens, lm_head): the shared rows are merged and the extra rows (e.g. an added
+    `<image>` token) are kept from the tuned model. Math runs in float32 on the tensors' device;
+    the result has the tuned tensor's dtype.
+
+    Returns (merged, DeltaStats, source) where source is 'method', 'tuned' or 'base'.
+    Raises ValueError naming the tensor on shape mismatch or a non-finite delta.
+    """
+    extra_rows = None
+    if base.shape != tuned.shape:
+        vocab_like = base.dim() == tuned.dim() >= 1 and base.shape[1:] == tuned.shape[1:] \
+            and tuned.shape[0] > base.shape[0] and ("embed" in name or "lm_head" in name)
+        if not vocab_like:
+            raise ValueError(f"shape mismatch for tensor {name!r}: base {tuple(base.shape)} vs tuned "
+                             f"{tuple(tuned.shape)}; the tuned model must be fine-tuned from this base")
+        extra_rows = tuned[base.shape[0]:]
+        tuned = tuned[: base.shape[0]]
+
+    source = source_of(name, recipe)
+    if source == "tuned":
+        merged, stats = tuned.float(), DeltaStats(tuned.numel(), tuned.numel())
+    elif source == "base":
+        merged, stats = base.float(), DeltaStats(base.numel(), 0)
+    else:
+        delta = tuned.float() - base.float()
+        if not torch.isfinite(delta).all():
+            bad = "NaN" if torch.isnan(delta).any() else "Inf"
+            raise ValueError(f"{bad} in the delta of tensor {name!r}: one of the checkpoints holds "
+                             f"non-finite weights; fix or re-download it")
+        generator = tensor_generator(recipe, name) if recipe.is_random else None
+        new_delta, stats = merge_delta(delta, recipe, neuron_axis=neuron_axis(name), generator=generator,
+                                       sorted_abs=sorted_abs, scores=scores)
+        merged = base.float() + new_delta
+    merged = merged.to(tuned.dtype)
+    if extra_rows is not None:
+        merged = torch.cat([merged, extra_rows.to(merged.device)], dim=0)
+    return merged, stats, source

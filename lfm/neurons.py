@@ -1,0 +1,120 @@
+"""Neurons of a transformer's linear modules, their change scores C(i), and the Locate step.
+
+Which axis is a neuron, for a weight stored as [out_features, in_features] (as PyTorch and
+safetensors store it):
+
+    q_proj, k_proj, v_proj, gate_proj, up_proj   neuron i = row i     (axis 0)
+    o_proj, down_proj                            neuron i = column i  (axis 1)
+
+An FFN neuron i is row i of gate/up and column i of down (the paper's subkey / subvalue); an
+attention neuron i is row i of q/k/v and column i of o. With grouped-query attention k_proj and
+v_proj have fewer rows than q_proj (n_kv_heads * head_dim): lfm scores and locates them *within
+their own matrix* (each k/v row is one neuron, top-M% is taken over that matrix's rows), so a
+module's neurons are always the rows/columns of that one tensor. Nothing is summed across modules.
+
+Change score (paper Eq. 2):  C(i) = sum_j |delta[i, j]|  along the non-neuron axis.
+Everything here is a pure function on tensors.
+"""
+
+import re
+
+import torch
+
+ROW_MODULES = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+COLUMN_MODULES = ("o_proj", "down_proj")
+LINEAR_MODULES = ROW_MODULES + COLUMN_MODULES
+LOCATE_MODES = ("top", "random", "bottom")
+
+_LAYER = re.compile(r"layers\.(\d+)\.")
+
+
+def module_of(name: str) -> str | None:
+    """The linear module type of a weight name ('up_proj'), or None for norms, embeddings, heads."""
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in LINEAR_MODULES:
+        return parts[-2]
+    return None
+
+
+def layer_of(name: str) -> int | None:
+    """The decoder layer index in a weight name, or None."""
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else None
+
+
+def neuron_axis(name: str) -> int | None:
+    """0 (rows) for q/k/v/gate/up, 1 (columns) for o/down, None for every other tensor."""
+    module = module_of(name)
+    if module is None:
+        return None
+    return 0 if module in ROW_MODULES else 1
+
+
+def neuron_scores(delta: torch.Tensor, axis: int) -> torch.Tensor:
+    """C(i) = sum_j |delta_ij|.
+
+    Args:
+        delta: [out, in] weight change.
+        axis: the neuron axis (0: rows are neurons, 1: columns are neurons).
+    Returns:
+        scores: [n_neurons] float32.
+    """
+    if delta.dim() != 2:
+        raise ValueError(f"neuron scores need a 2-D weight, got shape {tuple(delta.shape)}")
+    return delta.float().abs().sum(dim=1 - axis)
+
+
+def locate(scores: torch.Tensor, fraction: float, how: str = "top",
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Select int(fraction * n_neurons) neurons.
+
+    Args:
+        scores: [n_neurons] change scores.
+        fraction: M in [0, 1].
+        how: 'top' (largest C(i), the paper's Locate), 'bottom' (smallest) or 'random'
+            (uniform, a control for whether locating by change matters).
+        generator: CPU generator for 'random'.
+    Returns:
+        located: [n_neurons] bool. Ties in 'top'/'bottom' are broken by lower index.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"neuron fraction M must be in [0, 1], got {fraction}")
+    if how not in LOCATE_MODES:
+        raise ValueError(f"locate must be one of {LOCATE_MODES}, got {how!r}")
+    n = scores.numel()
+    k = int(fraction * n)
+    located = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    if k == 0:
+        return located
+    if how == "random":
+        order = torch.randperm(n, generator=generator).to(scores.device)
+    else:
+        # stable sort keeps ties in index order, so the choice is deterministic
+        order = torch.sort(scores.float(), descending=(how == "top"), stable=True).indices
+    located[order[:k]] = True
+    return located
+
+
+def tail_stats(scores: torch.Tensor) -> dict[str, float]:
+    """How heavy-tailed a module's change scores are.
+
+    Returns mean, max, median, max_over_median, and top1_share / top10_share: the share of the
+    total change sum_i C(i) held by the top 1% / 10% of neurons (at least one neuron each).
+    """
+    s = scores.float().flatten()
+    total = float(s.sum())
+    ordered = torch.sort(s, descending=True).values
+    n = s.numel()
+
+    def share(frac: float) -> float:
+        return float(ordered[: max(1, int(frac * n))].sum()) / total if total > 0 else 0.0
+
+    median = float(s.quantile(0.5))  # the midpoint average, as numpy.median
+    return {
+        "mean": float(s.mean()),
+        "max": float(ordered[0]),
+        "median": median,
+        "max_over_median": float(ordered[0]) / median if median > 0 else float("inf"),
+        "top1_share": share(0.01),
+        "top10_share": share(0.10),
+    }
