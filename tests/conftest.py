@@ -1,0 +1,20 @@
+"""Session-scoped tiny checkpoints (see tests/fixtures.py): built once per test session, lazily."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fixtures import TinyZoo  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory) -> TinyZoo:
+    """All tiny checkpoints (bases, tuned LLaVA/LLaVA-Next/LLM, sharded, bf16, broken), built on first use."""
+    return TinyZoo(tmp_path_factory.mktemp("zoo"))
