@@ -1,0 +1,358 @@
+"""Read and write Hugging Face model directories, one tensor at a time.
+
+Reading: `Checkpoint(path)` opens `model.safetensors`, or `model.safetensors.index.json` + its
+shards, lazily (memory-mapped; a tensor is read when asked for). Pickle `.bin` weights are refused
+unless `allow_pickle=True`, and then loaded with `torch.load(weights_only=True)`.
+
+Writing: `StreamingShardWriter` writes safetensors shards whose headers are computed up front from
+the planned (name, dtype, shape) list, so each tensor's bytes go to disk as soon as it is merged:
+peak memory is one tensor, not one shard. `atomic_output_dir` builds the output in a temporary
+sibling directory and renames it into place only when everything succeeded.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+WEIGHT_INDEXES = (SAFE_INDEX, BIN_INDEX)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_ST_DTYPE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+             torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+class CheckpointError(ValueError):
+    """A model directory cannot be read as asked; the message names the file and the fix."""
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' / '500MB' / 1000 -> bytes."""
+    if isinstance(text, int):
+        return text
+    units = {"GB": 10**9, "MB": 10**6, "KB": 10**3, "B": 1}
+    for unit, factor in units.items():
+        if text.upper().endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+class Checkpoint:
+    """A Hugging Face model directory, opened lazily.
+
+    Example:
+        >>> ckpt = Checkpoint("data/organism/base")          # doctest: +SKIP
+        >>> ckpt.config["model_type"], len(ckpt.keys())      # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike, *, allow_pickle: bool = False):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise CheckpointError(f"{self.path}: not a directory; pass a Hugging Face model directory "
+                                  f"(config.json + *.safetensors)")
+        config_file = self.path / "config.json"
+        if not config_file.is_file():
+            raise CheckpointError(f"{config_file}: missing; a Hugging Face model directory needs config.json")
+        try:
+            self.config = json.loads(config_file.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{config_file}: not valid JSON ({e})") from e
+        self.allow_pickle = allow_pickle
+        self._key_file: dict[str, Path] = {}
+        self._handles: dict[Path, object] = {}
+        self._pickled: dict[Path, dict] = {}
+        self._find_weights()
+
+    # -- discovery -------------------------------------------------------------------------
+
+    def _find_weights(self) -> None:
+        p = self.path
+        if (p / SAFE_INDEX).is_file():
+            self._read_index(p / SAFE_INDEX)
+        elif (p / SAFE_SINGLE).is_file():
+            self._add_safetensors(p / SAFE_SINGLE)
+        elif (p / BIN_INDEX).is_file() or (p / BIN_SINGLE).is_file():
+            if not self.allow_pickle:
+                raise CheckpointError(f"{p}: holds pickle .bin weights, which can run arbitrary code when "
+                                      f"loaded; convert them to safetensors, or pass --allow-pickle "
+                                      f"(loaded with torch.load(weights_only=True))")
+            if (p / BIN_INDEX).is_file():
+                self._read_index(p / BIN_INDEX)
+            else:
+                self._add_pickle(p / BIN_SINGLE)
+        else:
+            shards = sorted(p.glob("*.safetensors"))
+            if shards:
+                raise CheckpointError(f"{p}: has shards ({shards[0].name}, ...) but no {SAFE_INDEX}; "
+                                      f"restore the index file that came with the checkpoint")
+            raise CheckpointError(f"{p}: no weights found (expected {SAFE_SINGLE} or {SAFE_INDEX})")
+
+    def _read_index(self, index_file: Path) -> None:
+        try:
+            weight_map = json.loads(index_file.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index_file}: not a valid index (needs a 'weight_map'): {e}") from e
+        for shard in sorted(set(weight_map.values())):
+            shard_path = self.path / shard
+            if not shard_path.is_file():
+                raise CheckpointError(f"{shard_path}: listed in {index_file.name} but missing")
+            if shard.endswith(".safetensors"):
+                self._add_safetensors(shard_path)
+            else:
+                self._add_pickle(shard_path)
+        missing = sorted(k for k in weight_map if k not in self._key_file)
+        if missing:
+            raise CheckpointError(f"{index_file}: tensor {missing[0]!r} is listed but absent from "
+                                  f"{weight_map[missing[0]]}")
+
+    def _add_safetensors(self, file: Path) -> None:
+        try:
+            handle = safe_open(str(file), framework="pt", device="cpu")
+            keys = list(handle.keys())
+        except (SafetensorError, OSError, Exception) as e:  # safetensors raises several types
+            raise CheckpointError(f"{file}: cannot be read as safetensors ({e}); the file is corrupt "
+                                  f"or truncated, re-download it") from e
+        _check_size(file)
+        self._handles[file] = handle
+        for key in keys:
+            self._key_file[key] = file
+
+    def _add_pickle(self, file: Path) -> None:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:
+            raise CheckpointError(f"{file}: cannot be loaded with torch.load(weights_only=True): {e}") from e
+        self._pickled[file] = state
+        for key in state:
+            self._key_file[key] = file
+
+    # -- access ----------------------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        return list(self._key_file)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._key_file
+
+    def file_of(self, key: str) -> Path:
+        return self._key_file[key]
+
+    def get(self, key: str, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Read one tensor (a copy in memory, on `device`)."""
+        file = self._key_file[key]
+        if file in self._pickled:
+            tensor = self._pickled[file][key]
+        else:
+            try:
+                tensor = self._handles[file].get_tensor(key)
+            except Exception as e:
+                raise CheckpointError(f"{file}: tensor {key!r} cannot be read ({e}); the file is corrupt") from e
+        return tensor.to(device)
+
+    def meta(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
+        """(shape, dtype) of a tensor without reading its data."""
+        file = self._key_file[key]
+        if file in self._pickled:
+            t = self._pickled[file][key]
+            return tuple(t.shape), t.dtype
+        sl = self._handles[file].get_slice(key)
+        return tuple(sl.get_shape()), _dtype_from_st(sl.get_dtype())
+
+    def fingerprint(self) -> str:
+        """sha256 over config.json and every weight file's name, size and header.
+
+        Cheap even for multi-GB checkpoints; it changes when any tensor's name, dtype, shape or
+        file layout changes (not when bytes inside a tensor are edited in place).
+        """
+        h = hashlib.sha256((self.path / "config.json").read_bytes())
+        for file in sorted(set(self._key_file.values())):
+            h.update(file.name.encode())
+            h.update(str(file.stat().st_size).encode())
+            with open(file, "rb") as f:
+                head = f.read(8)
+                if file.suffix == ".safetensors" and len(head) == 8:
+                    h.update(f.read(struct.unpack("<Q", head)[0]))
+        return h.hexdigest()
+
+    def weight_files(self) -> list[Path]:
+        return sorted(set(self._key_file.values()))
+
+
+def _dtype_from_st(name: str) -> torch.dtype:
+    for dtype, st in _ST_DTYPE.items():
+        if st == name:
+            return dtype
+    raise CheckpointError(f"unsupported safetensors dtype {name}")
+
+
+def _check_size(file: Path) -> None:
+    """A truncated file may still have a readable header: compare the data size it promises."""
+    with open(file, "rb") as f:
+        header_len = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(header_len))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > file.stat().st_size:
+        raise CheckpointError(f"{file}: truncated ({file.stat().st_size} bytes, header promises "
+                              f"{8 + header_len + end}); re-download it")
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    key: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+def plan_shards(tensors: list[PlannedTensor], max_shard_bytes: int) -> list[list[PlannedTensor]]:
+    """Group tensors, in order, into shards of at most max_shard_bytes (a bigger tensor gets its own)."""
+    shards, current, size = [], [], 0
+    for t in tensors:
+        if current and size + t.nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(t)
+        size += t.nbytes
+    if current:
+        shards.append(current)
+    return shards
+
+
+class StreamingShardWriter:
+    """Writes planned safetensors shards tensor by tensor, in plan order.
+
+    The header of each shard is written first (offsets follow the plan), then `write(key, tensor)`
+    appends each tensor's bytes. Files are named model-0000i-of-0000N.safetensors (or
+    model.safetensors for one shard) with an index, as `save_pretrained` does.
+    """
+
+    def __init__(self, out_dir: Path, tensors: list[PlannedTensor], max_shard_bytes: int,
+                 metadata: dict[str, str] | None = None):
+        self.out_dir = Path(out_dir)
+        self.shards = plan_shards(tensors, max_shard_bytes)
+        n = len(self.shards)
+        self.names = [SAFE_SINGLE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.metadata = {"format": "pt", **(metadata or {})}
+        self._order = [(i, t) for i, shard in enumerate(self.shards) for t in shard]
+        self._next = 0
+        self._file = None
+        self._shard = -1
+
+    def _open_shard(self, i: int) -> None:
+        if self._file:
+            self._file.close()
+        header, offset = {"__metadata__": self.metadata}, 0
+        for t in self.shards[i]:
+            header[t.key] = {"dtype": _ST_DTYPE[t.dtype], "shape": list(t.shape),
+                             "data_offsets": [offset, offset + t.nbytes]}
+            offset += t.nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # the format aligns the data start to 8 bytes
+        self._file = open(self.out_dir / self.names[i], "wb")
+        self._file.write(struct.pack("<Q", len(blob)))
+        self._file.write(blob)
+        self._shard = i
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        shard, planned = self._order[self._next]
+        if key != planned.key or tensor.dtype != planned.dtype or tuple(tensor.shape) != planned.shape:
+            raise RuntimeError(f"writer expected {planned} next, got {key} {tensor.dtype} {tuple(tensor.shape)}")
+        if shard != self._shard:
+            self._open_shard(shard)
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        self._file.write(memoryview(data.numpy()))
+        self._next += 1
+
+    def close(self) -> None:
+        if self._next != len(self._order):
+            raise RuntimeError(f"writer closed after {self._next} of {len(self._order)} tensors")
+        if self._file:
+            self._file.close()
+        if len(self.shards) > 1:
+            index = {"metadata": {"total_size": sum(t.nbytes for _, t in self._order)},
+                     "weight_map": {t.key: self.names[i] for i, t in self._order}}
+            (self.out_dir / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def copy_non_weight_files(src: Path, dst: Path) -> list[str]:
+    """Copy config, tokenizer, processor and chat-template files (every top-level non-weight file)."""
+    copied = []
+    for item in sorted(Path(src).iterdir()):
+        if item.is_file() and not item.name.endswith(WEIGHT_SUFFIXES) and item.name not in WEIGHT_INDEXES:
+            shutil.copy2(item, dst / item.name)
+            copied.append(item.name)
+    return copied
+
+
+def check_output_path(out: Path, inputs: list[Path], force: bool) -> None:
+    """Refuse an output that is an input, lies inside one, or contains one; or is non-empty without force."""
+    out = Path(out).resolve()
+    for inp in inputs:
+        inp = Path(inp).resolve()
+        if out == inp or inp in out.parents:
+            raise ValueError(f"--out {out} is (inside) the input {inp}; lfm never writes into its inputs, "
+                             f"choose another directory")
+        if out in inp.parents:
+            raise ValueError(f"--out {out} contains the input {inp}; overwriting it would delete the input")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise FileExistsError(f"--out {out} exists and is not empty; pass --force to replace it")
+
+
+@contextmanager
+def atomic_output_dir(out: Path, force: bool = False):
+    """Yield a temporary sibling directory; on success it replaces `out`, on error it is deleted."""
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.lfm-tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty directory the user made for us
+    if out.exists():
+        if not force:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(f"{out} appeared while merging; pass --force to replace it")
+        old = out.parent / f".{out.name}.lfm-old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)

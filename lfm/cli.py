@@ -1,0 +1,150 @@
+"""The `lfm` command: score neurons, merge, and (from sibling packages) the organism, evaluation and
+the explorer's precompute step.
+
+    lfm score --base B --tuned T --out scores.safetensors
+    lfm merge --base B --tuned T --out O --method neu-s-ties --density 0.2 --neurons 0.3
+    lfm merge --config recipe.yaml [--out O]
+"""
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from lfm.methods import ALIASES, METHODS, RESCALES, RESTORES, SUPPRESSORS, Recipe
+from lfm.neurons import LOCATE_MODES
+
+# Subcommand groups living in other packages; each module has register(subparsers).
+PLUGINS = ("lfm.organism.cli", "lfm.evaluate.cli", "lfm.explorer.cli")
+RECIPE_FLAGS = ("density", "neurons", "suppress", "restore", "alpha", "gamma", "epsilon", "rescale",
+                "locate", "seed", "others", "keep_base", "keep_tuned")
+RUN_KEYS = ("base", "tuned", "out", "device", "dtype")
+
+
+def add_pair_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--base", required=required, help="base LLM directory (Hugging Face, safetensors)")
+    p.add_argument("--tuned", required=required, help="tuned MLLM (or LLM) directory")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: cuda when available, else cpu)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pickle .bin weights (loaded with torch.load(weights_only=True))")
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", help=f"one of {sorted(METHODS)} or a paper alias ({', '.join(sorted(ALIASES))})",
+                   metavar="METHOD")
+    p.add_argument("--density", "-K", type=float, help="K in (0,1]: fraction of delta entries kept (default 0.2)")
+    p.add_argument("--neurons", "-M", type=float, help="M in [0,1]: fraction of neurons restored (default 0.3)")
+    p.add_argument("--suppress", choices=SUPPRESSORS, help="Neuron-Fusion suppressor (default ties)")
+    p.add_argument("--restore", choices=RESTORES, help="replace (Neu-P) or rescale (Neu-S, default)")
+    p.add_argument("--alpha", type=float, help="scale of the final delta (default 1)")
+    p.add_argument("--gamma", type=float, help="breadcrumbs outlier fraction (default 0.01)")
+    p.add_argument("--epsilon", type=float, help="della probability spread (default 0.1)")
+    p.add_argument("--rescale", choices=RESCALES, help="dare/della rescale: inverse (1/p) or l1")
+    p.add_argument("--locate", choices=LOCATE_MODES, help="restore top (default), random or bottom M%% neurons")
+    p.add_argument("--seed", type=int, help="seed for dare, della, locate=random")
+    p.add_argument("--others", choices=("method", "tuned", "base"),
+                   help="norms, embeddings, lm_head: through the method (default), or from tuned/base")
+    p.add_argument("--keep-base", action="append", dest="keep_base", metavar="REGEX",
+                   help="tensors whose canonical name matches take the base weight (repeatable)")
+    p.add_argument("--keep-tuned", action="append", dest="keep_tuned", metavar="REGEX",
+                   help="tensors whose canonical name matches take the tuned weight (repeatable)")
+
+
+def recipe_from_args(args: argparse.Namespace) -> tuple[Recipe, dict]:
+    """Merge `--config` YAML (if any) with flags (flags win). Returns (recipe, run settings)."""
+    config = {}
+    if getattr(args, "config", None):
+        try:
+            config = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"--config {args.config}: cannot be read as YAML ({e})") from e
+        if not isinstance(config, dict):
+            raise ValueError(f"--config {args.config}: expected a mapping of recipe keys")
+    run = {k: config.pop(k) for k in RUN_KEYS if k in config}
+    config.pop("label", None)  # exported by the explorer for humans; derived from the rest
+    for key in RUN_KEYS:
+        value = getattr(args, key, None)
+        if value is not None:
+            run[key] = value
+    fields = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}
+    method = args.method or config.pop("method", "neuron_fusion")
+    config.pop("method", None)
+    recipe = Recipe.from_dict({**config, **fields, "method": method})
+    return recipe, run
+
+
+def cmd_merge(args) -> int:
+    from lfm.merge import merge
+
+    recipe, run = recipe_from_args(args)
+    for key in ("base", "tuned", "out"):
+        if not run.get(key):
+            raise ValueError(f"--{key} is required (as a flag or a key in --config)")
+    merge(run["base"], run["tuned"], run["out"], recipe, device=run.get("device", "auto"),
+          dtype=run.get("dtype"), force=args.force, allow_pickle=args.allow_pickle,
+          max_shard_size=args.shard_size, progress=not args.quiet)
+    return 0
+
+
+def cmd_score(args) -> int:
+    from lfm.pair import open_pair
+    from lfm.score import format_summary, neuron_scores, save_scores, summary_rows
+
+    pair = open_pair(args.base, args.tuned, allow_pickle=args.allow_pickle)
+    scores = neuron_scores(pair, device=args.device or "auto", progress=not args.quiet)
+    rows = summary_rows(scores)
+    save_scores(scores, args.out, {"base": str(args.base), "tuned": str(args.tuned)})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(format_summary(rows))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lfm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="neuron change scores C(i) per module + a summary table")
+    add_pair_args(p)
+    p.add_argument("--out", required=True, help="output .safetensors with one C vector per weight")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("merge", help="merge a tuned model back toward its base")
+    add_pair_args(p, required=False)
+    add_recipe_args(p)
+    p.add_argument("--out", help="output directory (built in a temp dir, then renamed)")
+    p.add_argument("--config", help="recipe YAML (keys: base, tuned, out, method, density, neurons, ...)")
+    p.add_argument("--dtype", help="output dtype: bfloat16, float16, float32 (default: as tuned)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--shard-size", default="5GB", help="max output shard size (default 5GB)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_merge)
+
+    for module in PLUGINS:
+        package = module.rsplit(".", 1)[0]
+        if importlib.util.find_spec(package) is not None and importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        print(f"lfm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Stream a (base, tuned) pair through a merge method into a new model directory.
+
+    open_pair -> for each LM tensor: merge_tensor (lfm.methods) -> StreamingShardWriter
+              -> vision tower / projector / anything not in the LM: copied from tuned
+              -> config, tokenizer, processor files copied -> lfm_recipe.json -> atomic rename
+
+Only two tensors (plus the merged result) are in memory at any time. The output directory is
+built in a temporary sibling and renamed into place at the end, so an error leaves nothing behind.
+"""
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lfm import __version__
+from lfm.checkpoint import (PlannedTensor, StreamingShardWriter, atomic_output_dir, check_output_path,
+                            copy_non_weight_files, parse_dtype, parse_size)
+from lfm.methods import Recipe, merge_tensor
+from lfm.neurons import layer_of, module_of
+from lfm.pair import Pair, open_pair
+
+RECIPE_FILE = "lfm_recipe.json"
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """'auto'/None -> cuda when available, else cpu. An unavailable cuda is an error, not a fallback."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def make_recipe(recipe: Recipe | dict | str | None = None, **fields) -> Recipe:
+    """A Recipe from a Recipe, a dict (strict keys), a method name/alias, or keyword fields."""
+    if isinstance(recipe, Recipe):
+        if fields:
+            return Recipe.from_dict({**recipe.to_dict(), **fields})
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_dict({**recipe, **fields})
+    method = recipe or fields.pop("method", "neuron_fusion")
+    return Recipe.from_name(method, **fields)
+
+
+def iter_merged(pair: Pair, recipe: Recipe, *, device="cpu", dtype: torch.dtype | None = None,
+                progress: bool = True, desc: str = "merging"):
+    """Yield (tuned_key, merged_tensor_on_cpu, info) for every tensor of the tuned checkpoint, in
+    the tuned checkpoint's order. info = {'name', 'source', 'stats'} (stats None for passthrough)."""
+    device = resolve_device(device) if isinstance(device, str) or device is None else device
+    by_key = {e.tuned_key: e for e in pair.entries}
+    keys = pair.tuned.keys()
+    for key in tqdm(keys, desc=desc, unit="tensor", disable=not progress):
+        entry = by_key.get(key)
+        if entry is None:
+            tensor = pair.tuned.get(key)
+            yield key, _cast(tensor, dtype), {"name": key, "source": "passthrough", "stats": None}
+            continue
+        base_t = pair.base.get(entry.base_key, device)
+        tuned_t = pair.tuned.get(key, device)
+        merged, stats, source = merge_tensor(base_t, tuned_t, recipe, name=entry.name)
+        del base_t, tuned_t
+        yield key, _cast(merged, dtype).to("cpu"), {"name": entry.name, "source": source, "stats": stats}
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    if dtype is None or not tensor.is_floating_point():
+        return tensor
+    return tensor.to(dtype)
+
+
+def merged_state_dict(base, tuned, recipe: Recipe | dict | str | None = None, *, device="cpu",
+                      dtype=None, progress: bool = False, allow_pickle: bool = False, **fields) -> dict:
+    """The merge, in memory, keyed like the tuned checkpoint (for small models: the organism, sweeps).
+
+    Example:
+        >>> sd = merged_state_dict("data/organism/base", "data/organism/tuned", "neu-s-ties")  # doctest: +SKIP
+        >>> model.load_state_dict(sd)                                                          # doctest: +SKIP
+    """
+    pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
+    recipe = make_recipe(recipe, **fields)
+    return {key: t for key, t, _ in iter_merged(pair, recipe, device=device, dtype=parse_dtype(dtype)
+                                                 if isinstance(dtype, str) else dtype, progress=progress)}
+
+
+def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device: str | None = "cpu",
+          dtype: str | torch.dtype | None = None, force: bool = False, allow_pickle: bool = False,
+          max_shard_size: str | int = "5GB", progress: bool = True, log=print, **fields) -> dict:
+    """Merge `tuned` back toward `base` and write a model directory loadable with the tuned class.
+
+    Args:
+        base, tuned: Hugging Face model directories (base causal LM; tuned MLLM or causal LM).
+        out: output directory; must not be (inside) an input; non-empty needs force=True.
+        recipe: a Recipe, a dict, or a method name / paper alias; `**fields` override recipe fields
+            (density=0.2, neurons=0.3, suppress='ties', restore='rescale', alpha=1.0, ...).
+        device: 'cpu', 'cuda', 'cuda:1' or 'auto'. dtype: output dtype (default: the tuned dtype).
+    Returns:
+        the report written to out/lfm_recipe.json.
+    Example:
+        >>> merge("data/organism/base", "data/organism/tuned", "/tmp/merged", "neu-s-ties",
+        ...       density=0.2, neurons=0.3)                                         # doctest: +SKIP
+    """
+    recipe = make_recipe(recipe, **fields)
+    out = Path(out)
+    dev = resolve_device(device)
+    out_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
+    check_output_path(out, [Path(base), Path(tuned)], force)
+    pair = open_pair(base, tuned, allow_pickle=allow_pickle)
+    log(pair.describe())
+
+    plan = []
+    for key in pair.tuned.keys():
+        shape, src_dtype = pair.tuned.meta(key)
+        plan.append(PlannedTensor(key, out_dtype if (out_dtype and src_dtype.is_floating_point) else src_dtype, shape))
+
+    started = time.perf_counter()
+    per_tensor = {}
+    with atomic_output_dir(out, force=force) as tmp:
+        writer = StreamingShardWriter(tmp, plan, parse_size(max_shard_size))
+        for key, tensor, info in iter_merged(pair, recipe, device=dev, dtype=out_dtype, progress=progress):
+            writer.write(key, tensor)
+            if info["stats"] is not None:
+                s = info["stats"]
+                per_tensor[info["name"]] = {"source": info["source"], "numel": s.numel, "kept": s.kept,
+                                            "n_neurons": s.n_neurons, "n_located": s.n_located,
+                                            "n_fallback_replace": s.n_fallback_replace}
+        writer.close()
+        copy_non_weight_files(pair.tuned.path, tmp)
+        if out_dtype is not None:
+            _set_config_dtype(tmp / "config.json", out_dtype)
+        report = build_report(pair, recipe, per_tensor, dev, out_dtype, time.perf_counter() - started)
+        (tmp / RECIPE_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    log(f"wrote {out} ({len(writer.names)} shard(s), {report['seconds']:.1f}s)")
+    return report
+
+
+def _set_config_dtype(config_file: Path, dtype: torch.dtype) -> None:
+    config = json.loads(config_file.read_text())
+    name = str(dtype).removeprefix("torch.")
+    for cfg in (config, config.get("text_config", {})):
+        for key in ("dtype", "torch_dtype"):
+            if key in cfg:
+                cfg[key] = name
+    config["dtype"] = name
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def summarize_modules(per_tensor: dict) -> dict:
+    """Aggregate per-tensor stats by module type (q_proj, ..., 'embed_tokens', 'norm', 'lm_head')."""
+    groups = defaultdict(lambda: {"n_tensors": 0, "numel": 0, "kept": 0, "n_neurons": 0, "n_located": 0,
+                                  "n_fallback_replace": 0})
+    for name, s in per_tensor.items():
+        module = module_of(name) or name.split(".")[-2]
+        g = groups[module]
+        g["n_tensors"] += 1
+        for k in ("numel", "kept", "n_neurons", "n_located", "n_fallback_replace"):
+            g[k] += s[k]
+    return {m: {**g, "kept_fraction": g["kept"] / g["numel"] if g["numel"] else 0.0} for m, g in sorted(groups.items())}
+
+
+def build_report(pair: Pair, recipe: Recipe, per_tensor: dict, device, dtype, seconds: float) -> dict:
+    return {
+        "lfm_version": __version__,
+        "method": recipe.method,
+        "label": recipe.label,
+        "recipe": recipe.to_dict(),
+        "inputs": {"base": {"path": str(pair.base.path.resolve()), "fingerprint": pair.base.fingerprint()},
+                   "tuned": {"path": str(pair.tuned.path.resolve()), "fingerprint": pair.tuned.fingerprint()}},
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch.") if dtype else "as tuned",
+        "seconds": round(seconds, 3),
+        "extra_vocab_rows": pair.extra_vocab,
+        "passthrough_tensors": len(pair.passthrough),
+        "modules": summarize_modules(per_tensor),
+        "tensors": {name: {**s, "layer": layer_of(name)} for name, s in per_tensor.items()},
+    }

@@ -1,0 +1,166 @@
+"""Align a base LLM with the language model inside a tuned MLLM (or a tuned LLM of its family).
+
+Every tensor is named by its *canonical* name, the base causal LM's key ('model.layers.3.mlp.up_proj.weight',
+'lm_head.weight'). Tuned keys map to canonical names by these rules:
+
+    language_model.model.X     -> model.X        LLaVA / LLaVA-Next as `save_pretrained` writes them
+    language_model.lm_head.X   -> lm_head.X
+    model.language_model.X     -> model.X        the other layout in the wild (+ a top-level lm_head)
+    lm_head.X                  -> lm_head.X
+    anything else in an MLLM   -> passthrough    vision tower, projector, image_newline: copied from tuned
+    a tuned causal LM          -> identity       LLM-to-LLM merges
+
+Everything is checked from the configs and safetensors headers before any tensor is read: the
+architecture (model type, hidden size, layers, heads, FFN size), the key sets in both directions,
+each shape, and the vocabulary (the tuned one may be larger: the extra rows stay tuned).
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lfm.checkpoint import Checkpoint, CheckpointError
+
+ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
+               "num_key_value_heads")
+LM_PREFIXES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
+               ("model.language_model.", "model."), ("lm_head.", "lm_head."))
+
+
+class PairError(ValueError):
+    """The base and tuned checkpoints do not form a mergeable pair; the message says why."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One LM tensor present in both models."""
+
+    name: str  # canonical (base-style) name
+    base_key: str
+    tuned_key: str
+
+
+def is_multimodal(config: dict) -> bool:
+    return "text_config" in config or any("ConditionalGeneration" in a for a in config.get("architectures") or [])
+
+
+def text_config(config: dict) -> dict:
+    """The language model's config inside an MLLM config (or the config itself)."""
+    return config.get("text_config", config)
+
+
+def canonical_name(key: str, multimodal: bool) -> str | None:
+    """Canonical LM name of a tuned key, or None if the key is not part of the language model."""
+    if not multimodal:
+        return key
+    for prefix, replacement in LM_PREFIXES:
+        if key.startswith(prefix):
+            return replacement + key[len(prefix):]
+    return None
+
+
+@dataclass
+class Pair:
+    base: Checkpoint
+    tuned: Checkpoint
+    entries: list[Entry]
+    passthrough: list[str]  # tuned keys copied unchanged (vision tower, projector, ...)
+    extra_vocab: dict[str, int] = field(default_factory=dict)  # canonical name -> extra tuned rows
+
+    @property
+    def multimodal(self) -> bool:
+        return is_multimodal(self.tuned.config)
+
+    def iter_lm(self, device: str | torch.device = "cpu"):
+        """Yield (entry, base_tensor, tuned_tensor), one pair in memory at a time."""
+        for entry in self.entries:
+            yield entry, self.base.get(entry.base_key, device), self.tuned.get(entry.tuned_key, device)
+
+    def describe(self) -> str:
+        kind = type_name(self.tuned.config)
+        lines = [f"base  {self.base.path} ({type_name(self.base.config)})",
+                 f"tuned {self.tuned.path} ({kind})",
+                 f"{len(self.entries)} language-model tensors aligned, {len(self.passthrough)} copied from tuned"]
+        for name, rows in self.extra_vocab.items():
+            lines.append(f"{name}: tuned has {rows} extra vocabulary rows; shared rows merged, extra rows kept from tuned")
+        return "\n".join(lines)
+
+
+def type_name(config: dict) -> str:
+    archs = config.get("architectures") or [config.get("model_type", "?")]
+    return archs[0]
+
+
+def open_pair(base: str | Path, tuned: str | Path, *, allow_pickle: bool = False) -> Pair:
+    """Open and validate a (base LLM, tuned MLLM or LLM) pair without reading tensor data.
+
+    Example:
+        >>> pair = open_pair("data/organism/base", "data/organism/tuned")   # doctest: +SKIP
+        >>> print(pair.describe())                                          # doctest: +SKIP
+    Raises:
+        PairError naming the mismatching field, key or tensor.
+    """
+    base_ckpt = Checkpoint(base, allow_pickle=allow_pickle)
+    tuned_ckpt = Checkpoint(tuned, allow_pickle=allow_pickle)
+    if is_multimodal(base_ckpt.config):
+        raise PairError(f"{base_ckpt.path}: the base must be a causal LLM, got {type_name(base_ckpt.config)}")
+    check_architectures(base_ckpt, tuned_ckpt)
+
+    multimodal = is_multimodal(tuned_ckpt.config)
+    base_names = {canonical_name(k, multimodal=False): k for k in base_ckpt.keys()}
+    if "lm_head.weight" not in base_names and "model.embed_tokens.weight" in base_names and \
+            base_ckpt.config.get("tie_word_embeddings", False):
+        base_names["lm_head.weight"] = "model.embed_tokens.weight"  # a tied head is the embedding
+
+    entries, passthrough, seen = [], [], set()
+    for key in tuned_ckpt.keys():
+        name = canonical_name(key, multimodal)
+        if name is None:
+            passthrough.append(key)
+            continue
+        if name not in base_names:
+            raise PairError(f"tuned language-model tensor {key!r} (canonical {name!r}) has no counterpart "
+                            f"in the base {base_ckpt.path}; is this the base the MLLM was tuned from?")
+        if name in seen:
+            raise PairError(f"tuned checkpoint {tuned_ckpt.path} holds two tensors for {name!r}")
+        seen.add(name)
+        entries.append(Entry(name, base_names[name], key))
+    missing = sorted(n for n, k in base_names.items() if n not in seen and not (
+        n == "lm_head.weight" and k == "model.embed_tokens.weight"))
+    if missing:
+        raise PairError(f"base tensor {base_names[missing[0]]!r} is missing from the tuned language model "
+                        f"{tuned_ckpt.path} ({len(missing)} missing in all)")
+    if not entries:
+        raise PairError(f"no language-model tensors found in {tuned_ckpt.path}")
+
+    extra_vocab = {}
+    for e in entries:
+        b_shape, _ = base_ckpt.meta(e.base_key)
+        t_shape, _ = tuned_ckpt.meta(e.tuned_key)
+        if b_shape == t_shape:
+            continue
+        vocab_like = ("embed" in e.name or "lm_head" in e.name) and len(b_shape) == len(t_shape) \
+            and b_shape[1:] == t_shape[1:] and t_shape[0] > b_shape[0]
+        if not vocab_like:
+            raise PairError(f"shape mismatch for tensor {e.name!r}: base {b_shape} ({base_ckpt.file_of(e.base_key).name}) "
+                            f"vs tuned {t_shape} ({tuned_ckpt.file_of(e.tuned_key).name})")
+        extra_vocab[e.name] = t_shape[0] - b_shape[0]
+    return Pair(base_ckpt, tuned_ckpt, entries, passthrough, extra_vocab)
+
+
+def check_architectures(base: Checkpoint, tuned: Checkpoint) -> None:
+    b, t = text_config(base.config), text_config(tuned.config)
+    if b.get("model_type") and t.get("model_type") and b["model_type"] != t["model_type"]:
+        raise PairError(f"architecture mismatch: base model_type {b['model_type']!r} vs tuned language model "
+                        f"{t['model_type']!r}")
+    for key in ARCH_FIELDS:
+        if key in b and key in t and b[key] != t[key]:
+            raise PairError(f"architecture mismatch: {key} is {b[key]} in the base ({base.path}) but {t[key]} "
+                            f"in the tuned language model ({tuned.path})")
+    bv, tv = b.get("vocab_size"), t.get("vocab_size")
+    if bv and tv and tv < bv:
+        raise PairError(f"vocab mismatch: the tuned vocabulary ({tv}) is smaller than the base's ({bv})")
+
+
+__all__ = ["Entry", "Pair", "PairError", "CheckpointError", "open_pair", "canonical_name", "text_config"]

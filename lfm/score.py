@@ -1,0 +1,69 @@
+"""Neuron change scores C(i) for every linear module of a pair, and their summary table.
+
+`neuron_scores(base, tuned)` streams the pair and returns {canonical name: C [n_neurons]} for the
+seven linear module types (see lfm.neurons for the neuron axes and the GQA rule).
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from lfm.neurons import layer_of, module_of, neuron_axis, tail_stats
+from lfm.neurons import neuron_scores as scores_of_delta
+from lfm.pair import Pair, open_pair
+
+
+def neuron_scores(base, tuned=None, *, device="cpu", progress: bool = True,
+                  allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """C(i) per linear module of the pair.
+
+    Args:
+        base, tuned: model directories (or an open Pair as `base`).
+    Returns:
+        {canonical weight name: scores [n_neurons] float32 on cpu}, in checkpoint order.
+    Example:
+        >>> scores = neuron_scores("data/organism/base", "data/organism/tuned")   # doctest: +SKIP
+        >>> scores["model.layers.0.mlp.up_proj.weight"].shape                     # doctest: +SKIP
+    """
+    from lfm.merge import resolve_device
+
+    pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
+    dev = resolve_device(device)
+    entries = [e for e in pair.entries if neuron_axis(e.name) is not None]
+    scores = {}
+    for e in tqdm(entries, desc="scoring neurons", unit="tensor", disable=not progress):
+        delta = pair.tuned.get(e.tuned_key, dev).float() - pair.base.get(e.base_key, dev).float()
+        if not torch.isfinite(delta).all():
+            raise ValueError(f"non-finite delta in tensor {e.name!r}; fix the checkpoint")
+        scores[e.name] = scores_of_delta(delta, neuron_axis(e.name)).cpu()
+    return scores
+
+
+def summary_rows(scores: dict[str, torch.Tensor]) -> list[dict]:
+    """One row per tensor: layer, module, n_neurons and tail statistics (mean, max, median,
+    max_over_median, top1_share, top10_share)."""
+    return [{"name": name, "layer": layer_of(name), "module": module_of(name), "n_neurons": s.numel(),
+             **tail_stats(s)} for name, s in scores.items()]
+
+
+def format_summary(rows: list[dict]) -> str:
+    head = f"{'layer':>5} {'module':<10} {'neurons':>7} {'mean':>10} {'max/median':>10} {'top1%':>7} {'top10%':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['layer']:>5} {r['module']:<10} {r['n_neurons']:>7} {r['mean']:>10.4g} "
+                     f"{r['max_over_median']:>10.3f} {r['top1_share']:>7.3f} {r['top10_share']:>7.3f}")
+    return "\n".join(lines)
+
+
+def save_scores(scores: dict[str, torch.Tensor], path, metadata: dict | None = None) -> None:
+    """Write scores as safetensors (one vector per weight name) with the summary in the metadata."""
+    meta = {"summary": json.dumps(summary_rows(scores)), **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in scores.items()}, str(path), metadata=meta)
+
+
+def load_scores(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
