@@ -1,0 +1,162 @@
+"""Measure every number the README states about the organism, check the issue's requirements, write them.
+
+``report()`` evaluates, for each tuning seed (seed 0 = the shipped ``tuned/``; other seeds are tuned from
+the shipped base into a work folder on first use), the tuned model, hard-merge, the suppress-only stage
+(Neuron-Fusion with M=0), the restore stage (M>0, top / random / bottom located neurons) and a few
+baselines, all merged in memory by the engine (``lfm.methods``) and scored by ``evaluate``. It also
+compares the per-module heavy tail of the change scores C(i) with a shuffled-delta null. Results go to
+``results.json`` and ``results.md`` (a README-ready table); requirement checks are reported as measured,
+pass or fail.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..methods import Recipe
+from ..neurons import module_of, tail_stats
+from . import ORGANISM_DIR, base_dir, load_items, tuned_dir
+from .evaluate import evaluate
+from .merging import MergeablePair
+
+K, M = 0.2, 0.3  # the issue's restore-vs-suppress setting
+
+
+def recipes(k: float = K, m: float = M) -> dict[str, Recipe]:
+    """The merges the report measures, by display name."""
+    nf = Recipe(method="neuron_fusion", density=k, neurons=m, suppress="ties", restore="rescale")
+    return {
+        "hard": Recipe(method="hard"),
+        f"suppress (TIES K={k}, M=0)": replace(nf, neurons=0.0),
+        f"Neu-S-TIES K={k} M={m} (top)": nf,
+        f"Neu-S-TIES K={k} M={m} (random)": replace(nf, locate="random"),
+        f"Neu-S-TIES K={k} M={m} (bottom)": replace(nf, locate="bottom"),
+        f"Neu-P-TIES K={k} M={m} (top)": replace(nf, restore="replace"),
+        f"Neu-P-TIES K={k} M={m} (random)": replace(nf, restore="replace", locate="random"),
+        f"Neu-P-TIES K={k} M={m} (bottom)": replace(nf, restore="replace", locate="bottom"),
+        f"TIES K={k}": Recipe(method="ties", density=k),
+        "TA a=0.3": Recipe(method="task_arithmetic", alpha=0.3),
+        "TA a=0.5": Recipe(method="task_arithmetic", alpha=0.5),
+        "TA a=0.7": Recipe(method="task_arithmetic", alpha=0.7),
+        f"Neu-S-TIES K={k} M={m} others=tuned": replace(nf, others="tuned"),
+    }
+
+
+def tail_by_module(mp: MergeablePair, shuffle_seed: int | None = None) -> dict[str, float]:
+    """Mean over layers of max/median C(i), per module type (q_proj, ..., down_proj)."""
+    per: dict[str, list[float]] = {}
+    for name, s in mp.scores(shuffle_seed).items():
+        per.setdefault(module_of(name), []).append(tail_stats(s)["max_over_median"])
+    return {m: float(np.mean(v)) for m, v in sorted(per.items())}
+
+
+def _tuned_for_seed(seed: int, work: Path) -> Path:
+    if seed == 0:
+        return tuned_dir()
+    out = work / f"tuned-seed{seed}"
+    if not (out / "config.json").exists():
+        from .train import TrainConfig, tune_llava
+        tune_llava(base_dir(), out, TrainConfig(seed=seed))
+    return out
+
+
+def _summary(r: dict) -> dict:
+    return {k: r[k] for k in ("LA", "VA", "OA", "tasks", "failures")}
+
+
+def _mean_sd(xs: list[float]) -> tuple[float, float]:
+    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def report(out_dir: str | Path = ORGANISM_DIR, work_dir: str | Path | None = None,
+           seeds: tuple[int, ...] = (0, 1, 2), k: float = K, m: float = M) -> dict:
+    """Measure, check and write results.json / results.md into ``out_dir``; returns the results dict."""
+    out = Path(out_dir)
+    work = Path(work_dir) if work_dir else out.parent / "_organism_work"
+    items = {"language": load_items("language"), "visual": load_items("visual")}
+    base = evaluate(base_dir(), items=items)
+    rec = recipes(k, m)
+    per_seed: dict[int, dict] = {}
+    tails = {}
+    for seed in tqdm(seeds, desc="tuning seeds"):
+        mp = MergeablePair(base_dir(), _tuned_for_seed(seed, work))
+        res = {"tuned": _summary(evaluate((mp.model, mp.processor), items=items))}
+        for name, r in rec.items():
+            res[name] = _summary(evaluate((mp.apply(r), mp.processor), items=items))
+        per_seed[seed] = res
+        tails[seed] = {"delta": tail_by_module(mp), "shuffled": tail_by_module(mp, shuffle_seed=1000 + seed)}
+
+    names = ["tuned"] + list(rec)
+    table = {}
+    for name in names:
+        row = {}
+        for metric in ("LA", "VA", "OA"):
+            mu, sd = _mean_sd([per_seed[s][name][metric] for s in seeds])
+            row[metric] = {"mean": mu, "sd": sd}
+        table[name] = row
+    s0 = per_seed[seeds[0]]
+    supp, rest = f"suppress (TIES K={k}, M=0)", f"Neu-S-TIES K={k} M={m} (top)"
+    hard_fail = s0["hard"]["failures"]
+    best_oa_name = max((n for n in rec if n != "hard"), key=lambda n: s0[n]["OA"])
+    checks = {
+        "forgetting: tuned LA <= base LA - 0.10": (s0["tuned"]["LA"], base["LA"] - 0.10,
+                                                    s0["tuned"]["LA"] <= base["LA"] - 0.10),
+        "tuned VA >= 0.85": (s0["tuned"]["VA"], 0.85, s0["tuned"]["VA"] >= 0.85),
+        "hard-merge VA <= 0.10": (s0["hard"]["VA"], 0.10, s0["hard"]["VA"] <= 0.10),
+        "hard-merge: Not-Known is the largest failure": (
+            hard_fail["not_known"], max(v for c, v in hard_fail.items() if c not in ("correct", "not_known")),
+            hard_fail["not_known"] > max(v for c, v in hard_fail.items() if c not in ("correct", "not_known"))),
+        f"restore VA - suppress VA >= 0.10 (K={k}, M={m})": (s0[rest]["VA"] - s0[supp]["VA"], 0.10,
+                                                              s0[rest]["VA"] - s0[supp]["VA"] >= 0.10),
+        f"a merge with OA above tuned and hard ({best_oa_name})": (
+            s0[best_oa_name]["OA"], max(s0["tuned"]["OA"], s0["hard"]["OA"]),
+            s0[best_oa_name]["OA"] > max(s0["tuned"]["OA"], s0["hard"]["OA"])),
+        "C(i) max/median above shuffled null, every module": (
+            min(tails[seeds[0]]["delta"][mod] - tails[seeds[0]]["shuffled"][mod] for mod in tails[seeds[0]]["delta"]),
+            0.0, all(tails[seeds[0]]["delta"][mod] > tails[seeds[0]]["shuffled"][mod] for mod in tails[seeds[0]]["delta"])),
+    }
+    results = {
+        "K": k, "M": m, "seeds": list(seeds),
+        "base": _summary(base),
+        "shipped": {"base": _summary(base), **{n: s0[n] for n in ("tuned", "hard", supp, rest)}},
+        "per_seed": {str(s): v for s, v in per_seed.items()},
+        "table": table,
+        "tail_max_over_median": {str(s): v for s, v in tails.items()},
+        "recipes": {n: asdict(r) for n, r in rec.items()},
+        "checks": {n: {"value": v, "threshold": t, "pass": bool(p)} for n, (v, t, p) in checks.items()},
+    }
+    results["markdown"] = to_markdown(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(results["markdown"])
+    return results
+
+
+def to_markdown(res: dict) -> str:
+    """README-ready tables: LA/VA/OA mean ± sd over seeds, hard-merge failures, tails, requirement checks."""
+    n = len(res["seeds"])
+    f = lambda d: f"{d['mean']:.2f} ± {d['sd']:.2f}"  # noqa: E731
+    lines = [f"Organism, held-out items, {n} tuning seeds (mean ± sd); base LA {res['base']['LA']:.2f}.", "",
+             "| model / merge | LA | VA | OA |", "|---|---|---|---|"]
+    for name, row in res["table"].items():
+        lines.append(f"| {name} | {f(row['LA'])} | {f(row['VA'])} | {f(row['OA'])} |")
+    s0 = res["per_seed"][str(res["seeds"][0])]
+    lines += ["", f"Visual answers by category (seed {res['seeds'][0]}):", "",
+              "| model | correct | wrong choice | not known | context hallucination |", "|---|---|---|---|---|"]
+    for name in ("tuned", "hard", f"suppress (TIES K={res['K']}, M=0)", f"Neu-S-TIES K={res['K']} M={res['M']} (top)"):
+        fl = s0[name]["failures"]
+        lines.append(f"| {name} | {fl['correct']} | {fl['wrong_choice']} | {fl['not_known']} | {fl['context_hallucination']} |")
+    t = res["tail_max_over_median"][str(res["seeds"][0])]
+    lines += ["", "Change-score tail, mean over layers of max/median C(i):", "",
+              "| module | " + " | ".join(t["delta"]) + " |", "|---" * (len(t["delta"]) + 1) + "|",
+              "| Δ | " + " | ".join(f"{v:.2f}" for v in t["delta"].values()) + " |",
+              "| shuffled Δ | " + " | ".join(f"{v:.2f}" for v in t["shuffled"].values()) + " |",
+              "", "Requirements (seed 0):", "", "| requirement | measured | threshold | pass |", "|---|---|---|---|"]
+    for name, c in res["checks"].items():
+        lines.append(f"| {name} | {c['value']:.3f} | {c['threshold']:.3f} | {'yes' if c['pass'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
