@@ -68,7 +68,7 @@ class Checkpoint:
     """
 
     def __init__(self, path: str | os.PathLike, *, allow_pickle: bool = False):
-        self.path = Path(path)
+        self.path = resolve_model_dir(path)
         if not self.path.is_dir():
             raise CheckpointError(f"{self.path}: not a directory; pass a Hugging Face model directory "
                                   f"(config.json + *.safetensors)")
@@ -198,6 +198,23 @@ class Checkpoint:
 
     def weight_files(self) -> list[Path]:
         return sorted(set(self._key_file.values()))
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """A local directory as is; a hub id ('meta-llama/Meta-Llama-3-8B') is downloaded (weights as
+    safetensors, configs, tokenizer and processor files) into the Hugging Face cache first."""
+    local = Path(path)
+    text = str(path)
+    if local.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                             "*.jinja", "*.tiktoken"]))
+    except Exception as e:
+        raise CheckpointError(f"{text}: not a local directory, and downloading it from the Hugging Face hub "
+                              f"failed ({type(e).__name__}: {e}); pass a local model directory") from e
 
 
 def _dtype_from_st(name: str) -> torch.dtype:
