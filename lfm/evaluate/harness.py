@@ -1,0 +1,278 @@
+"""Run a suite's tasks through the real harnesses: lm-evaluation-harness (language) and lmms-eval (vision).
+
+    evaluate(model_dir_or_EvalModel, suite) -> {"LA", "VA", "OA", "tasks": {label: acc}, "raw": ..., "harness": ...}
+
+Language tasks: ``lm_eval.simple_evaluate`` on ``HFLM(pretrained=<in-memory causal LM>)``; for an MLLM the
+causal LM is its language model (``models.text_model``, weights shared). Visual tasks:
+``lmms_eval.evaluator.simple_evaluate`` on ``LfmLlava``, an ``lmms`` model class wrapping an in-memory
+LLaVA-style model + processor.
+
+Why a wrapper instead of lmms-eval's ``llava_hf``: (1) ``lmms_eval.models.simple.llava_hf`` imports
+``decord`` (a 13.6 MB x86-only video reader) at import time, which lfm does not need; (2) it only loads
+from a path, while sweeps load merged weights into one in-memory model; (3) it generates one item at a
+time (``batch_size`` must be 1). ``LfmLlava`` builds the prompt as llava_hf's chat path does (the user turn
+holds the image(s) and the task's text, rendered by the processor's chat template with a generation prompt,
+greedy decoding, ``until`` stop strings) and batches with left padding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lfm.evaluate.models import EvalModel, load_eval_model
+from lfm.evaluate.suites import Suite, TaskSpec, check_datasets, get_suite
+
+
+def harness_versions() -> dict[str, str | None]:
+    out = {}
+    for pkg in ("lm_eval", "lmms_eval", "transformers", "torch", "lfm"):
+        try:
+            out[pkg] = version(pkg.replace("_", "-"))
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def accuracy(spec: TaskSpec, task_results: dict) -> float:
+    """The accuracy in [0, 1] of one task from the harness's result dict for it."""
+    keys = (spec.metric,) + spec.extra_metrics
+    missing = [k for k in keys if k not in task_results]
+    if missing:
+        have = sorted(k for k in task_results if not k.endswith("_stderr") and "," in k)
+        raise KeyError(f"task {spec.task!r}: metric {missing[0]!r} not in the harness results; available: {have}")
+    return float(sum(float(task_results[k]) for k in keys)) / spec.scale
+
+
+# --------------------------------------------------------------------------------------- language (lm-eval)
+
+def run_language(em: EvalModel, specs: tuple[TaskSpec, ...] | list[TaskSpec], *, include: tuple[str, ...] = (),
+                 include_defaults: bool = True, limit: int | None = None, batch_size: int = 32,
+                 log_samples: bool = False) -> dict:
+    """lm-eval on the model's language model. Returns {task: {"acc": float, "results": {...}, "samples": [...]}}."""
+    if not specs:
+        return {}
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    lm = HFLM(pretrained=em.language_model(), tokenizer=em.tokenizer, batch_size=batch_size,
+              device=str(em.model.device))
+    manager = TaskManager(include_path=list(include) or None, include_defaults=include_defaults)
+    out = {}
+    for shots in sorted({s.num_fewshot for s in specs}):
+        group = [s for s in specs if s.num_fewshot == shots]
+        res = lm_eval.simple_evaluate(model=lm, tasks=[s.task for s in group], num_fewshot=shots,
+                                      task_manager=manager, limit=limit, bootstrap_iters=0,
+                                      log_samples=log_samples, random_seed=0, numpy_random_seed=0,
+                                      torch_random_seed=0, fewshot_random_seed=0)
+        for s in group:
+            out[s.task] = {"acc": accuracy(s, res["results"][s.task]), "results": _plain(res["results"][s.task])}
+            if log_samples:
+                out[s.task]["samples"] = [{"doc_id": x["doc_id"], "generated": _first(x.get("filtered_resps")),
+                                           "target": x.get("target")} for x in res["samples"][s.task]]
+    return out
+
+
+def _first(resps):
+    while isinstance(resps, (list, tuple)) and resps:
+        resps = resps[0]
+    return resps
+
+
+def _plain(d: dict) -> dict:
+    return {k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in d.items()}
+
+
+# --------------------------------------------------------------------------------------- vision (lmms-eval)
+
+def generate_answers(model, processor, prompts: list[str], images: list[list], *, max_new_tokens: int = 16,
+                     batch_size: int = 16, until: list[str] | None = None, progress: bool = False) -> list[str]:
+    """Greedy answers of an LLaVA-style model to (images, text) user turns, as llava_hf builds them.
+
+    Args:
+        prompts: the user text of each item (without image tokens; they are added by the chat template).
+        images: per item, a list of PIL images.
+    Returns:
+        decoded answers (special tokens removed, cut at the first ``until`` string, stripped).
+    """
+    tok = processor.tokenizer
+    tok.padding_side = "left"
+    chats = [_render(processor, p, len(ims)) for p, ims in zip(prompts, images)]
+    out: list[str] = []
+    for s in tqdm(range(0, len(chats), batch_size), desc="generating", disable=not progress, unit="batch"):
+        texts, ims = chats[s:s + batch_size], [im for group in images[s:s + batch_size] for im in group]
+        enc = processor(text=texts, images=ims or None, padding=True, return_tensors="pt")
+        enc = {k: (v.to(model.device, model.dtype) if v.is_floating_point() else v.to(model.device))
+               for k, v in enc.items()}
+        with torch.inference_mode():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                                 eos_token_id=tok.eos_token_id)
+        for text in tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True):
+            for stop in until or ():
+                if stop and stop in text:
+                    text = text.split(stop)[0]
+            out.append(text.strip())
+    return out
+
+
+def _render(processor, text: str, n_images: int) -> str:
+    """The prompt string of one user turn with ``n_images`` images (the processor's chat template)."""
+    if "<image>" in text or n_images == 0:
+        content = text
+    else:
+        content = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
+    messages = [{"role": "user", "content": content}]
+    template = getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)
+    if template is None:
+        raise ValueError("the processor has no chat template; save one with the model (processor.chat_template)")
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def lfm_llava_class():
+    """The ``lmms`` subclass (built on first use so that lmms-eval stays an optional import)."""
+    global _LfmLlava
+    if _LfmLlava is not None:
+        return _LfmLlava
+    from lmms_eval.api.model import lmms
+
+    class LfmLlava(lmms):
+        """lmms-eval model over an in-memory LLaVA-style model (generate_until tasks)."""
+
+        is_simple = True
+
+        def __init__(self, model, processor, batch_size: int = 16):
+            super().__init__()
+            self.model, self.processor, self.batch_size = model, processor, batch_size
+            self.tokenizer = processor.tokenizer
+
+        def generate_until(self, requests) -> list[str]:
+            groups: dict[str, list[int]] = {}
+            for i, req in enumerate(requests):
+                groups.setdefault(repr(sorted(req.args[1].items())), []).append(i)
+            res: list[str | None] = [None] * len(requests)
+            for idx in groups.values():
+                gen_kwargs = dict(requests[idx[0]].args[1])
+                if float(gen_kwargs.get("temperature", 0) or 0) > 0 or gen_kwargs.get("num_beams", 1) != 1:
+                    raise ValueError(f"LfmLlava decodes greedily; task asks for {gen_kwargs}")
+                until = gen_kwargs.get("until") or []
+                until = [until] if isinstance(until, str) else list(until)
+                prompts, images = [], []
+                for i in idx:
+                    context, _, doc_to_visual, doc_id, task, split = requests[i].args
+                    prompts.append(context)
+                    images.append(list(doc_to_visual(self.task_dict[task][split][doc_id])))
+                answers = generate_answers(self.model, self.processor, prompts, images,
+                                           max_new_tokens=int(gen_kwargs.get("max_new_tokens", 128)),
+                                           batch_size=self.batch_size, until=until)
+                for i, a in zip(idx, answers):
+                    res[i] = a
+                    self.cache_hook.add_partial("generate_until", (requests[i].args[0], gen_kwargs), a)
+            return res
+
+        def loglikelihood(self, requests):
+            raise NotImplementedError("LfmLlava runs generate_until tasks only (multiple choice via letter "
+                                      "extraction); loglikelihood visual tasks are not supported")
+
+        def generate_until_multi_round(self, requests):
+            raise NotImplementedError("LfmLlava does not run multi-round tasks")
+
+    _LfmLlava = LfmLlava
+    return LfmLlava
+
+
+_LfmLlava = None
+
+
+def run_visual(em: EvalModel, specs, *, include: tuple[str, ...] = (), include_defaults: bool = True,
+               limit: int | None = None, batch_size: int = 16, log_samples: bool = False) -> dict:
+    """lmms-eval on the MLLM. Returns {task: {"acc": float, "results": {...}, "samples": [...]}}."""
+    if not specs:
+        return {}
+    if not em.multimodal:
+        raise ValueError("visual tasks need a multimodal model (an MLLM directory with a processor)")
+    os.environ.setdefault("LMMS_EVAL_SHUTUP", "1")
+    from lmms_eval import evaluator
+    from lmms_eval.tasks import TaskManager
+
+    lmm = lfm_llava_class()(em.model, em.processor, batch_size=batch_size)
+    manager = TaskManager("WARNING", include_path=list(include) or None, include_defaults=include_defaults)
+    res = evaluator.simple_evaluate(model=lmm, tasks=[s.task for s in specs], task_manager=manager, limit=limit,
+                                    bootstrap_iters=0, log_samples=log_samples, verbosity="WARNING",
+                                    random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+                                    fewshot_random_seed=0, process_docs_parallel=1)
+    if res is None:
+        raise RuntimeError("lmms-eval returned no results")
+    out = {}
+    for s in specs:
+        out[s.task] = {"acc": accuracy(s, res["results"][s.task]), "results": _plain(res["results"][s.task])}
+        if log_samples:
+            out[s.task]["samples"] = [{"doc_id": x["doc_id"], "generated": _first(x.get("resps")),
+                                       "target": x.get("target")} for x in res["samples"][s.task]]
+    return out
+
+
+# --------------------------------------------------------------------------------------- one model, one suite
+
+def evaluate(model: str | Path | EvalModel, suite: str | Path | Suite = "organism", *, limit: int | None = None,
+             device: str | None = "cpu", batch_size: int = 32, log_samples: bool = False,
+             check: bool = True) -> dict:
+    """LA / VA / OA of a model on a suite through the real harnesses.
+
+    Args:
+        model: a model directory, or an ``EvalModel`` already in memory (sweeps pass one whose weights
+            they replace between points).
+        suite: 'paper', 'organism', a suite YAML path, or a Suite.
+        limit: items per task (for quick checks; None = all).
+    Returns:
+        {"LA", "VA", "OA", "tasks": {label: acc}, "language": [...], "visual": [...], "suite", "limit",
+         "harness": versions, "raw": {task: harness results}}.  VA/OA are None for a plain LLM.
+    Raises:
+        DatasetsUnavailable before loading anything if the suite's hub datasets cannot be reached.
+    """
+    suite = get_suite(suite)
+    if check:
+        check_datasets(suite)
+    em = model if isinstance(model, EvalModel) else load_eval_model(model, device=device)
+    lang = run_language(em, suite.language, include=suite.lm_eval_include, include_defaults=suite.include_defaults,
+                        limit=limit, batch_size=batch_size, log_samples=log_samples)
+    vis = run_visual(em, suite.visual, include=suite.lmms_eval_include, include_defaults=suite.include_defaults,
+                     limit=limit, batch_size=min(batch_size, 16), log_samples=log_samples) if em.multimodal else {}
+    return summarize(suite, lang, vis, limit=limit)
+
+
+def summarize(suite: Suite, lang: dict, vis: dict, *, limit: int | None = None) -> dict:
+    tasks = {s.label: lang[s.task]["acc"] for s in suite.language if s.task in lang}
+    tasks.update({s.label: vis[s.task]["acc"] for s in suite.visual if s.task in vis})
+    la = [lang[s.task]["acc"] for s in suite.language if s.task in lang]
+    va = [vis[s.task]["acc"] for s in suite.visual if s.task in vis]
+    LA = sum(la) / len(la) if la else None
+    VA = sum(va) / len(va) if va else None
+    OA = (LA + VA) / 2 if LA is not None and VA is not None else None
+    return {"LA": LA, "VA": VA, "OA": OA, "tasks": tasks,
+            "language": [s.label for s in suite.language], "visual": [s.label for s in suite.visual],
+            "suite": suite.name, "limit": limit, "harness": harness_versions(),
+            "raw": {**{t: v["results"] for t, v in lang.items()}, **{t: v["results"] for t, v in vis.items()}},
+            "samples": {t: v["samples"] for t, v in {**lang, **vis}.items() if "samples" in v}}
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table: one line per task, then LA / VA / OA."""
+    fmt = lambda v: "  n/a" if v is None else f"{100 * v:5.1f}"  # noqa: E731
+    width = max([len(t) for t in result["tasks"]] + [8])
+    lines = [f"{'task':<{width}}  acc(%)", "-" * (width + 8)]
+    for group in ("language", "visual"):
+        for label in result[group]:
+            if label in result["tasks"]:
+                lines.append(f"{label:<{width}}  {fmt(result['tasks'][label])}   ({group})")
+    lines.append("-" * (width + 8))
+    for k in ("LA", "VA", "OA"):
+        lines.append(f"{k:<{width}}  {fmt(result[k])}")
+    return "\n".join(lines)
