@@ -1,0 +1,295 @@
+"""Wall time and peak RSS of lfm vs mergekit 0.1.5 vs a plain safetensors copy (the I/O floor).
+
+Builds (or reuses, under benchmarks/_work/) a random Llama base and two tuned models derived from it
+(tuned = base + small seeded delta), all bf16, sharded like hub checkpoints:
+
+    base/        LlamaForCausalLM                       (~1B parameters at --size 1b)
+    llava/       LlavaForConditionalGeneration          (keys language_model.model.layers.N..., + a small
+                                                         CLIP vision tower and projector)
+    llm/         LlamaForCausalLM (LLM-to-LLM)          (the pair mergekit can map)
+
+Then runs each tool once in its own subprocess under /usr/bin/time -v (wall clock and "Maximum resident
+set size" of the child) and prints a table, writing benchmarks/results/merge_speed.json:
+
+    copy floor       safetensors load_file + save_file of every tuned shard
+    lfm TIES K=0.2   lfm merge on the LLaVA pair and on the LLM pair
+    lfm TA           lfm merge --method task_arithmetic, both pairs
+    mergekit TIES    mergekit-yaml (ties, density 0.2, weight 1) on the LLM pair, --lazy-unpickle, cpu
+    mergekit TA      mergekit-yaml task_arithmetic on the LLM pair
+
+Targets (issue 2): lfm TIES >= 5x faster than mergekit TIES; lfm TA <= 1.5x the copy floor;
+lfm peak RSS <= 1/2 of mergekit's. Ratios are computed on the LLM pair (same work for both tools).
+
+    python benchmarks/merge_speed.py                   # ~1B, cpu
+    python benchmarks/merge_speed.py --size tiny       # seconds: checks the harness
+    python benchmarks/merge_speed.py --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "_work"
+RESULTS = HERE / "results"
+PY = sys.executable
+BIN = Path(PY).parent
+
+# name -> text config. "1b": 20 layers x 2048 hidden, GQA 32/8 heads, FFN 5632, vocab 32000 = 1.03B params.
+SIZES = {
+    "1b": dict(hidden_size=2048, num_hidden_layers=20, num_attention_heads=32, num_key_value_heads=8,
+               intermediate_size=5632, vocab_size=32000),
+    "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
+                  intermediate_size=1408, vocab_size=8000),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, vocab_size=256),
+}
+SHARD_BYTES = 1_000_000_000  # ~1 GB shards, as many hub checkpoints
+
+
+# ----------------------------------------------------------------------------- building the pair
+def _configs(size: str):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    text = LlamaConfig(**SIZES[size], max_position_embeddings=2048, tie_word_embeddings=False,
+                       bos_token_id=1, eos_token_id=2, dtype="bfloat16")
+    vision = CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=56, patch_size=14, projection_dim=256)
+    llava = LlavaConfig(vision_config=vision, text_config=text, image_token_index=SIZES[size]["vocab_size"] - 1)
+    llava.dtype = "bfloat16"
+    text.architectures = ["LlamaForCausalLM"]
+    llava.architectures = ["LlavaForConditionalGeneration"]
+    return text, llava
+
+
+def _shapes(model_cls, config) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = model_cls(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _randn(name: str, shape, seed: int, std: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    return torch.randn(shape, generator=g) * std
+
+
+def _tensor(name: str, shape, role: str) -> torch.Tensor:
+    """Deterministic bf16 tensor: base = N(0, 0.02) (norms = 1); tuned = base + N(0, 1e-3)."""
+    is_norm = name.endswith("norm.weight")
+    base = torch.ones(shape) if is_norm else _randn(name, shape, 0, 0.02)
+    if role == "base":
+        return base.to(torch.bfloat16)
+    return (base + _randn(name, shape, 1, 1e-3)).to(torch.bfloat16)
+
+
+def _write_sharded(out: Path, items, config) -> None:
+    """items: iterable of (key, callable -> tensor); writes ~1 GB shards + index, like save_pretrained."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config.save_pretrained(tmp)
+    shards, current, size = [], {}, 0
+    names = []
+    for key, make in items:
+        t = make()
+        if current and size + t.nbytes > SHARD_BYTES:
+            names.append(f"part-{len(names)}")
+            save_file(current, str(tmp / f"{names[-1]}.safetensors"), metadata={"format": "pt"})
+            shards.append(list(current))
+            current, size = {}, 0
+        current[key] = t.contiguous()
+        size += t.nbytes
+    names.append(f"part-{len(names)}")
+    save_file(current, str(tmp / f"{names[-1]}.safetensors"), metadata={"format": "pt"})
+    shards.append(list(current))
+    n = len(names)
+    weight_map, total = {}, 0
+    for i, (name, keys) in enumerate(zip(names, shards)):
+        final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        os.replace(tmp / f"{name}.safetensors", tmp / final)
+        for k in keys:
+            weight_map[k] = final
+    total = sum(p.stat().st_size for p in tmp.glob("model-*.safetensors"))
+    (tmp / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def _hf_llava_key(key: str) -> str:
+    """transformers' in-memory LLaVA names -> the names save_pretrained writes."""
+    for a, b in (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+                 ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector.")):
+        if key.startswith(a):
+            return b + key[len(a):]
+    return key
+
+
+def _canonical(key: str) -> str:
+    for a, b in (("model.language_model.", "model."),):
+        if key.startswith(a):
+            return b + key[len(a):]
+    return key
+
+
+def build_pair(size: str) -> dict[str, Path]:
+    """Build base/, llava/, llm/ under _work/<size>/ unless already there. Returns their paths."""
+    from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
+
+    root = WORK / size
+    dirs = {"base": root / "base", "llava": root / "llava", "llm": root / "llm"}
+    text, llava = _configs(size)
+    lm_shapes = _shapes(LlamaForCausalLM, text)
+    if not (dirs["base"] / "model.safetensors.index.json").exists():
+        print(f"building {dirs['base']} ...", flush=True)
+        _write_sharded(dirs["base"], ((k, lambda k=k, s=s: _tensor(k, s, "base")) for k, s in lm_shapes.items()), text)
+    if not (dirs["llm"] / "model.safetensors.index.json").exists():
+        print(f"building {dirs['llm']} ...", flush=True)
+        _write_sharded(dirs["llm"], ((k, lambda k=k, s=s: _tensor(k, s, "tuned")) for k, s in lm_shapes.items()), text)
+    if not (dirs["llava"] / "model.safetensors.index.json").exists():
+        print(f"building {dirs['llava']} ...", flush=True)
+        shapes = _shapes(LlavaForConditionalGeneration, llava)
+
+        def items():
+            for key, s in shapes.items():
+                canon = _canonical(key)
+                if canon in lm_shapes:
+                    yield _hf_llava_key(key), (lambda c=canon, s=s: _tensor(c, s, "tuned"))
+                else:  # vision tower / projector
+                    yield _hf_llava_key(key), (lambda k=key, s=s: _randn(k, s, 2, 0.02).to(torch.bfloat16))
+
+        _write_sharded(dirs["llava"], items(), llava)
+    return dirs
+
+
+# ----------------------------------------------------------------------------- measuring
+def measure(label: str, cmd: list[str], out: Path | None, env=None) -> dict:
+    """Run cmd under /usr/bin/time -v; return wall seconds and the child's peak RSS (MiB)."""
+    if out is not None:
+        shutil.rmtree(out, ignore_errors=True)
+    subprocess.run(["sync"], check=False)
+    print(f"[{label}] {' '.join(map(str, cmd))}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-v", *map(str, cmd)], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    rss_kb = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"[{label}] failed with exit code {proc.returncode}")
+    row = {"label": label, "seconds": round(wall, 2), "peak_rss_mib": round(int(rss_kb.group(1)) / 1024, 1),
+           "cmd": " ".join(map(str, cmd))}
+    if out is not None and out.exists():
+        row["output_bytes"] = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
+    print(f"    {row['seconds']:.1f} s, peak RSS {row['peak_rss_mib']:.0f} MiB", flush=True)
+    return row
+
+
+COPY_SCRIPT = r"""
+import sys, shutil
+from pathlib import Path
+from safetensors.torch import load_file, save_file
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+dst.mkdir(parents=True)
+for f in sorted(src.glob("*.safetensors")):
+    save_file(load_file(str(f)), str(dst / f.name), metadata={"format": "pt"})
+for f in src.iterdir():
+    if f.suffix != ".safetensors":
+        shutil.copy2(f, dst / f.name)
+"""
+
+
+def mergekit_config(path: Path, method: str, base: Path, tuned: Path) -> Path:
+    params = {"weight": 1.0}
+    if method == "ties":
+        params["density"] = 0.2
+    text = (f"merge_method: {method}\nbase_model: {base}\nmodels:\n  - model: {tuned}\n    parameters:\n"
+            + "".join(f"      {k}: {v}\n" for k, v in params.items()) + "dtype: bfloat16\n")
+    path.write_text(text)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=sorted(SIZES), default="1b")
+    ap.add_argument("--device", default="cpu", help="device for lfm and mergekit (cpu | cuda)")
+    ap.add_argument("--skip-mergekit", action="store_true")
+    ap.add_argument("--keep-outputs", action="store_true", help="keep merged outputs under _work/<size>/out-*")
+    args = ap.parse_args(argv)
+
+    dirs = build_pair(args.size)
+    root = WORK / args.size
+    n_params = sum(p.stat().st_size for p in dirs["base"].glob("*.safetensors")) // 2
+    lfm = [PY, "-m", "lfm.cli", "merge", "--quiet", "--device", args.device]
+    rows = []
+
+    def run(label, cmd, out):
+        rows.append(measure(label, cmd, out))
+        if out is not None and not args.keep_outputs:
+            shutil.rmtree(out, ignore_errors=True)
+
+    out = root / "out"
+    run("copy floor (llava)", [PY, "-c", COPY_SCRIPT, dirs["llava"], out], out)
+    run("copy floor (llm)", [PY, "-c", COPY_SCRIPT, dirs["llm"], out], out)
+    for pair in ("llava", "llm"):
+        run(f"lfm TIES K=0.2 ({pair})", lfm + ["--base", dirs["base"], "--tuned", dirs[pair], "--out", out,
+                                               "--method", "ties", "--density", "0.2"], out)
+        run(f"lfm TA ({pair})", lfm + ["--base", dirs["base"], "--tuned", dirs[pair], "--out", out,
+                                       "--method", "task_arithmetic"], out)
+    if not args.skip_mergekit:
+        mk = BIN / "mergekit-yaml"
+        for method, label in (("ties", "mergekit TIES K=0.2 (llm)"), ("task_arithmetic", "mergekit TA (llm)")):
+            cfg = mergekit_config(root / f"mergekit-{method}.yml", method, dirs["base"], dirs["llm"])
+            run(label, [mk, cfg, out, "--lazy-unpickle", "--device", args.device, "--no-copy-tokenizer"], out)
+
+    by = {r["label"]: r for r in rows}
+    ratios = {}
+    if not args.skip_mergekit:
+        mk_ties, mk_ta = by["mergekit TIES K=0.2 (llm)"], by["mergekit TA (llm)"]
+        lfm_ties, lfm_ta = by["lfm TIES K=0.2 (llm)"], by["lfm TA (llm)"]
+        ratios["mergekit_ties_over_lfm_ties_time"] = round(mk_ties["seconds"] / lfm_ties["seconds"], 2)
+        ratios["mergekit_ta_over_lfm_ta_time"] = round(mk_ta["seconds"] / lfm_ta["seconds"], 2)
+        ratios["lfm_ties_over_mergekit_ties_rss"] = round(lfm_ties["peak_rss_mib"] / mk_ties["peak_rss_mib"], 3)
+        ratios["lfm_ta_over_mergekit_ta_rss"] = round(lfm_ta["peak_rss_mib"] / mk_ta["peak_rss_mib"], 3)
+    ratios["lfm_ta_over_copy_floor_time_llm"] = round(by["lfm TA (llm)"]["seconds"] / by["copy floor (llm)"]["seconds"], 2)
+    ratios["lfm_ta_over_copy_floor_time_llava"] = round(by["lfm TA (llava)"]["seconds"] / by["copy floor (llava)"]["seconds"], 2)
+    targets = {
+        "lfm TIES >= 5x faster than mergekit": ratios.get("mergekit_ties_over_lfm_ties_time", 0) >= 5,
+        "lfm TA <= 1.5x copy floor": ratios["lfm_ta_over_copy_floor_time_llm"] <= 1.5,
+        "lfm peak RSS <= 1/2 mergekit": max(ratios.get("lfm_ties_over_mergekit_ties_rss", 9),
+                                            ratios.get("lfm_ta_over_mergekit_ta_rss", 9)) <= 0.5,
+    }
+
+    print(f"\n{args.size}: {n_params / 1e9:.2f}B parameters per model (bf16), device {args.device}, "
+          f"{os.cpu_count()} CPU cores")
+    print(f"{'run':<30} {'seconds':>9} {'peak RSS MiB':>13}")
+    for r in rows:
+        print(f"{r['label']:<30} {r['seconds']:>9.1f} {r['peak_rss_mib']:>13.0f}")
+    print()
+    for k, v in ratios.items():
+        print(f"{k:<40} {v}")
+    for k, ok in targets.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {k}")
+
+    RESULTS.mkdir(exist_ok=True)
+    result = {"size": args.size, "parameters": n_params, "device": args.device, "cpu_count": os.cpu_count(),
+              "torch": torch.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": rows,
+              "ratios": ratios, "targets": targets}
+    path = RESULTS / ("merge_speed.json" if args.size == "1b" else f"merge_speed_{args.size}.json")
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
