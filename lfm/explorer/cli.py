@@ -1,0 +1,106 @@
+"""`lfm precompute` (the results folder for big models) and `lfm explore` (serve the explorer on 127.0.0.1).
+
+    lfm precompute --base B --tuned T --out RESULTS [--densities 0.05,0.1,0.2,0.3,0.5] [--neurons 0,0.1,0.3]
+                   [--device cuda] [--no-eval] [--per-task N] [--sweep-table SWEEP.csv]
+    lfm explore [--results RESULTS | --base B --tuned T] [--port 5006]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from .results import DEFAULT_DENSITIES, DEFAULT_NEURONS
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("precompute", help="write the explorer's results folder for a (big) pair",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, help="base LLM directory")
+    p.add_argument("--tuned", required=True, help="tuned MLLM directory")
+    p.add_argument("--out", required=True, help="results folder to write")
+    p.add_argument("--densities", type=_floats, default=DEFAULT_DENSITIES,
+                   help="K grid for C'(i) and the sweep (default %(default)s)")
+    p.add_argument("--neurons", type=_floats, default=DEFAULT_NEURONS,
+                   help="M grid for the sweep and the generations (default %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for scoring")
+    p.add_argument("--no-eval", action="store_true", help="scores only: no sweep, no generations")
+    p.add_argument("--per-task", type=int, default=0, help="organism items per task for evaluations (0 = all)")
+    p.add_argument("--sweep-table", help="a sweep table (CSV with density, neurons, method, LA, VA, OA), e.g. "
+                                         "from `lfm sweep`, copied into the folder as sweep.csv")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_precompute)
+
+    e = subparsers.add_parser("explore", help="serve the explorer dashboard on 127.0.0.1")
+    e.add_argument("--results", help="a results folder (default: the embedded organism)")
+    e.add_argument("--base")
+    e.add_argument("--tuned")
+    e.add_argument("--port", type=int, default=5006)
+    e.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    e.set_defaults(func=cmd_explore)
+
+
+def cmd_precompute(args) -> int:
+    from .results import write_evaluations, write_scores
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise FileExistsError(f"{out} is not empty; pass --force to write into it")
+    meta = write_scores(args.base, args.tuned, out, args.densities, device=args.device, progress=not args.quiet)
+    print(f"wrote scores, C'(i) at K={list(args.densities)} and summary.csv to {out}")
+    if args.sweep_table:
+        shutil.copyfile(args.sweep_table, out / "sweep.csv")
+        print(f"copied {args.sweep_table} to {out / 'sweep.csv'}")
+    if args.no_eval:
+        return 0
+    from .live import LivePair
+
+    try:
+        live = LivePair(args.base, args.tuned)
+    except ValueError as e:
+        print(f"no live evaluation: {e}")
+        return 0
+    if not live.can_evaluate:
+        print(f"no evaluation: {live.eval_error}\n(for the paper's benchmarks run `lfm sweep` and pass its table "
+              f"with --sweep-table)")
+        return 0
+    from .compute import organism_items
+
+    write_evaluations(live, out, args.densities, args.neurons, items=organism_items(args.per_task),
+                      progress=not args.quiet)
+    print(f"wrote sweep.csv and generations.csv to {out} ({meta['n_layers']} layers)")
+    return 0
+
+
+def cmd_explore(args) -> int:
+    import panel as pn
+
+    from .app import TITLE, ExplorerApp, extension
+    from .state import ExplorerState
+
+    extension()
+
+    def page():
+        state = ExplorerState()
+        if args.results:
+            state.param.update(source_kind="results", results_path=args.results)
+        elif args.base and args.tuned:
+            state.param.update(source_kind="pair", base_path=args.base, tuned_path=args.tuned)
+        return ExplorerApp(state).__panel__()
+
+    pn.serve({"explorer": page}, address=args.address, port=args.port, show=False, title=TITLE,
+             websocket_origin=[f"127.0.0.1:{args.port}", f"localhost:{args.port}"])
+    return 0

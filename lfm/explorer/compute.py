@@ -1,0 +1,235 @@
+"""The explorer's heavy work: @pn.cache functions whose every input is an argument.
+
+A source (a `LivePair` or a `ResultsFolder`) is hashed by identity: the cache lives as long as the
+loaded pair. A `Recipe` is hashed by its fields, so moving a slider back to a previous value is a
+cache hit. Nothing here draws; `figures.py` turns these tables into plots.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import panel as pn
+
+from lfm.methods import Recipe
+from lfm.neurons import LINEAR_MODULES, layer_of, module_of
+from lfm.score import summary_rows
+
+from .analysis import located_ratio, outcome_row
+from .live import LivePair
+from .results import ResultsFolder, stage_recipes, sweep_recipes, sweep_row
+
+STAGES = ("hard", "suppress", "restore")
+
+
+class Progress:
+    """A progress callback `(done, total, message)`; never part of a cache key."""
+
+    def __init__(self, callback=None):
+        self.callback = callback
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if self.callback is not None:
+            self.callback(done, total, message)
+
+
+def _recipe_hash(recipe: Recipe) -> bytes:
+    return json.dumps(recipe.to_dict(), sort_keys=True).encode()
+
+
+HASH = {Recipe: _recipe_hash, Progress: lambda p: b"progress"}
+
+
+@pn.cache(max_items=4, hash_funcs=HASH)
+def open_source(kind: str, first: str, second: str = "", progress: Progress | None = None):
+    """kind 'pair': LivePair(base=first, tuned=second); kind 'results': ResultsFolder(first)."""
+    if kind == "pair":
+        return LivePair(first, second, progress=progress)
+    if kind == "results":
+        return ResultsFolder(first, progress=progress)
+    raise ValueError(f"unknown source kind {kind!r}; expected 'pair' or 'results'")
+
+
+@pn.cache(max_items=8)
+def neuron_summary(source) -> pd.DataFrame:
+    """Per-tensor tail statistics of C(i): name, layer, module, n_neurons, mean, max, median,
+    max_over_median, top1_share, top10_share."""
+    return pd.DataFrame(summary_rows(source.scores))
+
+
+@pn.cache(max_items=256, hash_funcs=HASH)
+def module_view(source, name: str, recipe: Recipe):
+    """The TensorView (C, C', located, C_final) of one tensor under one recipe."""
+    return source.view(name, recipe)
+
+
+@pn.cache(max_items=64, hash_funcs=HASH)
+def merge_outcome(source, recipe: Recipe) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-tensor outcome rows, long table of C'(i)/C(i) of located neurons: module, layer, ratio)."""
+    rows, ratios = [], []
+    for name in source.names:
+        view = module_view(source, name, recipe)
+        rows.append(outcome_row(view))
+        for r in located_ratio(view).tolist():
+            ratios.append({"module": module_of(name), "layer": layer_of(name), "ratio": r})
+    return pd.DataFrame(rows), pd.DataFrame(ratios, columns=["module", "layer", "ratio"])
+
+
+def modules_present(source) -> list[str]:
+    present = {module_of(n) for n in source.names}
+    return [m for m in LINEAR_MODULES if m in present]
+
+
+def tensor_name(source, layer: int, module: str) -> str | None:
+    for name in source.names:
+        if layer_of(name) == layer and module_of(name) == module:
+            return name
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation (the organism live; a results folder by lookup)
+
+@pn.cache(max_items=8)
+def organism_items(per_task: int) -> dict:
+    """The organism's held-out items, the first `per_task` of each task (0 = all)."""
+    from lfm.organism import load_items
+
+    out = {}
+    for kind in ("language", "visual"):
+        items, seen = [], {}
+        for it in load_items(kind):
+            seen[it.task] = seen.get(it.task, 0) + 1
+            if per_task <= 0 or seen[it.task] <= per_task:
+                items.append(it)
+        out[kind] = items
+    return out
+
+
+@pn.cache(max_items=256, hash_funcs=HASH)
+def evaluation(source, recipe: Recipe | None, per_task: int) -> dict | None:
+    """LA / VA / OA (+ answers when live) of `recipe` (None = the tuned model); None if unavailable."""
+    if isinstance(source, ResultsFolder):
+        return source.lookup(recipe) if recipe is not None else source.lookup(None, label="tuned")
+    if not source.can_evaluate:
+        return None
+    return source.evaluate(recipe, organism_items(per_task))
+
+
+@pn.cache(max_items=8)
+def reference_points(source, per_task: int) -> pd.DataFrame:
+    """Rows label, LA, VA, OA for base, tuned and hard-merge (empty when the source cannot evaluate)."""
+    if isinstance(source, ResultsFolder):
+        rows = [source.lookup(None, label=lab) for lab in ("base", "tuned", "hard-merge")]
+        return pd.DataFrame([r for r in rows if r], columns=["label", "LA", "VA", "OA"])
+    if not source.can_evaluate:
+        return pd.DataFrame(columns=["label", "LA", "VA", "OA"])
+    items = organism_items(per_task)
+    base = source.evaluate_base(items)
+    tuned = evaluation(source, None, per_task)
+    hard = evaluation(source, Recipe(method="hard"), per_task)
+    return pd.DataFrame([{"label": "base", "LA": base["LA"], "VA": base["VA"], "OA": base["OA"]},
+                         {"label": "tuned", "LA": tuned["LA"], "VA": tuned["VA"], "OA": tuned["OA"]},
+                         {"label": "hard-merge", "LA": hard["LA"], "VA": hard["VA"], "OA": hard["OA"]}])
+
+
+LIVE_SWEEP = dict(densities=(0.05, 0.1, 0.2, 0.4, 0.7), neurons=(0.0, 0.1, 0.3, 0.5))
+
+
+def live_sweep_points() -> list[tuple[str, Recipe]]:
+    return sweep_recipes(LIVE_SWEEP["densities"], LIVE_SWEEP["neurons"], alphas=(0.3, 0.5, 0.7))
+
+
+@pn.cache(max_items=8)
+def sweep_table(source, per_task: int, progress: Progress | None = None) -> pd.DataFrame | None:
+    """The trade-off curves: the results folder's sweep.csv, or (live) a small sweep evaluated here."""
+    if isinstance(source, ResultsFolder):
+        return None if source.sweep is None else source.sweep[source.sweep["curve"] != "reference"]
+    if not source.can_evaluate:
+        return None
+    points = live_sweep_points()
+    rows = []
+    for i, (curve, recipe) in enumerate(points):
+        if progress:
+            progress(i, len(points), f"sweep: {recipe.label}")
+        rows.append(sweep_row(curve, recipe, evaluation(source, recipe, per_task)))
+    if progress:
+        progress(len(points), len(points), "sweep done")
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generations
+
+def thumbnail(path: str, size: int = 48) -> str:
+    """An <img> tag with the image inlined as a data URI (no request leaves the page)."""
+    if not path or not Path(path).is_file():
+        return ""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(path).convert("RGB").save(buf, format="PNG")
+    data = base64.b64encode(buf.getvalue()).decode()
+    return (f'<img src="data:image/png;base64,{data}" width="{size}" height="{size}" '
+            f'style="image-rendering:pixelated" alt="item image">')
+
+
+@pn.cache(max_items=16)
+def _images() -> dict[str, str]:
+    from lfm.organism import scienceqa_records
+
+    return {r["id"]: r["image"] for r in scienceqa_records()}
+
+
+@pn.cache(max_items=64, hash_funcs=HASH)
+def generations(source, recipe: Recipe, per_task: int) -> pd.DataFrame | None:
+    """One row per multiple-choice item: its image, question, answer, and for each stage (hard,
+    suppress at K, restore at K/M: see results.stage_recipes) the generated answer and its category."""
+    stages = stage_recipes(recipe)
+    per_stage = {}
+    for stage, r in stages.items():
+        if isinstance(source, ResultsFolder):
+            answers = source.stage_answers(stage, r)
+        else:
+            result = evaluation(source, r, per_task)
+            answers = None if result is None else result["answers"]
+        if answers is None:
+            return None
+        per_stage[stage] = {a["id"]: a for a in answers}
+    images = {} if isinstance(source, ResultsFolder) else _images()
+    rows = []
+    for item_id, a in per_stage["hard"].items():
+        if any(item_id not in per_stage[s] for s in STAGES):
+            continue
+        row = {"id": item_id, "image": thumbnail(a.get("image") or images.get(item_id, "")), "task": a["task"],
+               "question": a["question"], "choices": " / ".join(a["choices"]), "answer": a["answer"]}
+        for s in STAGES:
+            row[s] = per_stage[s][item_id]["generated"]
+            row[f"{s}_category"] = per_stage[s][item_id]["category"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def transitions(table: pd.DataFrame, before: str, after: str) -> pd.DataFrame:
+    """Counts of (category at `before` -> category at `after`), e.g. suppress -> restore."""
+    counts = table.groupby([f"{before}_category", f"{after}_category"]).size()
+    return counts.rename("items").reset_index().rename(
+        columns={f"{before}_category": before, f"{after}_category": after})
+
+
+def fixed_summary(table: pd.DataFrame) -> str:
+    """'hard -> suppress: 12 false -> correct (9 not_known, 3 wrong_choice); suppress -> restore: ...'."""
+    parts = []
+    for before, after in (("hard", "suppress"), ("suppress", "restore")):
+        b, a = table[f"{before}_category"], table[f"{after}_category"]
+        fixed = table[(b != "correct") & (a == "correct")]
+        broken = int(((b == "correct") & (a != "correct")).sum())
+        by = fixed[f"{before}_category"].value_counts()
+        detail = ", ".join(f"{n} {c}" for c, n in by.items())
+        parts.append(f"{before} → {after}: {len(fixed)} false → correct" + (f" ({detail})" if detail else "")
+                     + f", {broken} correct → false")
+    return "; ".join(parts)

@@ -1,0 +1,131 @@
+"""Plotly figures of the explorer, from plain tables and TensorViews (no Panel: reusable in notebooks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from lfm.neurons import LINEAR_MODULES
+
+from .analysis import TensorView, head_groups
+
+METRICS = {
+    "top1_share": "share of the total change held by the top 1% of neurons",
+    "top10_share": "share of the total change held by the top 10% of neurons",
+    "max_over_median": "max C(i) / median C(i)",
+    "mean": "mean C(i)",
+    "max": "max C(i)",
+}
+CURRENT = "#d62728"
+LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=60, b=50), font=dict(size=12))
+
+
+def heatmap(summary: pd.DataFrame, metric: str, selected: tuple[int, str] | None = None) -> go.Figure:
+    """Layer x module heatmap of a tail statistic of C(i). `selected` (layer, module) is outlined."""
+    modules = [m for m in LINEAR_MODULES if m in set(summary["module"])]
+    layers = sorted(summary["layer"].unique())
+    grid = summary.pivot_table(index="layer", columns="module", values=metric).reindex(index=layers, columns=modules)
+    fig = go.Figure(go.Heatmap(z=grid.values, x=modules, y=[str(layer) for layer in layers], colorscale="Viridis",
+                               colorbar=dict(title=metric), hovertemplate="layer %{y} %{x}<br>" + metric +
+                               " = %{z:.3g}<extra></extra>"))
+    if selected is not None and selected[1] in modules and selected[0] in layers:
+        fig.add_shape(type="rect", x0=modules.index(selected[1]) - 0.5, x1=modules.index(selected[1]) + 0.5,
+                      y0=layers.index(selected[0]) - 0.5, y1=layers.index(selected[0]) + 0.5,
+                      line=dict(color=CURRENT, width=3))
+    fig.update_layout(title=f"Neuron change C(i) per layer × module: {METRICS.get(metric, metric)}",
+                      xaxis_title="module", yaxis_title="layer", **LAYOUT)
+    return fig
+
+
+def rank_curve(view: TensorView, module: str, layer: int, recipe_label: str, *, head_dim=None, n_heads=None,
+               n_kv_heads=None) -> go.Figure:
+    """Sorted C(i) on log-log axes (rank 1 = largest change), with C'(i) after suppression at K in the
+    same order, and the located (restored) neurons marked. Attention neurons are coloured by head; for
+    GQA k/v each kv head serves n_heads / n_kv_heads query heads."""
+    order = np.argsort(-view.scores.numpy(), kind="stable")
+    scores = view.scores.numpy()[order]
+    after = view.suppressed.numpy()[order]
+    located = view.located.numpy()[order]
+    rank = np.arange(1, len(scores) + 1)
+    groups = head_groups(module, len(scores), head_dim, n_heads, n_kv_heads)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=rank, y=scores, mode="lines", name="C(i) before merge",
+                             line=dict(color="#1f77b4", width=2)))
+    kv = module in ("k_proj", "v_proj") and n_heads and n_kv_heads and n_kv_heads < n_heads
+    if groups is not None:
+        g = groups.numpy()[order]
+        group_size = (n_heads // n_kv_heads) if kv else 1
+        for h in np.unique(g):
+            sel = g == h
+            name = (f"kv head {h} (query heads {h * group_size}-{h * group_size + group_size - 1})" if kv
+                    else f"head {h}")
+            fig.add_trace(go.Scatter(x=rank[sel], y=np.maximum(after[sel], 1e-12), mode="markers", name=f"C'(i) {name}",
+                                     marker=dict(size=5, symbol="circle-open"), legendgroup="after"))
+    else:
+        fig.add_trace(go.Scatter(x=rank, y=np.maximum(after, 1e-12), mode="markers", name="C'(i) after suppression at K",
+                                 marker=dict(size=4, color="#ff7f0e", symbol="circle-open")))
+    if located.any():
+        fig.add_trace(go.Scatter(x=rank[located], y=scores[located], mode="markers",
+                                 name=f"located top-M ({int(located.sum())}) → restored",
+                                 marker=dict(size=7, color=CURRENT, symbol="diamond")))
+    gqa = ""
+    if kv:
+        gqa = f" · GQA: {n_kv_heads} kv heads × {head_dim}, each shared by {n_heads // n_kv_heads} query heads"
+    fig.update_layout(title=f"Layer {layer} {module}: sorted C(i), {len(scores)} neurons · {recipe_label}{gqa}",
+                      xaxis=dict(type="log", title="rank of neuron (by C(i))"),
+                      yaxis=dict(type="log", title="change score"), legend=dict(font=dict(size=10)), **LAYOUT)
+    return fig
+
+
+def outcome_figure(outcome: pd.DataFrame, ratios: pd.DataFrame, recipe_label: str) -> go.Figure:
+    """Per module (mean over layers): entries kept, share of the change after suppression and after the
+    merge; and the distribution of C'(i)/C(i) over located neurons (what Rescale multiplies back)."""
+    modules = [m for m in LINEAR_MODULES if m in set(outcome["module"])]
+    mean = outcome.groupby("module")[["kept_entries", "change_after_suppress", "change_after_merge",
+                                      "located_fraction"]].mean().reindex(modules)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
+                        subplot_titles=("fraction of Δ kept / restored", "C'(i)/C(i) of located neurons"))
+    for col, label in (("kept_entries", "entries kept (Sub)"), ("change_after_suppress", "Σ C' / Σ C (after suppress)"),
+                       ("change_after_merge", "Σ C_final / Σ C (after restore, α in)"),
+                       ("located_fraction", "neurons located")):
+        fig.add_trace(go.Bar(x=modules, y=mean[col].values, name=label), row=1, col=1)
+    if not ratios.empty:
+        for m in modules:
+            r = ratios[ratios["module"] == m]["ratio"]
+            if len(r):
+                fig.add_trace(go.Box(y=r.values, name=m, showlegend=False, boxpoints=False), row=1, col=2)
+    else:
+        fig.add_annotation(text="no located neurons (M=0 or not Neuron-Fusion)", xref="x2 domain", yref="y2 domain",
+                           x=0.5, y=0.5, showarrow=False)
+    fig.update_layout(title=f"Merge outcome · {recipe_label}", barmode="group", **LAYOUT)
+    fig.update_yaxes(range=[0, 1.05], row=1, col=1)
+    return fig
+
+
+def tradeoff(sweep: pd.DataFrame | None, refs: pd.DataFrame, current: dict | None, current_label: str) -> go.Figure:
+    """LA (x) vs VA (y): sweep curves, base / tuned / hard-merge references, and the current setting."""
+    fig = go.Figure()
+    if sweep is not None and not sweep.empty:
+        for curve, g in sweep.groupby("curve", sort=False):
+            fig.add_trace(go.Scatter(x=g["LA"], y=g["VA"], mode="lines+markers", name=curve, text=g["label"],
+                                     hovertemplate="%{text}<br>LA %{x:.3f} VA %{y:.3f}<extra></extra>",
+                                     marker=dict(size=6)))
+    symbols = {"tuned": "square", "hard-merge": "x", "base": "triangle-up"}
+    for r in refs.to_dict("records"):
+        if r["VA"] is None or pd.isna(r["VA"]):  # the base LLM has no visual ability: a vertical line
+            fig.add_vline(x=r["LA"], line=dict(dash="dash", color="gray"),
+                          annotation_text=f"base LA {r['LA']:.2f}", annotation_position="top left")
+            continue
+        fig.add_trace(go.Scatter(x=[r["LA"]], y=[r["VA"]], mode="markers+text", name=r["label"], text=[r["label"]],
+                                 textposition="top center", marker=dict(size=12, color="black",
+                                                                        symbol=symbols.get(r["label"], "circle"))))
+    title = "Trade-off LA vs VA"
+    if current and current.get("LA") is not None:
+        fig.add_trace(go.Scatter(x=[current["LA"]], y=[current["VA"]], mode="markers", name=f"current: {current_label}",
+                                 marker=dict(size=18, color=CURRENT, symbol="star")))
+        title += f" · current {current_label}: LA {current['LA']:.3f} VA {current['VA']:.3f} OA {current['OA']:.3f}"
+    fig.update_layout(title=title, xaxis_title="LA (language ability)", yaxis_title="VA (visual ability)",
+                      **LAYOUT)
+    return fig

@@ -1,0 +1,268 @@
+"""The results folder: everything the explorer shows, precomputed once for a pair too big to merge live.
+
+`lfm precompute --base B --tuned T --out RESULTS` writes (`write_results`):
+
+    meta.json              format, base, tuned, lfm version, attention shape (heads, kv heads, head_dim),
+                           the K grid and M grid used below
+    scores.safetensors     C(i) for every linear-module tensor (lfm.score.save_scores; summary in metadata)
+    suppressed.safetensors C'(i) after TIES suppression at each grid K, keys "K=<k>/<tensor name>"
+    summary.csv            per-tensor tail statistics (lfm.score.summary_rows)
+    sweep.csv              LA / VA / OA per merge (columns: curve, label, method, suppress, restore, density,
+                           neurons, alpha, LA, VA, OA); reference rows have curve 'reference'
+    generations.csv        answers per stage on the multiple-choice items (columns: stage, density, neurons,
+                           id, task, question, choices, answer, image, generated, category)
+    images/                the items' images (thumbnails in the generations table)
+
+sweep.csv and generations.csv exist when the pair could be evaluated (the organism, or any pair the
+evaluation package `lfm.evaluate` can score). `ResultsFolder` reads the folder back with the same
+interface as `LivePair` for the neuron views; K snaps to the nearest grid value.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from lfm import __version__
+from lfm.methods import Recipe, suppress, tensor_generator
+from lfm.neurons import neuron_axis, neuron_scores
+from lfm.pair import open_pair, text_config
+from lfm.score import save_scores, summary_rows
+
+from .analysis import TensorView
+
+FORMAT = "lfm-results/1"
+DEFAULT_DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+DEFAULT_NEURONS = (0.0, 0.1, 0.2, 0.3, 0.5)
+SWEEP_COLUMNS = ("curve", "label", "method", "suppress", "restore", "density", "neurons", "alpha", "LA", "VA", "OA")
+
+
+def _k_key(k: float) -> str:
+    return f"K={k:g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+def write_scores(base, tuned, out: Path, densities=DEFAULT_DENSITIES, *, device="cpu", progress=True) -> dict:
+    """Stream the pair once: C(i) and C'(i) (TIES suppression at each K of `densities`) per linear tensor.
+    Writes meta.json, scores.safetensors, suppressed.safetensors and summary.csv. Returns meta."""
+    pair = open_pair(base, tuned)
+    cfg = text_config(pair.tuned.config)
+    scores, suppressed = {}, {}
+    entries = [e for e in pair.entries if neuron_axis(e.name) is not None]
+    for e in tqdm(entries, desc="scoring neurons", unit="tensor", disable=not progress):
+        axis = neuron_axis(e.name)
+        delta = pair.tuned.get(e.tuned_key, device).float() - pair.base.get(e.base_key, device).float()
+        if not torch.isfinite(delta).all():
+            raise ValueError(f"non-finite delta in tensor {e.name!r}; fix the checkpoint")
+        scores[e.name] = neuron_scores(delta, axis).cpu()
+        sorted_abs = torch.sort(delta.abs().flatten(), descending=True).values
+        for k in densities:
+            s, _ = suppress(delta, Recipe(method="neuron_fusion", suppress="ties", density=k), sorted_abs)
+            suppressed[f"{_k_key(k)}/{e.name}"] = neuron_scores(s, axis).cpu()
+        del delta, sorted_abs
+    n_heads = cfg.get("num_attention_heads")
+    meta = {"format": FORMAT, "lfm_version": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "base": str(Path(base).resolve()), "tuned": str(Path(tuned).resolve()),
+            "description": pair.describe(), "n_layers": cfg.get("num_hidden_layers"), "n_heads": n_heads,
+            "n_kv_heads": cfg.get("num_key_value_heads") or n_heads,
+            "head_dim": cfg.get("head_dim") or (cfg["hidden_size"] // n_heads if n_heads else None),
+            "densities": list(densities)}
+    out.mkdir(parents=True, exist_ok=True)
+    save_scores(scores, out / "scores.safetensors", {"base": meta["base"], "tuned": meta["tuned"]})
+    save_file({k: v.contiguous() for k, v in suppressed.items()}, str(out / "suppressed.safetensors"))
+    pd.DataFrame(summary_rows(scores)).to_csv(out / "summary.csv", index=False)
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def sweep_recipes(densities=DEFAULT_DENSITIES, neurons=DEFAULT_NEURONS, alphas=(0.3, 0.5, 0.7, 0.9)) -> list[tuple[str, Recipe]]:
+    """(curve, recipe) of the trade-off plot: TIES over K, Neu-S-TIES / Neu-P-TIES over K at M=0.3,
+    Neu-S-TIES over M at K=0.2, TaskA over alpha (the paper's Figures 6-8 families)."""
+    points = [("TIES over K", Recipe(method="ties", density=k)) for k in densities]
+    for tag, restore in (("S", "rescale"), ("P", "replace")):
+        points += [(f"Neu-{tag}-TIES over K (M=0.3)", Recipe(density=k, neurons=0.3, restore=restore))
+                   for k in densities]
+    points += [("Neu-S-TIES over M (K=0.2)", Recipe(density=0.2, neurons=m)) for m in neurons]
+    points += [("TaskA over alpha", Recipe(method="task_arithmetic", alpha=a)) for a in alphas]
+    return points
+
+
+def sweep_row(curve: str, recipe: Recipe | None, result: dict, label: str | None = None) -> dict:
+    r = recipe.to_dict() if recipe is not None else {}
+    return {"curve": curve, "label": label or (recipe.label if recipe else curve), "method": r.get("method", ""),
+            "suppress": r.get("suppress", ""), "restore": r.get("restore", ""), "density": r.get("density"),
+            "neurons": r.get("neurons"), "alpha": r.get("alpha"),
+            "LA": result.get("LA"), "VA": result.get("VA"), "OA": result.get("OA")}
+
+
+def generation_rows(stage: str, recipe: Recipe | None, result: dict, images: dict[str, str]) -> list[dict]:
+    """One row per visual answer of an evaluation (`result['answers']`), tagged with the stage and K/M."""
+    k = recipe.density if recipe is not None else None
+    m = recipe.neurons if recipe is not None else None
+    return [{"stage": stage, "density": k, "neurons": m, "id": a["id"], "task": a["task"],
+             "question": a["question"], "choices": json.dumps(a["choices"]), "answer": a["answer"],
+             "image": images.get(a["id"], ""), "generated": a["generated"], "category": a["category"]}
+            for a in result.get("answers", [])]
+
+
+def stage_recipes(recipe: Recipe) -> dict[str, Recipe]:
+    """The three stages of the paper's analysis at `recipe`'s K and M: hard-merge, suppress (M=0) and
+    restore (Neuron-Fusion at M). A non-Neuron-Fusion recipe uses Neu-S-TIES at its K."""
+    if recipe.method != "neuron_fusion":
+        suppressor = recipe.method if recipe.method in ("ties", "breadcrumbs", "task_arithmetic") else "ties"
+        recipe = Recipe(method="neuron_fusion", suppress=suppressor, density=recipe.density,
+                        neurons=0.3, alpha=recipe.alpha, gamma=recipe.gamma, seed=recipe.seed)
+    from dataclasses import replace
+    return {"hard": Recipe(method="hard"), "suppress": replace(recipe, neurons=0.0), "restore": recipe}
+
+
+def write_evaluations(live, out: Path, densities=DEFAULT_DENSITIES, neurons=DEFAULT_NEURONS, *,
+                      items: dict | None = None, progress=True) -> None:
+    """Evaluate the sweep and the generation stages with a `LivePair` that can evaluate (the organism).
+    Writes sweep.csv, generations.csv and images/."""
+    from dataclasses import replace
+
+    rows, gens = [], []
+    images_dir = out / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    images = {}
+    from lfm.organism import scienceqa_records
+    for rec in scienceqa_records():
+        dst = images_dir / Path(rec["image"]).name
+        shutil.copyfile(rec["image"], dst)
+        images[rec["id"]] = f"images/{dst.name}"
+
+    base_result = live.evaluate_base(items)
+    rows.append(sweep_row("reference", None, base_result, "base"))
+    tuned_result = live.evaluate(None, items)
+    rows.append(sweep_row("reference", None, tuned_result, "tuned"))
+    gens += generation_rows("tuned", None, tuned_result, images)
+    hard = live.evaluate(Recipe(method="hard"), items)
+    rows.append(sweep_row("reference", Recipe(method="hard"), hard, "hard-merge"))
+    gens += generation_rows("hard", None, hard, images)
+    points = sweep_recipes(densities, neurons)
+    stage_points = [(k, m) for k in densities for m in neurons]
+    bar = tqdm(total=len(points) + len(stage_points), desc="evaluating", disable=not progress)
+    for curve, recipe in points:
+        rows.append(sweep_row(curve, recipe, live.evaluate(recipe, items)))
+        bar.update()
+    for k, m in stage_points:
+        recipe = replace(Recipe(), density=k, neurons=m)
+        gens += generation_rows("suppress" if m == 0 else "restore", recipe, live.evaluate(recipe, items), images)
+        bar.update()
+    bar.close()
+    pd.DataFrame(rows, columns=list(SWEEP_COLUMNS)).to_csv(out / "sweep.csv", index=False)
+    pd.DataFrame(gens).to_csv(out / "generations.csv", index=False)
+    meta = json.loads((out / "meta.json").read_text())
+    meta["neurons"] = list(neurons)
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+class ResultsFolder:
+    """A results folder, read with the same interface as `LivePair` for the neuron views."""
+
+    kind = "results"
+    can_evaluate = False
+
+    def __init__(self, path: str | Path, *, progress=None):
+        self.path = Path(path)
+        meta_file = self.path / "meta.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{self.path}: not a results folder (no meta.json); write one with "
+                                    f"`lfm precompute --base B --tuned T --out {self.path}`")
+        self.meta = json.loads(meta_file.read_text())
+        if self.meta.get("format") != FORMAT:
+            raise ValueError(f"{meta_file}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
+        if progress:
+            progress(0, 2, "reading scores")
+        self.scores = load_file(str(self.path / "scores.safetensors"))
+        self.suppressed = load_file(str(self.path / "suppressed.safetensors"))
+        if progress:
+            progress(2, 2, "done")
+        self.base, self.tuned = self.meta["base"], self.meta["tuned"]
+        self.description = f"results folder {self.path}\n{self.meta.get('description', '')}"
+        self.names = list(self.scores)
+        self.n_heads, self.n_kv_heads = self.meta.get("n_heads"), self.meta.get("n_kv_heads")
+        self.head_dim, self.n_layers = self.meta.get("head_dim"), self.meta.get("n_layers")
+        self.densities = [float(k) for k in self.meta["densities"]]
+        self.eval_error = "a results folder: evaluations come from its sweep.csv / generations.csv"
+        sweep, gens = self.path / "sweep.csv", self.path / "generations.csv"
+        self.sweep = pd.read_csv(sweep) if sweep.is_file() else None
+        self.generations = pd.read_csv(gens) if gens.is_file() else None
+
+    def nearest_density(self, k: float) -> float:
+        return min(self.densities, key=lambda d: abs(d - k))
+
+    def view(self, name: str, recipe: Recipe) -> TensorView:
+        """C(i), C'(i) at the nearest grid K, located neurons and C_final for TIES-based recipes."""
+        from lfm.neurons import locate
+
+        suppressor = recipe.suppress if recipe.method == "neuron_fusion" else recipe.method
+        if suppressor != "ties":
+            raise ValueError(f"this results folder holds TIES suppression only; pick TIES or Neu-*-TIES "
+                             f"(got {recipe.label})")
+        scores = self.scores[name]
+        k = self.nearest_density(recipe.density)
+        after = self.suppressed[f"{_k_key(k)}/{name}"]
+        if recipe.method == "neuron_fusion" and recipe.neurons > 0:
+            located = locate(scores, recipe.neurons, recipe.locate,
+                             tensor_generator(recipe, name) if recipe.is_random else None)
+        else:
+            located = torch.zeros_like(scores, dtype=torch.bool)
+        # Replace and Rescale both give a located neuron its full C(i) back (see lfm.methods.restore_*)
+        final = recipe.alpha * torch.where(located, scores, after)
+        return TensorView(name, scores, after, located, final, k)
+
+    def lookup(self, recipe: Recipe | None, label: str | None = None) -> dict | None:
+        """LA/VA/OA of the sweep row closest to `recipe` (same method/suppress/restore), or of a reference
+        row by label ('base', 'tuned', 'hard-merge'); None when the folder has no such row."""
+        if self.sweep is None:
+            return None
+        df = self.sweep
+        if label is not None:
+            rows = df[df["label"] == label]
+        else:
+            rows = df[(df["method"] == recipe.method) & (df["curve"] != "reference")]
+            if recipe.method == "neuron_fusion":
+                rows = rows[(rows["suppress"] == recipe.suppress) & (rows["restore"] == recipe.restore)]
+            if rows.empty:
+                return None
+            dist = (rows["density"] - recipe.density).abs() + (rows["neurons"] - recipe.neurons).abs() \
+                + (rows["alpha"] - recipe.alpha).abs()
+            rows = rows.loc[[dist.idxmin()]]
+        if rows.empty:
+            return None
+        r = rows.iloc[0]
+        return {"LA": r["LA"], "VA": r["VA"], "OA": r["OA"], "label": r["label"]}
+
+    def stage_answers(self, stage: str, recipe: Recipe) -> list[dict] | None:
+        """Stored answers of `stage` nearest to recipe's K (and M for 'restore'); None if absent."""
+        if self.generations is None:
+            return None
+        g = self.generations[self.generations["stage"] == stage]
+        if g.empty:
+            return None
+        if stage in ("suppress", "restore"):
+            dist = (g["density"] - recipe.density).abs()
+            if stage == "restore":
+                dist = dist + (g["neurons"] - recipe.neurons).abs()
+            best = dist.min()
+            g = g[dist == best]
+        out = []
+        for r in g.to_dict("records"):
+            r["choices"] = json.loads(r["choices"])
+            r["image"] = str(self.path / r["image"]) if isinstance(r["image"], str) and r["image"] else ""
+            out.append(r)
+        return out

@@ -1,0 +1,251 @@
+"""ExplorerState: what the page is looking at (the pair, the merge knobs, the selection) and the
+results that depend on it. Views read it and set it; they hold no data of their own.
+
+Loading a pair and evaluating merges can take seconds: with `background=True` (the served app) they
+run on worker threads and their results are handed back to the page's document on its own thread
+(`Document.add_next_tick_callback`, Bokeh's thread-safe entry point), so the page never freezes.
+With `background=False` (tests, notebooks) everything runs inline.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import panel as pn
+import param
+
+from lfm.methods import Recipe
+
+from . import compute
+from .figures import METRICS
+
+# display name -> Recipe.from_name alias (lfm.methods.ALIASES)
+METHOD_CHOICES = {
+    "Neu-S-TIES": "neu-s-ties", "Neu-P-TIES": "neu-p-ties", "Neu-S-Bread": "neu-s-bread",
+    "Neu-P-Bread": "neu-p-bread", "Neu-S-TaskA": "neu-s-taska", "Neu-P-TaskA": "neu-p-taska",
+    "TIES": "ties", "Breadcrumbs": "bread", "TaskA": "ta", "DARE": "dare", "DELLA": "della", "hard-merge": "hard",
+}
+SOURCES = ("organism", "pair", "results")
+
+
+def organism_paths() -> tuple[str, str]:
+    from lfm.organism import ORGANISM_DIR
+
+    return str(ORGANISM_DIR / "base"), str(ORGANISM_DIR / "tuned")
+
+
+class ExplorerState(param.Parameterized):
+    # -- which pair ---------------------------------------------------------------------------
+    source_kind = param.Selector(default="organism", objects=list(SOURCES), doc="organism | pair | results")
+    base_path = param.String(default="", doc="base LLM directory (source 'pair')")
+    tuned_path = param.String(default="", doc="tuned MLLM directory (source 'pair')")
+    results_path = param.String(default="", doc="results folder written by `lfm precompute` (source 'results')")
+    source = param.Parameter(default=None, doc="the loaded LivePair / ResultsFolder")
+    loading = param.Boolean(default=False)
+    progress = param.Integer(default=0, bounds=(0, 100))
+    status = param.String(default="")
+    error = param.String(default="", doc="the last error, shown in the page")
+
+    # -- the merge ----------------------------------------------------------------------------
+    method = param.Selector(default="Neu-S-TIES", objects=list(METHOD_CHOICES))
+    density = param.Number(default=0.2, bounds=(0.01, 1.0), step=0.01, doc="K")
+    neurons = param.Number(default=0.3, bounds=(0.0, 1.0), step=0.01, doc="M")
+    alpha = param.Number(default=1.0, bounds=(0.0, 2.0), step=0.05)
+    gamma = param.Number(default=0.01, bounds=(0.0, 0.2), step=0.005)
+    epsilon = param.Number(default=0.1, bounds=(0.0, 0.5), step=0.01)
+    restore = param.Selector(default="rescale", objects=["rescale", "replace"])
+    locate = param.Selector(default="top", objects=["top", "random", "bottom"])
+    others = param.Selector(default="method", objects=["method", "tuned", "base"])
+    seed = param.Integer(default=0)
+    recipe = param.ClassSelector(class_=Recipe, default=Recipe())
+
+    # -- what is looked at --------------------------------------------------------------------
+    metric = param.Selector(default="top1_share", objects=list(METRICS))
+    layer = param.Integer(default=0, bounds=(0, None))
+    module = param.Selector(default="up_proj", objects=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                         "up_proj", "down_proj"])
+    per_task = param.Integer(default=8, bounds=(0, None), doc="evaluation items per task (0 = all)")
+
+    # -- evaluation results (organism live, or a results folder) ------------------------------
+    current = param.Dict(default=None, allow_None=True, doc="LA/VA/OA of the current recipe")
+    references = param.DataFrame(default=pd.DataFrame(columns=["label", "LA", "VA", "OA"]))
+    sweep = param.DataFrame(default=None, allow_None=True)
+    generations = param.DataFrame(default=None, allow_None=True)
+    eval_status = param.String(default="")
+
+    def __init__(self, *, background: bool = True, auto_sweep: bool = True, **params):
+        super().__init__(**params)
+        self.background = background
+        self.auto_sweep = auto_sweep
+        self._doc = pn.state.curdoc
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lfm-explorer") if background else None
+        self._sweep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lfm-sweep") if background else None
+        self._token = 0
+        self._lock = threading.Lock()
+        self._update_recipe()
+
+    # -- recipe ------------------------------------------------------------------------------
+
+    @param.depends("method", watch=True)
+    def _method_sets_restore(self):
+        alias = METHOD_CHOICES[self.method]
+        if alias.startswith("neu-"):
+            self.restore = "replace" if alias.startswith("neu-p") else "rescale"
+
+    @param.depends("restore", watch=True)
+    def _restore_sets_method(self):
+        if self.method.startswith("Neu-"):
+            tag = "P" if self.restore == "replace" else "S"
+            self.method = f"Neu-{tag}-{self.method.split('-', 2)[2]}"
+
+    @param.depends("method", "density", "neurons", "alpha", "gamma", "epsilon", "restore", "locate", "others",
+                   "seed", watch=True)
+    def _update_recipe(self):
+        alias = METHOD_CHOICES[self.method]
+        fields = dict(density=round(self.density, 4), alpha=round(self.alpha, 4), gamma=self.gamma,
+                      epsilon=self.epsilon, locate=self.locate, others=self.others, seed=self.seed,
+                      neurons=round(self.neurons, 4))
+        if alias.startswith("neu-"):
+            fields["restore"] = self.restore
+        try:
+            recipe = Recipe.from_name(alias, **fields)
+        except ValueError as e:
+            self.error = f"invalid setting: {e}"
+            return
+        if self.error.startswith("invalid setting"):
+            self.error = ""
+        self.recipe = recipe
+
+    def recipe_yaml(self) -> str:
+        """The current recipe as YAML, runnable with `lfm merge --config recipe.yaml --out OUT`."""
+        import yaml
+
+        data = {"base": self.source.base if self.source else "", "tuned": self.source.tuned if self.source else "",
+                "label": self.recipe.label, **self.recipe.to_dict()}
+        return yaml.safe_dump(data, sort_keys=False)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def source_args(self) -> tuple[str, str, str]:
+        if self.source_kind == "organism":
+            base, tuned = organism_paths()
+            return "pair", base, tuned
+        if self.source_kind == "pair":
+            if not self.base_path.strip() or not self.tuned_path.strip():
+                raise ValueError("enter both a base and a tuned model directory")
+            return "pair", str(Path(self.base_path.strip()).expanduser()), str(Path(self.tuned_path.strip()).expanduser())
+        if not self.results_path.strip():
+            raise ValueError("enter a results folder (written by `lfm precompute`)")
+        return "results", str(Path(self.results_path.strip()).expanduser()), ""
+
+    def load(self):
+        """Open the selected pair (in the background when `background`). Errors go to `error`; the
+        previously loaded pair stays in place."""
+        try:
+            args = self.source_args()
+        except ValueError as e:
+            self.error = str(e)
+            return
+        self.error, self.loading, self.progress, self.status = "", True, 0, f"loading {args[1]} ..."
+        progress = compute.Progress(self._progress)
+        if self.background:
+            self._pool.submit(self._load_job, args, progress)
+        else:
+            self._load_job(args, progress)
+
+    def _progress(self, done, total, message):
+        self._set(progress=int(100 * done / max(total, 1)), status=message)
+
+    def _load_job(self, args, progress):
+        try:
+            source = compute.open_source(*args, progress=progress)
+        except Exception as e:  # shown in the page; the app keeps the previous pair
+            self._set(loading=False, error=f"could not load {args[1]}: {e}", status="")
+            return
+        self._set(loading=False, progress=100, status="", _source=source)
+
+    def _set(self, _source=None, **values):
+        """Set parameters on the document's thread (or inline when there is no document / no thread)."""
+        def apply():
+            if _source is not None:
+                self._install(_source)
+            if values:
+                self.param.update(**values)
+        if self._doc is not None and self.background and threading.current_thread() is not threading.main_thread():
+            self._doc.add_next_tick_callback(apply)
+        else:
+            apply()
+
+    def _install(self, source):
+        layers = sorted({compute.layer_of(n) for n in source.names})
+        modules = compute.modules_present(source)
+        self.param.layer.bounds = (layers[0], layers[-1])
+        self.param.module.objects = modules
+        self.param.update(source=source, layer=min(max(self.layer, layers[0]), layers[-1]),
+                          module=self.module if self.module in modules else modules[0],
+                          current=None, generations=None, sweep=None,
+                          references=pd.DataFrame(columns=["label", "LA", "VA", "OA"]))
+        self.evaluate()
+        if self.auto_sweep:
+            self.run_sweep()
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    @param.depends("recipe", "per_task", watch=True)
+    def evaluate(self):
+        """Evaluate the current recipe and its stages (hard / suppress / restore) on the organism items,
+        or look them up in a results folder."""
+        source = self.source
+        if source is None:
+            return
+        if source.kind == "live" and not source.can_evaluate:
+            self.eval_status = f"evaluation off: {source.eval_error}"
+            return
+        with self._lock:
+            self._token += 1
+            token = self._token
+        self.eval_status = f"evaluating {self.recipe.label} ..."
+        if self.background:
+            self._pool.submit(self._evaluate_job, source, self.recipe, self.per_task, token)
+        else:
+            self._evaluate_job(source, self.recipe, self.per_task, token)
+
+    def _evaluate_job(self, source, recipe, per_task, token):
+        if token != self._token:
+            return  # a newer setting was requested meanwhile
+        try:
+            refs = compute.reference_points(source, per_task)
+            current = compute.evaluation(source, recipe, per_task)
+            gens = compute.generations(source, recipe, per_task)
+        except Exception as e:
+            traceback.print_exc()
+            self._set(error=f"evaluation failed: {e}", eval_status="")
+            return
+        if token != self._token:
+            return
+        self._set(references=refs, current=current, generations=gens,
+                  eval_status="" if current is not None else "no evaluation for this setting")
+
+    def run_sweep(self):
+        source = self.source
+        if source is None or (source.kind == "live" and not source.can_evaluate):
+            return
+
+        def job():
+            progress = compute.Progress(lambda d, t, m: self._set(eval_status=f"trade-off sweep {d}/{t}: {m}"))
+            try:
+                table = compute.sweep_table(source, self.per_task, progress)
+            except Exception as e:
+                traceback.print_exc()
+                self._set(error=f"sweep failed: {e}")
+                return
+            if self.source is source:
+                self._set(sweep=table, eval_status="")
+        if self.background:
+            self._sweep_pool.submit(job)
+        else:
+            job()
