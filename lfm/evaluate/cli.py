@@ -1,0 +1,129 @@
+"""`lfm eval`, `lfm sweep`, `lfm compare` (registered into the `lfm` command by lfm/cli.py).
+
+    lfm eval MODEL_DIR --suite organism|paper|suite.yaml [--out results.json] [--limit N]
+    lfm sweep --base B --tuned T --method neu-s-ties,ties --density 0.05:0.9:0.05 --neurons 0:0.5:0.1 \
+              --suite organism --out sweeps/run1 [--executor ray] [--resume] [--report]
+    lfm sweep --report --out sweeps/run1            # best OA point + (LA, VA) Pareto front of a finished sweep
+    lfm compare --base B --tuned T --density 0.2 --neurons 0.3 [--items organism|scienceqa] --out DIR
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lfm.methods import RESTORES, SUPPRESSORS
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="LA / VA / OA of a model through lm-eval and lmms-eval")
+    p.add_argument("model_dir", help="model directory (an MLLM, or a plain LLM: language tasks only)")
+    p.add_argument("--suite", default="organism", help="paper | organism | a suite YAML file (default organism)")
+    p.add_argument("--out", help="write the results JSON here")
+    p.add_argument("--limit", type=int, help="items per task (quick checks)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--samples", action="store_true", help="include every generation in the JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("sweep", help="evaluate a K/M grid of merges into one results table")
+    p.add_argument("--base", help="base LLM directory")
+    p.add_argument("--tuned", help="tuned MLLM directory")
+    p.add_argument("--method", action="append", help="method or paper alias; repeat or comma-separate "
+                   "(default neu-s-ties)")
+    p.add_argument("--density", "-K", default="0.2", help="K values: start:stop:step or a comma list (default 0.2)")
+    p.add_argument("--neurons", "-M", default="0.3", help="M values: start:stop:step or a comma list (default 0.3)")
+    p.add_argument("--suppress", choices=SUPPRESSORS)
+    p.add_argument("--restore", choices=RESTORES)
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--gamma", type=float)
+    p.add_argument("--epsilon", type=float)
+    p.add_argument("--locate", choices=("top", "random", "bottom"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--others", choices=("method", "tuned", "base"))
+    p.add_argument("--suite", default="organism", help="paper | organism | a suite YAML file")
+    p.add_argument("--out", required=True, help="results folder (results.csv, results.json, points.jsonl)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--workers", type=int, help="Ray CPU actors when no GPU is present (default 1)")
+    p.add_argument("--resume", action="store_true", help="continue a sweep in --out; finished points are kept")
+    p.add_argument("--limit", type=int, help="items per task")
+    p.add_argument("--no-references", action="store_true", help="skip the base / tuned / hard-merge rows")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--report", action="store_true", help="print the best-OA point and the (LA, VA) Pareto front "
+                   "(alone with --out: report a finished sweep without running anything)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+    p = subparsers.add_parser("compare", help="hard-merge / suppress / restore generations + failure transitions")
+    p.add_argument("--base", required=True)
+    p.add_argument("--tuned", required=True)
+    p.add_argument("--density", "-K", type=float, default=0.2)
+    p.add_argument("--neurons", "-M", type=float, default=0.3)
+    p.add_argument("--suppress", choices=SUPPRESSORS, default="ties")
+    p.add_argument("--restore", choices=RESTORES, default="rescale")
+    p.add_argument("--items", default="organism", help="organism (offline) | scienceqa (ScienceQA-IMG, needs the hub)")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="folder for items.csv and transitions.json")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_eval(args) -> int:
+    from lfm.evaluate.harness import evaluate, format_table
+
+    res = evaluate(args.model_dir, args.suite, limit=args.limit, device=args.device, batch_size=args.batch_size,
+                   log_samples=args.samples)
+    res["model"] = str(Path(args.model_dir).resolve())
+    if not args.samples:
+        res.pop("samples", None)
+    print(format_table(res))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from lfm.evaluate.pareto import report
+    from lfm.evaluate.sweep import grid, load_results, parse_values, run_sweep
+
+    if args.report and not args.base and not args.tuned:
+        print(report(load_results(args.out)))
+        return 0
+    if not args.base or not args.tuned:
+        raise ValueError("--base and --tuned are required to run a sweep (or use --report --out DIR alone)")
+    methods = [m.strip() for spec in (args.method or ["neu-s-ties"]) for m in spec.split(",") if m.strip()]
+    fields = {k: getattr(args, k) for k in ("suppress", "restore", "alpha", "gamma", "epsilon", "locate", "seed",
+                                            "others") if getattr(args, k) is not None}
+    recipes = grid(methods, parse_values(args.density), parse_values(args.neurons), **fields)
+    df = run_sweep(args.base, args.tuned, recipes, suite=args.suite, out_dir=args.out, executor=args.executor,
+                   resume=args.resume, limit=args.limit, references=not args.no_references, device=args.device,
+                   workers=args.workers, batch_size=args.batch_size, progress=not args.quiet)
+    cols = [c for c in ("label", "LA", "VA", "OA") if c in df.columns]
+    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {Path(args.out) / 'results.csv'} ({len(df)} rows)")
+    if args.report:
+        print(report(df))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from lfm.evaluate.compare import compare_stages, format_summary, summary
+
+    table = compare_stages(args.base, args.tuned, items=args.items, limit=args.limit, device=args.device,
+                           max_new_tokens=args.max_new_tokens, progress=not args.quiet, density=args.density,
+                           neurons=args.neurons, suppress=args.suppress, restore=args.restore)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "items.csv", index=False)
+    s = summary(table)
+    s["recipe"] = {"density": args.density, "neurons": args.neurons, "suppress": args.suppress,
+                   "restore": args.restore, "items": args.items}
+    (out / "transitions.json").write_text(json.dumps(s, indent=2) + "\n")
+    print(format_summary(s))
+    print(f"wrote {out / 'items.csv'} and {out / 'transitions.json'}")
+    return 0
