@@ -3,6 +3,11 @@
 Opens the embedded organism by default. Options after `--args`:
     --base DIR --tuned DIR     a model pair to explore live (small models)
     --results DIR              a results folder written by `lfm precompute` (big models)
+    --per-task N               organism items per task in live evaluations (default 8; 0 = all)
+    --no-sweep                 do not evaluate the trade-off curves in the background
+
+`panel serve` binds every interface unless told otherwise: pass `--address 127.0.0.1` (as `make demo`
+does), or run `lfm explore`, which binds 127.0.0.1 by default.
 """
 
 import argparse
@@ -19,10 +24,12 @@ parser = argparse.ArgumentParser(prog="panel serve apps/explorer.py --args")
 parser.add_argument("--base")
 parser.add_argument("--tuned")
 parser.add_argument("--results")
+parser.add_argument("--per-task", type=int, default=8, help="organism items per task in live evaluations (0 = all)")
+parser.add_argument("--no-sweep", action="store_true", help="skip the background trade-off sweep")
 args, _ = parser.parse_known_args(sys.argv[1:])
 
 extension()
-state = ExplorerState()
+state = ExplorerState(per_task=args.per_task, auto_sweep=not args.no_sweep)
 if args.results:
     state.param.update(source_kind="results", results_path=args.results)
 elif args.base and args.tuned:

@@ -49,14 +49,14 @@ class PairPicker(View):
     def __init__(self, state, **params):
         super().__init__(state, **params)
         s = state
-        self.kind = pn.widgets.RadioButtonGroup.from_param(s.param.source_kind, name="source", button_type="light")
-        self.base = pn.widgets.TextInput.from_param(s.param.base_path, name="base LLM directory",
+        self.kind = pn.widgets.RadioButtonGroup.from_param(s.param.source_kind, label="source", color="light")
+        self.base = pn.widgets.TextInput.from_param(s.param.base_path, label="base LLM directory",
                                                     placeholder="/path/to/base")
-        self.tuned = pn.widgets.TextInput.from_param(s.param.tuned_path, name="tuned MLLM directory",
+        self.tuned = pn.widgets.TextInput.from_param(s.param.tuned_path, label="tuned MLLM directory",
                                                      placeholder="/path/to/tuned")
-        self.results = pn.widgets.TextInput.from_param(s.param.results_path, name="results folder",
+        self.results = pn.widgets.TextInput.from_param(s.param.results_path, label="results folder",
                                                        placeholder="written by `lfm precompute`")
-        self.load_button = pn.widgets.Button(name="Load", button_type="primary")
+        self.load_button = pn.widgets.Button(label="Load", color="primary")
         self.load_button.on_click(lambda event: s.load())
         self.bar = pn.indicators.Progress(value=s.param.progress, max=100, sizing_mode="stretch_width",
                                           visible=s.param.loading, height=16)
@@ -86,16 +86,16 @@ class Controls(View):
     def __init__(self, state, **params):
         super().__init__(state, **params)
         s = state
-        self.method = pn.widgets.Select.from_param(s.param.method, name="method")
-        self.density = pn.widgets.FloatSlider.from_param(s.param.density, name="K (density: Δ entries kept)")
-        self.neurons = pn.widgets.FloatSlider.from_param(s.param.neurons, name="M (neurons restored)")
-        self.alpha = pn.widgets.FloatSlider.from_param(s.param.alpha, name="α")
-        self.gamma = pn.widgets.FloatSlider.from_param(s.param.gamma, name="γ (breadcrumbs outliers)")
-        self.epsilon = pn.widgets.FloatSlider.from_param(s.param.epsilon, name="ε (DELLA spread)")
-        self.restore = pn.widgets.RadioButtonGroup.from_param(s.param.restore, name="restore")
-        self.locate = pn.widgets.Select.from_param(s.param.locate, name="locate neurons")
-        self.others = pn.widgets.Select.from_param(s.param.others, name="norms / embeddings / lm_head")
-        self.per_task = pn.widgets.IntInput.from_param(s.param.per_task, name="eval items per task (0 = all)")
+        self.method = pn.widgets.Select.from_param(s.param.method, label="method")
+        self.density = pn.widgets.FloatSlider.from_param(s.param.density, label="K (density: Δ entries kept)")
+        self.neurons = pn.widgets.FloatSlider.from_param(s.param.neurons, label="M (neurons restored)")
+        self.alpha = pn.widgets.FloatSlider.from_param(s.param.alpha, label="α")
+        self.gamma = pn.widgets.FloatSlider.from_param(s.param.gamma, label="γ (breadcrumbs outliers)")
+        self.epsilon = pn.widgets.FloatSlider.from_param(s.param.epsilon, label="ε (DELLA spread)")
+        self.restore = pn.widgets.RadioButtonGroup.from_param(s.param.restore, label="restore")
+        self.locate = pn.widgets.Select.from_param(s.param.locate, label="locate neurons")
+        self.others = pn.widgets.Select.from_param(s.param.others, label="norms / embeddings / lm_head")
+        self.per_task = pn.widgets.IntInput.from_param(s.param.per_task, label="eval items per task (0 = all)")
         self.reference = pn.pane.Markdown(pn.bind(self._reference, s.param.recipe), styles={"font-size": "11px"})
         s.param.watch(self._visibility, "recipe")
         self._visibility()
@@ -126,9 +126,9 @@ class NeuronView(View):
     def __init__(self, state, **params):
         super().__init__(state, **params)
         s = state
-        self.metric = pn.widgets.Select.from_param(s.param.metric, name="heatmap statistic", width=200)
-        self.layer = pn.widgets.IntInput.from_param(s.param.layer, name="layer", width=90)
-        self.module = pn.widgets.Select.from_param(s.param.module, name="module", width=120)
+        self.metric = pn.widgets.Select.from_param(s.param.metric, label="heatmap statistic", width=200)
+        self.layer = pn.widgets.IntInput.from_param(s.param.layer, label="layer", width=90)
+        self.module = pn.widgets.Select.from_param(s.param.module, label="module", width=120)
         self.heatmap = pn.pane.Plotly(pn.bind(self.heatmap_figure, s.param.source, s.param.metric, s.param.layer,
                                               s.param.module), height=PLOT_HEIGHT, sizing_mode="stretch_width")
         self.curve = pn.pane.Plotly(pn.bind(self.curve_figure, s.param.source, s.param.layer, s.param.module,
@@ -208,11 +208,11 @@ class GenerationsView(View):
     def __init__(self, state, **params):
         super().__init__(state, **params)
         s = state
-        self.task = pn.widgets.Select(name="task", options=["all"], width=140)
-        self.stage = pn.widgets.Select(name="stage", options=list(STAGES), value="restore", width=110)
-        self.category = pn.widgets.Select(name="category", options=["all", "correct", "wrong_choice", "not_known",
+        self.task = pn.widgets.Select(label="task", options=["all"], width=140)
+        self.stage = pn.widgets.Select(label="stage", options=list(STAGES), value="restore", width=110)
+        self.category = pn.widgets.Select(label="category", options=["all", "correct", "wrong_choice", "not_known",
                                                                    "context_hallucination"], width=180)
-        self.changed = pn.widgets.Checkbox(name="only items whose category changes between stages")
+        self.changed = pn.widgets.Checkbox(label="only items whose category changes between stages")
         self.table = pn.widgets.Tabulator(
             pd.DataFrame(), show_index=False, disabled=True, height=360, sizing_mode="stretch_width",
             formatters={"image": {"type": "html"}}, pagination=None, layout="fit_data_stretch")
@@ -269,9 +269,9 @@ class ExportView(View):
         super().__init__(state, **params)
         self.figure_sources = figure_sources  # name -> callable returning the current plotly figure
         self.generations_view = generations
-        self.which = pn.widgets.Select(name="figure", options=list(figure_sources), width=160)
+        self.which = pn.widgets.Select(label="figure", options=list(figure_sources), width=160)
         self.recipe_button = pn.widgets.FileDownload(callback=self.recipe_file, filename="recipe.yaml",
-                                                     label="recipe.yaml", button_type="success")
+                                                     label="recipe.yaml", color="success")
         self.html_button = pn.widgets.FileDownload(callback=self.figure_html, filename="figure.html",
                                                    label="figure HTML")
         self.png_button = pn.widgets.FileDownload(callback=self.figure_png, filename="figure.png", label="figure PNG")
