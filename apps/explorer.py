@@ -35,3 +35,9 @@ if args.results:
 elif args.base and args.tuned:
     state.param.update(source_kind="pair", base_path=args.base, tuned_path=args.tuned)
 ExplorerApp(state).__panel__().servable(title=TITLE)
+
+if __name__ == "__main__":  # `python apps/explorer.py`: serve on 127.0.0.1 without the panel CLI
+    import panel as pn
+
+    pn.serve({"explorer": lambda: ExplorerApp(ExplorerState(per_task=args.per_task)).__panel__()},
+             address="127.0.0.1", port=5006, show=False, title=TITLE)

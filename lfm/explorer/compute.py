@@ -21,7 +21,7 @@ from lfm.score import summary_rows
 
 from .analysis import located_ratio, outcome_row
 from .live import LivePair
-from .results import ResultsFolder, stage_recipes, sweep_recipes, sweep_row
+from .results import ResultsFolder, stage_recipes, sweep_recipes, sweep_row  # noqa: F401 (stage_recipes re-exported)
 
 STAGES = ("hard", "suppress", "restore")
 
@@ -218,7 +218,7 @@ def transitions(table: pd.DataFrame, before: str, after: str) -> pd.DataFrame:
     """Counts of (category at `before` -> category at `after`), e.g. suppress -> restore."""
     counts = table.groupby([f"{before}_category", f"{after}_category"]).size()
     return counts.rename("items").reset_index().rename(
-        columns={f"{before}_category": before, f"{after}_category": after})
+        columns={f"{before}_category": f"at {before}", f"{after}_category": f"at {after}"})
 
 
 def fixed_summary(table: pd.DataFrame) -> str:

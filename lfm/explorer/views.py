@@ -217,12 +217,18 @@ class GenerationsView(View):
             pd.DataFrame(), show_index=False, disabled=True, height=360, sizing_mode="stretch_width",
             formatters={"image": {"type": "html"}}, pagination=None, layout="fit_data_stretch")
         self.summary = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self.stages = pn.pane.Markdown(pn.bind(self._stages, s.param.recipe), sizing_mode="stretch_width")
         self.transitions = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True, height=200,
                                                 width=520)
         s.param.watch(self._refresh, "generations")
         for w in (self.task, self.stage, self.category, self.changed):
             w.param.watch(self._refresh, "value")
         self._refresh()
+
+    @staticmethod
+    def _stages(recipe):
+        stages = compute.stage_recipes(recipe)
+        return " · ".join(f"**{name}**: {r.label}" for name, r in stages.items())
 
     def filtered(self) -> pd.DataFrame:
         table = self.state.generations
@@ -258,6 +264,7 @@ class GenerationsView(View):
 
     def __panel__(self):
         return pn.Column("### Generations: hard-merge → suppress (M=0) → restore (M)",
+                         self.stages,
                          pn.Row(self.task, self.stage, self.category, self.changed), self.summary, self.table,
                          "**suppress → restore transitions**", self.transitions, sizing_mode="stretch_width")
 
