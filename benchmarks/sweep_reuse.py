@@ -1,0 +1,101 @@
+"""Sweep reuse: a 10-point K sweep of merges (no evaluation) vs one merge, on the ~1B random pair.
+
+Target (issue 6): the whole sweep costs at most 3x one merge. Measured, in this process, wall clock:
+
+    one merge (disk)      lfm.merge(base, llava, out, <method>, K=0.2): read the pair, merge, write a model dir
+    one merge (memory)    lfm.merged_state_dict(...): the same merge kept in memory
+    sweep                 DeltaCache(base, llava) (reads the pair once, C(i) once) + load the tuned model once
+                          + for each of 10 K values: DeltaCache.apply(model, recipe) (merge every LM tensor
+                          with the engine's merge_tensor and copy it into the loaded model in place)
+
+The pair is the one benchmarks/merge_speed.py builds (bf16, 20 layers x 2048 hidden, GQA, 1.03B LM
+parameters + a small vision tower) under benchmarks/_work/1b, reused when present. Results go to
+benchmarks/results/sweep_reuse.json.
+
+    python benchmarks/sweep_reuse.py                     # ~1B, ties
+    python benchmarks/sweep_reuse.py --method neu-s-ties
+    python benchmarks/sweep_reuse.py --size tiny         # seconds: checks the harness
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+KS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1b", help="pair size of benchmarks/merge_speed.py (1b | tiny)")
+    ap.add_argument("--method", default="ties", help="method or alias swept over K (default ties)")
+    ap.add_argument("--neurons", type=float, default=0.3, help="M for Neuron-Fusion methods")
+    args = ap.parse_args(argv)
+
+    from merge_speed import build_pair
+    from transformers import LlavaForConditionalGeneration
+
+    import lfm
+    from lfm.evaluate.cache import DeltaCache
+    from lfm.methods import Recipe
+
+    torch.set_grad_enabled(False)
+    dirs = build_pair(args.size)
+    base, tuned = dirs["base"], dirs["llava"]
+    out = HERE / "_work" / args.size / "sweep_reuse_out"
+    recipe = lambda k: Recipe.from_name(args.method, density=k, neurons=args.neurons)  # noqa: E731
+
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    lfm.merge(base, tuned, out, recipe(0.2), progress=False, log=lambda *_: None)
+    one_disk = time.perf_counter() - t
+    shutil.rmtree(out, ignore_errors=True)
+
+    t = time.perf_counter()
+    sd = lfm.merged_state_dict(base, tuned, recipe(0.2))
+    one_memory = time.perf_counter() - t
+    del sd
+
+    t = time.perf_counter()
+    cache = DeltaCache(base, tuned, progress=False)
+    t_cache = time.perf_counter() - t
+    model = LlavaForConditionalGeneration.from_pretrained(tuned)
+    t_setup = time.perf_counter() - t
+    per_point = []
+    for k in KS:
+        s = time.perf_counter()
+        cache.apply(model, recipe(k))
+        per_point.append(time.perf_counter() - s)
+    sweep = time.perf_counter() - t
+
+    # the last point in the model is exactly lfm.merge's bytes for it (spot check one tensor)
+    ref = lfm.merged_state_dict(base, tuned, recipe(KS[-1]))
+    key = next(k for k in ref if k.endswith("layers.1.mlp.down_proj.weight"))
+    ours = cache._model_tensors(model)[key]
+    exact = bool(torch.equal(ours, ref[key]))
+
+    res = {"size": args.size, "method": args.method, "recipe_at_0.2": recipe(0.2).label, "ks": list(KS),
+           "lm_parameters": sum(b.numel() for _, _, b, _ in cache.entries),
+           "one_merge_disk_s": round(one_disk, 2), "one_merge_memory_s": round(one_memory, 2),
+           "sweep_s": round(sweep, 2), "sweep_setup_s": round(t_setup, 2), "cache_build_s": round(t_cache, 2),
+           "per_point_s": [round(x, 2) for x in per_point],
+           "ratio_vs_one_merge_disk": round(sweep / one_disk, 2),
+           "ratio_vs_one_merge_memory": round(sweep / one_memory, 2),
+           "naive_10_merges_disk_s_estimate": round(10 * one_disk, 1), "last_point_equals_lfm_merge": exact,
+           "target": "sweep <= 3x one merge", "torch_threads": torch.get_num_threads()}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "sweep_reuse.json").write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
