@@ -34,7 +34,7 @@ def heatmap(summary: pd.DataFrame, metric: str, selected: tuple[int, str] | None
         fig.add_shape(type="rect", x0=modules.index(selected[1]) - 0.5, x1=modules.index(selected[1]) + 0.5,
                       y0=layers.index(selected[0]) - 0.5, y1=layers.index(selected[0]) + 0.5,
                       line=dict(color=CURRENT, width=3))
-    fig.update_layout(title=f"Neuron change C(i) per layer × module: {METRICS.get(metric, metric)}",
+    fig.update_layout(title=f"C(i) per layer × module: {metric}",
                       xaxis_title="module", yaxis_title="layer", **LAYOUT)
     return fig
 
@@ -61,15 +61,21 @@ def rank_curve(view: TensorView, module: str, layer: int, recipe_label: str, *, 
             sel = g == h
             name = (f"kv head {h} (query heads {h * group_size}-{h * group_size + group_size - 1})" if kv
                     else f"head {h}")
-            fig.add_trace(go.Scatter(x=rank[sel], y=np.maximum(after[sel], 1e-12), mode="markers", name=f"C'(i) {name}",
+            sel &= after > 0  # a neuron with nothing left after suppression has no point on a log axis
+            fig.add_trace(go.Scatter(x=rank[sel], y=after[sel], mode="markers", name=f"C'(i) {name}",
                                      marker=dict(size=5, symbol="circle-open"), legendgroup="after"))
     else:
-        fig.add_trace(go.Scatter(x=rank, y=np.maximum(after, 1e-12), mode="markers", name="C'(i) after suppression at K",
+        sel = after > 0  # a neuron with nothing left after suppression has no point on a log axis
+        fig.add_trace(go.Scatter(x=rank[sel], y=after[sel], mode="markers", name="C'(i) after suppression at K",
                                  marker=dict(size=4, color="#ff7f0e", symbol="circle-open")))
     if located.any():
         fig.add_trace(go.Scatter(x=rank[located], y=scores[located], mode="markers",
                                  name=f"located top-M ({int(located.sum())}) → restored",
                                  marker=dict(size=7, color=CURRENT, symbol="diamond")))
+    n_zero = int((after == 0).sum())
+    if n_zero:
+        fig.add_annotation(text=f"{n_zero} neurons with C'(i) = 0 (all entries suppressed)", xref="paper",
+                           yref="paper", x=0.02, y=0.02, showarrow=False, font=dict(size=10))
     gqa = ""
     if kv:
         gqa = f" · GQA: {n_kv_heads} kv heads × {head_dim}, each shared by {n_heads // n_kv_heads} query heads"
@@ -86,7 +92,7 @@ def outcome_figure(outcome: pd.DataFrame, ratios: pd.DataFrame, recipe_label: st
     mean = outcome.groupby("module")[["kept_entries", "change_after_suppress", "change_after_merge",
                                       "located_fraction"]].mean().reindex(modules)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
-                        subplot_titles=("fraction of Δ kept / restored", "C'(i)/C(i) of located neurons"))
+                        subplot_titles=("Δ kept / restored", "C'(i)/C(i), located"))
     for col, label in (("kept_entries", "entries kept (Sub)"), ("change_after_suppress", "Σ C' / Σ C (after suppress)"),
                        ("change_after_merge", "Σ C_final / Σ C (after restore, α in)"),
                        ("located_fraction", "neurons located")):
@@ -99,7 +105,8 @@ def outcome_figure(outcome: pd.DataFrame, ratios: pd.DataFrame, recipe_label: st
     else:
         fig.add_annotation(text="no located neurons (M=0 or not Neuron-Fusion)", xref="x2 domain", yref="y2 domain",
                            x=0.5, y=0.5, showarrow=False)
-    fig.update_layout(title=f"Merge outcome · {recipe_label}", barmode="group", **LAYOUT)
+    fig.update_layout(title=dict(text=f"Merge outcome · {recipe_label}", y=0.98), barmode="group",
+                      **{**LAYOUT, "margin": dict(l=50, r=20, t=80, b=50)})
     fig.update_yaxes(range=[0, 1.05], row=1, col=1)
     return fig
 
