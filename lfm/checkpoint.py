@@ -81,7 +81,8 @@ class Checkpoint:
             raise CheckpointError(f"{config_file}: not valid JSON ({e})") from e
         self.allow_pickle = allow_pickle
         self._key_file: dict[str, Path] = {}
-        self._handles: dict[Path, object] = {}
+        self._spans: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}  # key -> dtype, shape, start, end
+        self._files: dict[Path, object] = {}
         self._pickled: dict[Path, dict] = {}
         self._find_weights()
 
@@ -129,14 +130,21 @@ class Checkpoint:
 
     def _add_safetensors(self, file: Path) -> None:
         try:
-            handle = safe_open(str(file), framework="pt", device="cpu")
-            keys = list(handle.keys())
+            with safe_open(str(file), framework="pt", device="cpu") as handle:  # validates the header
+                keys = list(handle.keys())
         except (SafetensorError, OSError, Exception) as e:  # safetensors raises several types
             raise CheckpointError(f"{file}: cannot be read as safetensors ({e}); the file is corrupt "
                                   f"or truncated, re-download it") from e
-        _check_size(file)
-        self._handles[file] = handle
+        header_len, header = _read_header(file)
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + header_len + end > file.stat().st_size:
+            raise CheckpointError(f"{file}: truncated ({file.stat().st_size} bytes, header promises "
+                                  f"{8 + header_len + end}); re-download it")
         for key in keys:
+            info = header[key]
+            begin, stop = info["data_offsets"]
+            self._spans[key] = (_dtype_from_st(info["dtype"]), tuple(info["shape"]),
+                                8 + header_len + begin, 8 + header_len + stop)
             self._key_file[key] = file
 
     def _add_pickle(self, file: Path) -> None:
@@ -160,16 +168,26 @@ class Checkpoint:
         return self._key_file[key]
 
     def get(self, key: str, device: str | torch.device = "cpu") -> torch.Tensor:
-        """Read one tensor (a copy in memory, on `device`)."""
+        """Read one tensor (a copy in memory, on `device`).
+
+        Safetensors data is read with plain file reads into a fresh buffer, not through a memory
+        map: mapped pages would stay resident (and count in the process's memory) for the whole
+        run, so merging two 16 GB checkpoints would look like holding them both.
+        """
         file = self._key_file[key]
         if file in self._pickled:
-            tensor = self._pickled[file][key]
-        else:
-            try:
-                tensor = self._handles[file].get_tensor(key)
-            except Exception as e:
-                raise CheckpointError(f"{file}: tensor {key!r} cannot be read ({e}); the file is corrupt") from e
-        return tensor.to(device)
+            return self._pickled[file][key].to(device)
+        dtype, shape, start, stop = self._spans[key]
+        buffer = torch.empty(stop - start, dtype=torch.uint8)
+        handle = self._files.get(file) or self._files.setdefault(file, open(file, "rb"))
+        handle.seek(start)
+        view, done = memoryview(buffer.numpy()), 0
+        while done < len(view):
+            n = handle.readinto(view[done:])
+            if not n:
+                raise CheckpointError(f"{file}: tensor {key!r} ends early; the file is truncated, re-download it")
+            done += n
+        return buffer.view(dtype).reshape(shape).to(device)
 
     def meta(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
         """(shape, dtype) of a tensor without reading its data."""
@@ -177,8 +195,8 @@ class Checkpoint:
         if file in self._pickled:
             t = self._pickled[file][key]
             return tuple(t.shape), t.dtype
-        sl = self._handles[file].get_slice(key)
-        return tuple(sl.get_shape()), _dtype_from_st(sl.get_dtype())
+        dtype, shape, _, _ = self._spans[key]
+        return shape, dtype
 
     def fingerprint(self) -> str:
         """sha256 over config.json and every weight file's name, size and header.
@@ -224,15 +242,10 @@ def _dtype_from_st(name: str) -> torch.dtype:
     raise CheckpointError(f"unsupported safetensors dtype {name}")
 
 
-def _check_size(file: Path) -> None:
-    """A truncated file may still have a readable header: compare the data size it promises."""
+def _read_header(file: Path) -> tuple[int, dict]:
     with open(file, "rb") as f:
         header_len = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(header_len))
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_len + end > file.stat().st_size:
-        raise CheckpointError(f"{file}: truncated ({file.stat().st_size} bytes, header promises "
-                              f"{8 + header_len + end}); re-download it")
+        return header_len, json.loads(f.read(header_len))
 
 
 # ------------------------------------------------------------------------------------------------
