@@ -40,9 +40,13 @@ def recipes(k: float = K, m: float = M) -> dict[str, Recipe]:
         f"Neu-P-TIES K={k} M={m} (random)": replace(nf, restore="replace", locate="random"),
         f"Neu-P-TIES K={k} M={m} (bottom)": replace(nf, restore="replace", locate="bottom"),
         f"TIES K={k}": Recipe(method="ties", density=k),
-        "TA a=0.3": Recipe(method="task_arithmetic", alpha=0.3),
+        "TIES K=0.5": Recipe(method="ties", density=0.5),
+        f"Neu-S-TIES K=0.5 M={m} (top)": replace(nf, density=0.5),
+        f"Neu-S-TIES K=0.5 M={m} (random)": replace(nf, density=0.5, locate="random"),
+        f"Neu-S-TIES K=0.8 M={m} (top)": replace(nf, density=0.8),
         "TA a=0.5": Recipe(method="task_arithmetic", alpha=0.5),
         "TA a=0.7": Recipe(method="task_arithmetic", alpha=0.7),
+        "TA a=0.9": Recipe(method="task_arithmetic", alpha=0.9),
         f"Neu-S-TIES K={k} M={m} others=tuned": replace(nf, others="tuned"),
     }
 

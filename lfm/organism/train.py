@@ -39,10 +39,14 @@ class TrainConfig:
     heads: int = 4
     kv_heads: int = 2
     intermediate: int = 256
-    base_steps: int = 2500
+    base_steps: int = 1500
     base_batch: int = 64
     base_lr: float = 3e-3
     base_items_per_task: int = 4000
+    # share of pretraining examples prefixed by 16 random "unreadable" vectors at the <image> positions, so
+    # the base learns to answer from the text and ignore content it cannot read (as web-scale LLMs do);
+    # without it the hard-merged MLLM reads the projected image features as arbitrary words
+    noise_prefix: float = 0.5
     # visual tuning (LLaVA); the LLM's lr decides how much language is forgotten
     tune_steps: int = 800
     tune_batch: int = 32
@@ -55,7 +59,7 @@ class TrainConfig:
     vision_hidden: int = 64
     vision_layers: int = 2
     patch: int = 8
-    threads: int = 2
+    threads: int = 1  # tiny matmuls gain little from more; 1 thread stays fast on a busy machine
 
 
 def _setup(seed: int, threads: int) -> None:
@@ -122,6 +126,29 @@ def base_config(tok: PreTrainedTokenizerFast, cfg: TrainConfig) -> LlamaConfig:
     )
 
 
+def noise_embeds(model, batch: dict[str, torch.Tensor], image_token_id: int, gen: torch.Generator) -> dict:
+    """Replace ``input_ids`` by ``inputs_embeds`` whose ``<image>`` positions hold random vectors.
+
+    Per example: a random direction with norm log-uniform in [0.2, 3] (token embeddings and projected image
+    features have norm ~0.5-1), plus per-position noise of relative size uniform in [0, 1], so prefixes range
+    from 16 near-identical vectors (a plain image background) to 16 unrelated ones.
+    """
+    ids = batch.pop("input_ids")
+    emb = model.get_input_embeddings()(ids)  # [B, T, H]
+    mask = ids == image_token_id  # [B, T]
+    if mask.any():
+        B, T, H = emb.shape
+        norm = torch.exp(torch.empty(B, 1, 1).uniform_(math.log(0.2), math.log(3.0), generator=gen))
+        base = torch.randn(B, 1, H, generator=gen)
+        base = base / base.norm(dim=-1, keepdim=True)
+        rel = torch.rand(B, 1, 1, generator=gen)
+        noise = base + rel * torch.randn(B, T, H, generator=gen) / math.sqrt(H)
+        noise = noise / noise.norm(dim=-1, keepdim=True) * norm
+        emb = torch.where(mask[..., None], noise, emb)
+    batch["inputs_embeds"] = emb
+    return batch
+
+
 def _train_loop(model, params_groups, batches, steps: int, desc: str, eps: float, clip: float = 1.0) -> list[float]:
     opt = torch.optim.AdamW(params_groups, betas=(0.9, 0.98), eps=eps, weight_decay=0.0)
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -132,7 +159,10 @@ def _train_loop(model, params_groups, batches, steps: int, desc: str, eps: float
         f = _schedule(step, steps, warmup=max(1, steps // 20))
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * f
-        loss = model(**next(batches)).loss
+        batch = next(batches)
+        if callable(batch):  # a batch that needs the model (inputs_embeds built from current embeddings)
+            batch = batch(model)
+        loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in params_groups for p in g["params"]], clip)
@@ -144,9 +174,16 @@ def _train_loop(model, params_groups, batches, steps: int, desc: str, eps: float
     return losses
 
 
-def _language_examples(tok, cfg: TrainConfig, n_per_task: int, seed: int):
+def _language_examples(tok, cfg: TrainConfig, n_per_task: int, seed: int, noise_prefix: float = 0.0):
+    """Encoded language training examples; a ``noise_prefix`` share gets a 16-position ``<image>`` prefix."""
     items = world.train_items("language", n_per_task, seed=seed)
-    return [encode_example(tok, world.format_chat(it.prompt, False), it.answer) for it in items]
+    rng = random.Random(f"noise-prefix-{seed}")
+    n_img = (world.IMAGE_SIZE // cfg.patch) ** 2
+    out = []
+    for it in items:
+        noisy = rng.random() < noise_prefix
+        out.append(encode_example(tok, world.format_chat(it.prompt, noisy), it.answer, image_tokens=n_img if noisy else 0))
+    return out
 
 
 def pretrain_base(out_dir: str | Path, cfg: TrainConfig = TrainConfig()) -> dict:
@@ -154,13 +191,16 @@ def pretrain_base(out_dir: str | Path, cfg: TrainConfig = TrainConfig()) -> dict
     _setup(cfg.seed, cfg.threads)
     t0 = time.time()
     tok = make_tokenizer()
-    examples = _language_examples(tok, cfg, cfg.base_items_per_task, cfg.seed)
+    examples = _language_examples(tok, cfg, cfg.base_items_per_task, cfg.seed, noise_prefix=cfg.noise_prefix)
     model = LlamaForCausalLM(base_config(tok, cfg))
     rng = random.Random(f"base-batches-{cfg.seed}")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    image_id = tok.convert_tokens_to_ids(world.IMAGE_TOKEN)
 
     def batches():
         while True:
-            yield _batch(rng.sample(examples, cfg.base_batch), tok.pad_token_id)
+            b = _batch(rng.sample(examples, cfg.base_batch), tok.pad_token_id)
+            yield lambda m, b=b: noise_embeds(m, b, image_id, gen)
 
     losses = _train_loop(model, [{"params": list(model.parameters()), "lr": cfg.base_lr}], batches(),
                          cfg.base_steps, "pretrain base", eps=1e-8)
