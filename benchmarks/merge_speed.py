@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -181,18 +182,46 @@ def measure(label: str, cmd: list[str], out: Path | None, env=None) -> dict:
     subprocess.run(["sync"], check=False)
     print(f"[{label}] {' '.join(map(str, cmd))}", flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *map(str, cmd)], capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    rss_kb = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"[{label}] failed with exit code {proc.returncode}")
+    with tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(["/usr/bin/time", "-v", *map(str, cmd)], stdout=subprocess.DEVNULL, stderr=err,
+                                 text=True, env=env)
+        peak_anon = 0
+        while child.poll() is None:  # anonymous memory (heap, copies), excluding mmap'd file pages
+            peak_anon = max(peak_anon, _anon_rss_kb(child.pid))
+            time.sleep(0.1)
+        wall = time.perf_counter() - t0
+        err.seek(0)
+        stderr = err.read()
+    rss_kb = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
+    if child.returncode != 0:
+        print(stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"[{label}] failed with exit code {child.returncode}")
     row = {"label": label, "seconds": round(wall, 2), "peak_rss_mib": round(int(rss_kb.group(1)) / 1024, 1),
-           "cmd": " ".join(map(str, cmd))}
+           "peak_anon_mib": round(peak_anon / 1024, 1), "cmd": " ".join(map(str, cmd))}
     if out is not None and out.exists():
         row["output_bytes"] = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
-    print(f"    {row['seconds']:.1f} s, peak RSS {row['peak_rss_mib']:.0f} MiB", flush=True)
+    print(f"    {row['seconds']:.1f} s, peak RSS {row['peak_rss_mib']:.0f} MiB "
+          f"(anonymous {row['peak_anon_mib']:.0f} MiB)", flush=True)
     return row
+
+
+def _anon_rss_kb(pid: int) -> int:
+    """Sum of RssAnon (kB) over `pid` and its descendants (polled; /proc on Linux)."""
+    try:
+        import psutil
+
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except Exception:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
 
 
 COPY_SCRIPT = r"""
@@ -261,6 +290,7 @@ def main(argv=None) -> int:
         ratios["mergekit_ta_over_lfm_ta_time"] = round(mk_ta["seconds"] / lfm_ta["seconds"], 2)
         ratios["lfm_ties_over_mergekit_ties_rss"] = round(lfm_ties["peak_rss_mib"] / mk_ties["peak_rss_mib"], 3)
         ratios["lfm_ta_over_mergekit_ta_rss"] = round(lfm_ta["peak_rss_mib"] / mk_ta["peak_rss_mib"], 3)
+        ratios["lfm_ties_over_mergekit_ties_anon"] = round(lfm_ties["peak_anon_mib"] / max(mk_ties["peak_anon_mib"], 1), 3)
     ratios["lfm_ta_over_copy_floor_time_llm"] = round(by["lfm TA (llm)"]["seconds"] / by["copy floor (llm)"]["seconds"], 2)
     ratios["lfm_ta_over_copy_floor_time_llava"] = round(by["lfm TA (llava)"]["seconds"] / by["copy floor (llava)"]["seconds"], 2)
     targets = {
@@ -272,9 +302,9 @@ def main(argv=None) -> int:
 
     print(f"\n{args.size}: {n_params / 1e9:.2f}B parameters per model (bf16), device {args.device}, "
           f"{os.cpu_count()} CPU cores")
-    print(f"{'run':<30} {'seconds':>9} {'peak RSS MiB':>13}")
+    print(f"{'run':<30} {'seconds':>9} {'peak RSS MiB':>13} {'anon MiB':>9}")
     for r in rows:
-        print(f"{r['label']:<30} {r['seconds']:>9.1f} {r['peak_rss_mib']:>13.0f}")
+        print(f"{r['label']:<30} {r['seconds']:>9.1f} {r['peak_rss_mib']:>13.0f} {r['peak_anon_mib']:>9.0f}")
     print()
     for k, v in ratios.items():
         print(f"{k:<40} {v}")
