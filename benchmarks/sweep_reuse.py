@@ -5,8 +5,9 @@ Target (issue 6): the whole sweep costs at most 3x one merge. Measured, in this 
     one merge (disk)      lfm.merge(base, llava, out, <method>, K=0.2): read the pair, merge, write a model dir
     one merge (memory)    lfm.merged_state_dict(...): the same merge kept in memory
     sweep                 DeltaCache(base, llava) (reads the pair once, C(i) once) + load the tuned model once
-                          + for each of 10 K values: DeltaCache.apply(model, recipe) (merge every LM tensor
-                          with the engine's merge_tensor and copy it into the loaded model in place)
+                          + for each of 10 K values: DeltaCache.apply(model, recipe): every LM tensor of the
+                          loaded model rewritten in place (fast path: a threshold compare on the cached |delta|
+                          and one `where`, bit-identical to lfm.merge; see lfm/evaluate/cache.py)
 
 The pair is the one benchmarks/merge_speed.py builds (bf16, 20 layers x 2048 hidden, GQA, 1.03B LM
 parameters + a small vision tower) under benchmarks/_work/1b, reused when present. Results go to
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="1b", help="pair size of benchmarks/merge_speed.py (1b | tiny)")
     ap.add_argument("--method", default="ties", help="method or alias swept over K (default ties)")
     ap.add_argument("--neurons", type=float, default=0.3, help="M for Neuron-Fusion methods")
+    ap.add_argument("--no-fast", action="store_true", help="apply through merge_tensor (no cached |delta|)")
     args = ap.parse_args(argv)
 
     from merge_speed import build_pair
@@ -57,23 +59,27 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     lfm.merge(base, tuned, out, recipe(0.2), progress=False, log=lambda *_: None)
     one_disk = time.perf_counter() - t
+    print(f"one merge (disk): {one_disk:.1f}s", flush=True)
     shutil.rmtree(out, ignore_errors=True)
 
     t = time.perf_counter()
     sd = lfm.merged_state_dict(base, tuned, recipe(0.2))
     one_memory = time.perf_counter() - t
+    print(f"one merge (memory): {one_memory:.1f}s", flush=True)
     del sd
 
     t = time.perf_counter()
-    cache = DeltaCache(base, tuned, progress=False)
+    cache = DeltaCache(base, tuned, progress=False, fast=not args.no_fast)
     t_cache = time.perf_counter() - t
     model = LlavaForConditionalGeneration.from_pretrained(tuned)
     t_setup = time.perf_counter() - t
+    print(f"sweep setup (cache {t_cache:.1f}s + model load): {t_setup:.1f}s", flush=True)
     per_point = []
     for k in KS:
         s = time.perf_counter()
         cache.apply(model, recipe(k))
         per_point.append(time.perf_counter() - s)
+        print(f"  point K={k}: {per_point[-1]:.1f}s", flush=True)
     sweep = time.perf_counter() - t
 
     # the last point in the model is exactly lfm.merge's bytes for it (spot check one tensor)
@@ -82,7 +88,7 @@ def main(argv=None) -> int:
     ours = cache._model_tensors(model)[key]
     exact = bool(torch.equal(ours, ref[key]))
 
-    res = {"size": args.size, "method": args.method, "recipe_at_0.2": recipe(0.2).label, "ks": list(KS),
+    res = {"size": args.size, "method": args.method, "fast_path": not args.no_fast, "recipe_at_0.2": recipe(0.2).label, "ks": list(KS),
            "lm_parameters": sum(b.numel() for _, _, b, _ in cache.entries),
            "one_merge_disk_s": round(one_disk, 2), "one_merge_memory_s": round(one_memory, 2),
            "sweep_s": round(sweep, 2), "sweep_setup_s": round(t_setup, 2), "cache_build_s": round(t_cache, 2),

@@ -88,6 +88,27 @@ def test_apply_and_restore_in_place(organism):
     assert all(torch.equal(em.model.state_dict()[k], v) for k, v in before.items())
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_apply_writes_exactly_the_engine_merge(organism, fast):
+    """apply() (fast path: cached |delta| masks + where; or merge_tensor) == lfm.merged_state_dict, bit for bit."""
+    from lfm.evaluate.cache import DeltaCache, is_fast
+    from lfm.evaluate.models import load_eval_model
+    from lfm.merge import merged_state_dict
+
+    em = load_eval_model(organism[1])
+    cache = DeltaCache(*organism, progress=False, fast=fast)
+    extra = [Recipe(restore="replace", density=0.1, neurons=0.5), Recipe(locate="bottom", neurons=1.0, density=0.05),
+             Recipe(method="task_arithmetic"), Recipe(suppress="breadcrumbs", gamma=0.2, density=0.3),
+             Recipe(keep_tuned=("lm_head",), keep_base=("embed",), density=0.4)]
+    assert sum(is_fast(r) for r in RECIPES + extra) >= 10
+    for recipe in RECIPES + extra + RECIPES[:3]:
+        cache.apply(em.model, recipe)
+        ref = merged_state_dict(*organism, recipe)
+        ours = cache._model_tensors(em.model)
+        for key, tensor in ours.items():
+            assert torch.equal(tensor, ref[key]), (recipe, key)
+
+
 def test_sweep_writes_table_and_resumes(organism, tmp_path):
     from lfm.evaluate.pareto import best_point
     from lfm.evaluate.sweep import load_results, run_sweep
@@ -142,3 +163,23 @@ def test_ray_executor(organism, tmp_path):
     got = df.set_index("point")[["LA", "VA", "OA"]].sort_index()
     want = local.set_index("point")[["LA", "VA", "OA"]].sort_index()
     assert got.equals(want)
+
+
+@pytest.mark.parametrize("variant", ["llava_bf16", "llava_extra_vocab", "llm_tuned"])
+def test_fast_apply_exact_on_zoo_variants(zoo, variant):
+    """bf16 storage, extra vocabulary rows, a plain tuned LLM: the fast path still writes lfm.merge's bytes."""
+    from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
+
+    from lfm.evaluate.cache import DeltaCache
+    from lfm.merge import merged_state_dict
+
+    base = zoo.base_bf16 if variant == "llava_bf16" else zoo.base
+    tuned = getattr(zoo, variant)
+    cls = AutoModelForCausalLM if variant == "llm_tuned" else LlavaForConditionalGeneration
+    model = cls.from_pretrained(tuned)
+    cache = DeltaCache(base, tuned, progress=False)
+    for recipe in RECIPES:
+        cache.apply(model, recipe)
+        ref = merged_state_dict(base, tuned, recipe)
+        for key, tensor in cache._model_tensors(model).items():
+            assert torch.equal(tensor, ref[key]), (variant, recipe, key)

@@ -21,8 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lfm.merge import make_recipe
-from lfm.methods import Recipe, kth_largest, merge_tensor, source_of
-from lfm.neurons import neuron_axis, neuron_scores
+from lfm.methods import Recipe, kth_largest, merge_tensor, source_of, tensor_generator, top_k_mask
+from lfm.neurons import locate, neuron_axis, neuron_scores
 from lfm.pair import Pair, open_pair
 
 
@@ -55,6 +55,15 @@ def needed_ks(recipe: Recipe, numel: int) -> list[int]:
     return [k for k in ks if 0 < k < numel]
 
 
+def is_fast(recipe: Recipe) -> bool:
+    """Can ``DeltaCache.apply`` take the fast path for this recipe (alpha = 1, a masking method)?"""
+    if recipe.alpha != 1.0:
+        return False
+    if recipe.method in ("ties", "breadcrumbs", "task_arithmetic", "hard"):
+        return True
+    return recipe.method == "neuron_fusion" and recipe.suppress in ("ties", "breadcrumbs")
+
+
 class DeltaCache:
     """The LM tensors of a pair in memory + cached C(i) and |delta| thresholds.
 
@@ -64,7 +73,10 @@ class DeltaCache:
         scores: {name: C [n_neurons]} for the seven linear modules (computed at construction).
     """
 
-    def __init__(self, base, tuned=None, *, device: str = "cpu", progress: bool = True, allow_pickle: bool = False):
+    def __init__(self, base, tuned=None, *, device: str = "cpu", progress: bool = True, allow_pickle: bool = False,
+                 fast: bool = True):
+        self.fast = fast  # apply() may use the cached-|delta| fast path (costs 4 bytes/parameter more memory)
+        self._fast: dict[str, dict] = {}
         self.pair: Pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
         self.device = torch.device(device)
         self.entries = []
@@ -110,10 +122,95 @@ class DeltaCache:
         """Copy the merged LM tensors into ``model`` (loaded from the tuned directory) in place; returns it."""
         recipe = make_recipe(recipe, **fields)
         params = self._model_tensors(model)
+        fast = self.fast and is_fast(recipe)
         for i in tqdm(range(len(self.entries)), desc="applying", disable=not progress):
             target = params[self.entries[i][1]]
-            target.copy_(self.merged_tensor(i, recipe).to(target.device, target.dtype))
+            if fast and target.dtype == self.entries[i][3].dtype and target.device == self.device:
+                self._apply_fast(i, recipe, target)
+            else:
+                target.copy_(self.merged_tensor(i, recipe).to(target.device, target.dtype))
         return model
+
+    # ---- fast path: masks on cached |delta|, values from cached (base, kept) -------------------------
+    #
+    # For alpha = 1 and the masking methods (TIES, Breadcrumbs, TaskA, hard, Neuron-Fusion over TIES or
+    # Breadcrumbs) every merged entry is one of two values fixed per pair: the base weight, or
+    # kept = (base_f + delta).to(dtype), what ``merge_tensor`` writes for a surviving entry. So a point is a
+    # mask (a compare against a cached threshold on cached |delta|) and one ``where`` into the model;
+    # only Neuron-Rescale's located neurons are recomputed, with the engine's float32 operations on those
+    # rows/columns alone. Equality with ``merge_tensor`` is tested bit for bit (tests/test_sweep.py).
+
+    def _fast_state(self, i: int):
+        name, _, b, t = self.entries[i]
+        st = self._fast.get(name)
+        if st is None:
+            n = b.shape[0]
+            delta = t[:n].float() - b.float()
+            kept = (b.float() + delta).to(t.dtype)
+            if torch.equal(kept, t[:n]):  # the usual case (exact in bf16/fp16): no extra copy
+                kept = t[:n]
+            st = self._fast[name] = {"abs": delta.abs_(), "kept": kept}
+        return st
+
+    def _mask(self, i: int, recipe: Recipe, absd: torch.Tensor) -> torch.Tensor | None:
+        """The engine's Sub mask for entry ``i`` (None = every entry kept)."""
+        name, _, b, t = self.entries[i]
+        sub = recipe.suppress if recipe.method == "neuron_fusion" else recipe.method
+        if sub == "task_arithmetic":
+            return None
+        th = self._thresholds_for(name, b, t, recipe)
+        n = absd.numel()
+        n_keep = int(recipe.density * n)
+        if sub == "ties":
+            return top_k_mask(absd, n_keep, th)
+        n_top = min(int(recipe.gamma * n), n - n_keep)  # breadcrumbs, as lfm.methods.keep_band
+        return top_k_mask(absd, n_top + n_keep, th) & ~top_k_mask(absd, n_top, th)
+
+    @torch.no_grad()
+    def _apply_fast(self, i: int, recipe: Recipe, target: torch.Tensor) -> None:
+        name, _, b, t = self.entries[i]
+        n = b.shape[0]
+        if t.shape[0] > n:
+            target[n:].copy_(t[n:])  # extra vocabulary rows stay tuned
+        out = target[:n]
+        source = source_of(name, recipe)
+        if source != "method":
+            out.copy_(t[:n] if source == "tuned" else b)
+            return
+        st = self._fast_state(i)
+        mask = self._mask(i, recipe, st["abs"])
+        axis = neuron_axis(name)
+        located = None
+        if recipe.method == "neuron_fusion" and axis is not None and recipe.neurons > 0:
+            gen = tensor_generator(recipe, name) if recipe.is_random else None
+            located = locate(self.scores[name], recipe.neurons, recipe.locate, gen)
+        if mask is None:
+            out.copy_(st["kept"])
+            return
+        if located is None or recipe.restore == "replace":
+            if located is not None:
+                mask = mask | (located.view(-1, 1) if axis == 0 else located.view(1, -1))
+            torch.where(mask, st["kept"], b, out=out)
+            return
+        # Neuron-Rescale: C'(i) as the engine computes it, then the located neurons' values recomputed
+        after = st["abs"].masked_fill(~mask, 0.0).sum(dim=1 - axis)
+        empty = located & (after == 0)
+        rescalable = located & ~empty
+        full = mask | (empty.view(-1, 1) if axis == 0 else empty.view(1, -1))
+        torch.where(full, st["kept"], b, out=out)
+        idx = torch.nonzero(rescalable).squeeze(1)
+        if idx.numel():
+            scores = self.scores[name]
+            ratio = scores[idx] / after[idx]
+            sel = (lambda x: x[idx]) if axis == 0 else (lambda x: x[:, idx])
+            delta = sel(t[:n]).float() - sel(b).float()
+            suppressed = delta.masked_fill(~sel(mask), 0.0)
+            restored = suppressed * (ratio.view(-1, 1) if axis == 0 else ratio.view(1, -1))
+            values = (sel(b).float() + restored).to(t.dtype)
+            if axis == 0:
+                out[idx] = values
+            else:
+                out[:, idx] = values
 
     @torch.no_grad()
     def restore_tuned(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -147,5 +244,5 @@ def as_cache(base, tuned=None, **kw) -> DeltaCache:
     return base if isinstance(base, DeltaCache) else DeltaCache(base, tuned, **kw)
 
 
-__all__ = ["DeltaCache", "Thresholds", "needed_ks", "as_cache"]
+__all__ = ["DeltaCache", "Thresholds", "needed_ks", "is_fast", "as_cache"]
 
