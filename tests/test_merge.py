@@ -444,3 +444,12 @@ def test_allow_pickle_merges(zoo, tmp_path):
     merge((zoo.base_pickle, zoo.llava), a, "ties", allow_pickle=True)
     merge((zoo.base, zoo.llava), b, "ties")
     assert _weights(a) == _weights(b)
+
+
+def test_seed_gives_byte_identical_recipe_file_too(zoo, tmp_path):
+    """Issue 2: 'same inputs + seed => byte-identical output files'. lfm_recipe.json is an output file, so
+    run-dependent values (wall-clock seconds) must not be in it (log them instead)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    merge((zoo.base, zoo.llava), a, "dare", seed=3)
+    merge((zoo.base, zoo.llava), b, "dare", seed=3)
+    assert tree_bytes(a) == tree_bytes(b)
