@@ -133,9 +133,10 @@ def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device
         copy_non_weight_files(pair.tuned.path, tmp)
         if out_dtype is not None:
             _set_config_dtype(tmp / "config.json", out_dtype)
-        report = build_report(pair, recipe, per_tensor, dev, out_dtype, time.perf_counter() - started)
+        report = build_report(pair, recipe, per_tensor, dev, out_dtype)
         (tmp / RECIPE_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {out} ({len(writer.names)} shard(s), {report['seconds']:.1f}s)")
+    # no wall-clock time in the recipe file: same inputs + seed must give byte-identical files
+    log(f"wrote {out} ({len(writer.names)} shard(s), {time.perf_counter() - started:.1f}s)")
     return report
 
 
@@ -163,7 +164,7 @@ def summarize_modules(per_tensor: dict) -> dict:
     return {m: {**g, "kept_fraction": g["kept"] / g["numel"] if g["numel"] else 0.0} for m, g in sorted(groups.items())}
 
 
-def build_report(pair: Pair, recipe: Recipe, per_tensor: dict, device, dtype, seconds: float) -> dict:
+def build_report(pair: Pair, recipe: Recipe, per_tensor: dict, device, dtype) -> dict:
     return {
         "lfm_version": __version__,
         "method": recipe.method,
@@ -173,7 +174,6 @@ def build_report(pair: Pair, recipe: Recipe, per_tensor: dict, device, dtype, se
                    "tuned": {"path": str(pair.tuned.path.resolve()), "fingerprint": pair.tuned.fingerprint()}},
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch.") if dtype else "as tuned",
-        "seconds": round(seconds, 3),
         "extra_vocab_rows": pair.extra_vocab,
         "passthrough_tensors": len(pair.passthrough),
         "modules": summarize_modules(per_tensor),

@@ -321,9 +321,7 @@ def test_seed_gives_byte_identical_output(zoo, tmp_path, method, kw):
     merge(pair, b, method, seed=7, **kw)
     merge(pair, c, method, seed=8, **kw)
     assert _weights(a) == _weights(b)
-    ra, rb = load_json(a / "lfm_recipe.json"), load_json(b / "lfm_recipe.json")
-    ra.pop("seconds"), rb.pop("seconds")
-    assert ra == rb
+    assert (a / "lfm_recipe.json").read_bytes() == (b / "lfm_recipe.json").read_bytes()
     if method != "neu-s-ties":
         assert _weights(a)["model.safetensors"] != _weights(c)["model.safetensors"]
 
