@@ -97,6 +97,7 @@ def test_apply_writes_exactly_the_engine_merge(organism, fast):
 
     em = load_eval_model(organism[1])
     cache = DeltaCache(*organism, progress=False, fast=fast)
+    cache.prepare(RECIPES[:4])  # multi-k thresholds for some recipes, single selections for the rest
     extra = [Recipe(restore="replace", density=0.1, neurons=0.5), Recipe(locate="bottom", neurons=1.0, density=0.05),
              Recipe(method="task_arithmetic"), Recipe(suppress="breadcrumbs", gamma=0.2, density=0.3),
              Recipe(keep_tuned=("lm_head",), keep_base=("embed",), density=0.4)]

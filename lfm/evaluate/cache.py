@@ -96,10 +96,42 @@ class DeltaCache:
         numel = base.numel()  # shared rows only (extra vocabulary rows are not merged)
         missing = [k for k in needed_ks(recipe, numel) if k not in th.values]
         if missing:
-            magnitude = (tuned[: base.shape[0]].float() - base.float()).abs().reshape(-1)
-            for k in missing:
-                th.values[k] = kth_largest(magnitude, k)
+            self._fill(name, base, tuned, missing)
         return th
+
+    def _fill(self, name: str, base: torch.Tensor, tuned: torch.Tensor, ks: list[int]) -> None:
+        """Compute the k-th largest |delta| of tensor ``name`` for every k in ``ks``.
+
+        On CPU all of them come from one multi-k selection (numpy's introselect partition over the
+        requested ranks, exact order statistics), which for a 10-point K grid costs about two single
+        selections instead of ten.
+        """
+        st = self._fast.get(name)
+        magnitude = st["abs"].reshape(-1) if st is not None else \
+            (tuned[: base.shape[0]].float() - base.float()).abs().reshape(-1)
+        th = self._thresholds[name]
+        n = magnitude.numel()
+        if magnitude.device.type == "cpu" and len(ks) > 1:
+            import numpy as np
+
+            ranks = sorted({n - k for k in ks})  # ascending order statistic of the k-th largest
+            part = np.partition(magnitude.numpy(), ranks)
+            for k in ks:
+                th.values[k] = torch.tensor(part[n - k])
+        else:
+            for k in ks:
+                th.values[k] = kth_largest(magnitude, k)
+
+    def prepare(self, recipes, *, progress: bool = False) -> None:
+        """Precompute, per tensor, every |delta| threshold ``recipes`` will need (a sweep calls it once)."""
+        recipes = [make_recipe(r) for r in recipes]
+        for i, (name, _, b, t) in enumerate(tqdm(self.entries, desc="thresholds", disable=not progress)):
+            if self.fast and any(is_fast(r) for r in recipes) and any(source_of(name, r) == "method" for r in recipes):
+                self._fast_state(i)
+            wanted = {k for r in recipes if source_of(name, r) == "method" for k in needed_ks(r, b.numel())}
+            missing = sorted(wanted - set(self._thresholds[name].values))
+            if missing:
+                self._fill(name, b, t, missing)
 
     def merged_tensor(self, index: int, recipe: Recipe) -> torch.Tensor:
         """The merged tensor of entry ``index`` (same bytes as ``lfm.merge`` writes for it)."""

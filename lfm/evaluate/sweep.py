@@ -95,7 +95,7 @@ class PointRunner:
     """Evaluates sweep points on one loaded model whose LM weights are replaced per point."""
 
     def __init__(self, base, tuned, suite: str | Suite, *, limit: int | None = None, device: str = "cpu",
-                 batch_size: int = 32, progress: bool = False):
+                 batch_size: int = 32, progress: bool = False, points: list | None = None):
         from lfm.evaluate.cache import DeltaCache
         from lfm.evaluate.models import load_eval_model
 
@@ -103,6 +103,8 @@ class PointRunner:
         self.suite, self.limit, self.device, self.batch_size = get_suite(suite), limit, device, batch_size
         self.em = load_eval_model(tuned, device=device)
         self.cache = DeltaCache(base, tuned, progress=progress)
+        # every |delta| threshold the points need, in one multi-k selection per tensor
+        self.cache.prepare([p for p in points or [] if isinstance(p, Recipe)] + [Recipe(method="hard")])
 
     def run(self, point: Recipe | str) -> dict:
         from lfm.evaluate.harness import evaluate
@@ -233,7 +235,8 @@ def run_sweep(base, tuned, recipes: list[Recipe], *, suite: str | Suite = "organ
     todo = [p for p in points if point_id(p) not in table.done]
     bar = tqdm(total=len(points), initial=len(points) - len(todo), desc="sweep", unit="point", disable=not progress)
     if executor == "local":
-        runner = PointRunner(base, tuned, suite_obj, limit=limit, device=device, batch_size=batch_size) if todo else None
+        runner = PointRunner(base, tuned, suite_obj, limit=limit, device=device, batch_size=batch_size,
+                             points=todo) if todo else None
         for p in todo:
             table.add(runner.run(p))
             bar.update(1)
@@ -266,10 +269,10 @@ def _run_ray(base, tuned, suite: Suite, todo: list, *, limit, device, workers, b
         n = min(len(todo), n_gpus if n_gpus else (workers or 1))
         opts = {"num_gpus": 1, "num_cpus": 1} if n_gpus else {"num_cpus": 1}
         actor_cls = ray.remote(**opts)(_RayPointRunner)
-        actors = [actor_cls.remote(str(base), str(tuned), suite, limit, "cuda" if n_gpus else device, batch_size)
-                  for _ in range(n)]
-        pool = ActorPool(actors)
         payload = [p if isinstance(p, str) else p.to_dict() for p in todo]
+        actors = [actor_cls.remote(str(base), str(tuned), suite, limit, "cuda" if n_gpus else device, batch_size,
+                                   payload) for _ in range(n)]
+        pool = ActorPool(actors)
         yield from pool.map_unordered(lambda a, p: a.run.remote(p), payload)
     finally:
         if started_here:
@@ -279,8 +282,10 @@ def _run_ray(base, tuned, suite: Suite, todo: list, *, limit, device, workers, b
 class _RayPointRunner:
     """A Ray actor: one loaded model + DeltaCache, evaluating the points it is sent."""
 
-    def __init__(self, base, tuned, suite, limit, device, batch_size):
-        self.runner = PointRunner(base, tuned, suite, limit=limit, device=device, batch_size=batch_size)
+    def __init__(self, base, tuned, suite, limit, device, batch_size, points):
+        points = [p if isinstance(p, str) else Recipe.from_dict(p) for p in points]
+        self.runner = PointRunner(base, tuned, suite, limit=limit, device=device, batch_size=batch_size,
+                                  points=points)
 
     def run(self, point):
         return self.runner.run(point if isinstance(point, str) else Recipe.from_dict(point))
