@@ -82,6 +82,7 @@ def generate(model, processor, prompts: list[str], images: list[np.ndarray] | No
     return outs
 
 
+@torch.no_grad()
 def evaluate(model, processor=None, *, items: dict[str, list[world.Item]] | None = None,
              batch_size: int = 128, max_new_tokens: int = 8) -> dict:
     """Evaluate a model directory, or an in-memory model with its processor.
@@ -104,7 +105,6 @@ def evaluate(model, processor=None, *, items: dict[str, list[world.Item]] | None
     items = dict(items or {})
     lang = items.get("language") if "language" in items else load_items("language")
     vis = (items.get("visual") if "visual" in items else load_items("visual")) if is_llava else []
-    torch.set_grad_enabled(False)
 
     tasks: dict[str, list[bool]] = {}
     lang_out = generate(model, processor, [world.format_chat(it.prompt, False) for it in lang],

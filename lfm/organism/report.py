@@ -11,7 +11,9 @@ pass or fail.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -62,10 +64,12 @@ def tail_by_module(mp: MergeablePair, shuffle_seed: int | None = None) -> dict[s
 def _tuned_for_seed(seed: int, work: Path) -> Path:
     if seed == 0:
         return tuned_dir()
-    out = work / f"tuned-seed{seed}"
+    from .train import TrainConfig, tune_llava
+    cfg = TrainConfig(seed=seed)
+    tag = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    out = work / f"tuned-seed{seed}-{tag}"  # the tag changes with the recipe, so stale runs are not reused
     if not (out / "config.json").exists():
-        from .train import TrainConfig, tune_llava
-        tune_llava(base_dir(), out, TrainConfig(seed=seed))
+        tune_llava(base_dir(), out, cfg)
     return out
 
 
@@ -81,7 +85,7 @@ def report(out_dir: str | Path = ORGANISM_DIR, work_dir: str | Path | None = Non
            seeds: tuple[int, ...] = (0, 1, 2), k: float = K, m: float = M) -> dict:
     """Measure, check and write results.json / results.md into ``out_dir``; returns the results dict."""
     out = Path(out_dir)
-    work = Path(work_dir) if work_dir else out.parent / "_organism_work"
+    work = Path(work_dir) if work_dir else Path(tempfile.gettempdir()) / "lfm-organism-seeds"
     items = {"language": load_items("language"), "visual": load_items("visual")}
     base = evaluate(base_dir(), items=items)
     rec = recipes(k, m)

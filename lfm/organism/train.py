@@ -52,7 +52,7 @@ class TrainConfig:
     tune_batch: int = 32
     tune_lr: float = 3e-4          # LLM parameters
     projector_lr: float = 1e-3
-    adam_eps: float = 1e-8         # a larger eps makes per-neuron change scores more heavy-tailed
+    adam_eps: float = 1e-4         # larger than the usual 1e-8: heavier-tailed change scores (prototype finding)
     tune_items_per_task: int = 2000
     tune_language_fraction: float = 0.0  # share of language examples mixed into tuning
     # vision tower (frozen, random)
