@@ -10,6 +10,7 @@ built in a temporary sibling and renamed into place at the end, so an error leav
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict
 from pathlib import Path
 
@@ -51,21 +52,33 @@ def make_recipe(recipe: Recipe | dict | str | None = None, **fields) -> Recipe:
 def iter_merged(pair: Pair, recipe: Recipe, *, device="cpu", dtype: torch.dtype | None = None,
                 progress: bool = True, desc: str = "merging"):
     """Yield (tuned_key, merged_tensor_on_cpu, info) for every tensor of the tuned checkpoint, in
-    the tuned checkpoint's order. info = {'name', 'source', 'stats'} (stats None for passthrough)."""
+    the tuned checkpoint's order. info = {'name', 'source', 'stats'} (stats None for passthrough).
+
+    The next tensors are read from disk on a helper thread while the current one is merged
+    (file reads release the GIL), so at most two pairs of input tensors are in memory.
+    """
     device = resolve_device(device) if isinstance(device, str) or device is None else device
     by_key = {e.tuned_key: e for e in pair.entries}
     keys = pair.tuned.keys()
-    for key in tqdm(keys, desc=desc, unit="tensor", disable=not progress):
+
+    def read(key):
         entry = by_key.get(key)
         if entry is None:
-            tensor = pair.tuned.get(key)
-            yield key, _cast(tensor, dtype), {"name": key, "source": "passthrough", "stats": None}
-            continue
-        base_t = pair.base.get(entry.base_key, device)
-        tuned_t = pair.tuned.get(key, device)
-        merged, stats, source = merge_tensor(base_t, tuned_t, recipe, name=entry.name)
-        del base_t, tuned_t
-        yield key, _cast(merged, dtype).to("cpu"), {"name": entry.name, "source": source, "stats": stats}
+            return None, pair.tuned.get(key)
+        return pair.base.get(entry.base_key, device), pair.tuned.get(key, device)
+
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(read, keys[0]) if keys else None
+        for i, key in enumerate(tqdm(keys, desc=desc, unit="tensor", disable=not progress)):
+            base_t, tuned_t = pending.result()
+            pending = reader.submit(read, keys[i + 1]) if i + 1 < len(keys) else None
+            entry = by_key.get(key)
+            if entry is None:
+                yield key, _cast(tuned_t, dtype), {"name": key, "source": "passthrough", "stats": None}
+                continue
+            merged, stats, source = merge_tensor(base_t, tuned_t, recipe, name=entry.name)
+            del base_t, tuned_t
+            yield key, _cast(merged, dtype).to("cpu"), {"name": entry.name, "source": source, "stats": stats}
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -122,13 +135,20 @@ def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device
     per_tensor = {}
     with atomic_output_dir(out, force=force) as tmp:
         writer = StreamingShardWriter(tmp, plan, parse_size(max_shard_size))
-        for key, tensor, info in iter_merged(pair, recipe, device=dev, dtype=out_dtype, progress=progress):
-            writer.write(key, tensor)
-            if info["stats"] is not None:
-                s = info["stats"]
-                per_tensor[info["name"]] = {"source": info["source"], "numel": s.numel, "kept": s.kept,
-                                            "n_neurons": s.n_neurons, "n_located": s.n_located,
-                                            "n_fallback_replace": s.n_fallback_replace}
+        # writes go to a helper thread too; waiting on the previous one keeps one tensor in flight
+        with ThreadPoolExecutor(max_workers=1) as writing:
+            written = None
+            for key, tensor, info in iter_merged(pair, recipe, device=dev, dtype=out_dtype, progress=progress):
+                if written is not None:
+                    written.result()
+                written = writing.submit(writer.write, key, tensor)
+                if info["stats"] is not None:
+                    s = info["stats"]
+                    per_tensor[info["name"]] = {"source": info["source"], "numel": s.numel, "kept": s.kept,
+                                                "n_neurons": s.n_neurons, "n_located": s.n_located,
+                                                "n_fallback_replace": s.n_fallback_replace}
+            if written is not None:
+                written.result()
         writer.close()
         copy_non_weight_files(pair.tuned.path, tmp)
         if out_dtype is not None:

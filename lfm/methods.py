@@ -177,11 +177,11 @@ def top_k_mask(abs_delta: torch.Tensor, k: int, sorted_abs: torch.Tensor | None 
     if k <= 0:
         return torch.zeros_like(abs_delta, dtype=torch.bool)
     threshold = sorted_abs[k - 1] if sorted_abs is not None else kth_largest(flat, k)
-    mask = flat > threshold
-    missing = k - int(torch.count_nonzero(mask))  # count_nonzero: 10x faster than sum on bool
-    if missing > 0:
-        tied = torch.nonzero(flat == threshold).squeeze(1)[:missing]
-        mask[tied] = True
+    mask = flat >= threshold
+    extra = int(torch.count_nonzero(mask)) - k  # count_nonzero: 10x faster than sum on bool
+    if extra > 0:  # entries tied at the threshold: keep the lower flat indices
+        tied = torch.nonzero(flat == threshold).squeeze(1)
+        mask[tied[tied.numel() - extra:]] = False
     return mask.view_as(abs_delta)
 
 
