@@ -167,3 +167,14 @@ def test_encode_example_masks_the_prompt():
     assert ids.count(4) == 16 and ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
     assert labels[:-2] == [-100] * (len(ids) - 2) and labels[-2:] == ids[-2:]
 
+
+
+def test_cli_train_tune_only_writes_a_loadable_pair(tmp_path, capsys):
+    out = tmp_path / "org"
+    assert organism_main(["organism", "train", "--out", str(out), "--tune-only", "--base", str(base_dir()),
+                          "--tune-steps", "2"]) == 0
+    model, proc = load_model(out / "tuned")
+    assert isinstance(model, LlavaForConditionalGeneration)
+    assert [i.prompt for i in load_items("visual", out / "items")] == [i.prompt for i in load_items("visual")]
+    assert organism_main(["organism", "train", "--out", str(out), "--tune-only"]) == 2  # no OUT/base yet
+    assert "needs a trained base" in capsys.readouterr().out
