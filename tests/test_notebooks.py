@@ -165,7 +165,6 @@ def test_01_neuron_changes(run_dir):
     assert seconds < 120
 
 
-@pytest.mark.slow
 def test_02_merge_tradeoffs(run_dir):
     s, _ = check_run("02_merge_tradeoffs.ipynb", run_dir)
     table = s["table"]
@@ -186,7 +185,6 @@ def test_02_merge_tradeoffs(run_dir):
     assert widget_views, "the sliders should render (a widget view output)"
 
 
-@pytest.mark.slow
 def test_03_generation_failures(run_dir):
     s, _ = check_run("03_generation_failures.ipynb", run_dir)
     n = s["n_items"]
@@ -200,7 +198,6 @@ def test_03_generation_failures(run_dir):
         assert "data:image/png;base64," in html, "examples must be shown with their images"
 
 
-@pytest.mark.slow
 def test_04_ffn_key_value_memories(run_dir):
     s, _ = check_run("04_ffn_key_value_memories.ipynb", run_dir)
     assert s["n_located"] > 0
