@@ -217,12 +217,15 @@ class DeltaCache:
             gen = tensor_generator(recipe, name) if recipe.is_random else None
             located = locate(self.scores[name], recipe.neurons, recipe.locate, gen)
         if mask is None:
-            out.copy_(st["kept"])
+            # task arithmetic is a lerp in the engine: at alpha = 1 exactly the tuned weights
+            out.copy_(t[:n] if recipe.method == "task_arithmetic" else st["kept"])
             return
         if located is None or recipe.restore == "replace":
             if located is not None:
                 mask = mask | (located.view(-1, 1) if axis == 0 else located.view(1, -1))
-            torch.where(mask, st["kept"], b, out=out)
+            # the engine selects tuned/base directly for plain TIES/Breadcrumbs at alpha = 1
+            kept = t[:n] if recipe.method in ("ties", "breadcrumbs") else st["kept"]
+            torch.where(mask, kept, b, out=out)
             return
         # Neuron-Rescale: C'(i) as the engine computes it, then the located neurons' values recomputed
         after = st["abs"].masked_fill(~mask, 0.0).sum(dim=1 - axis)
