@@ -450,8 +450,7 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
             _raise_non_finite(tuned.float() - base.float(), name)
         stats = DeltaStats(base.numel(), base.numel())
     else:
-        base_f = base.float()
-        delta = tuned.float() - base_f
+        delta = tuned.float() - base  # float32; a half base is widened inside the kernel, not copied
         # one cheap reduction: NaN/Inf anywhere make the sum non-finite; only then look closer
         if not torch.isfinite(delta.sum()):
             _raise_non_finite(delta, name)
@@ -465,7 +464,7 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
             generator = tensor_generator(recipe, name) if recipe.is_random else None
             new_delta, stats = merge_delta(delta, recipe, neuron_axis=neuron_axis(name), generator=generator,
                                            sorted_abs=sorted_abs, scores=scores)
-            merged = base_f + new_delta  # not in place: base_f IS the input when base is float32
+            merged = new_delta + base  # float32 (never in place: new_delta may be the caller's)
     merged = merged.to(tuned.dtype)
     if extra_rows is not None:
         merged = torch.cat([merged, extra_rows.to(merged.device)], dim=0)

@@ -1,0 +1,20 @@
+"""The README states what the code does: its organism numbers are the report's, its commands exist."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_organism_tables_are_the_shipped_report():
+    # `lfm organism report` writes results.md; tests/test_organism.py checks the checkpoints reproduce results.json
+    report = (ROOT / "data" / "organism" / "results.md").read_text().strip()
+    assert report in README
+
+
+def test_readme_commands_are_make_targets():
+    makefile = (ROOT / "Makefile").read_text()
+    for target in re.findall(r"^make (\w+)", README, flags=re.M):
+        assert re.search(rf"^{target}:", makefile, flags=re.M), target
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
