@@ -7,6 +7,7 @@ the explorer's precompute step.
 """
 
 import argparse
+import ctypes
 import importlib
 import importlib.util
 import json
@@ -136,7 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def keep_freed_memory_for_reuse() -> None:
+    """Let glibc reuse freed heap memory for the next tensor instead of mapping fresh pages.
+
+    A merge allocates and frees several tensors of the same large sizes per weight; by default glibc
+    serves each from a new mmap and returns it on free, so every step pays page faults (measured: a
+    TIES merge step on a 5632x2048 weight takes ~90 ms with the default, ~50 ms with this). Only the
+    `lfm` process is affected; Python API users can call this themselves. No-op off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    libc.mallopt(m_mmap_threshold, 2**31 - 1)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory_for_reuse()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
