@@ -51,6 +51,9 @@ def main(argv=None) -> int:
     from lfm.evaluate.cache import DeltaCache
     from lfm.methods import Recipe
 
+    from lfm.cli import keep_freed_memory_for_reuse
+
+    keep_freed_memory_for_reuse()  # as the `lfm` command does, for the one merge and the sweep alike
     torch.set_grad_enabled(False)
     dirs = build_pair(args.size)
     base, tuned = dirs["base"], dirs["llava"]
