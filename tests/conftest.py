@@ -18,3 +18,15 @@ from fixtures import TinyZoo  # noqa: E402
 def zoo(tmp_path_factory) -> TinyZoo:
     """All tiny checkpoints (bases, tuned LLaVA/LLaVA-Next/LLM, sharded, bf16, broken), built on first use."""
     return TinyZoo(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture(scope="session")
+def organism() -> tuple[Path, Path]:
+    """(base, tuned) directories of the shipped organism (or $LFM_ORGANISM_DIR); skips when absent."""
+    from lfm.organism import ORGANISM_DIR
+
+    org = Path(os.environ.get("LFM_ORGANISM_DIR", ORGANISM_DIR))
+    base, tuned = org / "base", org / "tuned"
+    if not (tuned / "config.json").exists():
+        pytest.skip(f"organism checkpoints not found in {org} (run `lfm organism train`)")
+    return base, tuned

@@ -4,23 +4,12 @@ cross-check against the organism's own evaluation, suites, the paper suite's off
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lfm.organism import ORGANISM_DIR
 
-ORG = Path(os.environ.get("LFM_ORGANISM_DIR", ORGANISM_DIR))
-
-
-@pytest.fixture(scope="module")
-def organism():
-    base, tuned = ORG / "base", ORG / "tuned"
-    if not (tuned / "config.json").exists():
-        pytest.skip(f"organism checkpoints not found in {ORG} (run `lfm organism train`)")
-    return base, tuned
 
 
 @pytest.fixture(scope="module")

@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from lfm.methods import Recipe
-from lfm.organism import ORGANISM_DIR
-
-ORG = Path(os.environ.get("LFM_ORGANISM_DIR", ORGANISM_DIR))
-
-
-@pytest.fixture(scope="module")
-def organism():
-    base, tuned = ORG / "base", ORG / "tuned"
-    if not (tuned / "config.json").exists():
-        pytest.skip(f"organism checkpoints not found in {ORG} (run `lfm organism train`)")
-    return base, tuned
 
 
 def test_parse_values():
