@@ -185,6 +185,39 @@ def top_k_mask(abs_delta: torch.Tensor, k: int, sorted_abs: torch.Tensor | None 
     return mask.view_as(abs_delta)
 
 
+_SAME_SIZE_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+SELECT_CHUNK = 1 << 20  # entries per block of `select`: the temporaries stay in the CPU cache
+
+
+def select(mask: torch.Tensor, if_true: torch.Tensor, if_false: torch.Tensor,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.where(mask, if_true, if_false)`` bit for bit, fast on CPU for irregular masks.
+
+    On CPU ``torch.where`` branches per entry, and a mask like "top 20% of |delta|" is random to the
+    branch predictor: measured 6x slower than on a regular mask. On the integer views of the values,
+    ``f ^ ((t ^ f) * mask)`` is the same selection as branch-free vectorised arithmetic, done block by
+    block so the temporaries never leave the cache. On GPU (no such penalty) it is ``torch.where``.
+
+    Args:
+        mask: bool, same shape as the values. if_true, if_false: same shape and dtype.
+        out: optional destination (same shape and dtype, contiguous); may not alias the inputs.
+    """
+    if out is None:
+        out = torch.empty_like(if_false, memory_format=torch.contiguous_format)
+    int_dtype = _SAME_SIZE_INT.get(if_false.element_size())
+    if out.device.type != "cpu" or int_dtype is None or if_true.dtype != if_false.dtype:
+        return torch.where(mask, if_true, if_false, out=out)
+    flat_mask, flat_out = mask.reshape(-1), out.view(-1).view(int_dtype)
+    flat_true = if_true.reshape(-1).view(int_dtype)
+    flat_false = if_false.reshape(-1).view(int_dtype)
+    for start in range(0, flat_out.numel(), SELECT_CHUNK):
+        block = slice(start, start + SELECT_CHUNK)
+        differ = torch.bitwise_xor(flat_true[block], flat_false[block])
+        differ.mul_(flat_mask[block])
+        torch.bitwise_xor(differ, flat_false[block], out=flat_out[block])
+    return out
+
+
 def keep_all(delta, recipe, generator=None, sorted_abs=None):
     """Task arithmetic: every entry survives (mask None means 'all', saving a pass)."""
     return None, None
@@ -458,7 +491,7 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
             # with alpha = 1 a masking method keeps each entry exactly tuned or exactly base: select
             # in the storage dtype instead of base + delta * mask in float32 (same values, fewer passes)
             mask, _ = METHODS[recipe.method].sub(delta, recipe, None, sorted_abs)
-            merged = torch.where(mask, tuned, base)
+            merged = select(mask, tuned, base)
             stats = DeltaStats(delta.numel(), int(torch.count_nonzero(mask)))
         else:
             generator = tensor_generator(recipe, name) if recipe.is_random else None

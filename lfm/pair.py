@@ -72,10 +72,18 @@ class Pair:
     def multimodal(self) -> bool:
         return is_multimodal(self.tuned.config)
 
-    def iter_lm(self, device: str | torch.device = "cpu"):
-        """Yield (entry, base_tensor, tuned_tensor), one pair in memory at a time."""
+    def iter_lm(self, device: str | torch.device = "cpu", *, mapped: bool = False):
+        """Yield (entry, base_tensor, tuned_tensor), one pair in memory at a time.
+
+        mapped: on CPU, views of memory-mapped files instead of copies (``Checkpoint.map``), for callers
+            that keep every tensor (``DeltaCache``).
+        """
+        mapped = mapped and torch.device(device).type == "cpu"
         for entry in self.entries:
-            yield entry, self.base.get(entry.base_key, device), self.tuned.get(entry.tuned_key, device)
+            if mapped:
+                yield entry, self.base.map(entry.base_key), self.tuned.map(entry.tuned_key)
+            else:
+                yield entry, self.base.get(entry.base_key, device), self.tuned.get(entry.tuned_key, device)
 
     def describe(self) -> str:
         kind = type_name(self.tuned.config)

@@ -17,13 +17,16 @@ tensor at a time (no second copy of the model; the vision tower and projector ar
 
 from __future__ import annotations
 
+import math
+
 import torch
 from tqdm.auto import tqdm
 
 from lfm.merge import make_recipe
-from lfm.methods import Recipe, kth_largest, merge_tensor, source_of, tensor_generator, top_k_mask
-from lfm.neurons import locate, neuron_axis, neuron_scores
+from lfm.methods import Recipe, kth_largest, merge_tensor, select, source_of, tensor_generator
+from lfm.neurons import locate, neuron_axis
 from lfm.pair import Pair, open_pair
+from lfm.topk import KEY_BLOCK, OrderKey, TopK, order_key_blocks, top_k_sets
 
 
 class Thresholds:
@@ -64,8 +67,52 @@ def is_fast(recipe: Recipe) -> bool:
     return recipe.method == "neuron_fusion" and recipe.suppress in ("ties", "breadcrumbs")
 
 
+class _Scratch:
+    """Float32 work memory reused for every tensor's |delta|: one buffer as large as the largest linear
+    module (whose C(i) needs its whole |delta|) and one block. Fresh memory is the expensive part of
+    building a cache (every new page costs a fault; on a VM, a host allocation), so embeddings and
+    lm_head are done block by block instead of in a buffer of their size. Both operands are widened
+    before subtracting: measured ~10x faster than ``f32.sub_(bf16)``."""
+
+    def __init__(self, device):
+        self.device = device
+        self.full = torch.empty(0, device=device)
+        self.block = torch.empty(KEY_BLOCK, device=device)
+        self.widened = torch.empty(KEY_BLOCK, device=device)
+
+    def abs_delta(self, base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
+        """|tuned - base| in float32 (the engine's values), in the scratch buffer, shaped like base."""
+        n = base.numel()
+        if self.full.numel() < n:
+            self.full = None
+            self.full = torch.empty(n, device=self.device)
+        out = self.full[:n]
+        base_flat, tuned_flat = base.reshape(-1), tuned.reshape(-1)
+        for start in range(0, n, KEY_BLOCK):
+            self.abs_delta_block(base_flat, tuned_flat, start, min(start + KEY_BLOCK, n), out=out[start:start + KEY_BLOCK])
+        return out.view(base.shape)
+
+    def abs_delta_block(self, base_flat, tuned_flat, start: int, stop: int, out=None) -> torch.Tensor:
+        """|tuned - base| of flat entries [start, stop) (at most KEY_BLOCK), in ``out`` or the block buffer."""
+        out = self.block[: stop - start] if out is None else out
+        widened = self.widened[: stop - start]
+        out.copy_(tuned_flat[start:stop])
+        widened.copy_(base_flat[start:stop])
+        return out.sub_(widened).abs_()
+
+    def largest(self, base_flat, tuned_flat) -> float:
+        """max |tuned - base| (NaN/Inf propagate), block by block."""
+        n, largest = base_flat.numel(), 0.0
+        for start in range(0, n, KEY_BLOCK):
+            block_max = float(self.abs_delta_block(base_flat, tuned_flat, start, min(start + KEY_BLOCK, n)).max())
+            if not math.isfinite(block_max):
+                return block_max
+            largest = max(largest, block_max)
+        return largest
+
+
 class DeltaCache:
-    """The LM tensors of a pair in memory + cached C(i) and |delta| thresholds.
+    """The LM tensors of a pair in memory + cached C(i), |delta| order keys and top-k sets.
 
     Attributes:
         pair: the validated Pair (lfm.pair.open_pair).
@@ -75,61 +122,85 @@ class DeltaCache:
 
     def __init__(self, base, tuned=None, *, device: str = "cpu", progress: bool = True, allow_pickle: bool = False,
                  fast: bool = True):
-        self.fast = fast  # apply() may use the cached-|delta| fast path (costs 4 bytes/parameter more memory)
-        self._fast: dict[str, dict] = {}
+        self.fast = fast  # apply() may use the fast path (costs a 2-byte order key per parameter)
         self.pair: Pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
         self.device = torch.device(device)
         self.entries = []
         self.scores: dict[str, torch.Tensor] = {}
+        self._keys: dict[str, OrderKey] = {}  # {name: lfm.topk.order_key of |delta|} (fast path)
+        self._non_finite: set[str] = set()  # tensors whose delta has NaN/Inf: the engine's error when merged
+        self._tops: dict[str, dict[int, TopK]] = {}
+        self._kept: dict[str, torch.Tensor] = {}
+        self._owned: set[int] = set()  # data_ptr of model parameters given private memory (_own_storage)
         self._thresholds: dict[str, Thresholds] = {}
-        for entry, b, t in tqdm(self.pair.iter_lm(self.device), total=len(self.pair.entries), desc="caching pair",
+        work = _Scratch(self.device)
+        for entry, b, t in tqdm(self.pair.iter_lm(self.device, mapped=True), total=len(self.pair.entries), desc="caching pair",
                                 unit="tensor", disable=not progress):
             self.entries.append((entry.name, entry.tuned_key, b, t))
+            n = b.shape[0]
             axis = neuron_axis(entry.name)
             if axis is not None:
-                self.scores[entry.name] = neuron_scores(t.float() - b.float(), axis)
+                # C(i) = neuron_scores' formula on the engine's float32 |delta|, reduced over the whole tensor
+                # exactly as the engine does; the order key comes from the same |delta|
+                abs_delta = work.abs_delta(b, t[:n])
+                largest = float(abs_delta.max()) if abs_delta.numel() else 0.0  # NaN and Inf propagate
+                self.scores[entry.name] = abs_delta.sum(dim=1 - axis)
+                key_blocks = (lambda ad: lambda start, stop: ad.reshape(-1)[start:stop])(abs_delta)
+            else:  # no C(i): |delta| block by block (embeddings are the largest tensors)
+                base_flat, tuned_flat = b.reshape(-1), t[:n].reshape(-1)
+                largest = work.largest(base_flat, tuned_flat)
+                key_blocks = (lambda bf, tf: lambda start, stop: work.abs_delta_block(bf, tf, start, stop))(
+                    base_flat, tuned_flat)
+            if not math.isfinite(largest):
+                self._non_finite.add(entry.name)
+            elif fast:
+                self._keys[entry.name] = order_key_blocks(key_blocks, b.numel(), largest, b.device)
+            self._tops[entry.name] = {}
             self._thresholds[entry.name] = Thresholds()
+        del work
         self._key_maps: dict[int, dict[str, str]] = {}
 
-    def _thresholds_for(self, name: str, base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe) -> Thresholds:
-        th = self._thresholds[name]
-        numel = base.numel()  # shared rows only (extra vocabulary rows are not merged)
-        missing = [k for k in needed_ks(recipe, numel) if k not in th.values]
-        if missing:
-            self._fill(name, base, tuned, missing)
-        return th
+    def _exact_abs(self, i: int):
+        """flat indices -> |delta| float32 at those entries of entry ``i`` (the engine's values)."""
+        _, _, b, t = self.entries[i]
+        base, tuned = b.reshape(-1), t[: b.shape[0]].reshape(-1)
+        return lambda index: (tuned[index].float() - base[index]).abs_()
 
-    def _fill(self, name: str, base: torch.Tensor, tuned: torch.Tensor, ks: list[int]) -> None:
-        """Compute the k-th largest |delta| of tensor ``name`` for every k in ``ks``.
-
-        Each is the engine's exact bracketed selection (lfm.methods.kth_largest): a few passes over
-        |delta| plus a small selection, measured faster than one multi-rank numpy partition for a
-        10-point grid, and the same values the engine's top_k_mask thresholds at.
-        """
-        st = self._fast.get(name)
-        magnitude = st["abs"].reshape(-1) if st is not None else \
-            (tuned[: base.shape[0]].float() - base.float()).abs().reshape(-1)
+    def _fill(self, i: int, ks: list[int]) -> None:
+        """Compute the top-k set and threshold of entry ``i`` for every k in ``ks`` (0 < k < numel)."""
+        name, _, b, t = self.entries[i]
         th = self._thresholds[name]
+        if name in self._keys:
+            for k, (top, threshold) in top_k_sets(self._keys[name], self._exact_abs(i), ks).items():
+                self._tops[name][k], th.values[k] = top, threshold
+            return
+        # no key (fast=False): the engine's exact bracketed selection on a recomputed |delta|
+        magnitude = (t[: b.shape[0]].float() - b).abs_().reshape(-1)
         for k in ks:
             th.values[k] = kth_largest(magnitude, k)
 
+    def _ensure(self, i: int, recipes) -> None:
+        name, _, b, _ = self.entries[i]
+        wanted = {k for r in recipes if source_of(name, r) == "method" for k in needed_ks(r, b.numel())}
+        done = self._tops[name] if name in self._keys else self._thresholds[name].values
+        missing = sorted(wanted - set(done))
+        if missing:
+            self._fill(i, missing)
+
     def prepare(self, recipes, *, progress: bool = False) -> None:
-        """Precompute, per tensor, every |delta| threshold ``recipes`` will need (a sweep calls it once)."""
+        """Precompute, per tensor, every top-k set ``recipes`` will need, all ks of a tensor in one go
+        (a sweep calls it once)."""
         recipes = [make_recipe(r) for r in recipes]
-        for i, (name, _, b, t) in enumerate(tqdm(self.entries, desc="thresholds", disable=not progress)):
-            if self.fast and any(is_fast(r) for r in recipes) and any(source_of(name, r) == "method" for r in recipes):
-                self._fast_state(i)
-            wanted = {k for r in recipes if source_of(name, r) == "method" for k in needed_ks(r, b.numel())}
-            missing = sorted(wanted - set(self._thresholds[name].values))
-            if missing:
-                self._fill(name, b, t, missing)
+        for i in tqdm(range(len(self.entries)), desc="thresholds", disable=not progress):
+            self._ensure(i, recipes)
 
     def merged_tensor(self, index: int, recipe: Recipe) -> torch.Tensor:
         """The merged tensor of entry ``index`` (same bytes as ``lfm.merge`` writes for it)."""
         name, _, b, t = self.entries[index]
         sorted_abs = None
         if source_of(name, recipe) == "method":
-            sorted_abs = self._thresholds_for(name, b, t, recipe)
+            self._ensure(index, [recipe])
+            sorted_abs = self._thresholds[name]
         merged, _, _ = merge_tensor(b, t, recipe, name=name, sorted_abs=sorted_abs, scores=self.scores.get(name))
         return merged
 
@@ -144,50 +215,67 @@ class DeltaCache:
               **fields) -> torch.nn.Module:
         """Copy the merged LM tensors into ``model`` (loaded from the tuned directory) in place; returns it."""
         recipe = make_recipe(recipe, **fields)
+        self._own_storage(model)
         params = self._model_tensors(model)
         fast = self.fast and is_fast(recipe)
         for i in tqdm(range(len(self.entries)), desc="applying", disable=not progress):
+            name = self.entries[i][0]
             target = params[self.entries[i][1]]
-            if fast and target.dtype == self.entries[i][3].dtype and target.device == self.device:
+            if fast and target.dtype == self.entries[i][3].dtype and target.device == self.device \
+                    and name not in self._non_finite:
                 self._apply_fast(i, recipe, target)
             else:
                 target.copy_(self.merged_tensor(i, recipe).to(target.device, target.dtype))
         return model
 
-    # ---- fast path: masks on cached |delta|, values from cached (base, kept) -------------------------
+    # ---- fast path: masks from cached order keys, values from (base, kept) -------------------------
     #
     # For alpha = 1 and the masking methods (TIES, Breadcrumbs, TaskA, hard, Neuron-Fusion over TIES or
     # Breadcrumbs) every merged entry is one of two values fixed per pair: the base weight, or
     # kept = (base_f + delta).to(dtype), what ``merge_tensor`` writes for a surviving entry. So a point is a
-    # mask (a compare against a cached threshold on cached |delta|) and one ``where`` into the model;
-    # only Neuron-Rescale's located neurons are recomputed, with the engine's float32 operations on those
-    # rows/columns alone. Equality with ``merge_tensor`` is tested bit for bit (tests/test_sweep.py).
+    # mask (a compare of the cached 2-byte key against a bucket, plus the bucket's few exact members) and
+    # one branch-free select into the model; only Neuron-Rescale's located neurons are recomputed, with
+    # the engine's float32 operations. Equality with ``merge_tensor`` is tested bit for bit
+    # (tests/test_sweep.py).
 
-    def _fast_state(self, i: int):
+    def _kept_values(self, i: int) -> torch.Tensor:
+        """(base_f + delta).to(dtype) for entry ``i``: the tuned weights themselves unless rounding differs."""
         name, _, b, t = self.entries[i]
-        st = self._fast.get(name)
-        if st is None:
+        kept = self._kept.get(name)
+        if kept is None:
             n = b.shape[0]
-            delta = t[:n].float() - b.float()
-            kept = (b.float() + delta).to(t.dtype)
+            kept = (t[:n].float() - b).add_(b).to(t.dtype)
             if torch.equal(kept, t[:n]):  # the usual case (exact in bf16/fp16): no extra copy
                 kept = t[:n]
-            st = self._fast[name] = {"abs": delta.abs_(), "kept": kept}
-        return st
+            self._kept[name] = kept
+        return kept
 
-    def _mask(self, i: int, recipe: Recipe, absd: torch.Tensor) -> torch.Tensor | None:
-        """The engine's Sub mask for entry ``i`` (None = every entry kept)."""
-        name, _, b, t = self.entries[i]
+    def _top(self, i: int, k: int) -> torch.Tensor:
+        """[n] bool: the k largest |delta| of entry ``i`` (``top_k_mask``)."""
+        name, _, b, _ = self.entries[i]
+        n = b.numel()
+        if k >= n:
+            return torch.ones(n, dtype=torch.bool, device=b.device)
+        if k <= 0:
+            return torch.zeros(n, dtype=torch.bool, device=b.device)
+        if k not in self._tops[name]:
+            self._fill(i, [k])
+        return self._tops[name][k].mask(self._keys[name].key)
+
+    def _mask(self, i: int, recipe: Recipe) -> torch.Tensor | None:
+        """The engine's Sub mask for entry ``i`` (None = every entry kept), shaped like the base tensor."""
+        name, _, b, _ = self.entries[i]
         sub = recipe.suppress if recipe.method == "neuron_fusion" else recipe.method
         if sub == "task_arithmetic":
             return None
-        th = self._thresholds_for(name, b, t, recipe)
-        n = absd.numel()
+        n = b.numel()
         n_keep = int(recipe.density * n)
         if sub == "ties":
-            return top_k_mask(absd, n_keep, th)
+            return self._top(i, n_keep).view(b.shape)
         n_top = min(int(recipe.gamma * n), n - n_keep)  # breadcrumbs, as lfm.methods.keep_band
-        return top_k_mask(absd, n_top + n_keep, th) & ~top_k_mask(absd, n_top, th)
+        band = self._top(i, n_top + n_keep)
+        band &= ~self._top(i, n_top)
+        return band.view(b.shape)
 
     @torch.no_grad()
     def _apply_fast(self, i: int, recipe: Recipe, target: torch.Tensor) -> None:
@@ -200,30 +288,31 @@ class DeltaCache:
         if source != "method":
             out.copy_(t[:n] if source == "tuned" else b)
             return
-        st = self._fast_state(i)
-        mask = self._mask(i, recipe, st["abs"])
+        mask = self._mask(i, recipe)
+        if mask is None:
+            # task arithmetic is a lerp in the engine: at alpha = 1 exactly the tuned weights
+            out.copy_(t[:n] if recipe.method == "task_arithmetic" else self._kept_values(i))
+            return
         axis = neuron_axis(name)
         located = None
         if recipe.method == "neuron_fusion" and axis is not None and recipe.neurons > 0:
             gen = tensor_generator(recipe, name) if recipe.is_random else None
             located = locate(self.scores[name], recipe.neurons, recipe.locate, gen)
-        if mask is None:
-            # task arithmetic is a lerp in the engine: at alpha = 1 exactly the tuned weights
-            out.copy_(t[:n] if recipe.method == "task_arithmetic" else st["kept"])
-            return
         if located is None or recipe.restore == "replace":
             if located is not None:
-                mask = mask | (located.view(-1, 1) if axis == 0 else located.view(1, -1))
+                mask |= located.view(-1, 1) if axis == 0 else located.view(1, -1)
             # the engine selects tuned/base directly for plain TIES/Breadcrumbs at alpha = 1
-            kept = t[:n] if recipe.method in ("ties", "breadcrumbs") else st["kept"]
-            torch.where(mask, kept, b, out=out)
+            kept = t[:n] if recipe.method in ("ties", "breadcrumbs") else self._kept_values(i)
+            select(mask, kept, b, out=out)
             return
         # Neuron-Rescale: C'(i) as the engine computes it, then the located neurons' values recomputed
-        after = st["abs"].masked_fill(~mask, 0.0).sum(dim=1 - axis)
+        abs_delta = (t[:n].float() - b).abs_()
+        after = abs_delta.masked_fill_(~mask, 0.0).sum(dim=1 - axis)
+        del abs_delta
         empty = located & (after == 0)
         rescalable = located & ~empty
-        full = mask | (empty.view(-1, 1) if axis == 0 else empty.view(1, -1))
-        torch.where(full, st["kept"], b, out=out)
+        mask |= empty.view(-1, 1) if axis == 0 else empty.view(1, -1)
+        select(mask, self._kept_values(i), b, out=out)
         idx = torch.nonzero(rescalable).squeeze(1)
         if idx.numel():
             scores = self.scores[name]
@@ -246,8 +335,27 @@ class DeltaCache:
             params[key].copy_(t.to(params[key].device, params[key].dtype))
         return model
 
+    def _own_storage(self, model: torch.nn.Module) -> None:
+        """Once per model: give its LM parameters private memory holding the cached tuned weights.
+
+        transformers maps checkpoint files into memory, so the first in-place write to a parameter copies it
+        page by page from the file (measured ~5 s for 2 GB on a VM); one copy from the cache's tuned tensors
+        into fresh tensors is a plain memcpy. Parameters keep their identity (tied weights stay tied).
+        """
+        for (_, _, _, t), param in zip(self.entries, self._model_objects(model).values()):
+            if isinstance(param, torch.nn.Parameter) and param.data_ptr() not in self._owned \
+                    and (param.dtype, param.shape, param.device) == (t.dtype, t.shape, t.device):
+                fresh = torch.empty_like(t, memory_format=torch.contiguous_format).copy_(t)
+                param.data = fresh
+                self._owned.add(fresh.data_ptr())
+
     def _model_tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """{tuned checkpoint key: the model's parameter/buffer tensor} (transformers may rename keys on load)."""
+        return {key: obj.data if isinstance(obj, torch.nn.Parameter) else obj
+                for key, obj in self._model_objects(model).items()}
+
+    def _model_objects(self, model: torch.nn.Module) -> dict:
+        """{tuned checkpoint key: the model's Parameter or buffer}, in entry order."""
         state = dict(model.state_dict(keep_vars=True))
         out = {}
         for _, key, _, _ in self.entries:
@@ -258,8 +366,7 @@ class DeltaCache:
             if found is None:
                 raise KeyError(f"checkpoint tensor {key!r} has no counterpart in the model's state_dict "
                                f"({type(model).__name__}); load the model from the tuned directory")
-            tensor = state[found]
-            out[key] = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
+            out[key] = state[found]
         return out
 
     def nbytes(self) -> int:

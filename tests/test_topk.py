@@ -1,0 +1,100 @@
+"""lfm.topk (top-k sets for many k from a 2-byte key) and lfm.methods.select, against the engine's own
+top_k_mask / torch.where on tie-heavy, tie-free and awkward data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lfm.topk as topk
+from lfm.methods import kth_largest, select, top_k_mask
+
+
+def _pair(kind: str, n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "bf16":  # a bf16 pair: |delta| is coarse, thousands of entries tie at every value
+        base = (torch.randn(n, generator=g) * 0.02).to(torch.bfloat16)
+        tuned = (base.float() + torch.randn(n, generator=g) * 1e-3).to(torch.bfloat16)
+    elif kind == "fp32":  # float32: almost every |delta| is distinct and not a float16 value
+        base = torch.randn(n, generator=g)
+        tuned = base + torch.randn(n, generator=g) * 1e-2
+    elif kind == "sparse":  # most entries unchanged: a huge bucket of zeros
+        base = torch.randn(n, generator=g).to(torch.bfloat16)
+        tuned = base.clone()
+        idx = torch.randperm(n, generator=g)[: n // 10]
+        tuned[idx] = (tuned[idx].float() + 0.5).to(torch.bfloat16)
+    elif kind == "wide":  # magnitudes over many octaves, some above float16's range after scaling
+        base = torch.zeros(n)
+        tuned = torch.randn(n, generator=g) * torch.logspace(-9, 6, n)[torch.randperm(n, generator=g)]
+    else:
+        raise ValueError(kind)
+    return base, tuned
+
+
+@pytest.mark.parametrize("kind", ["bf16", "fp32", "sparse", "wide"])
+def test_top_k_sets_equal_top_k_mask(kind, monkeypatch):
+    monkeypatch.setattr(topk, "BLOCK", 4096)  # several blocks, so locating a member crosses blocks
+    n = 50_000
+    base, tuned = _pair(kind, n)
+    exact = (tuned.float() - base.float()).abs()
+    order = topk.order_key(exact.clone())
+    key = order.key
+    assert key.dtype == torch.int16 and key.numel() == n and bool((key >= 0).all())
+    # the key orders as |delta|: a larger key never belongs to a smaller |delta|
+    ascending = torch.argsort(exact)
+    assert bool((key[ascending][1:] >= key[ascending][:-1]).all())
+    ks = [1, 7, 500, n // 20, n // 5, n // 2, (9 * n) // 10, n - 1]
+    sets = topk.top_k_sets(order, lambda i: (tuned[i].float() - base[i].float()).abs(), ks)
+    for k in ks:
+        top, threshold = sets[k]
+        want = top_k_mask(exact, k)
+        got = top.mask(key)
+        assert int(got.sum()) == k
+        assert torch.equal(got, want), (kind, k)
+        assert torch.equal(threshold, kth_largest(exact, k))
+    if kind in ("bf16", "sparse"):  # coarse deltas: few entries rounded, the rounded list is kept
+        assert order.rounded is not None and order.rounded.numel() < n // 8
+    if kind == "fp32":  # nearly every entry rounded: every bucket is decided by exact |delta|
+        assert order.rounded is None
+
+
+def test_ties_are_kept_by_lower_flat_index():
+    values = torch.tensor([0.5, 1.0, 0.5, 0.5, 2.0, 0.5])
+    order = topk.order_key(values.clone())
+    (top, threshold), = topk.top_k_sets(order, lambda i: values[i], [3]).values()
+    assert top.mask(order.key).tolist() == [True, True, False, False, True, False]
+    assert float(threshold) == 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_select_is_torch_where(dtype, monkeypatch):
+    import lfm.methods as methods
+
+    monkeypatch.setattr(methods, "SELECT_CHUNK", 1000)  # many blocks and a ragged last one
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(37, 301, generator=g).to(dtype)
+    b = torch.randn(37, 301, generator=g).to(dtype)
+    a[0, 0], b[0, 1] = float("nan"), -0.0  # bit patterns, not values, are selected
+    mask = torch.rand(37, 301, generator=g) < 0.3
+    bits = lambda x: x.contiguous().view(-1).view(torch.uint8)  # noqa: E731  (NaN != NaN as values)
+    want = torch.where(mask, a, b)
+    got = select(mask, a, b)
+    assert got.dtype == dtype and torch.equal(bits(got), bits(want))
+    out = torch.empty_like(a)
+    assert select(mask, a, b, out=out) is out and torch.equal(bits(out), bits(want))
+    assert torch.equal(bits(select(mask.t(), a.t(), b.t())), bits(want.t()))  # non-contiguous inputs
+
+
+def test_bucket_with_rounded_members_above_and_below():
+    """float16 keys 1.0 for 1-2^-13, 1-2^-14, 1.0 and 1+2^-12: the exact entries (1.0) tie, the rounded
+    ones lie on both sides of them; every k through that bucket must still be top_k_mask's set."""
+    values = torch.tensor([16384.0, 1.0, 1 - 2**-13, 1 + 2**-12, 1.0, 1 - 2**-14, 1.0, 0.1])
+    order = topk.order_key(values.clone())
+    assert order.rounded.tolist() == [2, 3, 5, 7]  # 0.1 is not a float16 value either
+    assert len(set(order.key[1:7].tolist())) == 1
+    sets = topk.top_k_sets(order, lambda i: values[i], list(range(1, 8)))
+    for k, (top, threshold) in sets.items():
+        assert torch.equal(top.mask(order.key), top_k_mask(values, k)), k
+        assert torch.equal(threshold, kth_largest(values, k)), k
+    assert sets[3][0].mask(order.key).nonzero().squeeze(1).tolist() == [0, 1, 3]
+    assert sets[6][0].mask(order.key).nonzero().squeeze(1).tolist() == [0, 1, 3, 4, 5, 6]
