@@ -10,6 +10,12 @@ import torch
 from lfm.methods import Recipe
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Byte-for-byte equality (torch.equal treats -0.0 == +0.0 and NaN != NaN)."""
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.contiguous().view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8))
+
+
 def test_parse_values():
     from lfm.evaluate.sweep import parse_values
 
@@ -48,7 +54,7 @@ def test_delta_cache_is_exactly_the_engine_merge(organism):
         got = cache.merged(recipe)
         assert set(got) <= set(ref)
         for key, t in got.items():
-            assert torch.equal(t, ref[key]), (recipe.label, key)
+            assert same_bits(t, ref[key]), (recipe.label, key)
     assert cache.scores and all(s.dim() == 1 for s in cache.scores.values())
 
 
@@ -94,7 +100,7 @@ def test_apply_writes_exactly_the_engine_merge(organism, fast):
         ref = merged_state_dict(*organism, recipe)
         ours = cache._model_tensors(em.model)
         for key, tensor in ours.items():
-            assert torch.equal(tensor, ref[key]), (recipe, key)
+            assert same_bits(tensor, ref[key]), (recipe, key)
 
 
 def test_sweep_writes_table_and_resumes(organism, tmp_path):
@@ -170,4 +176,37 @@ def test_fast_apply_exact_on_zoo_variants(zoo, variant):
         cache.apply(model, recipe)
         ref = merged_state_dict(base, tuned, recipe)
         for key, tensor in cache._model_tensors(model).items():
-            assert torch.equal(tensor, ref[key]), (variant, recipe, key)
+            assert same_bits(tensor, ref[key]), (variant, recipe, key)
+
+
+def test_fast_apply_negative_zeros_and_non_finite(zoo, tmp_path):
+    """Base weights of -0.0 (Neuron-Fusion writes base + 0.0 = +0.0 there) stay byte-exact; a NaN in the
+    pair makes apply raise the engine's error naming the tensor, for exactly the recipes that merge it."""
+    from transformers import LlavaForConditionalGeneration
+
+    from fixtures import copy_dir, rewrite_single
+    from lfm.evaluate.cache import DeltaCache
+    from lfm.merge import merged_state_dict
+
+    base = copy_dir(zoo.base_bf16, tmp_path / "base")
+    key = next(k for k in __import__("fixtures").read_state(base) if k.endswith("layers.0.mlp.down_proj.weight"))
+
+    def negative_zeros(sd):
+        sd[key].view(-1)[::3] = -0.0
+    rewrite_single(base, negative_zeros)
+    tuned = zoo.llava_bf16
+    model = LlavaForConditionalGeneration.from_pretrained(tuned)
+    cache = DeltaCache(base, tuned, progress=False)
+    for recipe in RECIPES[:4]:
+        cache.apply(model, recipe)
+        ref = merged_state_dict(base, tuned, recipe)
+        for k, tensor in cache._model_tensors(model).items():
+            assert same_bits(tensor, ref[k]), (recipe, k)
+
+    def poison(sd):
+        sd[key].view(-1)[5] = float("nan")
+    rewrite_single(base, poison)
+    cache = DeltaCache(base, tuned, progress=False)
+    with pytest.raises(ValueError, match="NaN in the delta of tensor.*down_proj"):
+        cache.apply(model, Recipe(density=0.2))
+    cache.apply(model, Recipe(method="ties", density=0.2, keep_base=(r"layers\.0\.mlp\.down_proj",)))

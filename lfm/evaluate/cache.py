@@ -100,6 +100,19 @@ class _Scratch:
         widened.copy_(base_flat[start:stop])
         return out.sub_(widened).abs_()
 
+    def row_blocks(self, rows: int, cols: int):
+        """Yield (first row, last row + 1, widened tuned block, widened base block) covering ``rows`` rows of
+        ``cols`` columns, about KEY_BLOCK entries at a time; the blocks are [r, cols] float32 views of
+        scratch memory for the caller to fill."""
+        per_block = max(1, KEY_BLOCK // max(cols, 1))
+        if self.block.numel() < per_block * cols:
+            self.block = torch.empty(per_block * cols, device=self.device)
+            self.widened = torch.empty(per_block * cols, device=self.device)
+        for r0 in range(0, rows, per_block):
+            r1 = min(r0 + per_block, rows)
+            size = (r1 - r0) * cols
+            yield r0, r1, self.block[:size].view(r1 - r0, cols), self.widened[:size].view(r1 - r0, cols)
+
     def largest(self, base_flat, tuned_flat) -> float:
         """max |tuned - base| (NaN/Inf propagate), block by block."""
         n, largest = base_flat.numel(), 0.0
@@ -131,6 +144,7 @@ class DeltaCache:
         self._non_finite: set[str] = set()  # tensors whose delta has NaN/Inf: the engine's error when merged
         self._tops: dict[str, dict[int, TopK]] = {}
         self._kept: dict[str, torch.Tensor] = {}
+        self._dropped: dict[str, torch.Tensor] = {}
         self._owned: set[int] = set()  # data_ptr of model parameters given private memory (_own_storage)
         self._thresholds: dict[str, Thresholds] = {}
         work = _Scratch(self.device)
@@ -157,7 +171,7 @@ class DeltaCache:
                 self._keys[entry.name] = order_key_blocks(key_blocks, b.numel(), largest, b.device)
             self._tops[entry.name] = {}
             self._thresholds[entry.name] = Thresholds()
-        del work
+        self._work = work  # kept for apply (its large buffer is the largest linear module's size)
         self._key_maps: dict[int, dict[str, str]] = {}
 
     def _exact_abs(self, i: int):
@@ -239,16 +253,35 @@ class DeltaCache:
     # (tests/test_sweep.py).
 
     def _kept_values(self, i: int) -> torch.Tensor:
-        """(base_f + delta).to(dtype) for entry ``i``: the tuned weights themselves unless rounding differs."""
+        """(base_f + delta).to(dtype) for entry ``i``, what the engine writes for a surviving entry: the tuned
+        weights themselves (checked block by block) unless rounding differs somewhere."""
         name, _, b, t = self.entries[i]
         kept = self._kept.get(name)
         if kept is None:
             n = b.shape[0]
-            kept = (t[:n].float() - b).add_(b).to(t.dtype)
-            if torch.equal(kept, t[:n]):  # the usual case (exact in bf16/fp16): no extra copy
-                kept = t[:n]
+            tuned, base = t[:n].reshape(n, -1), b.reshape(n, -1)
+            kept = t[:n]
+            for r0, r1, values, widened in self._work.row_blocks(*tuned.shape):
+                values.copy_(tuned[r0:r1])
+                widened.copy_(base[r0:r1])
+                if not torch.equal(values.sub_(widened).add_(widened).to(t.dtype), tuned[r0:r1]):
+                    kept = (t[:n].float() - b).add_(b.float()).to(t.dtype)  # rare: keep the rounded copy
+                    break
             self._kept[name] = kept
         return kept
+
+    def _dropped_values(self, i: int) -> torch.Tensor:
+        """base_f + 0.0 for entry ``i``, what Neuron-Fusion writes for a dropped entry: the base weights,
+        except that a -0.0 becomes +0.0 (copied only if the base holds a -0.0)."""
+        name, _, b, _ = self.entries[i]
+        dropped = self._dropped.get(name)
+        if dropped is None:
+            zero = b == 0  # compare as values, then look at the sign bit of the few zeros
+            dropped = b
+            if bool(zero.any()) and bool(torch.signbit(b[zero]).any()):
+                dropped = (b.float() + 0.0).to(b.dtype)
+            self._dropped[name] = dropped
+        return dropped
 
     def _top(self, i: int, k: int) -> torch.Tensor:
         """[n] bool: the k largest |delta| of entry ``i`` (``top_k_mask``)."""
@@ -301,31 +334,26 @@ class DeltaCache:
         if located is None or recipe.restore == "replace":
             if located is not None:
                 mask |= located.view(-1, 1) if axis == 0 else located.view(1, -1)
-            # the engine selects tuned/base directly for plain TIES/Breadcrumbs at alpha = 1
-            kept = t[:n] if recipe.method in ("ties", "breadcrumbs") else self._kept_values(i)
-            select(mask, kept, b, out=out)
+            if recipe.method in ("ties", "breadcrumbs"):  # the engine selects tuned/base directly (alpha = 1)
+                select(mask, t[:n], b, out=out)
+            else:  # the engine writes base_f + masked delta
+                select(mask, self._kept_values(i), self._dropped_values(i), out=out)
             return
-        # Neuron-Rescale: C'(i) as the engine computes it, then the located neurons' values recomputed
-        abs_delta = (t[:n].float() - b).abs_()
-        after = abs_delta.masked_fill_(~mask, 0.0).sum(dim=1 - axis)
-        del abs_delta
-        empty = located & (after == 0)
+        # Neuron-Rescale. C'(i) exactly as the engine computes it: neuron_scores of the suppressed delta
+        after = self._work.abs_delta(b, t[:n]).mul_(mask).sum(dim=1 - axis)
+        empty = located & (after == 0)  # nothing survived: restored by replace, as the engine does
         rescalable = located & ~empty
+        ratio = torch.ones_like(after)
+        ratio[rescalable] = self.scores[name][rescalable] / after[rescalable]
         mask |= empty.view(-1, 1) if axis == 0 else empty.view(1, -1)
-        select(mask, self._kept_values(i), b, out=out)
-        idx = torch.nonzero(rescalable).squeeze(1)
-        if idx.numel():
-            scores = self.scores[name]
-            ratio = scores[idx] / after[idx]
-            sel = (lambda x: x[idx]) if axis == 0 else (lambda x: x[:, idx])
-            delta = sel(t[:n]).float() - sel(b).float()
-            suppressed = delta.masked_fill(~sel(mask), 0.0)
-            restored = suppressed * (ratio.view(-1, 1) if axis == 0 else ratio.view(1, -1))
-            values = (sel(b).float() + restored).to(t.dtype)
-            if axis == 0:
-                out[idx] = values
-            else:
-                out[:, idx] = values
+        # base_f + delta * ratio for surviving entries (ratio 1 outside the rescaled neurons, which is
+        # exactly the kept value), the dropped value elsewhere; row block by row block, in cache
+        tuned, base, dropped = t[:n], b, self._dropped_values(i)
+        for r0, r1, values, widened in self._work.row_blocks(*base.shape):
+            values.copy_(tuned[r0:r1])
+            widened.copy_(base[r0:r1])
+            values.sub_(widened).mul_(ratio[r0:r1].view(-1, 1) if axis == 0 else ratio.view(1, -1)).add_(widened)
+            select(mask[r0:r1], values.to(t.dtype), dropped[r0:r1], out=out[r0:r1])
 
     @torch.no_grad()
     def restore_tuned(self, model: torch.nn.Module) -> torch.nn.Module:
