@@ -5,15 +5,16 @@ Target (issue 6): the whole sweep costs at most 3x one merge. Measured, in this 
     one merge (disk)      lfm.merge(base, llava, out, <method>, K=0.2): read the pair, merge, write a model dir
     one merge (memory)    lfm.merged_state_dict(...): the same merge kept in memory
     sweep                 DeltaCache(base, llava) (reads the pair once, C(i) once) + load the tuned model once
-                          + DeltaCache.prepare(10 recipes): |delta| cached, every tensor's 10 thresholds
-                          from one multi-k selection
+                          (the pair is memory-mapped; C(i) and a 2-byte |delta| order key per entry computed)
+                          + DeltaCache.prepare(10 recipes): every tensor's 10 top-k sets from one histogram
+                          of its key (lfm/topk.py)
                           + for each of 10 K values: DeltaCache.apply(model, recipe): every LM tensor of the
-                          loaded model rewritten in place (fast path: a threshold compare on the cached |delta|
-                          and one `where`, bit-identical to lfm.merge; see lfm/evaluate/cache.py)
+                          loaded model rewritten in place (fast path: one compare pass over the key and a
+                          branch-free select, byte-identical to lfm.merge; see lfm/evaluate/cache.py)
 
 The pair is the one benchmarks/merge_speed.py builds (bf16, 20 layers x 2048 hidden, GQA, 1.03B LM
 parameters + a small vision tower) under benchmarks/_work/1b, reused when present. Results go to
-benchmarks/results/sweep_reuse.json.
+benchmarks/results/sweep_reuse[_<method>].json.
 
     python benchmarks/sweep_reuse.py                     # ~1B, ties
     python benchmarks/sweep_reuse.py --method neu-s-ties
@@ -104,7 +105,10 @@ def main(argv=None) -> int:
            "naive_10_merges_disk_s_estimate": round(10 * one_disk, 1), "last_point_equals_lfm_merge": exact,
            "target": "sweep <= 3x one merge", "torch_threads": torch.get_num_threads()}
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "sweep_reuse.json").write_text(json.dumps(res, indent=2) + "\n")
+    name = "sweep_reuse" + ("" if args.method == "ties" else f"_{args.method}") + ("_no_fast" if args.no_fast else "")
+    if args.size != "1b":
+        name += f"_{args.size}"
+    (HERE / "results" / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
     return 0
 

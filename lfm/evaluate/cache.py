@@ -80,16 +80,21 @@ class _Scratch:
         self.block = torch.empty(KEY_BLOCK, device=device)
         self.widened = torch.empty(KEY_BLOCK, device=device)
 
-    def abs_delta(self, base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
-        """|tuned - base| in float32 (the engine's values), in the scratch buffer, shaped like base."""
+    def abs_delta(self, base: torch.Tensor, tuned: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """|tuned - base| in float32 (the engine's values), times ``mask`` (bool, same shape) if given, in the
+        scratch buffer, shaped like base."""
         n = base.numel()
         if self.full.numel() < n:
             self.full = None
             self.full = torch.empty(n, device=self.device)
         out = self.full[:n]
         base_flat, tuned_flat = base.reshape(-1), tuned.reshape(-1)
+        mask_bytes = None if mask is None else mask.reshape(-1).view(torch.uint8)  # * uint8: ~3x * bool
         for start in range(0, n, KEY_BLOCK):
-            self.abs_delta_block(base_flat, tuned_flat, start, min(start + KEY_BLOCK, n), out=out[start:start + KEY_BLOCK])
+            stop = min(start + KEY_BLOCK, n)
+            block = self.abs_delta_block(base_flat, tuned_flat, start, stop, out=out[start:stop])
+            if mask_bytes is not None:
+                block.mul_(mask_bytes[start:stop])
         return out.view(base.shape)
 
     def abs_delta_block(self, base_flat, tuned_flat, start: int, stop: int, out=None) -> torch.Tensor:
@@ -340,7 +345,7 @@ class DeltaCache:
                 select(mask, self._kept_values(i), self._dropped_values(i), out=out)
             return
         # Neuron-Rescale. C'(i) exactly as the engine computes it: neuron_scores of the suppressed delta
-        after = self._work.abs_delta(b, t[:n]).mul_(mask).sum(dim=1 - axis)
+        after = self._work.abs_delta(b, t[:n], mask).sum(dim=1 - axis)
         empty = located & (after == 0)  # nothing survived: restored by replace, as the engine does
         rescalable = located & ~empty
         ratio = torch.ones_like(after)
