@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import sys
 import time
@@ -103,7 +104,9 @@ def main(argv=None) -> int:
            "ratio_vs_one_merge_disk": round(sweep / one_disk, 2),
            "ratio_vs_one_merge_memory": round(sweep / one_memory, 2),
            "naive_10_merges_disk_s_estimate": round(10 * one_disk, 1), "last_point_equals_lfm_merge": exact,
-           "target": "sweep <= 3x one merge", "torch_threads": torch.get_num_threads()}
+           "target": "sweep <= 3x one merge", "torch_threads": torch.get_num_threads(),
+           "peak_rss_mib (whole process; file-backed pages of the mapped pair included)":
+               round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     (HERE / "results").mkdir(exist_ok=True)
     name = "sweep_reuse" + ("" if args.method == "ties" else f"_{args.method}") + ("_no_fast" if args.no_fast else "")
     if args.size != "1b":

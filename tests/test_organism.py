@@ -132,6 +132,8 @@ def test_eval_reproduces_results_json(results):
     base_model = LlamaForCausalLM.from_pretrained(base_dir())
     torch.testing.assert_close(mp.model.model.language_model.layers[0].mlp.up_proj.weight,
                                base_model.model.layers[0].mlp.up_proj.weight, rtol=0, atol=0)
+    # and tuned() undoes it
+    assert _close(evaluate((mp.tuned(), mp.processor)), shipped["tuned"]) is None
 
 
 def test_cli_eval_json(capsys):

@@ -81,6 +81,24 @@ def test_iter_lm_streams_aligned_pairs(zoo):
     assert n == N_LM
 
 
+@pytest.mark.parametrize("base", ["base", "base_sharded", "base_bf16"])
+def test_iter_lm_mapped_reads_the_same_tensors(zoo, base):
+    """mapped=True gives read-only views of the files (no copy) with the same values as plain reads."""
+    tuned = "llava_bf16" if base == "base_bf16" else "llava_sharded"
+    pair = lfm.open_pair(getattr(zoo, base), getattr(zoo, tuned))
+    base_sd, tuned_sd = read_state(getattr(zoo, base)), read_state(getattr(zoo, tuned))
+    n = 0
+    for e, b, t in pair.iter_lm(mapped=True):
+        assert b.dtype == base_sd[e.base_key].dtype and torch.equal(b, base_sd[e.base_key])
+        assert torch.equal(t, tuned_sd[e.tuned_key])
+        n += 1
+    assert n == N_LM
+    # the same memory on every call: views of one mapping per file, not copies
+    e = pair.entries[0]
+    assert pair.base.map(e.base_key).data_ptr() == pair.base.map(e.base_key).data_ptr()
+    assert pair.base.get(e.base_key).data_ptr() != pair.base.get(e.base_key).data_ptr()
+
+
 def test_extra_vocab_detected(zoo):
     pair = lfm.open_pair(zoo.base, zoo.llava_extra_vocab)
     assert pair.extra_vocab == {"model.embed_tokens.weight": EXTRA_VOCAB, "lm_head.weight": EXTRA_VOCAB}
