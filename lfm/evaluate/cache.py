@@ -2,12 +2,15 @@
 
 A sweep evaluates many recipes on one pair. Re-merging from disk for each point repeats work that does
 not depend on the point: reading both checkpoints, the change scores C(i) (one per neuron, independent of
-K and M), and the |delta| thresholds (the K-th largest |delta| of a tensor is the same for TIES at K and for
-every Neuron-Fusion M at that K). DeltaCache keeps the pair's LM tensors in memory (in their stored dtype),
-computes C(i) once per tensor and each threshold once per (tensor, k), and hands them to the engine's own
-``lfm.methods.merge_tensor`` (``scores=``, ``sorted_abs=``), so a point is exactly ``lfm.merge``'s math
-without the disk. ``apply(model, recipe)`` writes the merged LM tensors into a loaded model in place, one
-tensor at a time (no second copy of the model; the vision tower and projector are left as loaded).
+K and M), and the |delta| ranking (the top-K set of a tensor is the same for TIES at K and for every
+Neuron-Fusion M at that K). DeltaCache maps the pair's LM tensors into memory once (read-only views of the
+files, ``Checkpoint.map``), computes C(i) and a 2-byte order key of |delta| once per tensor
+(``lfm.topk.order_key``), and reads every top-K set a grid needs off one histogram of that key
+(``lfm.topk.top_k_sets``, ``prepare``). ``apply(model, recipe)`` then writes the merged LM tensors into a
+loaded model in place, one tensor at a time (no second copy of the model; the vision tower and projector
+are left as loaded): for alpha = 1 masking recipes one compare pass over the key and a branch-free select;
+otherwise the engine's own ``lfm.methods.merge_tensor`` with the cached C(i) and thresholds. Either way
+the bytes are exactly what ``lfm.merge`` writes (tested bit for bit).
 
     >>> cache = DeltaCache("data/organism/base", "data/organism/tuned")       # doctest: +SKIP
     >>> em = load_eval_model("data/organism/tuned")                           # doctest: +SKIP
