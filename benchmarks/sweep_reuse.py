@@ -89,6 +89,7 @@ def main(argv=None) -> int:
         per_point.append(time.perf_counter() - s)
         print(f"  point K={k}: {per_point[-1]:.1f}s", flush=True)
     sweep = time.perf_counter() - t
+    rss_after_sweep = _rss_mib()
 
     # the last point in the model is exactly lfm.merge's bytes for it (spot check one tensor)
     ref = lfm.merged_state_dict(base, tuned, recipe(KS[-1]))
@@ -105,7 +106,8 @@ def main(argv=None) -> int:
            "ratio_vs_one_merge_memory": round(sweep / one_memory, 2),
            "naive_10_merges_disk_s_estimate": round(10 * one_disk, 1), "last_point_equals_lfm_merge": exact,
            "target": "sweep <= 3x one merge", "torch_threads": torch.get_num_threads(),
-           "peak_rss_mib (whole process; file-backed pages of the mapped pair included)":
+           "rss_after_sweep_mib": rss_after_sweep,
+           "peak_rss_mib (whole process: the one merges and the final check included)":
                round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     (HERE / "results").mkdir(exist_ok=True)
     name = "sweep_reuse" + ("" if args.method == "ties" else f"_{args.method}") + ("_no_fast" if args.no_fast else "")
@@ -114,6 +116,17 @@ def main(argv=None) -> int:
     (HERE / "results" / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
     return 0
+
+
+def _rss_mib() -> dict:
+    """The process's resident memory now, from /proc/self/status: anonymous (heap, tensors) and file-backed
+    (mapped checkpoint pages, shared with the OS file cache)."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile"):
+            fields[name] = round(int(value.split()[0]) / 1024, 1)
+    return fields
 
 
 if __name__ == "__main__":
