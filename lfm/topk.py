@@ -4,18 +4,19 @@ The engine's TIES/Breadcrumbs mask is ``lfm.methods.top_k_mask``: the k largest 
 ties at the threshold kept by lower flat index. A sweep needs that set for many k on the same tensor.
 Sorting |delta| once would answer every k, but costs n log n and 8 bytes per entry; instead:
 
-    order_key(|delta|)   [n] int16 with key(a) > key(b) => a > b (float16 bits of a power-of-two scaled
-                         |delta|) and a table of the key values ("buckets") whose members may differ
-    top_k_sets(key, ks)  one histogram of the key finds, for each k, the bucket holding the k-th largest
-                         entry and how many of its members are in the set; a bucket whose members are all
-                         equal (the usual case: weight deltas of bf16/fp16 checkpoints are coarse) takes
-                         its first members in flat order, so the whole set is described by two integers:
-                         (bucket, cut) -> mask = key >= bucket before position cut, key > bucket after it
+    order_key(|delta|)      [n] int16 with key(a) > key(b) => a > b (float16 bits of a power-of-two
+                            scaled |delta|), plus the list of entries whose float16 was rounded
+    top_k_sets(order, ks)   one histogram of the key finds, for each k, the key value ("bucket") holding
+                            the k-th largest entry and how many of its members are in the set; the
+                            bucket's unrounded members all hold the same |delta| (ties: the usual case,
+                            weight deltas of bf16/fp16 checkpoints are coarse), so the set takes the first
+                            of them in flat order and is described by two integers:
+                            (bucket, cut) -> mask = key >= bucket before position cut, key > bucket after
 
-so a point of a sweep builds its mask with one compare pass over 2 bytes per entry. Buckets with unequal
-members (rare: an entry whose |delta| is not a float16 value after scaling) are decided by their exact
-|delta|, and the few entries that break the (bucket, cut) rule are listed. Every set is exactly
-``top_k_mask``'s (tested against it on tie-heavy and tie-free data, tests/test_topk.py).
+so a point of a sweep builds its mask with one compare pass over 2 bytes per entry. The bucket's rounded
+members (few) are decided by their exact |delta| and listed where they break the (bucket, cut) rule. Every
+set is exactly ``top_k_mask``'s (tested against it on tie-heavy, tie-free, sparse and wide-range data,
+tests/test_topk.py).
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ def order_key_blocks(abs_delta_block, n: int, largest: float, device="cpu") -> O
             temporary this function overwrites; asked for in order, at most KEY_BLOCK entries at a time.
         n: number of entries. largest: max |delta| (finite).
     """
-    scale = 2.0 ** max(0, 15 - math.frexp(largest)[1]) if largest > 0 else 1.0
+    # 2^s, 0 <= s <= 126 (a float32 power of two: the product stays exact or, for absurdly small deltas,
+    # merely rounds in float16, which the `rounded` list catches)
+    scale = 2.0 ** min(126, max(0, 15 - math.frexp(largest)[1])) if largest > 0 else 1.0
     half = torch.empty(n, dtype=torch.float16, device=device)
     rounded, n_rounded = [], 0
     for start in range(0, n, KEY_BLOCK):  # block by block: each step's temporaries stay in cache

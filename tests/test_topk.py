@@ -26,12 +26,15 @@ def _pair(kind: str, n: int, seed: int = 0):
     elif kind == "wide":  # magnitudes over many octaves, some above float16's range after scaling
         base = torch.zeros(n)
         tuned = torch.randn(n, generator=g) * torch.logspace(-9, 6, n)[torch.randperm(n, generator=g)]
+    elif kind == "tiny":  # every |delta| below float32's normal range: the scale is capped
+        base = torch.zeros(n)
+        tuned = torch.randn(n, generator=g) * 1e-40
     else:
         raise ValueError(kind)
     return base, tuned
 
 
-@pytest.mark.parametrize("kind", ["bf16", "fp32", "sparse", "wide"])
+@pytest.mark.parametrize("kind", ["bf16", "fp32", "sparse", "wide", "tiny"])
 def test_top_k_sets_equal_top_k_mask(kind, monkeypatch):
     monkeypatch.setattr(topk, "BLOCK", 4096)  # several blocks, so locating a member crosses blocks
     n = 50_000
