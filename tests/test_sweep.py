@@ -56,6 +56,12 @@ def test_delta_cache_is_exactly_the_engine_merge(organism):
         for key, t in got.items():
             assert same_bits(t, ref[key]), (recipe.label, key)
     assert cache.scores and all(s.dim() == 1 for s in cache.scores.values())
+    # the cache holds read-only views of the mapped files; what it hands out is the caller's to modify
+    for recipe in (Recipe(method="hard"), Recipe(others="tuned"), Recipe(method="task_arithmetic")):
+        for t in cache.merged(recipe).values():
+            t.add_(1)
+    ref = merged_state_dict(*organism, Recipe(method="hard"))
+    assert all(same_bits(t, ref[k]) for k, t in cache.merged(Recipe(method="hard")).items())
 
 
 def test_apply_and_restore_in_place(organism):

@@ -224,6 +224,8 @@ class DeltaCache:
             self._ensure(index, [recipe])
             sorted_abs = self._thresholds[name]
         merged, _, _ = merge_tensor(b, t, recipe, name=name, sorted_abs=sorted_abs, scores=self.scores.get(name))
+        if merged.data_ptr() in (b.data_ptr(), t.data_ptr()):
+            merged = merged.clone()  # the engine passed an input through: a read-only view of the mapped file
         return merged
 
     def merged(self, recipe: Recipe | dict | str | None = None, *, progress: bool = False, **fields) -> dict:
