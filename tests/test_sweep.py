@@ -216,3 +216,23 @@ def test_fast_apply_negative_zeros_and_non_finite(zoo, tmp_path):
     with pytest.raises(ValueError, match="NaN in the delta of tensor.*down_proj"):
         cache.apply(model, Recipe(density=0.2))
     cache.apply(model, Recipe(method="ties", density=0.2, keep_base=(r"layers\.0\.mlp\.down_proj",)))
+
+
+def test_apply_to_a_model_on_another_device(zoo):
+    """The cache on one device, the model on another (CPU cache + GPU model in real use): each tensor goes
+    through a staging tensor and the bytes are the engine's. Here the cache's device is 'cpu:0', which
+    torch counts as different from the model's 'cpu'."""
+    from transformers import LlavaForConditionalGeneration
+
+    from lfm.evaluate.cache import DeltaCache
+    from lfm.merge import merged_state_dict
+
+    model = LlavaForConditionalGeneration.from_pretrained(zoo.llava_bf16)
+    cache = DeltaCache(zoo.base_bf16, zoo.llava_bf16, progress=False, device="cpu:0")
+    assert next(model.parameters()).device != cache.device
+    for recipe in RECIPES[:4]:
+        cache.apply(model, recipe)
+        ref = merged_state_dict(zoo.base_bf16, zoo.llava_bf16, recipe)
+        for key, tensor in cache._model_tensors(model).items():
+            assert same_bits(tensor, ref[key]), (recipe, key)
+    assert cache._stage  # the staging path ran

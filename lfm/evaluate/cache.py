@@ -153,6 +153,7 @@ class DeltaCache:
         self._tops: dict[str, dict[int, TopK]] = {}
         self._kept: dict[str, torch.Tensor] = {}
         self._dropped: dict[str, torch.Tensor] = {}
+        self._stage: dict[torch.dtype, torch.Tensor] = {}  # apply() into a model on another device
         self._owned: set[int] = set()  # data_ptr of model parameters given private memory (_own_storage)
         self._thresholds: dict[str, Thresholds] = {}
         work = _Scratch(self.device)
@@ -237,20 +238,34 @@ class DeltaCache:
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, recipe: Recipe | dict | str | None = None, *, progress: bool = False,
               **fields) -> torch.nn.Module:
-        """Copy the merged LM tensors into ``model`` (loaded from the tuned directory) in place; returns it."""
+        """Copy the merged LM tensors into ``model`` (loaded from the tuned directory) in place; returns it.
+
+        The model may live on another device than the cache (e.g. the cache on CPU, memory-mapped, and the
+        model on a GPU): each tensor is then merged into a reused staging tensor and copied over.
+        """
         recipe = make_recipe(recipe, **fields)
         self._own_storage(model)
         params = self._model_tensors(model)
         fast = self.fast and is_fast(recipe)
         for i in tqdm(range(len(self.entries)), desc="applying", disable=not progress):
-            name = self.entries[i][0]
+            name, _, _, t = self.entries[i]
             target = params[self.entries[i][1]]
-            if fast and target.dtype == self.entries[i][3].dtype and target.device == self.device \
-                    and name not in self._non_finite:
+            if not (fast and target.dtype == t.dtype and name not in self._non_finite):
+                target.copy_(self.merged_tensor(i, recipe).to(target.device, target.dtype))
+            elif target.device == self.device:
                 self._apply_fast(i, recipe, target)
             else:
-                target.copy_(self.merged_tensor(i, recipe).to(target.device, target.dtype))
+                staging = self._staging(t)
+                self._apply_fast(i, recipe, staging)
+                target.copy_(staging, non_blocking=False)
         return model
+
+    def _staging(self, like: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped and typed like ``like`` on the cache's device, reusing one buffer per dtype."""
+        buffer = self._stage.get(like.dtype)
+        if buffer is None or buffer.numel() < like.numel():
+            buffer = self._stage[like.dtype] = torch.empty(like.numel(), dtype=like.dtype, device=self.device)
+        return buffer[: like.numel()].view(like.shape)
 
     # ---- fast path: masks from cached order keys, values from (base, kept) -------------------------
     #

@@ -102,9 +102,11 @@ class PointRunner:
         self.base, self.tuned = str(base), str(tuned)
         self.suite, self.limit, self.device, self.batch_size = get_suite(suite), limit, device, batch_size
         self.em = load_eval_model(tuned, device=device)
+        # the pair stays on the CPU (memory-mapped); merged tensors are staged there and copied to the model
         self.cache = DeltaCache(base, tuned, progress=progress)
-        # every |delta| threshold the points need, in one multi-k selection per tensor
-        self.cache.prepare([p for p in points or [] if isinstance(p, Recipe)] + [Recipe(method="hard")])
+        # every top-K set the points need, all Ks of a tensor from one histogram of its |delta| key
+        self.cache.prepare([p for p in points or [] if isinstance(p, Recipe)] + [Recipe(method="hard")],
+                           progress=progress)
 
     def run(self, point: Recipe | str) -> dict:
         from lfm.evaluate.harness import evaluate
