@@ -205,7 +205,7 @@ class Checkpoint:
         if file in self._pickled:
             return self.get(key)
         dtype, shape, start, stop = self._spans[key]
-        if start % torch.empty(0, dtype=dtype).element_size():
+        if start % dtype.itemsize:
             return self.get(key)  # a writer that did not align its tensors: a view would be misaligned
         mapped = self._maps.get(file)
         if mapped is None:

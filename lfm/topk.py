@@ -76,6 +76,7 @@ def order_key_blocks(abs_delta_block, n: int, largest: float, device="cpu") -> O
     scale = 2.0 ** min(126, max(0, 15 - math.frexp(largest)[1])) if largest > 0 else 1.0
     half = torch.empty(n, dtype=torch.float16, device=device)
     rounded, n_rounded = [], 0
+    list_limit = max(n // 8, 4096)  # keep the list only while it costs <= 1 byte/entry (or is small)
     for start in range(0, n, KEY_BLOCK):  # block by block: each step's temporaries stay in cache
         stop = min(start + KEY_BLOCK, n)
         scaled = abs_delta_block(start, stop).mul_(scale)
@@ -84,11 +85,11 @@ def order_key_blocks(abs_delta_block, n: int, largest: float, device="cpu") -> O
         inexact = block_half.float() != scaled
         count = int(torch.count_nonzero(inexact))
         n_rounded += count
-        if count and n_rounded <= max(n // 8, 4096):  # keep the list only while it costs <= 1 byte/entry
+        if count and n_rounded <= list_limit:
             rounded.append(torch.nonzero(inexact).squeeze(1) + start)
-    keep_list = n_rounded <= max(n // 8, 4096)
-    index = (torch.cat(rounded) if rounded else torch.zeros(0, dtype=torch.long, device=device)) \
-        if keep_list else None
+    index = None
+    if n_rounded <= list_limit:
+        index = torch.cat(rounded) if rounded else torch.zeros(0, dtype=torch.long, device=device)
     return OrderKey(half.view(torch.int16), scale, index)
 
 

@@ -108,10 +108,10 @@ class _Scratch:
         widened.copy_(base_flat[start:stop])
         return out.sub_(widened).abs_()
 
-    def row_blocks(self, rows: int, cols: int):
-        """Yield (first row, last row + 1, widened tuned block, widened base block) covering ``rows`` rows of
-        ``cols`` columns, about KEY_BLOCK entries at a time; the blocks are [r, cols] float32 views of
-        scratch memory for the caller to fill."""
+    def widened_rows(self, base: torch.Tensor, tuned: torch.Tensor):
+        """Yield (first row, last row + 1, tuned rows, base rows) over [rows, cols] tensors, about KEY_BLOCK
+        entries at a time, both blocks widened to float32 in scratch memory (the caller may overwrite them)."""
+        rows, cols = base.shape
         per_block = max(1, KEY_BLOCK // max(cols, 1))
         if self.block.numel() < per_block * cols:
             self.block = torch.empty(per_block * cols, device=self.device)
@@ -119,7 +119,10 @@ class _Scratch:
         for r0 in range(0, rows, per_block):
             r1 = min(r0 + per_block, rows)
             size = (r1 - r0) * cols
-            yield r0, r1, self.block[:size].view(r1 - r0, cols), self.widened[:size].view(r1 - r0, cols)
+            tuned_f, base_f = self.block[:size].view(r1 - r0, cols), self.widened[:size].view(r1 - r0, cols)
+            tuned_f.copy_(tuned[r0:r1])
+            base_f.copy_(base[r0:r1])
+            yield r0, r1, tuned_f, base_f
 
     def largest(self, base_flat, tuned_flat) -> float:
         """max |tuned - base| (NaN/Inf propagate), block by block."""
@@ -168,12 +171,14 @@ class DeltaCache:
                 abs_delta = work.abs_delta(b, t[:n])
                 largest = float(abs_delta.max()) if abs_delta.numel() else 0.0  # NaN and Inf propagate
                 self.scores[entry.name] = abs_delta.sum(dim=1 - axis)
-                key_blocks = (lambda ad: lambda start, stop: ad.reshape(-1)[start:stop])(abs_delta)
-            else:  # no C(i): |delta| block by block (embeddings are the largest tensors)
+                flat = abs_delta.reshape(-1)
+                key_blocks = lambda start, stop: flat[start:stop]  # noqa: E731 (used at once, below)
+            else:
+                # no C(i): |delta| block by block, computed twice (for the max, then for the key) rather
+                # than held in a buffer of the embeddings' size, the largest tensors
                 base_flat, tuned_flat = b.reshape(-1), t[:n].reshape(-1)
                 largest = work.largest(base_flat, tuned_flat)
-                key_blocks = (lambda bf, tf: lambda start, stop: work.abs_delta_block(bf, tf, start, stop))(
-                    base_flat, tuned_flat)
+                key_blocks = lambda start, stop: work.abs_delta_block(base_flat, tuned_flat, start, stop)  # noqa: E731
             if not math.isfinite(largest):
                 self._non_finite.add(entry.name)
             elif fast:
@@ -181,7 +186,6 @@ class DeltaCache:
             self._tops[entry.name] = {}
             self._thresholds[entry.name] = Thresholds()
         self._work = work  # kept for apply (its large buffer is the largest linear module's size)
-        self._key_maps: dict[int, dict[str, str]] = {}
 
     def _exact_abs(self, i: int):
         """flat indices -> |delta| float32 at those entries of entry ``i`` (the engine's values)."""
@@ -286,9 +290,7 @@ class DeltaCache:
             n = b.shape[0]
             tuned, base = t[:n].reshape(n, -1), b.reshape(n, -1)
             kept = t[:n]
-            for r0, r1, values, widened in self._work.row_blocks(*tuned.shape):
-                values.copy_(tuned[r0:r1])
-                widened.copy_(base[r0:r1])
+            for r0, r1, values, widened in self._work.widened_rows(base, tuned):
                 if not torch.equal(values.sub_(widened).add_(widened).to(t.dtype), tuned[r0:r1]):
                     kept = (t[:n].float() - b).add_(b.float()).to(t.dtype)  # rare: keep the rounded copy
                     break
@@ -373,10 +375,8 @@ class DeltaCache:
         mask |= empty.view(-1, 1) if axis == 0 else empty.view(1, -1)
         # base_f + delta * ratio for surviving entries (ratio 1 outside the rescaled neurons, which is
         # exactly the kept value), the dropped value elsewhere; row block by row block, in cache
-        tuned, base, dropped = t[:n], b, self._dropped_values(i)
-        for r0, r1, values, widened in self._work.row_blocks(*base.shape):
-            values.copy_(tuned[r0:r1])
-            widened.copy_(base[r0:r1])
+        dropped = self._dropped_values(i)
+        for r0, r1, values, widened in self._work.widened_rows(b, t[:n]):
             values.sub_(widened).mul_(ratio[r0:r1].view(-1, 1) if axis == 0 else ratio.view(1, -1)).add_(widened)
             select(mask[r0:r1], values.to(t.dtype), dropped[r0:r1], out=out[r0:r1])
 
