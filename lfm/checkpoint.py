@@ -195,7 +195,7 @@ class Checkpoint:
     def map(self, key: str) -> torch.Tensor:
         """A tensor of a safetensors file as a view of a read-only memory map of that file (CPU, no copy).
 
-        For callers that hold a whole checkpoint for a long time (``DeltaCache``): the pages are the
+        For callers that hold a whole checkpoint for a long time (``ResidentPair``): the pages are the
         operating system's file cache, mapped in one go (MAP_POPULATE) instead of copied into fresh memory
         page by page (measured: 2 GB mapped in 0.2 s vs ~3 s copied, on a VM). The memory is read-only:
         writing to the tensor crashes the process, so callers only read it (copy first to modify).

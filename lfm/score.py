@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from lfm.device import resolve_device
 from lfm.neurons import layer_of, module_of, neuron_axis, tail_stats
 from lfm.neurons import neuron_scores as scores_of_delta
 from lfm.pair import Pair, open_pair
@@ -28,8 +29,6 @@ def neuron_scores(base, tuned=None, *, device="cpu", progress: bool = True,
         >>> scores = neuron_scores("data/organism/base", "data/organism/tuned")   # doctest: +SKIP
         >>> scores["model.layers.0.mlp.up_proj.weight"].shape                     # doctest: +SKIP
     """
-    from lfm.merge import resolve_device
-
     pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
     dev = resolve_device(device)
     entries = [e for e in pair.entries if neuron_axis(e.name) is not None]
@@ -63,7 +62,3 @@ def save_scores(scores: dict[str, torch.Tensor], path, metadata: dict | None = N
     meta = {"summary": json.dumps(summary_rows(scores)), **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in scores.items()}, str(path), metadata=meta)
-
-
-def load_scores(path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))

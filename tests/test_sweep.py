@@ -1,4 +1,4 @@
-"""Sweeps: the grid, DeltaCache == the engine's merge, resume, the Ray executor, on the organism."""
+"""Sweeps: the grid, ResidentPair == the engine's merge, resume, the Ray executor, on the organism."""
 
 from __future__ import annotations
 
@@ -45,10 +45,10 @@ RECIPES = [Recipe(method="ties", density=0.3), Recipe(), Recipe(neurons=0.0),
 
 
 def test_delta_cache_is_exactly_the_engine_merge(organism):
-    from lfm.evaluate.cache import DeltaCache
+    from lfm.resident import ResidentPair
     from lfm.merge import merged_state_dict
 
-    cache = DeltaCache(*organism, progress=False)
+    cache = ResidentPair(*organism, progress=False)
     for recipe in RECIPES + RECIPES[:2]:  # second pass: thresholds come from the cache
         ref = merged_state_dict(*organism, recipe)
         got = cache.merged(recipe)
@@ -65,13 +65,13 @@ def test_delta_cache_is_exactly_the_engine_merge(organism):
 
 
 def test_apply_and_restore_in_place(organism):
-    from lfm.evaluate.cache import DeltaCache
+    from lfm.resident import ResidentPair
     from lfm.evaluate.models import load_eval_model
     from lfm.merge import merged_state_dict
 
     em = load_eval_model(organism[1])
     before = {k: v.clone() for k, v in em.model.state_dict().items()}
-    cache = DeltaCache(*organism, progress=False)
+    cache = ResidentPair(*organism, progress=False)
     recipe = Recipe(density=0.2, neurons=0.3)
     cache.apply(em.model, recipe)
     ref = merged_state_dict(*organism, recipe)
@@ -90,12 +90,12 @@ def test_apply_and_restore_in_place(organism):
 @pytest.mark.parametrize("fast", [True, False])
 def test_apply_writes_exactly_the_engine_merge(organism, fast):
     """apply() (fast path: cached |delta| masks + where; or merge_tensor) == lfm.merged_state_dict, bit for bit."""
-    from lfm.evaluate.cache import DeltaCache, is_fast
+    from lfm.resident import ResidentPair, is_fast
     from lfm.evaluate.models import load_eval_model
     from lfm.merge import merged_state_dict
 
     em = load_eval_model(organism[1])
-    cache = DeltaCache(*organism, progress=False, fast=fast)
+    cache = ResidentPair(*organism, progress=False, fast=fast)
     cache.prepare(RECIPES[:4])  # multi-k thresholds for some recipes, single selections for the rest
     extra = [Recipe(restore="replace", density=0.1, neurons=0.5), Recipe(locate="bottom", neurons=1.0, density=0.05),
              Recipe(method="task_arithmetic"), Recipe(suppress="breadcrumbs", gamma=0.2, density=0.3),
@@ -170,14 +170,14 @@ def test_fast_apply_exact_on_zoo_variants(zoo, variant):
     """bf16 storage, extra vocabulary rows, a plain tuned LLM: the fast path still writes lfm.merge's bytes."""
     from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
 
-    from lfm.evaluate.cache import DeltaCache
+    from lfm.resident import ResidentPair
     from lfm.merge import merged_state_dict
 
     base = zoo.base_bf16 if variant == "llava_bf16" else zoo.base
     tuned = getattr(zoo, variant)
     cls = AutoModelForCausalLM if variant == "llm_tuned" else LlavaForConditionalGeneration
     model = cls.from_pretrained(tuned)
-    cache = DeltaCache(base, tuned, progress=False)
+    cache = ResidentPair(base, tuned, progress=False)
     for recipe in RECIPES:
         cache.apply(model, recipe)
         ref = merged_state_dict(base, tuned, recipe)
@@ -191,7 +191,7 @@ def test_fast_apply_negative_zeros_and_non_finite(zoo, tmp_path):
     from transformers import LlavaForConditionalGeneration
 
     from fixtures import copy_dir, rewrite_single
-    from lfm.evaluate.cache import DeltaCache
+    from lfm.resident import ResidentPair
     from lfm.merge import merged_state_dict
 
     base = copy_dir(zoo.base_bf16, tmp_path / "base")
@@ -202,7 +202,7 @@ def test_fast_apply_negative_zeros_and_non_finite(zoo, tmp_path):
     rewrite_single(base, negative_zeros)
     tuned = zoo.llava_bf16
     model = LlavaForConditionalGeneration.from_pretrained(tuned)
-    cache = DeltaCache(base, tuned, progress=False)
+    cache = ResidentPair(base, tuned, progress=False)
     for recipe in RECIPES[:4]:
         cache.apply(model, recipe)
         ref = merged_state_dict(base, tuned, recipe)
@@ -212,7 +212,7 @@ def test_fast_apply_negative_zeros_and_non_finite(zoo, tmp_path):
     def poison(sd):
         sd[key].view(-1)[5] = float("nan")
     rewrite_single(base, poison)
-    cache = DeltaCache(base, tuned, progress=False)
+    cache = ResidentPair(base, tuned, progress=False)
     with pytest.raises(ValueError, match="NaN in the delta of tensor.*down_proj"):
         cache.apply(model, Recipe(density=0.2))
     cache.apply(model, Recipe(method="ties", density=0.2, keep_base=(r"layers\.0\.mlp\.down_proj",)))
@@ -224,11 +224,11 @@ def test_apply_to_a_model_on_another_device(zoo):
     torch counts as different from the model's 'cpu'."""
     from transformers import LlavaForConditionalGeneration
 
-    from lfm.evaluate.cache import DeltaCache
+    from lfm.resident import ResidentPair
     from lfm.merge import merged_state_dict
 
     model = LlavaForConditionalGeneration.from_pretrained(zoo.llava_bf16)
-    cache = DeltaCache(zoo.base_bf16, zoo.llava_bf16, progress=False, device="cpu:0")
+    cache = ResidentPair(zoo.base_bf16, zoo.llava_bf16, progress=False, device="cpu:0")
     assert next(model.parameters()).device != cache.device
     for recipe in RECIPES[:4]:
         cache.apply(model, recipe)

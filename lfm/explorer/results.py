@@ -15,7 +15,7 @@
 
 sweep.csv and generations.csv exist when the pair could be evaluated (the organism, or any pair the
 evaluation package `lfm.evaluate` can score). `ResultsFolder` reads the folder back with the same
-interface as `LivePair` for the neuron views; K snaps to the nearest grid value.
+interface as `lfm.explorer.live.LivePair` for the neuron views; K snaps to the nearest grid value.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from lfm import __version__
+from lfm._version import __version__
 from lfm.methods import Recipe, suppress, tensor_generator
 from lfm.neurons import neuron_axis, neuron_scores
 from lfm.pair import open_pair, text_config
@@ -114,17 +114,6 @@ def generation_rows(stage: str, recipe: Recipe | None, result: dict, images: dic
             for a in result.get("answers", [])]
 
 
-def stage_recipes(recipe: Recipe) -> dict[str, Recipe]:
-    """The three stages of the paper's analysis at `recipe`'s K and M: hard-merge, suppress (M=0) and
-    restore (Neuron-Fusion at M). A non-Neuron-Fusion recipe uses Neu-S-TIES at its K."""
-    if recipe.method != "neuron_fusion":
-        suppressor = recipe.method if recipe.method in ("ties", "breadcrumbs", "task_arithmetic") else "ties"
-        recipe = Recipe(method="neuron_fusion", suppress=suppressor, density=recipe.density,
-                        neurons=0.3, alpha=recipe.alpha, gamma=recipe.gamma, seed=recipe.seed)
-    from dataclasses import replace
-    return {"hard": Recipe(method="hard"), "suppress": replace(recipe, neurons=0.0), "restore": recipe}
-
-
 def write_evaluations(live, out: Path, densities=DEFAULT_DENSITIES, neurons=DEFAULT_NEURONS, *,
                       items: dict | None = None, progress=True) -> None:
     """Evaluate the sweep and the generation stages with a `LivePair` that can evaluate (the organism).
@@ -171,7 +160,7 @@ def write_evaluations(live, out: Path, densities=DEFAULT_DENSITIES, neurons=DEFA
 # Reading
 
 class ResultsFolder:
-    """A results folder, read with the same interface as `LivePair` for the neuron views."""
+    """A results folder, read with the same interface as `lfm.explorer.live.LivePair` for the neuron views."""
 
     kind = "results"
     can_evaluate = False
@@ -209,8 +198,7 @@ class ResultsFolder:
         """C(i), C'(i) at the nearest grid K, located neurons and C_final for TIES-based recipes."""
         from lfm.neurons import locate
 
-        suppressor = recipe.suppress if recipe.method == "neuron_fusion" else recipe.method
-        if suppressor != "ties":
+        if recipe.sub_method != "ties":
             raise ValueError(f"this results folder holds TIES suppression only; pick TIES or Neu-*-TIES "
                              f"(got {recipe.label})")
         scores = self.scores[name]

@@ -38,12 +38,13 @@ def load_model(model_dir: str | Path):
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path} not found: {path} is not a Hugging Face model directory")
     model_type = json.loads(cfg_path.read_text()).get("model_type")
+    # the processor first: it is small, and a directory without one fails before the model is read
     if model_type == "llava":
-        model = LlavaForConditionalGeneration.from_pretrained(path)
         proc = AutoProcessor.from_pretrained(path)
+        model = LlavaForConditionalGeneration.from_pretrained(path)
     elif model_type == "llama":
-        model = LlamaForCausalLM.from_pretrained(path)
         proc = AutoTokenizer.from_pretrained(path)
+        model = LlamaForCausalLM.from_pretrained(path)
     else:
         raise ValueError(f"{path}: model_type {model_type!r} is not an organism model (expected 'llava' or 'llama')")
     model.eval()
