@@ -170,6 +170,7 @@ class ResidentPair:
         self._stage: dict[torch.dtype, torch.Tensor] = {}  # apply() into a model on another device
         self._owned: set[int] = set()  # data_ptr of model parameters given private memory (_own_storage)
         self._thresholds: dict[str, Thresholds] = {}
+        self._suppressed: dict[tuple, tuple[torch.Tensor, float]] = {}  # (name, Sub, ks) -> (C'(i), kept fraction)
         work = _Scratch(self.device)
         report = progress if callable(progress) else None  # (done, total, message), e.g. the explorer's bar
         total = len(self.pair.entries)
@@ -355,6 +356,23 @@ class ResidentPair:
         band &= ~self._top(i, ks[1])
         return band.view(b.shape)
 
+    SUPPRESSED_CACHE = 4096  # C'(i) vectors kept (n_neurons floats each): every tensor at tens of K values
+
+    def _suppressed_scores(self, i: int, recipe: Recipe, mask: torch.Tensor | None = None):
+        """(C'(i) [n_neurons], kept fraction) of entry ``i`` under the recipe's TIES / Breadcrumbs Sub: the
+        neuron scores of the suppressed delta, as ``lfm.methods.neuron_scores(delta * mask)`` computes them.
+        They depend on K (and gamma) only, not on M, alpha or restore, so they are kept per K."""
+        name, _, b, t = self.entries[i]
+        key = (name, recipe.sub_method, top_k_counts(recipe, b.numel()))
+        hit = self._suppressed.get(key)
+        if hit is None:
+            mask = self._mask(i, recipe) if mask is None else mask
+            after = self._work.abs_delta(b, t[: b.shape[0]], mask).sum(dim=1 - neuron_axis(name))
+            hit = self._suppressed[key] = (after, int(torch.count_nonzero(mask)) / max(mask.numel(), 1))
+            if len(self._suppressed) > self.SUPPRESSED_CACHE:
+                del self._suppressed[next(iter(self._suppressed))]  # the oldest
+        return hit
+
     @torch.no_grad()
     def _apply_fast(self, i: int, recipe: Recipe, target: torch.Tensor) -> None:
         name, _, b, t = self.entries[i]
@@ -385,7 +403,7 @@ class ResidentPair:
                 select(mask, self._kept_values(i), self._dropped_values(i), out=out)
             return
         # Neuron-Rescale. C'(i) exactly as the engine computes it: neuron_scores of the suppressed delta
-        after = self._work.abs_delta(b, t[:n], mask).sum(dim=1 - axis)
+        after, _ = self._suppressed_scores(i, recipe, mask)
         ratio, empty = rescale_ratio(self.scores[name], after, located)  # empty: restored by replace
         mask |= empty.view(-1, 1) if axis == 0 else empty.view(1, -1)
         # base_f + delta * ratio for surviving entries (ratio 1 outside the rescaled neurons, which is
@@ -438,7 +456,10 @@ class ResidentPair:
 
     def view(self, name: str, recipe: Recipe | dict | str | None = None, **fields) -> "TensorView":
         """C(i), C'(i), located neurons, C_final(i) and the kept fraction of linear tensor ``name`` under ``recipe``,
-        computed now from the resident tensors (``tensor_view`` on the engine's float32 delta)."""
+        computed now from the resident tensors: for the masking methods from the engine's Sub mask (cached
+        order key; C'(i) kept per K, so moving M, alpha or the restore mode costs only a Locate), otherwise
+        ``tensor_view`` on the engine's float32 delta. C_final equals the scores of the merged delta up to
+        float rounding (tested)."""
         recipe = make_recipe(recipe, **fields)
         i = self._index.get(name)
         if i is None or name not in self.scores:
@@ -448,9 +469,31 @@ class ResidentPair:
             raise ValueError(f"the delta of tensor {name!r} holds NaN/Inf: one of the checkpoints holds "
                              f"non-finite weights; fix or re-download it")
         _, _, b, t = self.entries[i]
+        scores = self.scores[name]
+        if name in self._keys and (recipe.sub_method in ("ties", "breadcrumbs", "task_arithmetic")
+                                   or recipe.method == "hard"):
+            # masking methods, from the cached order key without a float32 delta: C'(i) of the engine's Sub
+            # mask (cached per K), and C_final by what F does to a neuron: a located neuron gets its C(i) back
+            # (Replace: its full delta; Rescale: times C(i)/C'(i)), the others keep C'(i); then |alpha|
+            if recipe.method == "hard":
+                after, kept = torch.zeros_like(scores), 0.0
+            elif recipe.sub_method == "task_arithmetic":
+                after = scores * abs(recipe.alpha) if recipe.method == "neuron_fusion" else scores
+                kept = 1.0
+            else:
+                after, kept = self._suppressed_scores(i, recipe)
+            located = torch.zeros_like(scores, dtype=torch.bool)
+            final = after
+            if recipe.method == "neuron_fusion" and recipe.neurons > 0:
+                located = locate(scores, recipe.neurons, recipe.locate,
+                                 tensor_generator(recipe, name) if recipe.is_random else None)
+                final = torch.where(located, scores, after)
+            if recipe.method != "hard" and not (recipe.method == "neuron_fusion" and recipe.sub_method == "task_arithmetic"):
+                final = final * abs(recipe.alpha)
+            return TensorView(name, scores, after, located, final, kept)
         self._ensure_ks(i, set(needed_ks(recipe, b.numel())))
         delta = t[: b.shape[0]].float() - b  # the engine's float32 delta (lfm.methods.merge_tensor)
-        return tensor_view(name, delta, recipe, sorted_abs=self._thresholds[name], scores=self.scores[name])
+        return tensor_view(name, delta, recipe, sorted_abs=self._thresholds[name], scores=scores)
 
 
 @dataclass

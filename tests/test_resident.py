@@ -236,3 +236,21 @@ def test_neuron_fusion_is_a_registry_row():
     new, stats = merge_delta(delta, Recipe(density=1 / 3, neurons=2 / 3), neuron_axis=0)
     assert torch.equal(new, torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 0.0], [2.0, 0.0, 3.0]]))
     assert (stats.kept, stats.n_neurons, stats.n_located, stats.n_fallback_replace) == (3, 3, 2, 0)
+
+
+@pytest.mark.parametrize("recipe", VIEW_RECIPES, ids=lambda r: r.label)
+def test_view_from_order_keys_equals_the_float_delta_view(organism, recipe):
+    """The cached-key view (masking methods) and ``tensor_view`` on a float32 delta of the files agree."""
+    from lfm.resident import tensor_view
+
+    resident = lfm.ResidentPair(*organism, progress=False)
+    pair = lfm.open_pair(*organism)
+    for entry in pair.entries[:12]:
+        if entry.name not in resident.names:
+            continue
+        delta = pair.tuned.get(entry.tuned_key).float() - pair.base.get(entry.base_key).float()
+        want = tensor_view(entry.name, delta, recipe)
+        got = resident.view(entry.name, recipe)
+        assert torch.equal(got.located, want.located) and got.kept_fraction == pytest.approx(want.kept_fraction)
+        for field in ("scores", "suppressed", "final"):
+            assert torch.allclose(getattr(got, field), getattr(want, field), rtol=1e-4, atol=1e-6), field
