@@ -103,10 +103,9 @@ class PointRunner:
         self.suite, self.limit, self.device, self.batch_size = get_suite(suite), limit, device, batch_size
         self.em = load_eval_model(tuned, device=device)
         # the pair stays on the CPU (memory-mapped); merged tensors are staged there and copied to the model
-        self.cache = ResidentPair(base, tuned, progress=progress)
+        self.resident = ResidentPair(base, tuned, progress=progress)
         # every top-K set the points need, all Ks of a tensor from one histogram of its |delta| key
-        self.cache.prepare([p for p in points or [] if isinstance(p, Recipe)] + [Recipe(method="hard")],
-                           progress=progress)
+        self.resident.prepare([p for p in points or [] if isinstance(p, Recipe)], progress=progress)
 
     def run(self, point: Recipe | str) -> dict:
         from lfm.evaluate.harness import evaluate
@@ -118,12 +117,10 @@ class PointRunner:
             res = evaluate(load_eval_model(self.base, device=self.device), self.suite, limit=self.limit,
                            batch_size=self.batch_size, check=False)
         else:
-            recipe = Recipe(method="task_arithmetic", alpha=1.0) if point == "tuned" else \
-                Recipe(method="hard") if point == "hard" else point
             if point == "tuned":
-                self.cache.restore_tuned(self.em.model)
+                self.resident.restore_tuned(self.em.model)
             else:
-                self.cache.apply(self.em.model, recipe)
+                self.resident.apply(self.em.model, Recipe(method="hard") if point == "hard" else point)
             res = evaluate(self.em, self.suite, limit=self.limit, batch_size=self.batch_size, check=False)
         return make_row(point, res, time.perf_counter() - started)
 

@@ -86,21 +86,8 @@ def cmd_precompute(args) -> int:
 
 
 def cmd_explore(args) -> int:
-    import panel as pn
-
-    from .app import TITLE, ExplorerApp, extension
-    from .state import ExplorerState
+    from .app import extension, serve
 
     extension()
-
-    def page():
-        state = ExplorerState()
-        if args.results:
-            state.param.update(source_kind="results", results_path=args.results)
-        elif args.base and args.tuned:
-            state.param.update(source_kind="pair", base_path=args.base, tuned_path=args.tuned)
-        return ExplorerApp(state).__panel__()
-
-    pn.serve({"explorer": page}, address=args.address, port=args.port, show=False, title=TITLE,
-             websocket_origin=[f"127.0.0.1:{args.port}", f"localhost:{args.port}"])
+    serve(address=args.address, port=args.port, results=args.results, base=args.base, tuned=args.tuned)
     return 0
