@@ -65,8 +65,10 @@ class Checkpoint:
     """A Hugging Face model directory, opened lazily.
 
     Example:
-        >>> ckpt = Checkpoint("data/organism/base")          # doctest: +SKIP
-        >>> ckpt.config["model_type"], len(ckpt.keys())      # doctest: +SKIP
+        >>> from lfm.organism import base_dir
+        >>> ckpt = Checkpoint(base_dir())
+        >>> ckpt.config["model_type"], ckpt.meta("model.norm.weight")
+        ('llama', ((96,), torch.float32))
     """
 
     def __init__(self, path: str | os.PathLike, *, allow_pickle: bool = False):

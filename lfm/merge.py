@@ -99,8 +99,13 @@ def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device
     Returns:
         the report written to out/lfm_recipe.json.
     Example:
-        >>> merge("data/organism/base", "data/organism/tuned", "/tmp/merged", "neu-s-ties",
-        ...       density=0.2, neurons=0.3)                                         # doctest: +SKIP
+        >>> import tempfile
+        >>> from lfm.organism import base_dir, tuned_dir
+        >>> out = Path(tempfile.mkdtemp()) / "merged"
+        >>> report = merge(base_dir(), tuned_dir(), out, "neu-s-ties", density=0.2, neurons=0.3,
+        ...                progress=False, log=lambda *_: None)
+        >>> report["label"], (out / RECIPE_FILE).is_file()
+        ('Neu-S-TIES K=0.2 M=0.3', True)
     """
     recipe = make_recipe(recipe, **fields)
     out = Path(out)

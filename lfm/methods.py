@@ -149,7 +149,7 @@ def make_recipe(recipe: "Recipe | dict | str | None" = None, **fields) -> Recipe
     >>> make_recipe("ties", densty=0.3)
     Traceback (most recent call last):
     ...
-    ValueError: unknown recipe keys ['densty']; valid keys: ['alpha', 'density', 'epsilon', 'gamma', 'keep_base', 'keep_tuned', 'locate', 'method', 'neurons', 'others', 'restore', 'rescale', 'seed', 'suppress']
+    ValueError: unknown recipe keys ['densty']; valid keys: ['alpha', 'density', 'epsilon', 'gamma', 'keep_base', 'keep_tuned', 'locate', 'method', 'neurons', 'others', 'rescale', 'restore', 'seed', 'suppress']
     """
     if isinstance(recipe, Recipe):
         return Recipe.from_dict({**recipe.to_dict(), **fields}) if fields else recipe

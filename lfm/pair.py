@@ -123,8 +123,11 @@ def open_pair(base: str | Path, tuned: str | Path, *, allow_pickle: bool = False
     """Open and validate a (base LLM, tuned MLLM or LLM) pair without reading tensor data.
 
     Example:
-        >>> pair = open_pair("data/organism/base", "data/organism/tuned")   # doctest: +SKIP
-        >>> print(pair.describe())                                          # doctest: +SKIP
+        >>> from lfm.organism import base_dir, tuned_dir
+        >>> pair = open_pair(base_dir(), tuned_dir())
+        >>> print(pair.describe().splitlines()[-1])
+        39 language-model tensors aligned, 43 copied from tuned
+
     Raises:
         PairError naming the mismatching field, key or tensor.
     """

@@ -26,8 +26,10 @@ def neuron_scores(base, tuned=None, *, device="cpu", progress: bool = True,
     Returns:
         {canonical weight name: scores [n_neurons] float32 on cpu}, in checkpoint order.
     Example:
-        >>> scores = neuron_scores("data/organism/base", "data/organism/tuned")   # doctest: +SKIP
-        >>> scores["model.layers.0.mlp.up_proj.weight"].shape                     # doctest: +SKIP
+        >>> from lfm.organism import base_dir, tuned_dir
+        >>> scores = neuron_scores(base_dir(), tuned_dir(), progress=False)
+        >>> scores["model.layers.0.mlp.up_proj.weight"].shape
+        torch.Size([256])
     """
     pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
     dev = resolve_device(device)
