@@ -32,15 +32,19 @@ def neuron_scores(base, tuned=None, *, device="cpu", progress: bool = True,
         torch.Size([256])
     """
     pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
+    return {e.name: scores_of_delta(delta, axis).cpu() for e, axis, delta in linear_deltas(pair, device, progress)}
+
+
+def linear_deltas(pair: Pair, device="cpu", progress: bool = True):
+    """Yield (entry, neuron axis, delta [out, in] float32 on ``device``) for every linear-module tensor of the
+    pair, one at a time; a non-finite delta is an error naming the tensor."""
     dev = resolve_device(device)
     entries = [e for e in pair.entries if neuron_axis(e.name) is not None]
-    scores = {}
     for e in tqdm(entries, desc="scoring neurons", unit="tensor", disable=not progress):
         delta = pair.tuned.get(e.tuned_key, dev).float() - pair.base.get(e.base_key, dev).float()
         if not torch.isfinite(delta).all():
             raise ValueError(f"non-finite delta in tensor {e.name!r}; fix the checkpoint")
-        scores[e.name] = scores_of_delta(delta, neuron_axis(e.name)).cpu()
-    return scores
+        yield e, neuron_axis(e.name), delta
 
 
 def summary_rows(scores: dict[str, torch.Tensor]) -> list[dict]:

@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 
 from lfm._version import __version__
 from lfm.methods import Recipe, suppress, tensor_generator
-from lfm.neurons import neuron_axis, neuron_scores
+from lfm.neurons import neuron_scores
 from lfm.pair import open_pair, text_config
-from lfm.score import save_scores, summary_rows
+from lfm.score import linear_deltas, save_scores, summary_rows
 
 from .analysis import TensorView
 
@@ -57,12 +57,7 @@ def write_scores(base, tuned, out: Path, densities=DEFAULT_DENSITIES, *, device=
     pair = open_pair(base, tuned)
     cfg = text_config(pair.tuned.config)
     scores, suppressed = {}, {}
-    entries = [e for e in pair.entries if neuron_axis(e.name) is not None]
-    for e in tqdm(entries, desc="scoring neurons", unit="tensor", disable=not progress):
-        axis = neuron_axis(e.name)
-        delta = pair.tuned.get(e.tuned_key, device).float() - pair.base.get(e.base_key, device).float()
-        if not torch.isfinite(delta).all():
-            raise ValueError(f"non-finite delta in tensor {e.name!r}; fix the checkpoint")
+    for e, axis, delta in linear_deltas(pair, device, progress):
         scores[e.name] = neuron_scores(delta, axis).cpu()
         sorted_abs = torch.sort(delta.abs().flatten(), descending=True).values
         for k in densities:
