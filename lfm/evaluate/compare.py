@@ -33,7 +33,7 @@ def neuron_fusion_stages(density: float = 0.2, neurons: float = 0.3, suppress: s
                                 restore=restore, **fields))
 
 
-def load_items(items: str | list = "organism", *, limit: int | None = None) -> list[dict]:
+def stage_items(items: str | list = "organism", *, limit: int | None = None) -> list[dict]:
     """Records {id, question, choices, answer, prompt, image: PIL} for 'organism', 'scienceqa' or a list."""
     if isinstance(items, list):
         recs = [dict(r) for r in items]
@@ -94,7 +94,7 @@ def compare_stages(base, tuned, *, items: str | list = "organism", limit: int | 
     from lfm.evaluate.models import load_eval_model
 
     recipes = recipes or neuron_fusion_stages(**stage_fields)
-    recs = load_items(items, limit=limit)
+    recs = stage_items(items, limit=limit)
     em = load_eval_model(tuned, device=device)
     if not em.multimodal:
         raise ValueError(f"{tuned} is not a multimodal model: compare needs the tuned MLLM")
