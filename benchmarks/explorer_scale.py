@@ -13,8 +13,8 @@ Results go to benchmarks/results/explorer_scale[_<size>].json.
                          page          the move on the page itself (ExplorerApp): the viewed tensor's plot and
                                        the per-module outcome over every linear tensor, recomputed
     full apply         ResidentPair.apply(model, recipe) into LlavaForConditionalGeneration loaded from the
-                       tuned directory: TIES K=0.2 and Neu-S-TIES K=0.2 M=0.3 (first call includes giving
-                       the model private memory once; then steady state)
+                       tuned directory: TIES K=0.2 and Neu-S-TIES K=0.2 M=0.3, three times each (the first
+                       call includes giving the model private memory once), then both at a K not seen yet
 
 Targets (issue 11): open <= 2x one lfm merge; a neuron-view update <= 1 s; a full apply <= 2 s (TIES) and
 <= 4 s (Neu-S-TIES); peak RSS <= 3x the LM's bf16 size.
@@ -76,7 +76,10 @@ def main(argv=None) -> int:
     from lfm.explorer.app import ExplorerApp, extension
     from lfm.explorer.state import ExplorerState
 
+    from transformers import LlavaForConditionalGeneration  # noqa: F401 (imported before the baseline RSS)
+
     extension()
+    rss_libraries = _rss_mib()  # python, torch, transformers, panel: before the pair
     t = time.perf_counter()
     state = ExplorerState(background=False, auto_sweep=False, source_kind="pair", base_path=str(base),
                           tuned_path=str(tuned))
@@ -137,6 +140,11 @@ def main(argv=None) -> int:
             times.append(round(time.perf_counter() - t, 2))
         applies[recipe.label] = {"first_s": times[0], "then_s": times[1:]}
         print(f"  apply {recipe.label}: {times}", flush=True)
+    for recipe in (Recipe(method="ties", density=0.35), Recipe(density=0.35, neurons=0.3)):  # a K not seen yet
+        t = time.perf_counter()
+        resident.apply(model, recipe)
+        applies[recipe.label + " (new K)"] = round(time.perf_counter() - t, 2)
+        print(f"  apply {recipe.label} (new K): {applies[recipe.label + ' (new K)']}s", flush=True)
 
     res = {
         "size": args.size, "device": args.device, "lm_parameters": n_params, "lm_bf16_gib": round(lm_bytes / 2**30, 3),
@@ -146,7 +154,8 @@ def main(argv=None) -> int:
         "one_lfm_merge_s": round(one_merge, 2),
         "open_s": round(t_open, 2), "open_over_one_merge": round(t_open / one_merge, 2),
         "peak_rss_after_open_gib": round(peak_open / 2**30, 3), "peak_rss_over_lm_bf16": round(peak_open / lm_bytes, 2),
-        "rss_after_open_mib": rss_open, "evaluation": source.eval_error or "on",
+        "rss_after_open_mib": rss_open, "rss_before_open_mib (libraries)": rss_libraries,
+        "peak_rss_after_open_less_libraries_over_lm_bf16": round((peak_open - rss_libraries["VmRSS"] * 2**20) / lm_bytes, 2), "evaluation": source.eval_error or "on",
         "first_page_render_s": round(first_page, 2), "viewed_tensor": name, "moves": moves,
         "apply": applies,
         "peak_rss_end_gib (the loaded model included)": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),

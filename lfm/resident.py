@@ -483,14 +483,10 @@ class ResidentPair:
             else:
                 after, kept = self._suppressed_scores(i, recipe)
             located = torch.zeros_like(scores, dtype=torch.bool)
-            final = after
             if recipe.method == "neuron_fusion" and recipe.neurons > 0:
                 located = locate(scores, recipe.neurons, recipe.locate,
                                  tensor_generator(recipe, name) if recipe.is_random else None)
-                final = torch.where(located, scores, after)
-            if recipe.method != "hard" and not (recipe.method == "neuron_fusion" and recipe.sub_method == "task_arithmetic"):
-                final = final * abs(recipe.alpha)
-            return TensorView(name, scores, after, located, final, kept)
+            return TensorView(name, scores, after, located, final_scores(scores, after, located, recipe), kept)
         self._ensure_ks(i, set(needed_ks(recipe, b.numel())))
         delta = t[: b.shape[0]].float() - b  # the engine's float32 delta (lfm.methods.merge_tensor)
         return tensor_view(name, delta, recipe, sorted_abs=self._thresholds[name], scores=scores)
@@ -545,6 +541,20 @@ def tensor_view(name: str, delta: torch.Tensor, recipe: Recipe, *, sorted_abs=No
     return TensorView(name, scores, after, located, neuron_scores(new_delta, axis), kept)
 
 
+def final_scores(scores: torch.Tensor, suppressed: torch.Tensor, located: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """C_final(i) of a masking recipe from C(i), C'(i) and the located neurons, by what F does to a neuron: a
+    located neuron gets its C(i) back (Replace: its full delta; Rescale: times C(i)/C'(i)), the others keep
+    C'(i); then |alpha| (not again for the task_arithmetic suppressor, whose C'(i) has it already).
+
+    >>> final_scores(torch.tensor([4., 2.]), torch.tensor([1., 1.]), torch.tensor([True, False]), Recipe(alpha=0.5))
+    tensor([2.0000, 0.5000])
+    """
+    final = torch.where(located, scores, suppressed)
+    if recipe.method == "hard" or (recipe.method == "neuron_fusion" and recipe.sub_method == "task_arithmetic"):
+        return final
+    return final * abs(recipe.alpha)
+
+
 # ---- memory, checked before anything is read ---------------------------------------------------------
 
 def memory_needed(pair: Pair, device: torch.device, fast: bool = True) -> int:
@@ -571,5 +581,5 @@ def check_memory(pair: Pair, device: torch.device, fast: bool = True) -> None:
                           f"with `lfm merge` (precompute a results folder with `lfm precompute` for the explorer)")
 
 
-__all__ = ["ResidentPair", "TensorView", "Thresholds", "check_memory", "is_fast", "memory_needed", "needed_ks",
-           "tensor_view"]
+__all__ = ["ResidentPair", "TensorView", "Thresholds", "check_memory", "final_scores", "is_fast", "memory_needed",
+           "needed_ks", "tensor_view"]

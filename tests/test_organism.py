@@ -115,7 +115,8 @@ def _close(measured: dict, stated: dict, tol: float = 0.03):
             assert abs(measured[key] - stated[key]) <= tol, (key, measured[key], stated[key])
 
 
-def test_eval_reproduces_results_json(results):
+def test_regression_eval_reproduces_results_json(results):
+    """Regression check: results.json was written by `lfm organism report`, this same evaluator."""
     shipped = results["shipped"]
     base = evaluate(base_dir())
     _close(base, shipped["base"])

@@ -34,9 +34,8 @@ from lfm._version import __version__
 from lfm.methods import Recipe, suppress, tensor_generator
 from lfm.neurons import neuron_scores
 from lfm.pair import open_pair, text_config
+from lfm.resident import TensorView, final_scores
 from lfm.score import linear_deltas, save_scores, summary_rows
-
-from .analysis import TensorView
 
 FORMAT = "lfm-results/1"
 DEFAULT_DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
@@ -204,9 +203,7 @@ class ResultsFolder:
                              tensor_generator(recipe, name) if recipe.is_random else None)
         else:
             located = torch.zeros_like(scores, dtype=torch.bool)
-        # Replace and Rescale both give a located neuron its full C(i) back (see lfm.methods.restore_*)
-        final = recipe.alpha * torch.where(located, scores, after)
-        return TensorView(name, scores, after, located, final, k)
+        return TensorView(name, scores, after, located, final_scores(scores, after, located, recipe), k)
 
     def lookup(self, recipe: Recipe | None, label: str | None = None) -> dict | None:
         """LA/VA/OA of the sweep row closest to `recipe` (same method/suppress/restore), or of a reference
