@@ -74,7 +74,7 @@ def is_fast(recipe: Recipe) -> bool:
 class _Scratch:
     """Float32 work memory reused for every tensor's |delta|: one buffer as large as the largest linear
     module (whose C(i) needs its whole |delta|) and one block. Fresh memory is the expensive part of
-    building a cache (every new page costs a fault; on a VM, a host allocation), so embeddings and
+    holding a pair (every new page costs a fault; on a VM, a host allocation), so embeddings and
     lm_head are done block by block instead of in a buffer of their size. Both operands are widened
     before subtracting: measured ~10x faster than ``f32.sub_(bf16)``."""
 
@@ -265,7 +265,7 @@ class ResidentPair:
               **fields) -> torch.nn.Module:
         """Copy the merged LM tensors into ``model`` (loaded from the tuned directory) in place; returns it.
 
-        The model may live on another device than the cache (e.g. the cache on CPU, memory-mapped, and the
+        The model may live on another device than the pair (e.g. the pair on CPU, memory-mapped, and the
         model on a GPU): each tensor is then merged into a reused staging tensor and copied over.
         """
         recipe = make_recipe(recipe, **fields)
@@ -286,7 +286,7 @@ class ResidentPair:
         return model
 
     def _staging(self, like: torch.Tensor) -> torch.Tensor:
-        """A tensor shaped and typed like ``like`` on the cache's device, reusing one buffer per dtype."""
+        """A tensor shaped and typed like ``like`` on the pair's device, reusing one buffer per dtype."""
         buffer = self._stage.get(like.dtype)
         if buffer is None or buffer.numel() < like.numel():
             buffer = self._stage[like.dtype] = torch.empty(like.numel(), dtype=like.dtype, device=self.device)
@@ -300,7 +300,7 @@ class ResidentPair:
     # mask (a compare of the cached 2-byte key against a bucket, plus the bucket's few exact members) and
     # one branch-free select into the model; only Neuron-Rescale's located neurons are recomputed, with
     # the engine's float32 operations. Equality with ``merge_tensor`` is tested bit for bit
-    # (tests/test_sweep.py).
+    # (tests/test_resident.py).
 
     def _kept_values(self, i: int) -> torch.Tensor:
         """(base_f + delta).to(dtype) for entry ``i``, what the engine writes for a surviving entry: the tuned
@@ -425,7 +425,7 @@ class ResidentPair:
         """Once per model: give its LM parameters private memory holding the cached tuned weights.
 
         transformers maps checkpoint files into memory, so the first in-place write to a parameter copies it
-        page by page from the file (measured ~5 s for 2 GB on a VM); one copy from the cache's tuned tensors
+        page by page from the file (measured ~5 s for 2 GB on a VM); one copy from the resident tuned tensors
         into fresh tensors is a plain memcpy. Parameters keep their identity (tied weights stay tied).
         """
         for (_, _, _, t), param in zip(self.entries, self._model_objects(model).values()):

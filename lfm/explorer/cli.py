@@ -69,7 +69,7 @@ def cmd_precompute(args) -> int:
 
     try:
         live = LivePair(args.base, args.tuned)
-    except ValueError as e:
+    except (ValueError, MemoryError) as e:  # not a pair the organism evaluator can hold: scores only
         print(f"no live evaluation: {e}")
         return 0
     if not live.can_evaluate:
