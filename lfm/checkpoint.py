@@ -246,9 +246,6 @@ class Checkpoint:
                     h.update(f.read(struct.unpack("<Q", head)[0]))
         return h.hexdigest()
 
-    def weight_files(self) -> list[Path]:
-        return sorted(set(self._key_file.values()))
-
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
     """A local directory as is; a hub id ('meta-llama/Meta-Llama-3-8B') is downloaded (weights as
