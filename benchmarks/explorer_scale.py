@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from merge_speed import build_pair
+    from sweep_reuse import rss_mib
 
     from lfm.cli import keep_freed_memory_for_reuse
 
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     from transformers import LlavaForConditionalGeneration  # noqa: F401 (imported before the baseline RSS)
 
     extension()
-    rss_libraries = _rss_mib()  # python, torch, transformers, panel: before the pair
+    rss_libraries = rss_mib()  # python, torch, transformers, panel: before the pair
     t = time.perf_counter()
     state = ExplorerState(background=False, auto_sweep=False, source_kind="pair", base_path=str(base),
                           tuned_path=str(tuned))
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     source = state.source
     resident = source.resident
     peak_open = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    rss_open = _rss_mib()
+    rss_open = rss_mib()
     lm_bytes = sum(t.numel() * t.element_size() for _, _, _, t in resident.entries)
     n_params = sum(t.numel() for _, _, _, t in resident.entries)
     print(f"open: {t_open:.1f}s, peak RSS {peak_open / 2**30:.2f} GiB (LM bf16 {lm_bytes / 2**30:.2f} GiB), "
@@ -181,16 +182,6 @@ def _recipe_after(state, control: str, value):
                            "others", "seed")})
     setattr(probe, control, value)
     return probe.recipe
-
-
-def _rss_mib() -> dict:
-    """The process's resident memory now: anonymous (heap, tensors) and file-backed (mapped checkpoint pages)."""
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile"):
-            fields[key] = round(int(value.split()[0]) / 1024, 1)
-    return fields
 
 
 if __name__ == "__main__":

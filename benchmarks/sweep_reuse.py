@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         per_point.append(time.perf_counter() - s)
         print(f"  point K={k}: {per_point[-1]:.1f}s", flush=True)
     sweep = time.perf_counter() - t
-    rss_after_sweep = _rss_mib()
+    rss_after_sweep = rss_mib()
 
     # the last point in the model is exactly lfm.merge's bytes for it (spot check one tensor)
     ref = lfm.merged_state_dict(base, tuned, recipe(KS[-1]))
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _rss_mib() -> dict:
+def rss_mib() -> dict:
     """The process's resident memory now, from /proc/self/status: anonymous (heap, tensors) and file-backed
     (mapped checkpoint pages, shared with the OS file cache)."""
     fields = {}
