@@ -1,7 +1,7 @@
 """The Locate-then-Merge explorer: `panel serve apps/explorer.py` (binds 127.0.0.1; offline).
 
 Opens the embedded organism by default. Options after `--args`:
-    --base DIR --tuned DIR     a model pair to explore live (small models)
+    --base DIR --tuned DIR     a model pair to explore live (any size that fits in memory)
     --results DIR              a results folder written by `lfm precompute` (big models)
     --per-task N               organism items per task in live evaluations (default 8; 0 = all)
     --no-sweep                 do not evaluate the trade-off curves in the background
@@ -17,8 +17,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from lfm.explorer.app import ExplorerApp, TITLE, extension  # noqa: E402
-from lfm.explorer.state import ExplorerState  # noqa: E402
+from lfm.explorer.app import TITLE, extension, page, serve  # noqa: E402
 
 parser = argparse.ArgumentParser(prog="panel serve apps/explorer.py --args")
 parser.add_argument("--base")
@@ -27,17 +26,11 @@ parser.add_argument("--results")
 parser.add_argument("--per-task", type=int, default=8, help="organism items per task in live evaluations (0 = all)")
 parser.add_argument("--no-sweep", action="store_true", help="skip the background trade-off sweep")
 args, _ = parser.parse_known_args(sys.argv[1:])
+source = dict(results=args.results, base=args.base, tuned=args.tuned, per_task=args.per_task,
+              auto_sweep=not args.no_sweep)
 
 extension()
-state = ExplorerState(per_task=args.per_task, auto_sweep=not args.no_sweep)
-if args.results:
-    state.param.update(source_kind="results", results_path=args.results)
-elif args.base and args.tuned:
-    state.param.update(source_kind="pair", base_path=args.base, tuned_path=args.tuned)
-ExplorerApp(state).__panel__().servable(title=TITLE)
-
 if __name__ == "__main__":  # `python apps/explorer.py`: serve on 127.0.0.1 without the panel CLI
-    import panel as pn
-
-    pn.serve({"explorer": lambda: ExplorerApp(ExplorerState(per_task=args.per_task)).__panel__()},
-             address="127.0.0.1", port=5006, show=False, title=TITLE)
+    serve(**source)
+else:  # `panel serve apps/explorer.py`
+    page(**source).servable(title=TITLE)

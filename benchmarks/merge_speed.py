@@ -144,8 +144,8 @@ def _canonical(key: str) -> str:
     return key
 
 
-def build_pair(size: str) -> dict[str, Path]:
-    """Build base/, llava/, llm/ under _work/<size>/ unless already there. Returns their paths."""
+def build_pair(size: str, which: tuple[str, ...] = ("base", "llava", "llm")) -> dict[str, Path]:
+    """Build base/, llava/, llm/ (those in ``which``) under _work/<size>/ unless already there. Returns their paths."""
     from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
 
     root = WORK / size
@@ -155,7 +155,7 @@ def build_pair(size: str) -> dict[str, Path]:
     if not (dirs["base"] / "model.safetensors.index.json").exists():
         print(f"building {dirs['base']} ...", flush=True)
         _write_sharded(dirs["base"], ((k, lambda k=k, s=s: _tensor(k, s, "base")) for k, s in lm_shapes.items()), text)
-    if not (dirs["llm"] / "model.safetensors.index.json").exists():
+    if "llm" in which and not (dirs["llm"] / "model.safetensors.index.json").exists():
         print(f"building {dirs['llm']} ...", flush=True)
         _write_sharded(dirs["llm"], ((k, lambda k=k, s=s: _tensor(k, s, "tuned")) for k, s in lm_shapes.items()), text)
     if not (dirs["llava"] / "model.safetensors.index.json").exists():

@@ -4,11 +4,11 @@ Target (issue 6): the whole sweep costs at most 3x one merge. Measured, in this 
 
     one merge (disk)      lfm.merge(base, llava, out, <method>, K=0.2): read the pair, merge, write a model dir
     one merge (memory)    lfm.merged_state_dict(...): the same merge kept in memory
-    sweep                 DeltaCache(base, llava) (reads the pair once, C(i) once) + load the tuned model once
+    sweep                 ResidentPair(base, llava) (reads the pair once, C(i) once) + load the tuned model once
                           (the pair is memory-mapped; C(i) and a 2-byte |delta| order key per entry computed)
-                          + DeltaCache.prepare(10 recipes): every tensor's 10 top-k sets from one histogram
+                          + ResidentPair.prepare(10 recipes): every tensor's 10 top-k sets from one histogram
                           of its key (lfm/topk.py)
-                          + for each of 10 K values: DeltaCache.apply(model, recipe): every LM tensor of the
+                          + for each of 10 K values: ResidentPair.apply(model, recipe): every LM tensor of the
                           loaded model rewritten in place (fast path: one compare pass over the key and a
                           branch-free select, byte-identical to lfm.merge; see lfm/evaluate/cache.py)
 
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from transformers import LlavaForConditionalGeneration
 
     import lfm
-    from lfm.evaluate.cache import DeltaCache
+    from lfm.resident import ResidentPair
     from lfm.methods import Recipe
 
     from lfm.cli import keep_freed_memory_for_reuse
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     del sd
 
     t = time.perf_counter()
-    cache = DeltaCache(base, tuned, progress=False, fast=not args.no_fast)
+    cache = ResidentPair(base, tuned, progress=False, fast=not args.no_fast)
     t_cache = time.perf_counter() - t
     model = LlavaForConditionalGeneration.from_pretrained(tuned)
     cache.prepare([recipe(k) for k in KS])  # |delta| cached, all 10 thresholds per tensor in one selection
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         per_point.append(time.perf_counter() - s)
         print(f"  point K={k}: {per_point[-1]:.1f}s", flush=True)
     sweep = time.perf_counter() - t
-    rss_after_sweep = _rss_mib()
+    rss_after_sweep = rss_mib()
 
     # the last point in the model is exactly lfm.merge's bytes for it (spot check one tensor)
     ref = lfm.merged_state_dict(base, tuned, recipe(KS[-1]))
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _rss_mib() -> dict:
+def rss_mib() -> dict:
     """The process's resident memory now, from /proc/self/status: anonymous (heap, tensors) and file-backed
     (mapped checkpoint pages, shared with the OS file cache)."""
     fields = {}

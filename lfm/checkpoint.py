@@ -65,8 +65,10 @@ class Checkpoint:
     """A Hugging Face model directory, opened lazily.
 
     Example:
-        >>> ckpt = Checkpoint("data/organism/base")          # doctest: +SKIP
-        >>> ckpt.config["model_type"], len(ckpt.keys())      # doctest: +SKIP
+        >>> from lfm.organism import base_dir
+        >>> ckpt = Checkpoint(base_dir())
+        >>> ckpt.config["model_type"], ckpt.meta("model.norm.weight")
+        ('llama', ((96,), torch.float32))
     """
 
     def __init__(self, path: str | os.PathLike, *, allow_pickle: bool = False):
@@ -195,7 +197,7 @@ class Checkpoint:
     def map(self, key: str) -> torch.Tensor:
         """A tensor of a safetensors file as a view of a read-only memory map of that file (CPU, no copy).
 
-        For callers that hold a whole checkpoint for a long time (``DeltaCache``): the pages are the
+        For callers that hold a whole checkpoint for a long time (``ResidentPair``): the pages are the
         operating system's file cache, mapped in one go (MAP_POPULATE) instead of copied into fresh memory
         page by page (measured: 2 GB mapped in 0.2 s vs ~3 s copied, on a VM). The memory is read-only:
         writing to the tensor crashes the process, so callers only read it (copy first to modify).
@@ -243,9 +245,6 @@ class Checkpoint:
                 if file.suffix == ".safetensors" and len(head) == 8:
                     h.update(f.read(struct.unpack("<Q", head)[0]))
         return h.hexdigest()
-
-    def weight_files(self) -> list[Path]:
-        return sorted(set(self._key_file.values()))
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:

@@ -17,36 +17,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lfm import __version__
+from lfm._version import __version__
 from lfm.checkpoint import (PlannedTensor, StreamingShardWriter, atomic_output_dir, check_output_path,
                             copy_non_weight_files, parse_dtype, parse_size)
-from lfm.methods import Recipe, merge_tensor
+from lfm.device import resolve_device
+from lfm.methods import Recipe, make_recipe, merge_tensor
 from lfm.neurons import layer_of, module_of
 from lfm.pair import Pair, open_pair
 
 RECIPE_FILE = "lfm_recipe.json"
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """'auto'/None -> cuda when available, else cpu. An unavailable cuda is an error, not a fallback."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return dev
-
-
-def make_recipe(recipe: Recipe | dict | str | None = None, **fields) -> Recipe:
-    """A Recipe from a Recipe, a dict (strict keys), a method name/alias, or keyword fields."""
-    if isinstance(recipe, Recipe):
-        if fields:
-            return Recipe.from_dict({**recipe.to_dict(), **fields})
-        return recipe
-    if isinstance(recipe, dict):
-        return Recipe.from_dict({**recipe, **fields})
-    method = recipe or fields.pop("method", "neuron_fusion")
-    return Recipe.from_name(method, **fields)
 
 
 def iter_merged(pair: Pair, recipe: Recipe, *, device="cpu", dtype: torch.dtype | None = None,
@@ -57,7 +36,7 @@ def iter_merged(pair: Pair, recipe: Recipe, *, device="cpu", dtype: torch.dtype 
     The next tensors are read from disk on a helper thread while the current one is merged
     (file reads release the GIL), so at most two pairs of input tensors are in memory.
     """
-    device = resolve_device(device) if isinstance(device, str) or device is None else device
+    device = resolve_device(device)
     by_key = {e.tuned_key: e for e in pair.entries}
     keys = pair.tuned.keys()
 
@@ -89,11 +68,15 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 
 def merged_state_dict(base, tuned, recipe: Recipe | dict | str | None = None, *, device="cpu",
                       dtype=None, progress: bool = False, allow_pickle: bool = False, **fields) -> dict:
-    """The merge, in memory, keyed like the tuned checkpoint (for small models: the organism, sweeps).
+    """The streaming merge (``iter_merged``, what ``merge`` writes) collected in a dict keyed like the tuned
+    checkpoint, passthrough tensors included. It reads the pair from disk on every call: to merge a pair
+    many times, or into a loaded model, hold it with ``lfm.ResidentPair``.
 
     Example:
-        >>> sd = merged_state_dict("data/organism/base", "data/organism/tuned", "neu-s-ties")  # doctest: +SKIP
-        >>> model.load_state_dict(sd)                                                          # doctest: +SKIP
+        >>> from lfm.organism import base_dir, tuned_dir
+        >>> sd = merged_state_dict(base_dir(), tuned_dir(), "neu-s-ties", density=0.2, neurons=0.3)
+        >>> len(sd) == len(open_pair(base_dir(), tuned_dir()).tuned.keys())   # every tuned tensor
+        True
     """
     pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
     recipe = make_recipe(recipe, **fields)
@@ -107,7 +90,8 @@ def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device
     """Merge `tuned` back toward `base` and write a model directory loadable with the tuned class.
 
     Args:
-        base, tuned: Hugging Face model directories (base causal LM; tuned MLLM or causal LM).
+        base, tuned: Hugging Face model directories (base causal LM; tuned MLLM or causal LM), or an opened
+            ``Pair`` as ``base`` (then ``tuned`` is None).
         out: output directory; must not be (inside) an input; non-empty needs force=True.
         recipe: a Recipe, a dict, or a method name / paper alias; `**fields` override recipe fields
             (density=0.2, neurons=0.3, suppress='ties', restore='rescale', alpha=1.0, ...).
@@ -115,15 +99,21 @@ def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device
     Returns:
         the report written to out/lfm_recipe.json.
     Example:
-        >>> merge("data/organism/base", "data/organism/tuned", "/tmp/merged", "neu-s-ties",
-        ...       density=0.2, neurons=0.3)                                         # doctest: +SKIP
+        >>> import tempfile
+        >>> from lfm.organism import base_dir, tuned_dir
+        >>> out = Path(tempfile.mkdtemp()) / "merged"
+        >>> report = merge(base_dir(), tuned_dir(), out, "neu-s-ties", density=0.2, neurons=0.3,
+        ...                progress=False, log=lambda *_: None)
+        >>> report["label"], (out / RECIPE_FILE).is_file()
+        ('Neu-S-TIES K=0.2 M=0.3', True)
     """
     recipe = make_recipe(recipe, **fields)
     out = Path(out)
     dev = resolve_device(device)
     out_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
-    check_output_path(out, [Path(base), Path(tuned)], force)
-    pair = open_pair(base, tuned, allow_pickle=allow_pickle)
+    inputs = [base.base.path, base.tuned.path] if isinstance(base, Pair) else [Path(base), Path(tuned)]
+    check_output_path(out, inputs, force)
+    pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
     log(pair.describe())
 
     plan = []

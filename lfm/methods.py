@@ -16,18 +16,19 @@ or uniform alpha-scaling) and its F is a *restore* of the located neurons.
                      task_arithmetic: alpha * delta)              delta) or rescale (x C(i)/C'(i)); then alpha
                                                                   (not again for the task_arithmetic suppressor)
 
-All functions take float tensors and return new tensors (inputs are never modified). A weight is
-[out, in] as stored; see `lfm.neurons` for which axis is a neuron.
+The functions never modify their inputs; they may return an input itself where nothing changes (a
+mask that keeps everything, alpha = 1, a tensor taken whole from one side). A weight is [out, in] as
+stored; see `lfm.neurons` for which axis is a neuron.
 """
 
 import math
 import re
 import zlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
-from lfm.neurons import LOCATE_MODES, locate, module_of, neuron_axis, neuron_scores
+from lfm.neurons import LOCATE_MODES, extra_vocab_rows, locate, module_of, neuron_axis, neuron_scores
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,6 +91,7 @@ class Recipe:
     @classmethod
     def from_name(cls, name: str, **overrides) -> "Recipe":
         """Build a recipe from a method name or a paper alias ('neu-p-ties', 'neu-s-bread', 'ta', ...)."""
+        _check_keys(overrides)
         key = name.strip().lower()
         preset = dict(ALIASES.get(key, {"method": key.replace("-", "_")}))
         preset.update({k: v for k, v in overrides.items() if v is not None})
@@ -98,10 +100,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
         """Strict: an unknown key is an error (a typo must not silently become a default)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown recipe keys {unknown}; valid keys: {sorted(known)}")
+        _check_keys(data)
         data = dict(data)
         method = data.pop("method", "neuron_fusion")
         return cls.from_name(method, **data)
@@ -126,8 +125,60 @@ class Recipe:
         return f"{METHODS[self.method].title} K={self.density:g}"
 
     @property
+    def sub_method(self) -> str:
+        """The registry row whose Sub this recipe applies: the method itself, or Neuron-Fusion's suppressor."""
+        return self.suppress if self.method == "neuron_fusion" else self.method
+
+    @property
     def is_random(self) -> bool:
         return self.method in ("dare", "della") or (self.method == "neuron_fusion" and self.locate == "random")
+
+
+def _check_keys(data: dict) -> None:
+    known = {f.name for f in fields(Recipe)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown recipe keys {unknown}; valid keys: {sorted(known)}")
+
+
+def make_recipe(recipe: "Recipe | dict | str | None" = None, **fields) -> Recipe:
+    """A Recipe from a Recipe, a dict (strict keys), a method name/alias, or keyword fields.
+
+    >>> make_recipe("neu-p-ties", density=0.3).label
+    'Neu-P-TIES K=0.3 M=0.3'
+    >>> make_recipe("ties", densty=0.3)
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown recipe keys ['densty']; valid keys: ['alpha', 'density', 'epsilon', 'gamma', 'keep_base', 'keep_tuned', 'locate', 'method', 'neurons', 'others', 'rescale', 'restore', 'seed', 'suppress']
+    """
+    if isinstance(recipe, Recipe):
+        return Recipe.from_dict({**recipe.to_dict(), **fields}) if fields else recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_dict({**recipe, **fields})
+    method = recipe or fields.pop("method", "neuron_fusion")
+    return Recipe.from_name(method, **fields)
+
+
+STAGES = ("hard", "suppress", "restore")
+
+
+def stage_recipes(recipe: Recipe) -> dict[str, Recipe]:
+    """The paper's three stages (Section 4.5) at ``recipe``'s settings: hard-merge, suppress (M = 0) and
+    restore (M > 0). A TIES / Breadcrumbs / TaskA recipe is the suppress stage itself: restore is
+    Neuron-Fusion over it at the default M. DARE, DELLA and hard-merge have no such stages.
+
+    >>> {s: r.label for s, r in stage_recipes(Recipe(density=0.2, neurons=0.3)).items()}
+    {'hard': 'hard-merge', 'suppress': 'Neu-S-TIES K=0.2 M=0', 'restore': 'Neu-S-TIES K=0.2 M=0.3'}
+    """
+    if recipe.method in SUPPRESSORS:
+        recipe = Recipe(**{**recipe.to_dict(), "method": "neuron_fusion", "suppress": recipe.method,
+                           "neurons": Recipe.neurons})
+    elif recipe.method != "neuron_fusion":
+        raise ValueError(f"{recipe.label} has no suppress/restore stages; pick Neuron-Fusion or one of its "
+                         f"suppressors {list(SUPPRESSORS)}")
+    if recipe.neurons <= 0:
+        raise ValueError("the restore stage needs M > 0 (M = 0 is the suppress stage)")
+    return {"hard": Recipe(method="hard"), "suppress": replace(recipe, neurons=0.0), "restore": recipe}
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
@@ -219,6 +270,28 @@ def select(mask: torch.Tensor, if_true: torch.Tensor, if_false: torch.Tensor,
     return out
 
 
+def top_k_counts(recipe: Recipe, numel: int, sub: str | None = None) -> tuple[int, ...]:
+    """The k of every top-k set of |delta| the recipe's Sub (or the row ``sub``) takes for a tensor of
+    ``numel`` entries.
+
+    TIES keeps the int(K*n) largest; Breadcrumbs keeps the band between the int(gamma*n) largest
+    (outliers, shrunk so that int(K*n) entries are still kept when K + gamma > 1) and the next int(K*n).
+
+    >>> top_k_counts(Recipe(method="breadcrumbs", density=0.2, gamma=0.01), 1000)
+    (210, 10)
+    >>> top_k_counts(Recipe(density=0.2), 1000), top_k_counts(Recipe(method="dare"), 1000)
+    ((200,), ())
+    """
+    sub = sub or recipe.sub_method
+    n_keep = int(recipe.density * numel)
+    if sub == "ties":
+        return (n_keep,)
+    if sub == "breadcrumbs":
+        n_top = min(int(recipe.gamma * numel), numel - n_keep)
+        return (n_top + n_keep, n_top)
+    return ()
+
+
 def keep_all(delta, recipe, generator=None, sorted_abs=None):
     """Task arithmetic: every entry survives (mask None means 'all', saving a pass)."""
     return None, None
@@ -230,7 +303,8 @@ def keep_none(delta, recipe, generator=None, sorted_abs=None):
 
 def keep_top_k(delta, recipe, generator=None, sorted_abs=None):
     """TIES trim: the int(K*n) largest |delta|."""
-    return top_k_mask(delta.abs(), int(recipe.density * delta.numel()), sorted_abs), None
+    (k,) = top_k_counts(recipe, delta.numel(), "ties")
+    return top_k_mask(delta.abs(), k, sorted_abs), None
 
 
 def keep_band(delta, recipe, generator=None, sorted_abs=None):
@@ -238,12 +312,10 @@ def keep_band(delta, recipe, generator=None, sorted_abs=None):
 
     When K + gamma > 1 the outlier drop shrinks so that int(K*n) entries are still kept.
     """
-    n = delta.numel()
-    n_keep = int(recipe.density * n)
-    n_top = min(int(recipe.gamma * n), n - n_keep)
+    outer, n_top = top_k_counts(recipe, delta.numel(), "breadcrumbs")
     magnitude = delta.abs()
     # top-k masks are nested (same threshold rule), so the difference is exactly the band
-    band = top_k_mask(magnitude, n_top + n_keep, sorted_abs) & ~top_k_mask(magnitude, n_top, sorted_abs)
+    band = top_k_mask(magnitude, outer, sorted_abs) & ~top_k_mask(magnitude, n_top, sorted_abs)
     return band, None
 
 
@@ -272,75 +344,58 @@ def keep_by_magnitude_rank(delta, recipe, generator=None, sorted_abs=None):
 # ----------------------------------------------------------------------------------------------
 # F: how the survivors are scaled back.
 
-def scale(delta, mask, keep_prob, recipe):
+def scale(delta, mask, keep_prob, recipe, located=None, axis=None):
     """alpha * Sub(delta)."""
     kept = delta if mask is None else delta.masked_fill(~mask, 0.0)
-    return kept if recipe.alpha == 1.0 else recipe.alpha * kept
+    return (kept if recipe.alpha == 1.0 else recipe.alpha * kept), 0
 
 
-def rescale_kept(delta, mask, keep_prob, recipe):
+def rescale_kept(delta, mask, keep_prob, recipe, located=None, axis=None):
     """alpha * Sub(delta) / p (inverse), or matched to delta's l1 norm ('l1', as mergekit)."""
     kept = delta.masked_fill(~mask, 0.0)
     if recipe.rescale == "inverse":
-        return recipe.alpha * kept / keep_prob
+        return recipe.alpha * kept / keep_prob, 0
     before, after = delta.abs().sum(), kept.abs().sum()
     if before < 1e-7 or after < 1e-7:
-        return recipe.alpha * kept
-    return recipe.alpha * kept * (before / after)
-
-
-# ----------------------------------------------------------------------------------------------
-# The registry: a method is data.
-
-@dataclass(frozen=True)
-class Method:
-    title: str
-    sub: object  # (delta, recipe, generator, sorted_abs) -> (mask, keep_prob | None)
-    f: object  # (delta, mask, keep_prob, recipe) -> new delta
-    reference: str = ""
-    uses: tuple[str, ...] = field(default=())  # which recipe fields matter (for UIs and recipes)
-
-
-METHODS: dict[str, Method] = {
-    "task_arithmetic": Method("TaskA", keep_all, scale, "https://arxiv.org/abs/2212.04089", ("alpha",)),
-    "ties": Method("TIES", keep_top_k, scale, "https://arxiv.org/abs/2306.01708", ("density", "alpha")),
-    "breadcrumbs": Method("Breadcrumbs", keep_band, scale, "https://arxiv.org/abs/2312.06795",
-                          ("density", "gamma", "alpha")),
-    "dare": Method("DARE", keep_bernoulli, rescale_kept, "https://arxiv.org/abs/2311.03099",
-                   ("density", "rescale", "alpha", "seed")),
-    "della": Method("DELLA", keep_by_magnitude_rank, rescale_kept, "https://arxiv.org/abs/2406.11617",
-                    ("density", "epsilon", "rescale", "alpha", "seed")),
-    "hard": Method("hard-merge", keep_none, scale, "https://arxiv.org/abs/2505.16703", ()),
-    # Sub/F of neuron_fusion are the suppressor's Sub and `restore`, applied in `merge_delta`.
-    "neuron_fusion": Method("Neuron-Fusion", None, None, "https://arxiv.org/abs/2505.16703",
-                            ("density", "neurons", "suppress", "restore", "alpha", "gamma", "locate", "seed")),
-}
-
-ALIASES: dict[str, dict] = {
-    "ta": {"method": "task_arithmetic"}, "taska": {"method": "task_arithmetic"},
-    "task-arithmetic": {"method": "task_arithmetic"},
-    "bread": {"method": "breadcrumbs"}, "hard-merge": {"method": "hard"},
-    "neuron-fusion": {"method": "neuron_fusion"},
-    **{f"neu-{tag}-{short}": {"method": "neuron_fusion", "suppress": sup, "restore": restore}
-       for tag, restore in (("p", "replace"), ("s", "rescale"))
-       for short, sup in (("ties", "ties"), ("bread", "breadcrumbs"), ("breadcrumbs", "breadcrumbs"),
-                          ("taska", "task_arithmetic"), ("ta", "task_arithmetic"))},
-}
+        return recipe.alpha * kept, 0
+    return recipe.alpha * kept * (before / after), 0
 
 
 # ----------------------------------------------------------------------------------------------
 # Neuron-Fusion: suppress, then restore the located neurons.
 
-def suppress(delta: torch.Tensor, recipe: Recipe, sorted_abs: torch.Tensor | None = None):
-    """Neuron-Suppress. Returns (suppressed [same shape], mask [bool]).
+def keep_suppressed(delta, recipe, generator=None, sorted_abs=None):
+    """Neuron-Fusion's Sub: the suppressor's Sub (TIES, Breadcrumbs at K; TaskA keeps every entry)."""
+    return METHODS[recipe.suppress].sub(delta, recipe, None, sorted_abs)
 
-    ties / breadcrumbs: delta * mask at density K (alpha is applied after restore).
-    task_arithmetic:    alpha * delta, every entry kept (uniform scaling is the suppression).
-    """
+
+def suppressed_delta(delta: torch.Tensor, mask: torch.Tensor | None, recipe: Recipe) -> torch.Tensor:
+    """Neuron-Suppress's output: delta * mask (alpha comes after restore); alpha * delta for the
+    task_arithmetic suppressor (uniform scaling is the suppression)."""
     if recipe.suppress == "task_arithmetic":
-        return recipe.alpha * delta, torch.ones_like(delta, dtype=torch.bool)
-    mask, _ = METHODS[recipe.suppress].sub(delta, recipe, None, sorted_abs)
-    return delta.masked_fill(~mask, 0.0), mask
+        return recipe.alpha * delta
+    return delta.masked_fill(~mask, 0.0)
+
+
+def suppress(delta: torch.Tensor, recipe: Recipe, sorted_abs: torch.Tensor | None = None):
+    """Neuron-Suppress. Returns (suppressed [same shape], mask [bool], all True for task_arithmetic)."""
+    mask, _ = keep_suppressed(delta, recipe, None, sorted_abs)
+    suppressed = suppressed_delta(delta, mask, recipe)
+    return suppressed, torch.ones_like(delta, dtype=torch.bool) if mask is None else mask
+
+
+def restore(delta, mask, keep_prob, recipe, located=None, axis=None):
+    """Neuron-Fusion's F: the suppressed delta with the located neurons restored (replace or rescale),
+    then alpha (not again for the task_arithmetic suppressor, where alpha was the suppression)."""
+    suppressed, n_fallback = suppressed_delta(delta, mask, recipe), 0
+    if located is not None:
+        if recipe.restore == "replace":
+            suppressed = restore_replace(delta, suppressed, located, axis)
+        else:
+            suppressed, n_fallback = restore_rescale(delta, suppressed, located, axis)
+    if recipe.suppress == "task_arithmetic" or recipe.alpha == 1.0:
+        return suppressed, n_fallback
+    return recipe.alpha * suppressed, n_fallback
 
 
 def restore_replace(delta: torch.Tensor, suppressed: torch.Tensor, located: torch.Tensor, axis: int):
@@ -352,6 +407,22 @@ def restore_replace(delta: torch.Tensor, suppressed: torch.Tensor, located: torc
     return torch.where(keep, delta, suppressed)
 
 
+def rescale_ratio(scores: torch.Tensor, scores_after: torch.Tensor, located: torch.Tensor):
+    """Neuron-Rescale's factor per neuron: C(i)/C'(i) for located neurons with C'(i) > 0, else 1.
+
+    Args: scores C(i), scores_after C'(i), located: [n_neurons] (bool for located).
+    Returns: (ratio [n_neurons] float32, empty [n_neurons] bool: located with C'(i) = 0, restored by replace).
+
+    >>> rescale_ratio(torch.tensor([4., 2., 3.]), torch.tensor([2., 0., 1.]), torch.tensor([True, True, False]))
+    (tensor([2., 1., 1.]), tensor([False,  True, False]))
+    """
+    empty = located & (scores_after == 0)
+    rescalable = located & ~empty
+    ratio = torch.ones_like(scores)
+    ratio[rescalable] = scores[rescalable] / scores_after[rescalable]
+    return ratio, empty
+
+
 def restore_rescale(delta: torch.Tensor, suppressed: torch.Tensor, located: torch.Tensor, axis: int):
     """Neuron-Rescale (paper Eq. 4): a located neuron's surviving entries are scaled by C(i)/C'(i),
     so its change score after suppression equals the original.
@@ -359,12 +430,7 @@ def restore_rescale(delta: torch.Tensor, suppressed: torch.Tensor, located: torc
     A located neuron with no surviving entry (C'(i) = 0) cannot be rescaled: it is restored by
     replace instead. Returns (restored, n_replaced_fallback).
     """
-    scores = neuron_scores(delta, axis)  # C(i)
-    scores_after = neuron_scores(suppressed, axis)  # C'(i)
-    empty = located & (scores_after == 0)
-    rescalable = located & ~empty
-    ratio = torch.ones_like(scores)
-    ratio[rescalable] = scores[rescalable] / scores_after[rescalable]
+    ratio, empty = rescale_ratio(neuron_scores(delta, axis), neuron_scores(suppressed, axis), located)
     ratio = ratio.view(-1, 1) if axis == 0 else ratio.view(1, -1)
     restored = suppressed * ratio
     restored = restore_replace(delta, restored, empty, axis)
@@ -386,6 +452,46 @@ class DeltaStats:
         return self.kept / self.numel if self.numel else 0.0
 
 
+# ----------------------------------------------------------------------------------------------
+# The registry: a method is data.
+
+@dataclass(frozen=True)
+class Method:
+    title: str
+    sub: object  # (delta, recipe, generator, sorted_abs) -> (mask | None for all, keep_prob | None)
+    # (delta, mask, keep_prob, recipe, located [n_neurons] bool | None, neuron axis | None)
+    #   -> (new delta, located neurons restored by replace because nothing of them survived Sub)
+    f: object
+    reference: str = ""
+    uses: tuple[str, ...] = field(default=())  # which recipe fields matter (for UIs and recipes)
+
+
+METHODS: dict[str, Method] = {
+    "task_arithmetic": Method("TaskA", keep_all, scale, "https://arxiv.org/abs/2212.04089", ("alpha",)),
+    "ties": Method("TIES", keep_top_k, scale, "https://arxiv.org/abs/2306.01708", ("density", "alpha")),
+    "breadcrumbs": Method("Breadcrumbs", keep_band, scale, "https://arxiv.org/abs/2312.06795",
+                          ("density", "gamma", "alpha")),
+    "dare": Method("DARE", keep_bernoulli, rescale_kept, "https://arxiv.org/abs/2311.03099",
+                   ("density", "rescale", "alpha", "seed")),
+    "della": Method("DELLA", keep_by_magnitude_rank, rescale_kept, "https://arxiv.org/abs/2406.11617",
+                    ("density", "epsilon", "rescale", "alpha", "seed")),
+    "hard": Method("hard-merge", keep_none, scale, "https://arxiv.org/abs/2505.16703", ()),
+    "neuron_fusion": Method("Neuron-Fusion", keep_suppressed, restore, "https://arxiv.org/abs/2505.16703",
+                            ("density", "neurons", "suppress", "restore", "alpha", "gamma", "locate", "seed")),
+}
+
+ALIASES: dict[str, dict] = {
+    "ta": {"method": "task_arithmetic"}, "taska": {"method": "task_arithmetic"},
+    "task-arithmetic": {"method": "task_arithmetic"},
+    "bread": {"method": "breadcrumbs"}, "hard-merge": {"method": "hard"},
+    "neuron-fusion": {"method": "neuron_fusion"},
+    **{f"neu-{tag}-{short}": {"method": "neuron_fusion", "suppress": sup, "restore": restore}
+       for tag, restore in (("p", "replace"), ("s", "rescale"))
+       for short, sup in (("ties", "ties"), ("bread", "breadcrumbs"), ("breadcrumbs", "breadcrumbs"),
+                          ("taska", "task_arithmetic"), ("ta", "task_arithmetic"))},
+}
+
+
 def merge_delta(delta: torch.Tensor, recipe: Recipe, *, neuron_axis: int | None = None,
                 generator: torch.Generator | None = None, sorted_abs: torch.Tensor | None = None,
                 scores: torch.Tensor | None = None):
@@ -402,28 +508,18 @@ def merge_delta(delta: torch.Tensor, recipe: Recipe, *, neuron_axis: int | None 
     Returns:
         (new_delta [same shape as delta], DeltaStats)
     """
-    if recipe.method != "neuron_fusion":
-        method = METHODS[recipe.method]
-        mask, keep_prob = method.sub(delta, recipe, generator, sorted_abs)
-        kept = delta.numel() if mask is None else int(torch.count_nonzero(mask))
-        return method.f(delta, mask, keep_prob, recipe), DeltaStats(delta.numel(), kept)
-
-    suppressed, mask = suppress(delta, recipe, sorted_abs)
-    stats = DeltaStats(delta.numel(), int(torch.count_nonzero(mask)))
-    if neuron_axis is not None and recipe.neurons > 0:
-        if scores is None:
-            scores = neuron_scores(delta, neuron_axis)
-        located = locate(scores, recipe.neurons, recipe.locate, generator)
-        stats.n_neurons, stats.n_located = scores.numel(), int(torch.count_nonzero(located))
-        if recipe.restore == "replace":
-            suppressed = restore_replace(delta, suppressed, located, neuron_axis)
-        else:
-            suppressed, stats.n_fallback_replace = restore_rescale(delta, suppressed, located, neuron_axis)
-    elif neuron_axis is not None:
+    method = METHODS[recipe.method]
+    mask, keep_prob = method.sub(delta, recipe, generator, sorted_abs)
+    stats = DeltaStats(delta.numel(), delta.numel() if mask is None else int(torch.count_nonzero(mask)))
+    located = None
+    if "neurons" in method.uses and neuron_axis is not None:  # Neuron-Locate
         stats.n_neurons = delta.shape[neuron_axis]
-    if recipe.suppress == "task_arithmetic" or recipe.alpha == 1.0:
-        return suppressed, stats  # (for task_arithmetic, alpha was the suppressor)
-    return recipe.alpha * suppressed, stats
+        if recipe.neurons > 0:
+            located = locate(neuron_scores(delta, neuron_axis) if scores is None else scores, recipe.neurons,
+                             recipe.locate, generator)
+            stats.n_located = int(torch.count_nonzero(located))
+    new_delta, stats.n_fallback_replace = method.f(delta, mask, keep_prob, recipe, located, neuron_axis)
+    return new_delta, stats
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,17 +550,16 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
 
     base: [n_base, ...]; tuned: [n_tuned, ...] with n_tuned >= n_base only for vocabulary
     tensors (embed_tokens, lm_head): the shared rows are merged and the extra rows (e.g. an added
-    `<image>` token) are kept from the tuned model. Math runs in float32 on the tensors' device;
-    the result has the tuned tensor's dtype.
+    `<image>` token) are kept from the tuned model. The delta is float32 on the tensors' device
+    (task arithmetic is one lerp in the storage dtype, which half types compute in float32 inside
+    the kernel); the result has the tuned tensor's dtype.
 
     Returns (merged, DeltaStats, source) where source is 'method', 'tuned' or 'base'.
     Raises ValueError naming the tensor on shape mismatch or a non-finite delta.
     """
     extra_rows = None
     if base.shape != tuned.shape:
-        vocab_like = base.dim() == tuned.dim() >= 1 and base.shape[1:] == tuned.shape[1:] \
-            and tuned.shape[0] > base.shape[0] and ("embed" in name or "lm_head" in name)
-        if not vocab_like:
+        if not extra_vocab_rows(name, base.shape, tuned.shape):
             raise ValueError(f"shape mismatch for tensor {name!r}: base {tuple(base.shape)} vs tuned "
                              f"{tuple(tuned.shape)}; the tuned model must be fine-tuned from this base")
         extra_rows = tuned[base.shape[0]:]

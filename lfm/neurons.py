@@ -36,6 +36,22 @@ def module_of(name: str) -> str | None:
     return None
 
 
+def extra_vocab_rows(name: str, base_shape, tuned_shape) -> int | None:
+    """How many vocabulary rows the tuned tensor adds (0 for equal shapes), or None when the shapes
+    differ in any other way. Only embed_tokens / lm_head may grow, along dim 0 (an added `<image>` token).
+
+    >>> extra_vocab_rows("lm_head.weight", (100, 8), (101, 8)), extra_vocab_rows("model.norm.weight", (8,), (9,))
+    (1, None)
+    """
+    base_shape, tuned_shape = tuple(base_shape), tuple(tuned_shape)
+    if base_shape == tuned_shape:
+        return 0
+    if ("embed" in name or "lm_head" in name) and len(base_shape) == len(tuned_shape) >= 1 \
+            and base_shape[1:] == tuned_shape[1:] and tuned_shape[0] > base_shape[0]:
+        return tuned_shape[0] - base_shape[0]
+    return None
+
+
 def layer_of(name: str) -> int | None:
     """The decoder layer index in a weight name, or None."""
     match = _LAYER.search(name)

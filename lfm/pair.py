@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from lfm.checkpoint import Checkpoint, CheckpointError
+from lfm.neurons import extra_vocab_rows
 
 ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
                "num_key_value_heads")
@@ -60,6 +61,24 @@ def canonical_name(key: str, multimodal: bool) -> str | None:
     return None
 
 
+def loaded_key(tuned_key: str, model_keys) -> str | None:
+    """The key a tuned checkpoint tensor has in a model loaded from it (its ``state_dict``), or None.
+
+    transformers renames LLaVA keys on load (``language_model.model.X`` is ``model.language_model.X`` in
+    recent versions, ``language_model.lm_head.X`` is ``lm_head.X``): every layout of ``LM_PREFIXES`` with
+    the same canonical name is tried, the checkpoint's own first.
+
+    >>> loaded_key("language_model.model.norm.weight", {"model.language_model.norm.weight"})
+    'model.language_model.norm.weight'
+    """
+    candidates = [tuned_key]
+    name = canonical_name(tuned_key, multimodal=True)
+    if name is not None:
+        candidates += [prefix + name[len(canonical):] for prefix, canonical in LM_PREFIXES
+                       if name.startswith(canonical)]
+    return next((c for c in candidates if c in model_keys), None)
+
+
 @dataclass
 class Pair:
     base: Checkpoint
@@ -76,7 +95,7 @@ class Pair:
         """Yield (entry, base_tensor, tuned_tensor), one pair in memory at a time.
 
         mapped: on CPU, views of memory-mapped files instead of copies (``Checkpoint.map``), for callers
-            that keep every tensor (``DeltaCache``).
+            that keep every tensor (``ResidentPair``).
         """
         mapped = mapped and torch.device(device).type == "cpu"
         for entry in self.entries:
@@ -104,8 +123,11 @@ def open_pair(base: str | Path, tuned: str | Path, *, allow_pickle: bool = False
     """Open and validate a (base LLM, tuned MLLM or LLM) pair without reading tensor data.
 
     Example:
-        >>> pair = open_pair("data/organism/base", "data/organism/tuned")   # doctest: +SKIP
-        >>> print(pair.describe())                                          # doctest: +SKIP
+        >>> from lfm.organism import base_dir, tuned_dir
+        >>> pair = open_pair(base_dir(), tuned_dir())
+        >>> print(pair.describe().splitlines()[-1])
+        39 language-model tensors aligned, 43 copied from tuned
+
     Raises:
         PairError naming the mismatching field, key or tensor.
     """
@@ -148,12 +170,11 @@ def open_pair(base: str | Path, tuned: str | Path, *, allow_pickle: bool = False
         t_shape, _ = tuned_ckpt.meta(e.tuned_key)
         if b_shape == t_shape:
             continue
-        vocab_like = ("embed" in e.name or "lm_head" in e.name) and len(b_shape) == len(t_shape) \
-            and b_shape[1:] == t_shape[1:] and t_shape[0] > b_shape[0]
-        if not vocab_like:
+        rows = extra_vocab_rows(e.name, b_shape, t_shape)
+        if not rows:
             raise PairError(f"shape mismatch for tensor {e.name!r}: base {b_shape} ({base_ckpt.file_of(e.base_key).name}) "
                             f"vs tuned {t_shape} ({tuned_ckpt.file_of(e.tuned_key).name})")
-        extra_vocab[e.name] = t_shape[0] - b_shape[0]
+        extra_vocab[e.name] = rows
     return Pair(base_ckpt, tuned_ckpt, entries, passthrough, extra_vocab)
 
 
@@ -171,4 +192,4 @@ def check_architectures(base: Checkpoint, tuned: Checkpoint) -> None:
         raise PairError(f"vocab mismatch: the tuned vocabulary ({tv}) is smaller than the base's ({bv})")
 
 
-__all__ = ["Entry", "Pair", "PairError", "CheckpointError", "open_pair", "canonical_name", "text_config"]
+__all__ = ["Entry", "Pair", "PairError", "CheckpointError", "open_pair", "canonical_name", "loaded_key", "text_config"]

@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from lfm.device import resolve_device
 from lfm.neurons import layer_of, module_of, neuron_axis, tail_stats
 from lfm.neurons import neuron_scores as scores_of_delta
 from lfm.pair import Pair, open_pair
@@ -25,21 +26,25 @@ def neuron_scores(base, tuned=None, *, device="cpu", progress: bool = True,
     Returns:
         {canonical weight name: scores [n_neurons] float32 on cpu}, in checkpoint order.
     Example:
-        >>> scores = neuron_scores("data/organism/base", "data/organism/tuned")   # doctest: +SKIP
-        >>> scores["model.layers.0.mlp.up_proj.weight"].shape                     # doctest: +SKIP
+        >>> from lfm.organism import base_dir, tuned_dir
+        >>> scores = neuron_scores(base_dir(), tuned_dir(), progress=False)
+        >>> scores["model.layers.0.mlp.up_proj.weight"].shape
+        torch.Size([256])
     """
-    from lfm.merge import resolve_device
-
     pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
+    return {e.name: scores_of_delta(delta, axis).cpu() for e, axis, delta in linear_deltas(pair, device, progress)}
+
+
+def linear_deltas(pair: Pair, device="cpu", progress: bool = True):
+    """Yield (entry, neuron axis, delta [out, in] float32 on ``device``) for every linear-module tensor of the
+    pair, one at a time; a non-finite delta is an error naming the tensor."""
     dev = resolve_device(device)
     entries = [e for e in pair.entries if neuron_axis(e.name) is not None]
-    scores = {}
     for e in tqdm(entries, desc="scoring neurons", unit="tensor", disable=not progress):
         delta = pair.tuned.get(e.tuned_key, dev).float() - pair.base.get(e.base_key, dev).float()
         if not torch.isfinite(delta).all():
             raise ValueError(f"non-finite delta in tensor {e.name!r}; fix the checkpoint")
-        scores[e.name] = scores_of_delta(delta, neuron_axis(e.name)).cpu()
-    return scores
+        yield e, neuron_axis(e.name), delta
 
 
 def summary_rows(scores: dict[str, torch.Tensor]) -> list[dict]:
@@ -63,7 +68,3 @@ def save_scores(scores: dict[str, torch.Tensor], path, metadata: dict | None = N
     meta = {"summary": json.dumps(summary_rows(scores)), **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in scores.items()}, str(path), metadata=meta)
-
-
-def load_scores(path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))

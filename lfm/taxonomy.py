@@ -85,3 +85,17 @@ def classify(generated: str, choices: list[str], answer: str) -> str:
     if idx is not None:
         return "correct" if choices[idx] == answer else "wrong_choice"
     return "context_hallucination"
+
+
+def abilities(language: list[float], visual: list[float]) -> tuple[float | None, float | None, float | None]:
+    """The paper's scores from per-task accuracies: LA = mean of the language tasks, VA = mean of the visual
+    tasks, OA = (LA + VA) / 2 (None where a side has no task).
+
+    >>> abilities([0.5, 1.0], [0.25])
+    (0.75, 0.25, 0.5)
+    >>> abilities([0.5], [])
+    (0.5, None, None)
+    """
+    LA = sum(language) / len(language) if language else None
+    VA = sum(visual) / len(visual) if visual else None
+    return LA, VA, (LA + VA) / 2 if LA is not None and VA is not None else None

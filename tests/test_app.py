@@ -17,10 +17,11 @@ import yaml
 
 from app_support import organism_pair
 from lfm.explorer.app import ExplorerApp, extension
-from lfm.explorer.compute import STAGES, module_view
-from lfm.explorer.results import ResultsFolder, stage_recipes
+from lfm.explorer.compute import module_view
+from lfm.explorer.results import ResultsFolder
 from lfm.explorer.state import ExplorerState
-from lfm.methods import Recipe, merge_tensor
+from lfm.merge import merged_state_dict
+from lfm.methods import STAGES, Recipe, stage_recipes
 from lfm.neurons import neuron_scores
 from lfm.pair import open_pair
 
@@ -86,10 +87,12 @@ def test_tensor_view_matches_engine(tiny):
     recipe = Recipe.from_name("neu-p-ties", density=0.3, neurons=0.2)
     source = tiny.state.source
     name = "model.layers.0.mlp.down_proj.weight"
-    t = source.tensors[name]
-    merged, _, _ = merge_tensor(t.base, t.tuned, recipe, name=name)
+    pair = open_pair(source.base, source.tuned)
+    entry = next(e for e in pair.entries if e.name == name)
+    merged = merged_state_dict(pair, None, recipe)[entry.tuned_key]  # the streaming merge, as `lfm merge`
     view = module_view(source, name, recipe)
-    assert torch.allclose(view.final, neuron_scores(merged - t.base, 1), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(view.final, neuron_scores(merged.float() - pair.base.get(entry.base_key).float(), 1),
+                          rtol=1e-4, atol=1e-6)
 
 
 def test_gqa_is_visible_for_k_proj(tiny):

@@ -6,8 +6,8 @@ The server fixture starts `panel serve apps/explorer.py` on a free 127.0.0.1 por
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import torch
 
 from app_support import ROOT, organism_pair
 
@@ -39,16 +40,16 @@ def organism(tmp_path_factory):
     return organism_pair(tmp_path_factory.mktemp("org"))
 
 
-@pytest.fixture(scope="module")
-def server(organism):
+@contextlib.contextmanager
+def panel_serve(*app_args: str):
+    """`panel serve apps/explorer.py --args APP_ARGS` on a free 127.0.0.1 port; yields the page URL, always stops."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
     port = free_port()
     panel = Path(sys.executable).parent / "panel"
     cmd = [str(panel), "serve", str(ROOT / "apps" / "explorer.py"), "--address", "127.0.0.1", "--port", str(port),
-           "--allow-websocket-origin", f"127.0.0.1:{port}", "--num-procs", "1",
-           "--args", "--base", str(organism[0]), "--tuned", str(organism[1]), "--per-task", "2", "--no-sweep"]
-    log = open(ARTIFACTS.mkdir(exist_ok=True) or ARTIFACTS / "panel-serve.log", "w")
+           "--allow-websocket-origin", f"127.0.0.1:{port}", "--num-procs", "1", "--args", *app_args]
+    log = open(ARTIFACTS.mkdir(exist_ok=True) or ARTIFACTS / f"panel-serve-{port}.log", "w")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BOKEH_LOG_LEVEL": "info"}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}/explorer"
@@ -73,6 +74,12 @@ def server(organism):
             proc.kill()
             proc.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(organism):
+    with panel_serve("--base", str(organism[0]), "--tuned", str(organism[1]), "--per-task", "2", "--no-sweep") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +183,44 @@ def test_bad_path_shows_error_and_app_stays_usable(page):
     assert "M=0" in curve_title(page, "M=0")
     page.screenshot(path=str(ARTIFACTS / "explorer-error.png"), full_page=True)
     assert [e for e in page.errors if "could not load" not in e] == []
+
+
+@pytest.fixture(scope="module")
+def big_pair(tmp_path_factory):
+    """A random bf16 Llama base and a LLaVA tuned from it: 103M language-model parameters (no processor, so
+    the page explores it without evaluation)."""
+    from fixtures import build_base, build_tuned
+
+    root = tmp_path_factory.mktemp("big")
+    size = dict(hidden_size=1024, num_hidden_layers=8, intermediate_size=2816, vocab=8000, dtype=torch.bfloat16)
+    base = build_base(root / "base", **size)
+    return base, build_tuned(root / "tuned", base)
+
+
+def test_a_100m_parameter_pair_opens_live_and_a_slider_moves(browser, big_pair):
+    """No results folder and no parameter cap: the pair is held in memory and the K slider redraws its plots."""
+    from lfm.pair import open_pair
+
+    pair = open_pair(*big_pair)
+    n_params = sum(torch.Size(pair.tuned.meta(e.tuned_key)[0]).numel() for e in pair.entries)
+    assert n_params >= 100_000_000, n_params
+    with panel_serve("--base", str(big_pair[0]), "--tuned", str(big_pair[1]), "--no-sweep") as url:
+        context = browser.new_context(viewport={"width": 1500, "height": 1900})
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            page.goto(url)
+            assert "Neu-S-TIES K=0.2 M=0.3" in curve_title(page, "K=0.2")
+            page.locator("text=evaluation off").first.wait_for(state="visible")
+            handle = page.locator(".bk-input-group", has_text="K (density").locator(".noUi-handle").first
+            handle.focus()
+            handle.press("End")  # K -> 1.0
+            assert "Neu-S-TIES K=1 M=0.3" in curve_title(page, "K=1 ")
+            merge_title = page.locator(".gtitle", has_text="Merge outcome").first
+            wait_for(lambda: "K=1 " in (merge_title.text_content() or ""), what="the merge outcome at K=1")
+            page.screenshot(path=str(ARTIFACTS / "explorer-100m-live.png"), full_page=True)
+        finally:
+            context.close()
+    assert errors == [], errors

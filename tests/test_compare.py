@@ -86,10 +86,10 @@ def test_compare_stages_on_the_organism(tmp_path):
 
 
 def test_scienceqa_items_fail_clearly_offline(monkeypatch, tmp_path):
-    from lfm.evaluate.compare import load_items
+    from lfm.evaluate.compare import stage_items
     from lfm.evaluate.suites import DatasetsUnavailable
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(DatasetsUnavailable, match="ScienceQA"):
-        load_items("scienceqa", limit=2)
+        stage_items("scienceqa", limit=2)

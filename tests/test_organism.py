@@ -14,7 +14,7 @@ from transformers import AutoProcessor, LlamaForCausalLM, LlavaForConditionalGen
 
 from lfm.methods import Recipe
 from lfm.organism import ORGANISM_DIR, base_dir, load_items, scienceqa_records, tuned_dir, world
-from lfm.organism.cli import main as organism_main
+from lfm.cli import main as lfm_main
 from lfm.organism.evaluate import evaluate, load_model
 from lfm.organism.merging import MergeablePair
 from lfm.organism.tokenizer import build_tokenizer
@@ -115,7 +115,8 @@ def _close(measured: dict, stated: dict, tol: float = 0.03):
             assert abs(measured[key] - stated[key]) <= tol, (key, measured[key], stated[key])
 
 
-def test_eval_reproduces_results_json(results):
+def test_regression_eval_reproduces_results_json(results):
+    """Regression check: results.json was written by `lfm organism report`, this same evaluator."""
     shipped = results["shipped"]
     base = evaluate(base_dir())
     _close(base, shipped["base"])
@@ -137,7 +138,7 @@ def test_eval_reproduces_results_json(results):
 
 
 def test_cli_eval_json(capsys):
-    assert organism_main(["organism", "eval", str(base_dir()), "--json"]) == 0
+    assert lfm_main(["organism", "eval", str(base_dir()), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res) == {"LA", "VA", "OA", "tasks", "failures"}
     assert res["VA"] is None and set(res["tasks"]) == set(world.LANGUAGE_TASKS)
@@ -173,10 +174,10 @@ def test_encode_example_masks_the_prompt():
 
 def test_cli_train_tune_only_writes_a_loadable_pair(tmp_path, capsys):
     out = tmp_path / "org"
-    assert organism_main(["organism", "train", "--out", str(out), "--tune-only", "--base", str(base_dir()),
+    assert lfm_main(["organism", "train", "--out", str(out), "--tune-only", "--base", str(base_dir()),
                           "--tune-steps", "2"]) == 0
     model, proc = load_model(out / "tuned")
     assert isinstance(model, LlavaForConditionalGeneration)
     assert [i.prompt for i in load_items("visual", out / "items")] == [i.prompt for i in load_items("visual")]
-    assert organism_main(["organism", "train", "--out", str(out), "--tune-only"]) == 2  # no OUT/base yet
+    assert lfm_main(["organism", "train", "--out", str(out), "--tune-only"]) == 2  # no OUT/base yet
     assert "needs a trained base" in capsys.readouterr().out

@@ -7,7 +7,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def test_readme_organism_tables_are_the_shipped_report():
+def test_regression_readme_organism_tables_are_the_shipped_report():
+    """Regression check: results.md is what `lfm organism report` wrote (the README quotes it)."""
     # `lfm organism report` writes results.md; tests/test_organism.py checks the checkpoints reproduce results.json
     report = (ROOT / "data" / "organism" / "results.md").read_text().strip()
     assert report in README

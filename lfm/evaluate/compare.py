@@ -20,23 +20,20 @@ from pathlib import Path
 
 from PIL import Image
 
-from lfm.methods import Recipe
+from lfm.methods import STAGES, Recipe, stage_recipes
 from lfm.taxonomy import CATEGORIES, classify
 
-STAGES = ("hard", "suppress", "restore")
 SCIENCEQA = ("lmms-lab-encoder/ScienceQA", "ScienceQA-IMG", "test")  # dataset, config, split (as lmms-eval)
 
 
-def stage_recipes(density: float = 0.2, neurons: float = 0.3, suppress: str = "ties",
-                  restore: str = "rescale", **fields) -> dict[str, Recipe]:
-    """{'hard', 'suppress', 'restore'} -> Recipe."""
-    if neurons <= 0:
-        raise ValueError("the restore stage needs --neurons M > 0 (M=0 is the suppress stage)")
-    nf = dict(method="neuron_fusion", density=density, suppress=suppress, restore=restore, **fields)
-    return {"hard": Recipe(method="hard"), "suppress": Recipe(**nf, neurons=0.0), "restore": Recipe(**nf, neurons=neurons)}
+def neuron_fusion_stages(density: float = 0.2, neurons: float = 0.3, suppress: str = "ties",
+                         restore: str = "rescale", **fields) -> dict[str, Recipe]:
+    """{'hard', 'suppress', 'restore'} -> Recipe for Neuron-Fusion at K, M (``lfm.methods.stage_recipes``)."""
+    return stage_recipes(Recipe(method="neuron_fusion", density=density, neurons=neurons, suppress=suppress,
+                                restore=restore, **fields))
 
 
-def load_items(items: str | list = "organism", *, limit: int | None = None) -> list[dict]:
+def stage_items(items: str | list = "organism", *, limit: int | None = None) -> list[dict]:
     """Records {id, question, choices, answer, prompt, image: PIL} for 'organism', 'scienceqa' or a list."""
     if isinstance(items, list):
         recs = [dict(r) for r in items]
@@ -92,20 +89,20 @@ def compare_stages(base, tuned, *, items: str | list = "organism", limit: int | 
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from lfm.evaluate.cache import DeltaCache
+    from lfm.resident import ResidentPair
     from lfm.evaluate.harness import generate_answers
     from lfm.evaluate.models import load_eval_model
 
-    recipes = recipes or stage_recipes(**stage_fields)
-    recs = load_items(items, limit=limit)
+    recipes = recipes or neuron_fusion_stages(**stage_fields)
+    recs = stage_items(items, limit=limit)
     em = load_eval_model(tuned, device=device)
     if not em.multimodal:
         raise ValueError(f"{tuned} is not a multimodal model: compare needs the tuned MLLM")
-    cache = DeltaCache(base, tuned, progress=progress)
+    resident = ResidentPair(base, tuned, progress=progress)
     table = pd.DataFrame({"id": [r["id"] for r in recs], "question": [r["question"] for r in recs],
                           "choices": [" | ".join(r["choices"]) for r in recs], "answer": [r["answer"] for r in recs]})
     for stage, recipe in tqdm(recipes.items(), desc="stages", disable=not progress):
-        cache.apply(em.model, recipe)
+        resident.apply(em.model, recipe)
         gen = generate_answers(em.model, em.processor, [r["prompt"] for r in recs], [[r["image"]] for r in recs],
                                max_new_tokens=max_new_tokens, batch_size=batch_size)
         table[f"{stage}_generated"] = gen
@@ -145,6 +142,13 @@ def transitions(table, before: str, after: str) -> dict:
         "fixed_share": {c: (fixed.get(c, 0) / n_fixed if n_fixed else None) for c in cats},
         "fixed_rate": {c: (fixed.get(c, 0) / wrong_before[c] if wrong_before.get(c) else None) for c in cats},
     }
+
+
+def transition_counts(table, before: str, after: str):
+    """A DataFrame of (category at ``before``, category at ``after``, items) over the items of ``table``."""
+    counts = table.groupby([f"{before}_category", f"{after}_category"]).size()
+    return counts.rename("items").reset_index().rename(
+        columns={f"{before}_category": f"at {before}", f"{after}_category": f"at {after}"})
 
 
 def summary(table) -> dict:

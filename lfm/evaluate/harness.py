@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from lfm.evaluate.models import EvalModel, load_eval_model
 from lfm.evaluate.quiet import quiet_harnesses
 from lfm.evaluate.suites import Suite, TaskSpec, check_datasets, get_suite
+from lfm.taxonomy import abilities
 
 
 def harness_versions() -> dict[str, str | None]:
@@ -257,9 +258,7 @@ def summarize(suite: Suite, lang: dict, vis: dict, *, limit: int | None = None) 
     tasks.update({s.label: vis[s.task]["acc"] for s in suite.visual if s.task in vis})
     la = [lang[s.task]["acc"] for s in suite.language if s.task in lang]
     va = [vis[s.task]["acc"] for s in suite.visual if s.task in vis]
-    LA = sum(la) / len(la) if la else None
-    VA = sum(va) / len(va) if va else None
-    OA = (LA + VA) / 2 if LA is not None and VA is not None else None
+    LA, VA, OA = abilities(la, va)
     return {"LA": LA, "VA": VA, "OA": OA, "tasks": tasks,
             "language": [s.label for s in suite.language], "visual": [s.label for s in suite.visual],
             "suite": suite.name, "limit": limit, "harness": harness_versions(),

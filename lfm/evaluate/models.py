@@ -16,7 +16,7 @@ import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
                           AutoTokenizer, PreTrainedModel)
 
-from lfm.merge import resolve_device
+from lfm.device import resolve_device
 from lfm.pair import is_multimodal
 
 

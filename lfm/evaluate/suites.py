@@ -68,7 +68,7 @@ class Suite:
 
 
 # The paper's suite, with the task names of lm-eval 0.4.13 and lmms-eval 0.7.3 and the datasets their
-# YAMLs load (tests/test_evaluate_suites.py checks these ids against the installed harness YAMLs).
+# YAMLs load (tests/test_evaluate.py checks these ids against the installed harness YAMLs).
 # Accuracy metric per task: exact-match accuracy as the paper reports; for the multiple-choice language
 # tasks lm-eval's `acc` (the choice with the highest log-likelihood is the exact answer).
 PAPER = Suite(

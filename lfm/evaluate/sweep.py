@@ -1,4 +1,4 @@
-"""Sweep a grid of merge recipes on one pair: merge in memory (DeltaCache), evaluate (harness), one table.
+"""Sweep a grid of merge recipes on one pair: merge in memory (ResidentPair), evaluate (harness), one table.
 
     run_sweep(base, tuned, grid(["neu-s-ties", "ties"], densities=[.1, .2], neurons=[0, .3]),
               suite="organism", out_dir="sweeps/organism")
@@ -17,7 +17,7 @@ as trained) and 'hard' (hard-merge), the anchors of the paper's trade-off plots.
 
 Executors: 'local' evaluates the points one after another in this process on one loaded model;
 'ray' runs them on Ray actors (one per GPU when GPUs exist, ``num_gpus=1`` each; else ``workers`` CPU
-actors), each holding its own loaded model and DeltaCache, results gathered into the same table.
+actors), each holding its own loaded model and ResidentPair, results gathered into the same table.
 """
 
 from __future__ import annotations
@@ -97,17 +97,16 @@ class PointRunner:
 
     def __init__(self, base, tuned, suite: str | Suite, *, limit: int | None = None, device: str = "cpu",
                  batch_size: int = 32, progress: bool = False, points: list | None = None):
-        from lfm.evaluate.cache import DeltaCache
+        from lfm.resident import ResidentPair
         from lfm.evaluate.models import load_eval_model
 
         self.base, self.tuned = str(base), str(tuned)
         self.suite, self.limit, self.device, self.batch_size = get_suite(suite), limit, device, batch_size
         self.em = load_eval_model(tuned, device=device)
         # the pair stays on the CPU (memory-mapped); merged tensors are staged there and copied to the model
-        self.cache = DeltaCache(base, tuned, progress=progress)
+        self.resident = ResidentPair(base, tuned, progress=progress)
         # every top-K set the points need, all Ks of a tensor from one histogram of its |delta| key
-        self.cache.prepare([p for p in points or [] if isinstance(p, Recipe)] + [Recipe(method="hard")],
-                           progress=progress)
+        self.resident.prepare([p for p in points or [] if isinstance(p, Recipe)], progress=progress)
 
     def run(self, point: Recipe | str) -> dict:
         from lfm.evaluate.harness import evaluate
@@ -119,12 +118,10 @@ class PointRunner:
             res = evaluate(load_eval_model(self.base, device=self.device), self.suite, limit=self.limit,
                            batch_size=self.batch_size, check=False)
         else:
-            recipe = Recipe(method="task_arithmetic", alpha=1.0) if point == "tuned" else \
-                Recipe(method="hard") if point == "hard" else point
             if point == "tuned":
-                self.cache.restore_tuned(self.em.model)
+                self.resident.restore_tuned(self.em.model)
             else:
-                self.cache.apply(self.em.model, recipe)
+                self.resident.apply(self.em.model, Recipe(method="hard") if point == "hard" else point)
             res = evaluate(self.em, self.suite, limit=self.limit, batch_size=self.batch_size, check=False)
         return make_row(point, res, time.perf_counter() - started)
 
@@ -286,7 +283,7 @@ def _run_ray(base, tuned, suite: Suite, todo: list, *, limit, device, workers, b
 
 
 class _RayPointRunner:
-    """A Ray actor: one loaded model + DeltaCache, evaluating the points it is sent."""
+    """A Ray actor: one loaded model + ResidentPair, evaluating the points it is sent."""
 
     def __init__(self, base, tuned, suite, limit, device, batch_size, points):
         points = [p if isinstance(p, str) else Recipe.from_dict(p) for p in points]

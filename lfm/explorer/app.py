@@ -1,7 +1,9 @@
-"""Assemble the explorer page from an ExplorerState and its views.
+"""Assemble the explorer page from an ExplorerState and its views; `page` is what every entry point serves
+(`lfm explore`, `panel serve apps/explorer.py`, `python apps/explorer.py`).
 
-    >>> page = build_app(ExplorerState(background=False))   # doctest: +SKIP
-    >>> page.servable()                                      # doctest: +SKIP
+    >>> app = ExplorerApp(ExplorerState(background=False, auto_sweep=False), load=False)
+    >>> type(app.__panel__()).__name__
+    'Column'
 """
 
 from __future__ import annotations
@@ -50,5 +52,18 @@ class ExplorerApp:
                          sizing_mode="stretch_width")
 
 
-def build_app(state: ExplorerState | None = None, *, load: bool = True) -> pn.viewable.Viewable:
-    return pn.panel(ExplorerApp(state, load=load))
+def page(*, results: str | None = None, base: str | None = None, tuned: str | None = None, per_task: int = 8,
+         auto_sweep: bool = True) -> pn.viewable.Viewable:
+    """The page of one browser session: a results folder, a live (base, tuned) pair, or the embedded organism."""
+    state = ExplorerState(per_task=per_task, auto_sweep=auto_sweep)
+    if results:
+        state.param.update(source_kind="results", results_path=str(results))
+    elif base and tuned:
+        state.param.update(source_kind="pair", base_path=str(base), tuned_path=str(tuned))
+    return ExplorerApp(state).__panel__()
+
+
+def serve(*, address: str = "127.0.0.1", port: int = 5006, **source) -> None:
+    """Serve `page(**source)` (a fresh state per session) until interrupted."""
+    pn.serve({"explorer": lambda: page(**source)}, address=address, port=port, show=False, title=TITLE,
+             websocket_origin=[f"127.0.0.1:{port}", f"localhost:{port}"])

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -70,7 +69,7 @@ def cmd_precompute(args) -> int:
 
     try:
         live = LivePair(args.base, args.tuned)
-    except ValueError as e:
+    except (ValueError, MemoryError) as e:  # not a pair the organism evaluator can hold: scores only
         print(f"no live evaluation: {e}")
         return 0
     if not live.can_evaluate:
@@ -86,21 +85,8 @@ def cmd_precompute(args) -> int:
 
 
 def cmd_explore(args) -> int:
-    import panel as pn
-
-    from .app import TITLE, ExplorerApp, extension
-    from .state import ExplorerState
+    from .app import extension, serve
 
     extension()
-
-    def page():
-        state = ExplorerState()
-        if args.results:
-            state.param.update(source_kind="results", results_path=args.results)
-        elif args.base and args.tuned:
-            state.param.update(source_kind="pair", base_path=args.base, tuned_path=args.tuned)
-        return ExplorerApp(state).__panel__()
-
-    pn.serve({"explorer": page}, address=args.address, port=args.port, show=False, title=TITLE,
-             websocket_origin=[f"127.0.0.1:{args.port}", f"localhost:{args.port}"])
+    serve(address=args.address, port=args.port, results=args.results, base=args.base, tuned=args.tuned)
     return 0

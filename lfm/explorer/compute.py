@@ -15,15 +15,15 @@ from pathlib import Path
 import pandas as pd
 import panel as pn
 
-from lfm.methods import Recipe
+from lfm.methods import STAGES, Recipe, stage_recipes
 from lfm.neurons import LINEAR_MODULES, layer_of, module_of
 from lfm.score import summary_rows
 
+from lfm.evaluate.compare import transition_counts, transitions  # noqa: F401 (transition_counts: the views')
+
 from .analysis import located_ratio, outcome_row
 from .live import LivePair
-from .results import ResultsFolder, stage_recipes, sweep_recipes, sweep_row  # noqa: F401 (stage_recipes re-exported)
-
-STAGES = ("hard", "suppress", "restore")
+from .results import ResultsFolder, sweep_recipes, sweep_row
 
 
 class Progress:
@@ -188,8 +188,11 @@ def _images() -> dict[str, str]:
 @pn.cache(max_items=64, hash_funcs=HASH)
 def generations(source, recipe: Recipe, per_task: int) -> pd.DataFrame | None:
     """One row per multiple-choice item: its image, question, answer, and for each stage (hard,
-    suppress at K, restore at K/M: see results.stage_recipes) the generated answer and its category."""
-    stages = stage_recipes(recipe)
+    suppress at K, restore at K/M: lfm.methods.stage_recipes) the generated answer and its category."""
+    try:
+        stages = stage_recipes(recipe)
+    except ValueError:  # no stages for this method (DARE, DELLA, hard-merge): the page says why
+        return None
     per_stage = {}
     for stage, r in stages.items():
         if isinstance(source, ResultsFolder):
@@ -214,22 +217,14 @@ def generations(source, recipe: Recipe, per_task: int) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def transitions(table: pd.DataFrame, before: str, after: str) -> pd.DataFrame:
-    """Counts of (category at `before` -> category at `after`), e.g. suppress -> restore."""
-    counts = table.groupby([f"{before}_category", f"{after}_category"]).size()
-    return counts.rename("items").reset_index().rename(
-        columns={f"{before}_category": f"at {before}", f"{after}_category": f"at {after}"})
-
-
 def fixed_summary(table: pd.DataFrame) -> str:
-    """'hard -> suppress: 12 false -> correct (9 not_known, 3 wrong_choice); suppress -> restore: ...'."""
+    """'hard → suppress: 12 false → correct (9 not_known, 3 wrong_choice), 1 correct → false; suppress → restore: ...'
+    from ``lfm.evaluate.compare.transitions``."""
     parts = []
     for before, after in (("hard", "suppress"), ("suppress", "restore")):
-        b, a = table[f"{before}_category"], table[f"{after}_category"]
-        fixed = table[(b != "correct") & (a == "correct")]
-        broken = int(((b == "correct") & (a != "correct")).sum())
-        by = fixed[f"{before}_category"].value_counts()
-        detail = ", ".join(f"{n} {c}" for c, n in by.items())
-        parts.append(f"{before} → {after}: {len(fixed)} false → correct" + (f" ({detail})" if detail else "")
-                     + f", {broken} correct → false")
+        t = transitions(table, before, after)
+        by = sorted(((n, c) for c, n in t["fixed_by_category"].items() if n), key=lambda x: -x[0])
+        detail = ", ".join(f"{n} {c}" for n, c in by)
+        parts.append(f"{before} → {after}: {t['fixed']} false → correct" + (f" ({detail})" if detail else "")
+                     + f", {t['broken']} correct → false")
     return "; ".join(parts)

@@ -15,7 +15,7 @@
 
 sweep.csv and generations.csv exist when the pair could be evaluated (the organism, or any pair the
 evaluation package `lfm.evaluate` can score). `ResultsFolder` reads the folder back with the same
-interface as `LivePair` for the neuron views; K snaps to the nearest grid value.
+interface as `lfm.explorer.live.LivePair` for the neuron views; K snaps to the nearest grid value.
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from lfm import __version__
+from lfm._version import __version__
 from lfm.methods import Recipe, suppress, tensor_generator
-from lfm.neurons import neuron_axis, neuron_scores
+from lfm.neurons import neuron_scores
 from lfm.pair import open_pair, text_config
-from lfm.score import save_scores, summary_rows
-
-from .analysis import TensorView
+from lfm.resident import TensorView, final_scores
+from lfm.score import linear_deltas, save_scores, summary_rows
 
 FORMAT = "lfm-results/1"
 DEFAULT_DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
@@ -57,12 +56,7 @@ def write_scores(base, tuned, out: Path, densities=DEFAULT_DENSITIES, *, device=
     pair = open_pair(base, tuned)
     cfg = text_config(pair.tuned.config)
     scores, suppressed = {}, {}
-    entries = [e for e in pair.entries if neuron_axis(e.name) is not None]
-    for e in tqdm(entries, desc="scoring neurons", unit="tensor", disable=not progress):
-        axis = neuron_axis(e.name)
-        delta = pair.tuned.get(e.tuned_key, device).float() - pair.base.get(e.base_key, device).float()
-        if not torch.isfinite(delta).all():
-            raise ValueError(f"non-finite delta in tensor {e.name!r}; fix the checkpoint")
+    for e, axis, delta in linear_deltas(pair, device, progress):
         scores[e.name] = neuron_scores(delta, axis).cpu()
         sorted_abs = torch.sort(delta.abs().flatten(), descending=True).values
         for k in densities:
@@ -114,17 +108,6 @@ def generation_rows(stage: str, recipe: Recipe | None, result: dict, images: dic
             for a in result.get("answers", [])]
 
 
-def stage_recipes(recipe: Recipe) -> dict[str, Recipe]:
-    """The three stages of the paper's analysis at `recipe`'s K and M: hard-merge, suppress (M=0) and
-    restore (Neuron-Fusion at M). A non-Neuron-Fusion recipe uses Neu-S-TIES at its K."""
-    if recipe.method != "neuron_fusion":
-        suppressor = recipe.method if recipe.method in ("ties", "breadcrumbs", "task_arithmetic") else "ties"
-        recipe = Recipe(method="neuron_fusion", suppress=suppressor, density=recipe.density,
-                        neurons=0.3, alpha=recipe.alpha, gamma=recipe.gamma, seed=recipe.seed)
-    from dataclasses import replace
-    return {"hard": Recipe(method="hard"), "suppress": replace(recipe, neurons=0.0), "restore": recipe}
-
-
 def write_evaluations(live, out: Path, densities=DEFAULT_DENSITIES, neurons=DEFAULT_NEURONS, *,
                       items: dict | None = None, progress=True) -> None:
     """Evaluate the sweep and the generation stages with a `LivePair` that can evaluate (the organism).
@@ -171,7 +154,7 @@ def write_evaluations(live, out: Path, densities=DEFAULT_DENSITIES, neurons=DEFA
 # Reading
 
 class ResultsFolder:
-    """A results folder, read with the same interface as `LivePair` for the neuron views."""
+    """A results folder, read with the same interface as `lfm.explorer.live.LivePair` for the neuron views."""
 
     kind = "results"
     can_evaluate = False
@@ -209,8 +192,7 @@ class ResultsFolder:
         """C(i), C'(i) at the nearest grid K, located neurons and C_final for TIES-based recipes."""
         from lfm.neurons import locate
 
-        suppressor = recipe.suppress if recipe.method == "neuron_fusion" else recipe.method
-        if suppressor != "ties":
+        if recipe.sub_method != "ties":
             raise ValueError(f"this results folder holds TIES suppression only; pick TIES or Neu-*-TIES "
                              f"(got {recipe.label})")
         scores = self.scores[name]
@@ -221,9 +203,7 @@ class ResultsFolder:
                              tensor_generator(recipe, name) if recipe.is_random else None)
         else:
             located = torch.zeros_like(scores, dtype=torch.bool)
-        # Replace and Rescale both give a located neuron its full C(i) back (see lfm.methods.restore_*)
-        final = recipe.alpha * torch.where(located, scores, after)
-        return TensorView(name, scores, after, located, final, k)
+        return TensorView(name, scores, after, located, final_scores(scores, after, located, recipe), k)
 
     def lookup(self, recipe: Recipe | None, label: str | None = None) -> dict | None:
         """LA/VA/OA of the sweep row closest to `recipe` (same method/suppress/restore), or of a reference

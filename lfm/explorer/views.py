@@ -19,10 +19,9 @@ import pandas as pd
 import panel as pn
 import param
 
-from lfm.methods import METHODS
+from lfm.methods import METHODS, STAGES, stage_recipes
 
 from . import compute, figures
-from .compute import STAGES
 from .state import ExplorerState
 
 PLOT_HEIGHT = 380
@@ -227,7 +226,10 @@ class GenerationsView(View):
 
     @staticmethod
     def _stages(recipe):
-        stages = compute.stage_recipes(recipe)
+        try:
+            stages = stage_recipes(recipe)
+        except ValueError as e:  # DARE, DELLA, hard-merge: no suppress/restore stages
+            return str(e)
         return " · ".join(f"**{name}**: {r.label}" for name, r in stages.items())
 
     def filtered(self) -> pd.DataFrame:
@@ -260,7 +262,7 @@ class GenerationsView(View):
         counts = {s: int((table[f"{s}_category"] == "correct").sum()) for s in STAGES}
         self.summary.object = (f"**{n} items** · correct: hard {counts['hard']}, suppress {counts['suppress']}, "
                                f"restore {counts['restore']}  \n{compute.fixed_summary(table)}")
-        self.transitions.value = compute.transitions(table, "suppress", "restore")
+        self.transitions.value = compute.transition_counts(table, "suppress", "restore")
 
     def __panel__(self):
         return pn.Column("### Generations: hard-merge → suppress (M=0) → restore (M)",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -81,15 +80,3 @@ def _report(args) -> int:
     res = report(out_dir=args.out, work_dir=args.work, seeds=tuple(args.seeds))
     print(res["markdown"])
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m lfm.organism.cli organism eval ...``) until lfm/cli.py wires it in."""
-    parser = argparse.ArgumentParser(prog="lfm")
-    register(parser.add_subparsers(dest="cmd", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, LlamaForCausalLM, LlavaForConditionalGeneration
 
-from ..taxonomy import CATEGORIES, classify
+from ..taxonomy import CATEGORIES, abilities, classify
 from . import load_items, world
 
 
@@ -38,12 +38,13 @@ def load_model(model_dir: str | Path):
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path} not found: {path} is not a Hugging Face model directory")
     model_type = json.loads(cfg_path.read_text()).get("model_type")
+    # the processor first: it is small, and a directory without one fails before the model is read
     if model_type == "llava":
-        model = LlavaForConditionalGeneration.from_pretrained(path)
         proc = AutoProcessor.from_pretrained(path)
+        model = LlavaForConditionalGeneration.from_pretrained(path)
     elif model_type == "llama":
-        model = LlamaForCausalLM.from_pretrained(path)
         proc = AutoTokenizer.from_pretrained(path)
+        model = LlamaForCausalLM.from_pretrained(path)
     else:
         raise ValueError(f"{path}: model_type {model_type!r} is not an organism model (expected 'llava' or 'llama')")
     model.eval()
@@ -52,6 +53,11 @@ def load_model(model_dir: str | Path):
 
 def _norm(s: str) -> str:
     return " ".join(s.split()).strip().rstrip(".").lower()
+
+
+def score_visual(choices, answer: str, generated: str) -> str:
+    """The failure-taxonomy category of a visual (multiple-choice) answer; "correct" scores 1."""
+    return classify(generated, list(choices), answer)
 
 
 def score_language(item: world.Item, generated: str) -> bool:
@@ -121,7 +127,7 @@ def evaluate(model, processor=None, *, items: dict[str, list[world.Item]] | None
         vis_out = generate(model, processor, [world.format_chat(it.prompt, True) for it in vis],
                            [it.image for it in vis], max_new_tokens=max_new_tokens, batch_size=batch_size)
         for it, g in zip(vis, vis_out):
-            cat = classify(g, list(it.choices), it.answer)
+            cat = score_visual(it.choices, it.answer, g)
             failures[cat] += 1
             tasks.setdefault(it.task, []).append(cat == "correct")
             answers.append({"id": it.id, "task": it.task, "question": it.question, "choices": list(it.choices),
@@ -129,8 +135,6 @@ def evaluate(model, processor=None, *, items: dict[str, list[world.Item]] | None
     acc = {t: float(np.mean(v)) for t, v in tasks.items()}
     lang_tasks = [t for t in world.LANGUAGE_TASKS if t in acc and any(it.task == t for it in lang)]
     vis_tasks = [t for t in world.VISUAL_TASKS if t in acc and any(it.task == t for it in vis)]
-    LA = float(np.mean([acc[t] for t in lang_tasks])) if lang_tasks else None
-    VA = float(np.mean([acc[t] for t in vis_tasks])) if vis_tasks else None
-    OA = (LA + VA) / 2 if LA is not None and VA is not None else None
+    LA, VA, OA = abilities([acc[t] for t in lang_tasks], [acc[t] for t in vis_tasks])
     return {"LA": LA, "VA": VA, "OA": OA, "tasks": acc, "failures": dict(failures) if is_llava else {},
             "answers": answers, "language_answers": language_answers}

@@ -1,8 +1,5 @@
-"""An organism pair plus one loaded LLaVA that merges are applied to in memory (no disk writes).
-
-A thin pairing of ``lfm.evaluate.cache.DeltaCache`` (the pair in memory, C(i) once, each merge written into
-a loaded model byte-identical to ``lfm.merge``) with the organism's own model loader and processor, for the
-organism report, notebooks and tests.
+"""An organism pair held in memory (``lfm.resident.ResidentPair``) plus one loaded LLaVA that merges are
+written into and evaluated on (no disk writes): the organism report, the explorer and notebooks use it.
 
     >>> from lfm.organism import base_dir, tuned_dir
     >>> from lfm.methods import Recipe
@@ -13,44 +10,56 @@ organism report, notebooks and tests.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
 
-from ..evaluate.cache import DeltaCache
 from ..methods import Recipe
 from ..neurons import neuron_axis, neuron_scores
-from .evaluate import load_model
+from ..resident import ResidentPair
+from .evaluate import evaluate, load_model
 
 
 class MergeablePair:
     """An organism (base, tuned) pair held in memory, plus one tuned model to load merged weights into.
 
+    Args:
+        base: the base directory, an opened ``lfm.pair.Pair``, or a ``ResidentPair`` already holding the pair.
+        tuned_dir: the tuned LLaVA directory (the model and processor are loaded from it).
     Attributes:
         model, processor: the tuned LLaVA (its LM weights change with every ``apply``).
-        cache: the DeltaCache doing the merges.
+        resident: the ResidentPair doing the merges.
     """
 
-    def __init__(self, base_dir: str | Path, tuned_dir: str | Path):
-        self.cache = DeltaCache(base_dir, tuned_dir, progress=False)
-        self.model, self.processor = load_model(tuned_dir)
+    def __init__(self, base, tuned_dir: str | Path):
+        self.model, self.processor = load_model(tuned_dir)  # first: a directory that is no organism fails fast
+        self.resident = base if isinstance(base, ResidentPair) else ResidentPair(base, tuned_dir, progress=False)
+        self._lock = threading.Lock()
 
     def apply(self, recipe: Recipe):
         """Write the merged LM weights into ``self.model`` (in place) and return it."""
-        return self.cache.apply(self.model, recipe)
+        return self.resident.apply(self.model, recipe)
 
     def tuned(self):
         """Put the tuned LM weights back into ``self.model`` and return it."""
-        return self.cache.restore_tuned(self.model)
+        return self.resident.restore_tuned(self.model)
+
+    def evaluate(self, recipe: Recipe | None, items: dict | None = None) -> dict:
+        """``lfm.organism.evaluate.evaluate`` of ``recipe`` (None: the tuned model itself) on ``items``
+        ({'language': [...], 'visual': [...]}, default all); one apply + evaluate at a time."""
+        with self._lock:
+            model = self.tuned() if recipe is None else self.apply(recipe)
+            return evaluate((model, self.processor), items=items)
 
     def scores(self, shuffle_seed: int | None = None) -> dict[str, torch.Tensor]:
         """C(i) per linear-module tensor; with ``shuffle_seed``, of a delta whose entries were randomly permuted
         within the tensor (the null: same values, no neuron structure)."""
         if shuffle_seed is None:
-            return dict(self.cache.scores)
+            return dict(self.resident.scores)
         out = {}
         g = torch.Generator().manual_seed(shuffle_seed)
-        for name, _, b, t in self.cache.entries:
+        for name, _, b, t in self.resident.entries:
             axis = neuron_axis(name)
             if axis is None:
                 continue

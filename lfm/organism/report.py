@@ -118,9 +118,9 @@ def report(out_dir: str | Path = ORGANISM_DIR, work_dir: str | Path | None = Non
     tails = {}
     for seed in tqdm(seeds, desc="tuning seeds"):
         mp = MergeablePair(base_dir(), _tuned_for_seed(seed, work))
-        res = {"tuned": _summary(evaluate((mp.model, mp.processor), items=items))}
+        res = {"tuned": _summary(mp.evaluate(None, items))}
         for name, r in rec.items():
-            res[name] = _summary(evaluate((mp.apply(r), mp.processor), items=items))
+            res[name] = _summary(mp.evaluate(r, items))
         per_seed[seed] = res
         tails[seed] = {"delta": tail_by_module(mp), "shuffled": tail_by_module(mp, shuffle_seed=1000 + seed)}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import datasets
@@ -12,14 +11,13 @@ ITEMS_DIR = Path(__file__).resolve().parents[2] / "items"
 
 def language_docs(task: str, items_dir: str | None = None, **_) -> datasets.DatasetDict:
     """The organism's held-out language items of ``task`` as a {"test": Dataset} (lm-eval custom_dataset)."""
-    path = Path(items_dir or ITEMS_DIR) / "language.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; regenerate the organism items with `lfm organism train`")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from lfm.organism import load_records  # the organism's one items loader
+
     rows = [{"id": r["id"], "task": r["task"], "prompt": r["prompt"], "answer": r["answer"],
-             "choices": list(r.get("choices") or [])} for r in rows if r["task"] == task]
+             "choices": list(r.get("choices") or [])} for r in load_records("language", items_dir or ITEMS_DIR)
+            if r["task"] == task]
     if not rows:
-        raise ValueError(f"{path} holds no items of task {task!r}")
+        raise ValueError(f"{Path(items_dir or ITEMS_DIR) / 'language.jsonl'} holds no items of task {task!r}")
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 

@@ -31,7 +31,7 @@ def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
-    """acc = 1 if the answer names the correct choice (letter or text; lfm.taxonomy.classify)."""
-    from lfm.taxonomy import classify
+    """acc = 1 if the answer names the correct choice (letter or text), the organism's own rule."""
+    from lfm.organism.evaluate import score_visual
 
-    return {"acc": float(classify(results[0], list(doc["choices"]), doc["answer"]) == "correct")}
+    return {"acc": float(score_visual(doc["choices"], doc["answer"], results[0]) == "correct")}

@@ -1,21 +1,29 @@
-"""DeltaCache: a (base, tuned) pair held in memory with what every merge of a sweep reuses.
+"""ResidentPair: a (base, tuned) pair held in memory; any recipe written into a loaded model with the bytes
+``lfm merge`` writes, and the per-neuron view of any one tensor under any recipe.
 
-A sweep evaluates many recipes on one pair. Re-merging from disk for each point repeats work that does
-not depend on the point: reading both checkpoints, the change scores C(i) (one per neuron, independent of
-K and M), and the |delta| ranking (the top-K set of a tensor is the same for TIES at K and for every
-Neuron-Fusion M at that K). DeltaCache maps the pair's LM tensors into memory once (read-only views of the
-files, ``Checkpoint.map``), computes C(i) and a 2-byte order key of |delta| once per tensor
-(``lfm.topk.order_key``), and reads every top-K set a grid needs off one histogram of that key
-(``lfm.topk.top_k_sets``, ``prepare``). ``apply(model, recipe)`` then writes the merged LM tensors into a
-loaded model in place, one tensor at a time (no second copy of the model; the vision tower and projector
-are left as loaded): for alpha = 1 masking recipes one compare pass over the key and a branch-free select;
-otherwise the engine's own ``lfm.methods.merge_tensor`` with the cached C(i) and thresholds. Either way
-the bytes are exactly what ``lfm.merge`` writes (tested bit for bit).
+This is lfm's one in-memory merge engine: the explorer, the organism report, notebooks, sweeps and stage
+comparisons all use it. What it reuses across recipes: reading both checkpoints (the LM tensors are mapped
+into memory once, read-only views of the files, ``Checkpoint.map``; copied to the GPU with ``device="cuda"``),
+the change scores C(i) (one per neuron, independent of K and M), and the |delta| ranking (the top-K set of
+a tensor is the same for TIES at K and for every Neuron-Fusion M at that K): a 2-byte order key of |delta|
+per entry (``lfm.topk.order_key``) from which every top-K set a grid needs is read off one histogram
+(``lfm.topk.top_k_sets``, ``prepare``).
 
-    >>> cache = DeltaCache("data/organism/base", "data/organism/tuned")       # doctest: +SKIP
-    >>> em = load_eval_model("data/organism/tuned")                           # doctest: +SKIP
-    >>> for recipe in recipes:                                                # doctest: +SKIP
-    ...     cache.apply(em.model, recipe); evaluate(em, "organism")
+``apply(model, recipe)`` writes the merged LM tensors into a loaded model in place, one tensor at a time (no
+second copy of the model; the vision tower and projector are left as loaded): for alpha = 1 masking recipes
+one compare pass over the key and a branch-free select; otherwise ``lfm.methods.merge_tensor`` with the
+cached C(i) and thresholds. Either way the bytes are exactly what ``lfm.merge`` writes (tested bit for bit).
+``view(name, recipe)`` is the explorer's picture of one tensor (C(i), C'(i), located neurons, kept
+fraction), computed on demand. The memory it needs is checked before anything is read.
+
+    >>> from lfm.organism import base_dir, tuned_dir
+    >>> from lfm.organism.evaluate import load_model
+    >>> pair = ResidentPair(base_dir(), tuned_dir(), progress=False)
+    >>> model, processor = load_model(tuned_dir())
+    >>> model = pair.apply(model, "neu-s-ties", density=0.2, neurons=0.3)    # merged LM weights, in place
+    >>> view = pair.view("model.layers.0.mlp.up_proj.weight", "ties")
+    >>> round(view.kept_fraction, 3)
+    0.2
 """
 
 from __future__ import annotations
@@ -25,16 +33,19 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from lfm.merge import make_recipe
-from lfm.methods import Recipe, kth_largest, merge_tensor, select, source_of, tensor_generator
-from lfm.neurons import locate, neuron_axis
-from lfm.pair import Pair, open_pair
+from dataclasses import dataclass, replace
+
+from lfm.device import available_bytes, gib, resolve_device
+from lfm.methods import (METHODS, Recipe, kth_largest, make_recipe, merge_tensor, rescale_ratio, select, source_of,
+                         suppressed_delta, tensor_generator, top_k_counts)
+from lfm.neurons import locate, neuron_axis, neuron_scores
+from lfm.pair import Pair, loaded_key, open_pair
 from lfm.topk import KEY_BLOCK, OrderKey, TopK, order_key_blocks, top_k_sets
 
 
 class Thresholds:
     """The k-th largest |delta| of one tensor for the k a recipe needs: ``t[k - 1]``, as ``top_k_mask``
-    reads a descending-sorted |delta|, without sorting. Filled by ``DeltaCache`` before each merge."""
+    reads a descending-sorted |delta|, without sorting. Filled by ``ResidentPair`` before each merge."""
 
     def __init__(self):
         self.values: dict[int, torch.Tensor] = {}
@@ -43,37 +54,27 @@ class Thresholds:
         try:
             return self.values[int(index) + 1]
         except KeyError:
-            raise KeyError(f"threshold for k={int(index) + 1} was not precomputed (DeltaCache.needed_ks is "
+            raise KeyError(f"threshold for k={int(index) + 1} was not precomputed (resident.needed_ks is "
                            f"missing a case for this recipe)") from None
 
 
 def needed_ks(recipe: Recipe, numel: int) -> list[int]:
-    """The k values ``top_k_mask`` will ask for when merging a tensor of ``numel`` entries under ``recipe``."""
-    sub = recipe.suppress if recipe.method == "neuron_fusion" else recipe.method
-    n_keep = int(recipe.density * numel)
-    if sub == "ties":
-        ks = [n_keep]
-    elif sub == "breadcrumbs":
-        n_top = min(int(recipe.gamma * numel), numel - n_keep)
-        ks = [n_top + n_keep, n_top]
-    else:
-        ks = []
-    return [k for k in ks if 0 < k < numel]
+    """The k values ``top_k_mask`` will look up when merging a tensor of ``numel`` entries under ``recipe``
+    (``top_k_counts`` without the trivial k = 0 and k = numel)."""
+    return [k for k in top_k_counts(recipe, numel) if 0 < k < numel]
 
 
 def is_fast(recipe: Recipe) -> bool:
-    """Can ``DeltaCache.apply`` take the fast path for this recipe (alpha = 1, a masking method)?"""
+    """Can ``ResidentPair.apply`` take the fast path for this recipe (alpha = 1, a masking method)?"""
     if recipe.alpha != 1.0:
         return False
-    if recipe.method in ("ties", "breadcrumbs", "task_arithmetic", "hard"):
-        return True
-    return recipe.method == "neuron_fusion" and recipe.suppress in ("ties", "breadcrumbs")
+    return recipe.method in ("task_arithmetic", "hard") or recipe.sub_method in ("ties", "breadcrumbs")
 
 
 class _Scratch:
     """Float32 work memory reused for every tensor's |delta|: one buffer as large as the largest linear
     module (whose C(i) needs its whole |delta|) and one block. Fresh memory is the expensive part of
-    building a cache (every new page costs a fault; on a VM, a host allocation), so embeddings and
+    holding a pair (every new page costs a fault; on a VM, a host allocation), so embeddings and
     lm_head are done block by block instead of in a buffer of their size. Both operands are widened
     before subtracting: measured ~10x faster than ``f32.sub_(bf16)``."""
 
@@ -135,20 +136,30 @@ class _Scratch:
         return largest
 
 
-class DeltaCache:
+class ResidentPair:
     """The LM tensors of a pair in memory + cached C(i), |delta| order keys and top-k sets.
 
+    Args:
+        base: the base model directory, or an opened ``Pair`` (then ``tuned`` is not given).
+        tuned: the tuned model directory.
+        device: where the tensors and the work live ('cpu', 'cuda', 'cuda:1', 'auto').
+        progress: a tqdm bar (True), none (False), or a callable (done, total, message).
+        fast: keep a 2-byte order key per parameter (fast top-k sets for apply and view).
     Attributes:
         pair: the validated Pair (lfm.pair.open_pair).
         entries: [(canonical name, tuned_key, base tensor, tuned tensor)] in checkpoint order.
         scores: {name: C [n_neurons]} for the seven linear modules (computed at construction).
+        names: the names of ``scores`` (the tensors ``view`` draws), in checkpoint order.
+    Raises:
+        MemoryError before reading anything when the device lacks the memory (``memory_needed``).
     """
 
-    def __init__(self, base, tuned=None, *, device: str = "cpu", progress: bool = True, allow_pickle: bool = False,
-                 fast: bool = True):
+    def __init__(self, base, tuned=None, *, device: str | torch.device = "cpu", progress=True,
+                 allow_pickle: bool = False, fast: bool = True):
         self.fast = fast  # apply() may use the fast path (costs a 2-byte order key per parameter)
         self.pair: Pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        check_memory(self.pair, self.device, fast)
         self.entries = []
         self.scores: dict[str, torch.Tensor] = {}
         self._keys: dict[str, OrderKey] = {}  # {name: lfm.topk.order_key of |delta|} (fast path)
@@ -159,9 +170,14 @@ class DeltaCache:
         self._stage: dict[torch.dtype, torch.Tensor] = {}  # apply() into a model on another device
         self._owned: set[int] = set()  # data_ptr of model parameters given private memory (_own_storage)
         self._thresholds: dict[str, Thresholds] = {}
+        self._suppressed: dict[tuple, tuple[torch.Tensor, float]] = {}  # (name, Sub, ks) -> (C'(i), kept fraction)
         work = _Scratch(self.device)
-        for entry, b, t in tqdm(self.pair.iter_lm(self.device, mapped=True), total=len(self.pair.entries), desc="caching pair",
-                                unit="tensor", disable=not progress):
+        report = progress if callable(progress) else None  # (done, total, message), e.g. the explorer's bar
+        total = len(self.pair.entries)
+        for entry, b, t in tqdm(self.pair.iter_lm(self.device, mapped=True), total=total, desc="caching pair",
+                                unit="tensor", disable=not progress or report is not None):
+            if report is not None:
+                report(len(self.entries), total, f"reading {entry.name}")
             self.entries.append((entry.name, entry.tuned_key, b, t))
             n = b.shape[0]
             axis = neuron_axis(entry.name)
@@ -186,6 +202,8 @@ class DeltaCache:
             self._tops[entry.name] = {}
             self._thresholds[entry.name] = Thresholds()
         self._work = work  # kept for apply (its large buffer is the largest linear module's size)
+        self.names = list(self.scores)
+        self._index = {name: i for i, (name, _, _, _) in enumerate(self.entries)}
 
     def _exact_abs(self, i: int):
         """flat indices -> |delta| float32 at those entries of entry ``i`` (the engine's values)."""
@@ -208,7 +226,10 @@ class DeltaCache:
 
     def _ensure(self, i: int, recipes) -> None:
         name, _, b, _ = self.entries[i]
-        wanted = {k for r in recipes if source_of(name, r) == "method" for k in needed_ks(r, b.numel())}
+        self._ensure_ks(i, {k for r in recipes if source_of(name, r) == "method" for k in needed_ks(r, b.numel())})
+
+    def _ensure_ks(self, i: int, wanted: set[int]) -> None:
+        name = self.entries[i][0]
         done = self._tops[name] if name in self._keys else self._thresholds[name].values
         missing = sorted(wanted - set(done))
         if missing:
@@ -244,7 +265,7 @@ class DeltaCache:
               **fields) -> torch.nn.Module:
         """Copy the merged LM tensors into ``model`` (loaded from the tuned directory) in place; returns it.
 
-        The model may live on another device than the cache (e.g. the cache on CPU, memory-mapped, and the
+        The model may live on another device than the pair (e.g. the pair on CPU, memory-mapped, and the
         model on a GPU): each tensor is then merged into a reused staging tensor and copied over.
         """
         recipe = make_recipe(recipe, **fields)
@@ -265,7 +286,7 @@ class DeltaCache:
         return model
 
     def _staging(self, like: torch.Tensor) -> torch.Tensor:
-        """A tensor shaped and typed like ``like`` on the cache's device, reusing one buffer per dtype."""
+        """A tensor shaped and typed like ``like`` on the pair's device, reusing one buffer per dtype."""
         buffer = self._stage.get(like.dtype)
         if buffer is None or buffer.numel() < like.numel():
             buffer = self._stage[like.dtype] = torch.empty(like.numel(), dtype=like.dtype, device=self.device)
@@ -279,7 +300,7 @@ class DeltaCache:
     # mask (a compare of the cached 2-byte key against a bucket, plus the bucket's few exact members) and
     # one branch-free select into the model; only Neuron-Rescale's located neurons are recomputed, with
     # the engine's float32 operations. Equality with ``merge_tensor`` is tested bit for bit
-    # (tests/test_sweep.py).
+    # (tests/test_resident.py).
 
     def _kept_values(self, i: int) -> torch.Tensor:
         """(base_f + delta).to(dtype) for entry ``i``, what the engine writes for a surviving entry: the tuned
@@ -325,17 +346,32 @@ class DeltaCache:
     def _mask(self, i: int, recipe: Recipe) -> torch.Tensor | None:
         """The engine's Sub mask for entry ``i`` (None = every entry kept), shaped like the base tensor."""
         name, _, b, _ = self.entries[i]
-        sub = recipe.suppress if recipe.method == "neuron_fusion" else recipe.method
+        sub = recipe.sub_method
         if sub == "task_arithmetic":
             return None
-        n = b.numel()
-        n_keep = int(recipe.density * n)
+        ks = top_k_counts(recipe, b.numel())
         if sub == "ties":
-            return self._top(i, n_keep).view(b.shape)
-        n_top = min(int(recipe.gamma * n), n - n_keep)  # breadcrumbs, as lfm.methods.keep_band
-        band = self._top(i, n_top + n_keep)
-        band &= ~self._top(i, n_top)
+            return self._top(i, ks[0]).view(b.shape)
+        band = self._top(i, ks[0])  # breadcrumbs: the top (n_top + n_keep) minus the top n_top
+        band &= ~self._top(i, ks[1])
         return band.view(b.shape)
+
+    SUPPRESSED_CACHE = 4096  # C'(i) vectors kept (n_neurons floats each): every tensor at tens of K values
+
+    def _suppressed_scores(self, i: int, recipe: Recipe, mask: torch.Tensor | None = None):
+        """(C'(i) [n_neurons], kept fraction) of entry ``i`` under the recipe's TIES / Breadcrumbs Sub: the
+        neuron scores of the suppressed delta, as ``lfm.methods.neuron_scores(delta * mask)`` computes them.
+        They depend on K (and gamma) only, not on M, alpha or restore, so they are kept per K."""
+        name, _, b, t = self.entries[i]
+        key = (name, recipe.sub_method, top_k_counts(recipe, b.numel()))
+        hit = self._suppressed.get(key)
+        if hit is None:
+            mask = self._mask(i, recipe) if mask is None else mask
+            after = self._work.abs_delta(b, t[: b.shape[0]], mask).sum(dim=1 - neuron_axis(name))
+            hit = self._suppressed[key] = (after, int(torch.count_nonzero(mask)) / max(mask.numel(), 1))
+            if len(self._suppressed) > self.SUPPRESSED_CACHE:
+                del self._suppressed[next(iter(self._suppressed))]  # the oldest
+        return hit
 
     @torch.no_grad()
     def _apply_fast(self, i: int, recipe: Recipe, target: torch.Tensor) -> None:
@@ -367,11 +403,8 @@ class DeltaCache:
                 select(mask, self._kept_values(i), self._dropped_values(i), out=out)
             return
         # Neuron-Rescale. C'(i) exactly as the engine computes it: neuron_scores of the suppressed delta
-        after = self._work.abs_delta(b, t[:n], mask).sum(dim=1 - axis)
-        empty = located & (after == 0)  # nothing survived: restored by replace, as the engine does
-        rescalable = located & ~empty
-        ratio = torch.ones_like(after)
-        ratio[rescalable] = self.scores[name][rescalable] / after[rescalable]
+        after, _ = self._suppressed_scores(i, recipe, mask)
+        ratio, empty = rescale_ratio(self.scores[name], after, located)  # empty: restored by replace
         mask |= empty.view(-1, 1) if axis == 0 else empty.view(1, -1)
         # base_f + delta * ratio for surviving entries (ratio 1 outside the rescaled neurons, which is
         # exactly the kept value), the dropped value elsewhere; row block by row block, in cache
@@ -392,7 +425,7 @@ class DeltaCache:
         """Once per model: give its LM parameters private memory holding the cached tuned weights.
 
         transformers maps checkpoint files into memory, so the first in-place write to a parameter copies it
-        page by page from the file (measured ~5 s for 2 GB on a VM); one copy from the cache's tuned tensors
+        page by page from the file (measured ~5 s for 2 GB on a VM); one copy from the resident tuned tensors
         into fresh tensors is a plain memcpy. Parameters keep their identity (tied weights stay tied).
         """
         for (_, _, _, t), param in zip(self.entries, self._model_objects(model).values()):
@@ -412,23 +445,141 @@ class DeltaCache:
         state = dict(model.state_dict(keep_vars=True))
         out = {}
         for _, key, _, _ in self.entries:
-            cands = [key, key.replace("language_model.model.", "model.language_model.", 1),
-                     key.replace("language_model.lm_head.", "lm_head.", 1),
-                     key.replace("model.language_model.", "language_model.model.", 1)]
-            found = next((c for c in cands if c in state), None)
+            found = loaded_key(key, state)
             if found is None:
                 raise KeyError(f"checkpoint tensor {key!r} has no counterpart in the model's state_dict "
                                f"({type(model).__name__}); load the model from the tuned directory")
             out[key] = state[found]
         return out
 
-    def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() + t.numel() * t.element_size() for _, _, b, t in self.entries)
+    # ---- the explorer's per-tensor view ------------------------------------------------------------
+
+    def view(self, name: str, recipe: Recipe | dict | str | None = None, **fields) -> "TensorView":
+        """C(i), C'(i), located neurons, C_final(i) and the kept fraction of linear tensor ``name`` under ``recipe``,
+        computed now from the resident tensors: for the masking methods from the engine's Sub mask (cached
+        order key; C'(i) kept per K, so moving M, alpha or the restore mode costs only a Locate), otherwise
+        ``tensor_view`` on the engine's float32 delta. C_final equals the scores of the merged delta up to
+        float rounding (tested)."""
+        recipe = make_recipe(recipe, **fields)
+        i = self._index.get(name)
+        if i is None or name not in self.scores:
+            raise KeyError(f"{name!r} is not a linear-module tensor of this pair; choose one of pair.names "
+                           f"(e.g. {self.names[0]!r})")
+        if name in self._non_finite:
+            raise ValueError(f"the delta of tensor {name!r} holds NaN/Inf: one of the checkpoints holds "
+                             f"non-finite weights; fix or re-download it")
+        _, _, b, t = self.entries[i]
+        scores = self.scores[name]
+        if name in self._keys and (recipe.sub_method in ("ties", "breadcrumbs", "task_arithmetic")
+                                   or recipe.method == "hard"):
+            # masking methods, from the cached order key without a float32 delta: C'(i) of the engine's Sub
+            # mask (cached per K), and C_final by what F does to a neuron: a located neuron gets its C(i) back
+            # (Replace: its full delta; Rescale: times C(i)/C'(i)), the others keep C'(i); then |alpha|
+            if recipe.method == "hard":
+                after, kept = torch.zeros_like(scores), 0.0
+            elif recipe.sub_method == "task_arithmetic":
+                after = scores * abs(recipe.alpha) if recipe.method == "neuron_fusion" else scores
+                kept = 1.0
+            else:
+                after, kept = self._suppressed_scores(i, recipe)
+            located = torch.zeros_like(scores, dtype=torch.bool)
+            if recipe.method == "neuron_fusion" and recipe.neurons > 0:
+                located = locate(scores, recipe.neurons, recipe.locate,
+                                 tensor_generator(recipe, name) if recipe.is_random else None)
+            return TensorView(name, scores, after, located, final_scores(scores, after, located, recipe), kept)
+        self._ensure_ks(i, set(needed_ks(recipe, b.numel())))
+        delta = t[: b.shape[0]].float() - b  # the engine's float32 delta (lfm.methods.merge_tensor)
+        return tensor_view(name, delta, recipe, sorted_abs=self._thresholds[name], scores=scores)
 
 
-def as_cache(base, tuned=None, **kw) -> DeltaCache:
-    return base if isinstance(base, DeltaCache) else DeltaCache(base, tuned, **kw)
+@dataclass
+class TensorView:
+    """One linear-module tensor under one recipe. All vectors are [n_neurons] float32."""
+
+    name: str
+    scores: torch.Tensor  # C(i)
+    suppressed: torch.Tensor  # C'(i) after Sub (Neuron-Fusion: the suppress stage), before alpha
+    located: torch.Tensor  # bool, the neurons restored (empty unless neuron_fusion with M > 0)
+    final: torch.Tensor  # C_final(i) of the merged delta (alpha in)
+    kept_fraction: float  # entries of delta surviving Sub
 
 
-__all__ = ["DeltaCache", "Thresholds", "needed_ks", "is_fast", "as_cache"]
+def tensor_view(name: str, delta: torch.Tensor, recipe: Recipe, *, sorted_abs=None,
+                scores: torch.Tensor | None = None) -> TensorView:
+    """The engine's Sub and F of one linear tensor (``lfm.methods.METHODS``, as ``merge_delta`` runs them),
+    keeping the per-neuron scores at each step.
 
+    Args:
+        name: canonical weight name (decides the neuron axis and the random generator's seed).
+        delta: [out, in] float32 tuned - base.
+        sorted_abs: optional thresholds (a descending |delta|, or ``Thresholds``).
+        scores: optional cached C(i).
+
+    >>> delta = torch.tensor([[3.0, -1.0], [0.5, 0.25]])
+    >>> v = tensor_view("model.layers.0.mlp.up_proj.weight", delta, Recipe(method="ties", density=0.5))
+    >>> v.scores.tolist(), v.suppressed.tolist(), v.kept_fraction
+    ([4.0, 0.75], [4.0, 0.0], 0.5)
+    """
+    axis = neuron_axis(name)
+    if axis is None:
+        raise ValueError(f"{name!r} is not one of the seven linear modules; it has no neurons")
+    if scores is None:
+        scores = neuron_scores(delta, axis)
+    method = METHODS[recipe.method]
+    generator = tensor_generator(recipe, name) if recipe.is_random else None
+    mask, keep_prob = method.sub(delta, recipe, generator, sorted_abs)
+    kept = 1.0 if mask is None else int(torch.count_nonzero(mask)) / max(mask.numel(), 1)
+    restored = None  # Neuron-Locate, as merge_delta runs it
+    if "neurons" in method.uses:
+        if recipe.neurons > 0:
+            restored = locate(scores, recipe.neurons, recipe.locate, generator)
+        after = neuron_scores(suppressed_delta(delta, mask, recipe), axis)
+    else:  # the method's own Sub and F without alpha: what survives of each neuron
+        after = neuron_scores(method.f(delta, mask, keep_prob, replace(recipe, alpha=1.0))[0], axis)
+    new_delta, _ = method.f(delta, mask, keep_prob, recipe, restored, axis)
+    located = torch.zeros_like(scores, dtype=torch.bool) if restored is None else restored
+    return TensorView(name, scores, after, located, neuron_scores(new_delta, axis), kept)
+
+
+def final_scores(scores: torch.Tensor, suppressed: torch.Tensor, located: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """C_final(i) of a masking recipe from C(i), C'(i) and the located neurons, by what F does to a neuron: a
+    located neuron gets its C(i) back (Replace: its full delta; Rescale: times C(i)/C'(i)), the others keep
+    C'(i); then |alpha| (not again for the task_arithmetic suppressor, whose C'(i) has it already).
+
+    >>> final_scores(torch.tensor([4., 2.]), torch.tensor([1., 1.]), torch.tensor([True, False]), Recipe(alpha=0.5))
+    tensor([2.0000, 0.5000])
+    """
+    final = torch.where(located, scores, suppressed)
+    if recipe.method == "hard" or (recipe.method == "neuron_fusion" and recipe.sub_method == "task_arithmetic"):
+        return final
+    return final * abs(recipe.alpha)
+
+
+# ---- memory, checked before anything is read ---------------------------------------------------------
+
+def memory_needed(pair: Pair, device: torch.device, fast: bool = True) -> int:
+    """Bytes a ``ResidentPair`` of ``pair`` holds on ``device``: both LM tensors of every entry (mapped pages
+    become resident as they are read), a 2-byte order key per entry (``fast``) and the float32 work
+    memory (one |delta| of the largest linear module, two blocks)."""
+    total, largest = 0, 0
+    for e in pair.entries:
+        b_shape, b_dtype = pair.base.meta(e.base_key)
+        t_shape, t_dtype = pair.tuned.meta(e.tuned_key)
+        n_base, n_tuned = math.prod(b_shape), math.prod(t_shape)
+        total += n_base * b_dtype.itemsize + n_tuned * t_dtype.itemsize + (2 * n_base if fast else 0)
+        if neuron_axis(e.name) is not None:
+            largest = max(largest, n_base)
+    return total + 4 * largest + 8 * KEY_BLOCK
+
+
+def check_memory(pair: Pair, device: torch.device, fast: bool = True) -> None:
+    """Raise MemoryError (bytes needed vs available, what to do) when ``pair`` does not fit on ``device``."""
+    needed, free = memory_needed(pair, device, fast), available_bytes(device)
+    if needed > free:
+        raise MemoryError(f"holding {pair.tuned.path} and its base in memory needs {gib(needed)} on {device}, "
+                          f"{gib(free)} is available; free memory, use a larger device, or stream the merge "
+                          f"with `lfm merge` (precompute a results folder with `lfm precompute` for the explorer)")
+
+
+__all__ = ["ResidentPair", "TensorView", "Thresholds", "check_memory", "final_scores", "is_fast", "memory_needed",
+           "needed_ks", "tensor_view"]
