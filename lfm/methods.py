@@ -112,7 +112,12 @@ class Recipe:
 
     @property
     def label(self) -> str:
-        """A short human name: 'Neu-S-TIES K=0.2 M=0.3', 'TIES K=0.2', 'hard-merge'."""
+        """A short human name: 'Neu-S-TIES K=0.2 M=0.3', 'TIES K=0.2', 'hard-merge'. A control locate mode
+        is named: 'Neu-S-TIES K=0.2 M=0.3 locate=random' (the paper's top-M, and M=0, add nothing).
+
+        >>> Recipe(locate="bottom").label
+        'Neu-S-TIES K=0.2 M=0.3 locate=bottom'
+        """
         if self.method == "hard":
             return "hard-merge"
         if self.method == "task_arithmetic":
@@ -121,7 +126,8 @@ class Recipe:
             sup = {"ties": "TIES", "breadcrumbs": "Bread", "task_arithmetic": "TaskA"}[self.suppress]
             tag = "P" if self.restore == "replace" else "S"
             k = f" a={self.alpha:g}" if self.suppress == "task_arithmetic" else f" K={self.density:g}"
-            return f"Neu-{tag}-{sup}{k} M={self.neurons:g}"
+            where = "" if self.locate == "top" or self.neurons == 0 else f" locate={self.locate}"
+            return f"Neu-{tag}-{sup}{k} M={self.neurons:g}{where}"
         return f"{METHODS[self.method].title} K={self.density:g}"
 
     @property

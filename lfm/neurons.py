@@ -115,7 +115,9 @@ def tail_stats(scores: torch.Tensor) -> dict[str, float]:
     """How heavy-tailed a module's change scores are.
 
     Returns mean, max, median, max_over_median, and top1_share / top10_share: the share of the
-    total change sum_i C(i) held by the top 1% / 10% of neurons (at least one neuron each).
+    total change sum_i C(i) held by the top 1% / 10% of neurons (at least one neuron each), and
+    top1_lift: top1_share over its no-concentration value k/n (k = the neurons counted, so 1.0 means
+    uniform C(i) whatever the module's size; comparable across modules, unlike top1_share).
     """
     s = scores.float().flatten()
     total = float(s.sum())
@@ -132,5 +134,6 @@ def tail_stats(scores: torch.Tensor) -> dict[str, float]:
         "median": median,
         "max_over_median": float(ordered[0]) / median if median > 0 else float("inf"),
         "top1_share": share(0.01),
+        "top1_lift": share(0.01) * n / max(1, int(0.01 * n)),
         "top10_share": share(0.10),
     }

@@ -6,7 +6,9 @@ evaluation, the trade-off plot and the generations run on the organism (see app_
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +109,7 @@ def test_heatmap_metric_and_click(tiny):
     tiny.neurons.metric.value = "max_over_median"
     fig = tiny.neurons.heatmap.object
     summary = pd.DataFrame(fig.data[0].z)
-    assert fig.layout.title.text.endswith("max_over_median") and summary.shape == (2, 7)
+    assert fig.layout.title.text.split("<br>")[0].endswith("max_over_median") and summary.shape == (2, 7)
     tiny.neurons.heatmap.click_data = {"points": [{"x": "v_proj", "y": "1"}]}
     assert (tiny.state.layer, tiny.state.module) == (1, "v_proj")
     assert tiny.neurons.curve.object.layout.title.text.startswith("Layer 1 v_proj")
@@ -159,7 +161,7 @@ def test_bad_paths_show_error_and_app_stays_usable(tiny, zoo, tmp_path):
 
 def test_no_evaluation_for_non_organism_pair(tiny):
     assert tiny.state.generations is None and "evaluation off" in tiny.state.eval_status
-    assert "evaluated live on the organism" in tiny.generations.table.value.iloc[0, 0]
+    assert "evaluated live on the organism" in tiny.generations.placeholder.object and tiny.generations.table.value.empty
 
 
 def test_recipe_yaml_runs_with_lfm_merge(tiny, tmp_path):
@@ -255,10 +257,175 @@ def test_precompute_results_folder_roundtrip(organism, tmp_path):
                                     results_path=str(out)))
     app.__panel__()
     s = app.state
-    assert s.error == "" and s.sweep is not None and s.generations is not None
+    # K=0.2 M=0.3 is a sweep row (LA/VA shown) but not on the answers' K grid (0.1, 0.3): no answers, said so
+    assert s.error == "" and s.sweep is not None and s.current["label"] == "Neu-S-TIES K=0.2 M=0.3"
+    assert s.generations is None and "answers not precomputed: nearest is Neu-S-TIES K=" in app.generations.stages.object
     app.controls.density.value = 0.1
     assert "K=0.1" in app.neurons.curve.object.layout.title.text
     assert set(STAGES) <= set(s.generations.columns)
+    assert "restore**: Neu-S-TIES K=0.1 M=0.3" in app.generations.stages.object
+
+
+def _drawn_stars(fig) -> list[str]:
+    return [t.name for t in fig.data if t.name and t.name.startswith("current:")]
+
+
+def test_results_folder_off_grid_says_not_precomputed_and_shows_nothing_as_current(organism, tmp_path):
+    from lfm.cli import main
+
+    out = tmp_path / "results"
+    assert main(["precompute", "--base", str(organism[0]), "--tuned", str(organism[1]), "--out", str(out),
+                 "--densities", "0.1,0.3", "--neurons", "0,0.3", "--per-task", "1", "--quiet"]) == 0
+    app = ExplorerApp(ExplorerState(background=False, auto_sweep=True, source_kind="results", results_path=str(out),
+                                    density=0.1))
+    app.__panel__()
+    s = app.state
+    assert _drawn_stars(app.tradeoff.plot.object) == ["current: Neu-S-TIES K=0.1 M=0.3"]
+    assert s.generations is not None
+    app.controls.density.value = 0.25  # not on the grid
+    fig = app.tradeoff.plot.object
+    assert _drawn_stars(fig) == [] and s.current is None and s.generations is None
+    assert "not precomputed: nearest is Neu-S-TIES K=0.3 M=0.3" in fig.layout.title.text
+    assert "K=0.25" in fig.layout.title.text and "LA 0." not in fig.layout.title.text
+    assert "answers not precomputed: nearest is Neu-S-TIES K=0.3 M=0.3" in app.generations.stages.object
+    assert app.generations.table.value.empty
+    # the neuron views name the K their C'(i) are from
+    assert "nearest is K=0.3" in app.neurons.curve.object.layout.title.text
+    assert "nearest is K=0.3" in app.merge.plot.object.layout.title.text
+    app.controls.method.value = "DARE"  # no DARE in the sweep: no number under its label
+    fig = app.tradeoff.plot.object
+    assert _drawn_stars(fig) == [] and "DARE K=0.25: not precomputed" in fig.layout.title.text
+    visited = next(t for t in fig.data if t.name == "visited")  # grey, each under its own label
+    assert list(visited.text) == ["Neu-S-TIES K=0.1 M=0.3"]
     s.param.update(results_path=str(tmp_path / "missing"))
     s.load()
     assert "not a results folder" in s.error and s.source is not None
+
+
+# ---------------------------------------------------------------------------------------------- truthful labels
+
+TITLE_NUMBERS = re.compile(r"current (.+?): LA ([0-9.]+) VA ([0-9.]+)")
+
+
+def test_slider_title_never_shows_numbers_of_another_recipe(organism):
+    """Background evaluation (as served): while K moves, every trade-off title that shows numbers shows the
+    numbers of the recipe it names, checked against a fresh evaluation of that recipe."""
+    import time
+
+    from lfm.explorer.compute import organism_items
+    from lfm.explorer.live import LivePair
+
+    state = ExplorerState(background=True, auto_sweep=False, source_kind="pair", base_path=str(organism[0]),
+                          tuned_path=str(organism[1]), per_task=2)
+    app = ExplorerApp(state)
+    app.__panel__()
+    seen = []
+    app.tradeoff.plot.param.watch(lambda e: seen.append(e.new.layout.title.text), "object")
+
+    def settle():
+        deadline = time.time() + 120
+        while (state.pending or state.current is None) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not state.pending, "evaluation did not finish"
+
+    settle()
+    labels = {}
+    for k in (0.33, 0.5, 0.1, 0.33):
+        app.controls.density.value = k
+        labels[state.recipe.label] = state.recipe
+        title = app.tradeoff.plot.object.layout.title.text  # pending, or (a cache hit) already its own numbers
+        shows = TITLE_NUMBERS.search(title)
+        assert ("computing " + state.recipe.label in title and not shows) or shows.group(1) == state.recipe.label
+    settle()
+    assert any("computing Neu-S-TIES K=0.5 M=0.3" in t for t in seen)  # pending was shown as pending
+    assert state.current["label"] == "Neu-S-TIES K=0.33 M=0.3"
+    shown = [m.groups() for m in map(TITLE_NUMBERS.search, seen) if m]
+    assert shown and any(label == "Neu-S-TIES K=0.33 M=0.3" for label, _, _ in shown)
+    live = LivePair(*organism)
+    for label, la, va in shown:
+        truth = live.evaluate(labels.get(label, Recipe()), organism_items(2))
+        assert (float(la), float(va)) == (round(truth["LA"], 3), round(truth["VA"], 3)), label
+    state._pool.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("mode", ["top", "random", "bottom"])
+def test_locate_mode_is_in_every_label_and_legend(tiny, mode):
+    tiny.state.param.update(method="Neu-P-TIES", layer=1, module="up_proj", locate=mode, neurons=0.3)
+    label = tiny.state.recipe.label
+    assert label.endswith("M=0.3" if mode == "top" else f"locate={mode}")
+    curve = tiny.neurons.curve.object
+    located = [t.name for t in curve.data if t.name.startswith("located")]
+    assert located and located[0].startswith(f"located {mode}-M")
+    assert label in curve.layout.title.text
+    outcome = tiny.merge.plot.object
+    assert label in outcome.layout.title.text and any(f"({mode}-M" in (t.name or "") for t in outcome.data)
+    assert f"({mode}-M" in outcome.layout.annotations[1].text  # the ratio subplot's title
+    assert yaml.safe_load(tiny.export.recipe_file().read())["label"] == label
+    assert label in tiny.controls.reference.object
+    tiny.state.locate = "top"
+
+
+def test_locate_mode_on_trade_off_star(org_app):
+    org_app.state.param.update(locate="random")
+    names = [t.name for t in org_app.tradeoff.plot.object.data]
+    assert [n for n in names if n.startswith("current:")] == [f"current: {org_app.state.recipe.label}"]
+    assert org_app.state.recipe.label.endswith("locate=random")
+    assert "locate=random" in org_app.generations.stages.object
+    org_app.state.param.update(locate="top")
+
+
+def test_n_items_wilson_interval_and_per_task_breakdown(org_app):
+    s = org_app.state
+    c = s.current
+    vis = c["answers"]
+    k = sum(a["category"] == "correct" for a in vis)
+    text = org_app.tradeoff.numbers.object
+    assert f"{k}/{len(vis)} items" in text and "95% Wilson" in text and "items per task" in text
+    tasks = org_app.tradeoff.tasks.value
+    assert set(tasks["task"]) == set(c["tasks"])  # every task of the evaluation, with its n
+    for row in tasks.to_dict("records"):
+        assert row["accuracy"] == pytest.approx(c["tasks"][row["task"]], abs=1e-3)
+        assert row["n"] == 2 and row["lo"] <= row["accuracy"] <= row["hi"]
+
+
+def test_compare_two_pinned_recipes(org_app, organism):
+    from lfm.explorer.compute import organism_items
+
+    s, compare = org_app.state, org_app.compare
+    s.unpin_all()
+    s.param.update(method="Neu-P-TIES", density=0.2, neurons=0.3, locate="top", layer=1, module="up_proj")
+    compare.pin_button.clicks += 1
+    first = s.recipe
+    s.locate = "bottom"
+    compare.pin_button.clicks += 1
+    second = s.recipe
+    assert [p["recipe"] for p in s.pinned] == [first, second]
+    table = compare.table.value
+    assert list(table["recipe"]) == [first.label, second.label]
+    assert {"LA", "VA", "OA", "n visual"} <= set(table.columns) and len(table.columns) > 5  # + per-task columns
+    names = [t.name for t in org_app.tradeoff.plot.object.data]
+    assert f"pinned: {first.label}" in names and f"pinned: {second.label}" in names
+    curve_names = [t.name for t in org_app.neurons.curve.object.data]
+    assert f"pinned: C'(i) {first.label}" in curve_names  # the other pin's C'(i), overlaid
+    # the changed items: restore-stage categories that differ, from a fresh evaluation of each recipe
+    items = organism_items(2)
+    a = {x["id"]: x["category"] for x in s.source.evaluate(first, items)["answers"]}
+    b = {x["id"]: x["category"] for x in s.source.evaluate(second, items)["answers"]}
+    expected = sorted(i for i in a if a[i] != b[i])
+    assert sorted(compare.changed.value["id"]) == expected
+    assert f"**{len(expected)} items**" in compare.note.object
+    compare.clear_button.clicks += 1
+    assert s.pinned == [] and compare.table.value.empty
+    s.param.update(method="Neu-S-TIES", locate="top")
+
+
+def test_generation_row_click_shows_detail(org_app):
+    g = org_app.generations
+    row = g.table.value.iloc[0]
+    from panel.models.tabulator import CellClickEvent
+
+    g.table._process_event(CellClickEvent(model=None, column="answers", row=0))
+    detail = g.detail.object
+    assert 'width="192"' in detail and html.escape(str(row["question"])) in detail
+    for stage in STAGES:
+        assert f"<b>{stage}</b>: {html.escape(str(row[stage]))}" in detail

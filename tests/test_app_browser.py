@@ -122,6 +122,12 @@ def cells(page, field: str) -> list[str]:
     return page.locator(f'.tabulator-cell[tabulator-field="{field}"]').all_text_contents()
 
 
+def stage_answers(page, stage: str) -> list[str]:
+    """The generated answers of one stage, read from the table's stacked 'answers' column."""
+    texts = page.locator(f'.tabulator-cell[tabulator-field="answers"] .lfm-{stage}').all_text_contents()
+    return [t.split(": ", 1)[1].rsplit(" (", 1)[0] for t in texts]
+
+
 def wait_for(predicate, timeout=60.0, what="condition"):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -132,8 +138,8 @@ def wait_for(predicate, timeout=60.0, what="condition"):
 
 
 def test_loads_offline_slider_updates_plots_and_table(page, organism):
-    wait_for(lambda: len(cells(page, "suppress")) > 0, what="the generations table")
-    suppress_before = cells(page, "suppress")
+    wait_for(lambda: len(stage_answers(page, "suppress")) > 0, what="the generations table")
+    suppress_before = stage_answers(page, "suppress")
     stages_before = page.locator("text=suppress:").first.text_content()
     trade_title = page.locator(".gtitle", has_text="Trade-off").first.text_content()
     page.screenshot(path=str(ARTIFACTS / "explorer-initial.png"), full_page=True)
@@ -154,11 +160,11 @@ def test_loads_offline_slider_updates_plots_and_table(page, organism):
     live = LivePair(*organism)
     expected = [a["generated"] for a in live.evaluate(Recipe(density=1.0, neurons=0.0), organism_items(2))["answers"]]
     try:
-        wait_for(lambda: cells(page, "suppress") == expected, what="the suppress answers at K=1")
+        wait_for(lambda: stage_answers(page, "suppress") == expected, what="the suppress answers at K=1")
     except AssertionError:
-        raise AssertionError(f"{cells(page, 'suppress')} != {expected}")
+        raise AssertionError(f"{stage_answers(page, 'suppress')} != {expected}")
     if expected != suppress_before:
-        assert cells(page, "suppress") != suppress_before
+        assert stage_answers(page, "suppress") != suppress_before
     page.screenshot(path=str(ARTIFACTS / "explorer-after-slider.png"), full_page=True)
 
     assert page.errors == [], page.errors

@@ -455,3 +455,10 @@ def test_paper_aliases(alias, method, suppress, restore):
                                           ("dare", "dare"), ("della", "della"), ("hard", "hard")])
 def test_baseline_aliases(alias, method):
     assert Recipe.from_name(alias).method == method
+
+
+def test_label_names_the_locate_control_and_keeps_the_paper_label():
+    assert Recipe(density=0.2, neurons=0.3).label == "Neu-S-TIES K=0.2 M=0.3"
+    labels = {mode: Recipe(locate=mode, restore="replace").label for mode in ("top", "random", "bottom")}
+    assert labels == {"top": "Neu-P-TIES K=0.2 M=0.3", "random": "Neu-P-TIES K=0.2 M=0.3 locate=random",
+                      "bottom": "Neu-P-TIES K=0.2 M=0.3 locate=bottom"}

@@ -129,6 +129,15 @@ def test_tail_stats_vs_numpy(n):
     assert st["max_over_median"] == pytest.approx(s64.max() / np.median(s64), rel=1e-5)
     assert st["top1_share"] == pytest.approx(desc[:max(1, int(0.01 * n))].sum() / s64.sum(), rel=1e-5)
     assert st["top10_share"] == pytest.approx(desc[:max(1, int(0.10 * n))].sum() / s64.sum(), rel=1e-5)
+    k = max(1, int(0.01 * n))  # top1_lift: mean C(i) of the top k over the mean C(i) of all
+    assert st["top1_lift"] == pytest.approx(desc[:k].mean() / s64.mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [48, 96, 256, 1000])
+def test_top1_lift_is_one_for_uniform_scores_at_any_size(n):
+    """No concentration reads 1 whatever the module size, while top1_share's baseline is k/n."""
+    st = tail_stats(torch.ones(n))
+    assert st["top1_lift"] == pytest.approx(1.0) and st["top1_share"] == pytest.approx(max(1, n // 100) / n)
 
 
 def test_fixture_has_heavy_tail(zoo):

@@ -12,6 +12,9 @@ C'(i)/C(i) of the located neurons is what Neuron-Rescale undoes (it multiplies b
 Nothing here is new math: these helpers only summarise the engine's views.
 """
 
+import math
+
+import pandas as pd
 import torch
 
 from lfm.neurons import layer_of, module_of
@@ -52,3 +55,62 @@ def head_groups(module: str, n_neurons: int, head_dim: int | None, n_heads: int 
     if n_neurons % head_dim:
         return None
     return torch.arange(n_neurons) // head_dim
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion correct/n (95% for z=1.96): honest for small n and
+    for 0 or n correct, where the normal interval collapses.
+
+    >>> lo, hi = wilson_interval(14, 24)
+    >>> round(lo, 3), round(hi, 3)
+    (0.388, 0.755)
+    >>> wilson_interval(0, 0)
+    (0.0, 1.0)
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def item_counts(result: dict) -> dict:
+    """Items behind an evaluation's LA and VA: {'language': (correct, n), 'visual': (correct, n)} from its
+    answer lists (lfm.organism.evaluate.evaluate); a side without answers is absent (a results folder)."""
+    out = {}
+    lang = result.get("language_answers") or []
+    if lang:
+        out["language"] = (sum(bool(a["correct"]) for a in lang), len(lang))
+    vis = result.get("answers") or []
+    if vis:
+        out["visual"] = (sum(a["category"] == "correct" for a in vis), len(vis))
+    return out
+
+
+def per_task_table(result: dict) -> pd.DataFrame:
+    """One row per task of an evaluation: kind (language | visual), task, correct, n, accuracy and its 95%
+    Wilson interval (lo, hi), counted from the answer lists (so n is visible: a task on 8 items moves in
+    steps of 0.125)."""
+    rows = []
+    for kind, answers, ok in (("language", result.get("language_answers") or [], lambda a: bool(a["correct"])),
+                              ("visual", result.get("answers") or [], lambda a: a["category"] == "correct")):
+        by_task: dict[str, list[bool]] = {}
+        for a in answers:
+            by_task.setdefault(a["task"], []).append(ok(a))
+        for task, hits in by_task.items():
+            lo, hi = wilson_interval(sum(hits), len(hits))
+            rows.append({"kind": kind, "task": task, "correct": sum(hits), "n": len(hits),
+                         "accuracy": sum(hits) / len(hits), "lo": lo, "hi": hi})
+    return pd.DataFrame(rows, columns=["kind", "task", "correct", "n", "accuracy", "lo", "hi"])
+
+
+def changed_items(first: pd.DataFrame, second: pd.DataFrame, stage: str = "restore") -> pd.DataFrame:
+    """Items whose `stage` category differs between two generations tables (compute.generations): id, task,
+    question, answer, and each side's answer and category (columns first / first_category, second / ...)."""
+    a = first[["id", "task", "question", "answer", stage, f"{stage}_category"]]
+    b = second[["id", stage, f"{stage}_category"]]
+    both = a.merge(b, on="id", suffixes=("_first", "_second"))
+    both = both[both[f"{stage}_category_first"] != both[f"{stage}_category_second"]]
+    return both.rename(columns={f"{stage}_first": "first", f"{stage}_category_first": "first_category",
+                                f"{stage}_second": "second", f"{stage}_category_second": "second_category"})

@@ -11,9 +11,14 @@ from __future__ import annotations
 import panel as pn
 
 from .state import ExplorerState
-from .views import (Controls, ExportView, GenerationsView, MergeView, NeuronView, PairPicker, TradeoffView)
+from .views import (CompareView, Controls, ExportView, GenerationsView, MergeView, NeuronView, PairPicker,
+                    TradeoffView)
 
 TITLE = "Locate-then-Merge explorer"
+# state parameter -> URL query key (shareable links: ?method=Neu-P-TIES&K=0.3&M=0.2&locate=random ...)
+URL_PARAMS = {"method": "method", "density": "K", "neurons": "M", "alpha": "alpha", "gamma": "gamma",
+              "epsilon": "epsilon", "restore": "restore", "locate": "locate", "others": "others", "seed": "seed",
+              "metric": "metric", "layer": "layer", "module": "module", "per_task": "per_task"}
 INTRO = ("Merge a visually tuned MLLM back toward its base LLM, neuron by neuron "
          "([Locate-then-Merge, arXiv 2505.16703](https://arxiv.org/abs/2505.16703)). "
          "Move K and M and watch which neurons are kept, located and restored, and what the merged model answers.")
@@ -37,6 +42,7 @@ class ExplorerApp:
         self.merge = MergeView(s)
         self.tradeoff = TradeoffView(s)
         self.generations = GenerationsView(s)
+        self.compare = CompareView(s)
         self.export = ExportView(s, {
             "heatmap": lambda: self.neurons.heatmap.object, "rank-curve": lambda: self.neurons.curve.object,
             "merge-outcome": lambda: self.merge.plot.object, "trade-off": lambda: self.tradeoff.plot.object},
@@ -46,10 +52,11 @@ class ExplorerApp:
 
     def __panel__(self):
         sidebar = pn.Column(self.picker, self.controls, self.export, width=330, styles={"padding-right": "12px"})
-        main = pn.Column(self.neurons, pn.Row(self.merge, self.tradeoff, sizing_mode="stretch_width"),
-                         self.generations, sizing_mode="stretch_width")
-        return pn.Column(pn.pane.Markdown(f"## {TITLE}\n{INTRO}"), pn.Row(sidebar, main, sizing_mode="stretch_width"),
-                         sizing_mode="stretch_width")
+        # one column of full-width panels: nothing is squeezed side by side at 1024 px
+        main = pn.Column(self.neurons, self.merge, self.tradeoff, self.compare, self.generations,
+                         sizing_mode="stretch_width", styles={"min-width": "0"})
+        return pn.Column(pn.pane.Markdown(f"## {TITLE}\n{INTRO}", sizing_mode="stretch_width"),
+                         pn.Row(sidebar, main, sizing_mode="stretch_width"), sizing_mode="stretch_width")
 
 
 def page(*, results: str | None = None, base: str | None = None, tuned: str | None = None, per_task: int = 8,
@@ -60,7 +67,10 @@ def page(*, results: str | None = None, base: str | None = None, tuned: str | No
         state.param.update(source_kind="results", results_path=str(results))
     elif base and tuned:
         state.param.update(source_kind="pair", base_path=str(base), tuned_path=str(tuned))
-    return ExplorerApp(state).__panel__()
+    app = ExplorerApp(state)
+    if pn.state.location is not None:  # a served session: the settings live in the URL (open the link, same view)
+        pn.state.location.sync(state, URL_PARAMS)
+    return app.__panel__()
 
 
 def serve(*, address: str = "127.0.0.1", port: int = 5006, **source) -> None:

@@ -79,6 +79,36 @@ def merge_outcome(source, recipe: Recipe) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows), pd.DataFrame(ratios, columns=["module", "layer", "ratio"])
 
 
+def view_note(source, recipe: Recipe) -> str:
+    """'' for a live pair; for a results folder whose K grid lacks recipe's K, which K its C'(i) are from."""
+    if not isinstance(source, ResultsFolder):
+        return ""
+    k = source.nearest_density(recipe.density)
+    return "" if abs(k - recipe.density) < 1e-6 else f"C'(i) not precomputed at K={recipe.density:g}: nearest is K={k:g}"
+
+
+def not_precomputed(source, recipe: Recipe) -> str:
+    """Why a results folder has no LA/VA for `recipe`: 'not precomputed: nearest is <label>' ('' when live)."""
+    if not isinstance(source, ResultsFolder):
+        return ""
+    if source.sweep is None:
+        return "not precomputed: this results folder has no sweep.csv"
+    nearest = source.nearest(recipe)
+    return f"not precomputed: nearest is {nearest}" if nearest else f"not precomputed: no {recipe.label.split()[0]} rows"
+
+
+def answers_not_precomputed(source, recipe: Recipe) -> str:
+    """Why a results folder has no per-item answers for `recipe`'s stages ('' when live or when it has them)."""
+    if not isinstance(source, ResultsFolder):
+        return ""
+    try:
+        stage_recipes(recipe)
+    except ValueError:
+        return ""  # no stages at all: the stage line says why
+    nearest = source.nearest_stage(recipe)
+    return f"answers not precomputed: nearest is {nearest}" if nearest else "no generations.csv in this folder"
+
+
 def modules_present(source) -> list[str]:
     present = {module_of(n) for n in source.names}
     return [m for m in LINEAR_MODULES if m in present]
@@ -208,7 +238,8 @@ def generations(source, recipe: Recipe, per_task: int) -> pd.DataFrame | None:
     for item_id, a in per_stage["hard"].items():
         if any(item_id not in per_stage[s] for s in STAGES):
             continue
-        row = {"id": item_id, "image": thumbnail(a.get("image") or images.get(item_id, "")), "task": a["task"],
+        image_path = a.get("image") or images.get(item_id, "")
+        row = {"id": item_id, "image": thumbnail(image_path), "image_path": image_path, "task": a["task"],
                "question": a["question"], "choices": " / ".join(a["choices"]), "answer": a["answer"]}
         for s in STAGES:
             row[s] = per_stage[s][item_id]["generated"]

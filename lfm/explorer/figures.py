@@ -11,15 +11,33 @@ from lfm.neurons import LINEAR_MODULES
 
 from .analysis import TensorView, head_groups
 
-METRICS = {
-    "top1_share": "share of the total change held by the top 1% of neurons",
-    "top10_share": "share of the total change held by the top 10% of neurons",
-    "max_over_median": "max C(i) / median C(i)",
-    "mean": "mean C(i)",
-    "max": "max C(i)",
+METRICS = {  # statistic -> what it means (shown under the heatmap's statistic picker)
+    "top1_lift": "top-1% share over its no-concentration value: 1 = every neuron changed alike; comparable "
+                 "across modules of any size (top1_share is not: its floor is 1/48 for a 48-neuron k_proj, "
+                 "2/256 for a 256-neuron MLP)",
+    "top1_share": "share of the total change Σ C(i) held by the top 1% of neurons (at least one); its "
+                  "no-concentration value k/n depends on the module's size",
+    "top10_share": "share of the total change Σ C(i) held by the top 10% of neurons (at least one)",
+    "max_over_median": "largest C(i) over the median C(i)",
+    "mean": "mean C(i) = mean over neurons of Σⱼ|Δᵢⱼ|",
+    "max": "largest C(i)",
 }
 CURRENT = "#d62728"
-LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=60, b=50), font=dict(size=12))
+STALE = "#b0b0b0"  # a result shown while another is computing: never under the new recipe's label
+PIN_SYMBOLS = ("diamond", "cross", "triangle-down", "pentagon")
+PIN_COLOURS = ("#9467bd", "#17becf", "#8c564b", "#e377c2")
+LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=70, b=50), font=dict(size=12))
+
+
+def two_line_title(head: str, detail: str = "") -> dict:
+    """A short head line and a smaller detail line (a long single title is cut at narrow widths)."""
+    text = head if not detail else f"{head}<br><span style='font-size:11px'>{detail}</span>"
+    return dict(text=text, x=0.01, xanchor="left", font=dict(size=14))
+
+
+def locate_name(locate: str) -> str:
+    """'top' -> 'top-M', 'random' -> 'random-M (control)', 'bottom' -> 'bottom-M (control)'."""
+    return "top-M" if locate == "top" else f"{locate}-M (control)"
 
 
 def heatmap(summary: pd.DataFrame, metric: str, selected: tuple[int, str] | None = None) -> go.Figure:
@@ -28,22 +46,24 @@ def heatmap(summary: pd.DataFrame, metric: str, selected: tuple[int, str] | None
     layers = sorted(summary["layer"].unique())
     grid = summary.pivot_table(index="layer", columns="module", values=metric).reindex(index=layers, columns=modules)
     fig = go.Figure(go.Heatmap(z=grid.values, x=modules, y=[str(layer) for layer in layers], colorscale="Viridis",
-                               colorbar=dict(title=metric), hovertemplate="layer %{y} %{x}<br>" + metric +
+                               colorbar=dict(title=metric.replace("_", "<br>")), hovertemplate="layer %{y} %{x}<br>" + metric +
                                " = %{z:.3g}<extra></extra>"))
     if selected is not None and selected[1] in modules and selected[0] in layers:
         fig.add_shape(type="rect", x0=modules.index(selected[1]) - 0.5, x1=modules.index(selected[1]) + 0.5,
                       y0=layers.index(selected[0]) - 0.5, y1=layers.index(selected[0]) + 0.5,
                       line=dict(color=CURRENT, width=3))
-    fig.update_layout(title=f"C(i) per layer × module: {metric}",
+    fig.update_layout(title=two_line_title(f"C(i) per layer × module: {metric}",
+                                           METRICS.get(metric, "")[:90] + ("…" if len(METRICS.get(metric, "")) > 90 else "")),
                       xaxis_title="module", yaxis_title="layer", **LAYOUT)
     return fig
 
 
-def rank_curve(view: TensorView, module: str, layer: int, recipe_label: str, *, head_dim=None, n_heads=None,
-               n_kv_heads=None) -> go.Figure:
+def rank_curve(view: TensorView, module: str, layer: int, recipe_label: str, *, locate: str = "top", head_dim=None,
+               n_heads=None, n_kv_heads=None, note: str = "", overlays: tuple = ()) -> go.Figure:
     """Sorted C(i) on log-log axes (rank 1 = largest change), with C'(i) after suppression at K in the
     same order, and the located (restored) neurons marked. Attention neurons are coloured by head; for
-    GQA k/v each kv head serves n_heads / n_kv_heads query heads."""
+    GQA k/v each kv head serves n_heads / n_kv_heads query heads. `overlays` ((label, TensorView), ...) adds
+    pinned recipes' C'(i) in the same rank order; `note` is a caveat line (e.g. a results folder's nearest K)."""
     order = np.argsort(-view.scores.numpy(), kind="stable")
     scores = view.scores.numpy()[order]
     after = view.suppressed.numpy()[order]
@@ -70,8 +90,13 @@ def rank_curve(view: TensorView, module: str, layer: int, recipe_label: str, *, 
                                  marker=dict(size=4, color="#ff7f0e", symbol="circle-open")))
     if located.any():
         fig.add_trace(go.Scatter(x=rank[located], y=scores[located], mode="markers",
-                                 name=f"located top-M ({int(located.sum())}) → restored",
+                                 name=f"located {locate_name(locate)} ({int(located.sum())}) → restored",
                                  marker=dict(size=7, color=CURRENT, symbol="diamond")))
+    for i, (label, other) in enumerate(overlays):
+        o = other.suppressed.numpy()[order]
+        sel = o > 0
+        fig.add_trace(go.Scatter(x=rank[sel], y=o[sel], mode="lines", name=f"pinned: C'(i) {label}",
+                                 line=dict(color=PIN_COLOURS[i % len(PIN_COLOURS)], width=1, dash="dot")))
     n_zero = int((after == 0).sum())
     if n_zero:
         fig.add_annotation(text=f"{n_zero} neurons with C'(i) = 0 (all entries suppressed)", xref="paper",
@@ -79,40 +104,53 @@ def rank_curve(view: TensorView, module: str, layer: int, recipe_label: str, *, 
     gqa = ""
     if kv:
         gqa = f" · GQA: {n_kv_heads} kv heads × {head_dim}, each shared by {n_heads // n_kv_heads} query heads"
-    fig.update_layout(title=f"Layer {layer} {module}: sorted C(i), {len(scores)} neurons · {recipe_label}{gqa}",
+    detail = recipe_label + (f" · {note}" if note else "") + gqa
+    fig.update_layout(title=two_line_title(f"Layer {layer} {module}: sorted C(i), {len(scores)} neurons", detail),
                       xaxis=dict(type="log", title="rank of neuron (by C(i))"),
-                      yaxis=dict(type="log", title="change score"), legend=dict(font=dict(size=10)), **LAYOUT)
+                      yaxis=dict(type="log", title="change score"), **LAYOUT)
+    fig.update_layout(legend=dict(font=dict(size=10), orientation="h", y=-0.2, x=0), margin=dict(b=110))
     return fig
 
 
-def outcome_figure(outcome: pd.DataFrame, ratios: pd.DataFrame, recipe_label: str) -> go.Figure:
+def outcome_figure(outcome: pd.DataFrame, ratios: pd.DataFrame, recipe_label: str, locate: str = "top",
+                   note: str = "") -> go.Figure:
     """Per module (mean over layers): entries kept, share of the change after suppression and after the
-    merge; and the distribution of C'(i)/C(i) over located neurons (what Rescale multiplies back)."""
+    merge; and below it the distribution of C'(i)/C(i) over located neurons (what Rescale multiplies back)."""
     modules = [m for m in LINEAR_MODULES if m in set(outcome["module"])]
     mean = outcome.groupby("module")[["kept_entries", "change_after_suppress", "change_after_merge",
                                       "located_fraction"]].mean().reindex(modules)
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
-                        subplot_titles=("Δ kept / restored", "C'(i)/C(i), located"))
-    for col, label in (("kept_entries", "entries kept (Sub)"), ("change_after_suppress", "Σ C' / Σ C (after suppress)"),
-                       ("change_after_merge", "Σ C_final / Σ C (after restore, α in)"),
-                       ("located_fraction", "neurons located")):
+    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.2,
+                        subplot_titles=("Δ kept / restored (mean over layers)",
+                                        f"C'(i)/C(i) of the located neurons ({locate_name(locate)})"))
+    for col, label in (("kept_entries", "entries kept (Sub)"), ("change_after_suppress", "Σ C' / Σ C after suppress"),
+                       ("change_after_merge", "Σ C_final / Σ C after restore (α in)"),
+                       ("located_fraction", f"neurons located ({locate_name(locate)})")):
         fig.add_trace(go.Bar(x=modules, y=mean[col].values, name=label), row=1, col=1)
     if not ratios.empty:
         for m in modules:
             r = ratios[ratios["module"] == m]["ratio"]
             if len(r):
-                fig.add_trace(go.Box(y=r.values, name=m, showlegend=False, boxpoints=False), row=1, col=2)
+                fig.add_trace(go.Box(y=r.values, name=m, showlegend=False, boxpoints=False), row=2, col=1)
     else:
         fig.add_annotation(text="no located neurons (M=0 or not Neuron-Fusion)", xref="x2 domain", yref="y2 domain",
                            x=0.5, y=0.5, showarrow=False)
-    fig.update_layout(title=dict(text=f"Merge outcome · {recipe_label}", y=0.98), barmode="group",
-                      **{**LAYOUT, "margin": dict(l=50, r=20, t=80, b=50)})
+    fig.update_layout(title=two_line_title("Merge outcome per module", recipe_label + (f" · {note}" if note else "")),
+                      barmode="group", **{**LAYOUT, "margin": dict(l=50, r=20, t=80, b=40)},
+                      legend=dict(orientation="h", y=-0.12, x=0, font=dict(size=10)))
+    fig.update_xaxes(categoryorder="array", categoryarray=modules, tickangle=0)
     fig.update_yaxes(range=[0, 1.05], row=1, col=1)
     return fig
 
 
-def tradeoff(sweep: pd.DataFrame | None, refs: pd.DataFrame, current: dict | None, current_label: str) -> go.Figure:
-    """LA (x) vs VA (y): sweep curves, base / tuned / hard-merge references, and the current setting."""
+def tradeoff(sweep: pd.DataFrame | None, refs: pd.DataFrame, current: dict | None, recipe_label: str, *,
+             pending: str = "", note: str = "", history: list | tuple = (), pinned: list | tuple = ()) -> go.Figure:
+    """LA (x) vs VA (y): sweep curves, base / tuned / hard-merge references, the points visited (`history`:
+    dicts label, LA, VA), pinned recipes, and the current setting.
+
+    A number is drawn under its own recipe's label only: `current` (a dict with 'label', LA, VA, OA) is the
+    red star and titled only when its label is `recipe_label`; otherwise it is a grey 'last computed' point
+    and the title says what is computing (`pending`) or why there is nothing (`note`).
+    """
     fig = go.Figure()
     if sweep is not None and not sweep.empty:
         for curve, g in sweep.groupby("curve", sort=False):
@@ -128,11 +166,32 @@ def tradeoff(sweep: pd.DataFrame | None, refs: pd.DataFrame, current: dict | Non
         fig.add_trace(go.Scatter(x=[r["LA"]], y=[r["VA"]], mode="markers+text", name=r["label"], text=[r["label"]],
                                  textposition="top center", marker=dict(size=12, color="black",
                                                                         symbol=symbols.get(r["label"], "circle"))))
-    title = "Trade-off LA vs VA"
-    if current and current.get("LA") is not None:
-        fig.add_trace(go.Scatter(x=[current["LA"]], y=[current["VA"]], mode="markers", name=f"current: {current_label}",
-                                 marker=dict(size=18, color=CURRENT, symbol="star")))
-        title += f" · current {current_label}: LA {current['LA']:.3f} VA {current['VA']:.3f} OA {current['OA']:.3f}"
-    fig.update_layout(title=title, xaxis_title="LA (language ability)", yaxis_title="VA (visual ability)",
-                      **LAYOUT)
+    if history:
+        fig.add_trace(go.Scatter(x=[h["LA"] for h in history], y=[h["VA"] for h in history], mode="markers",
+                                 name="visited", text=[h["label"] for h in history],
+                                 hovertemplate="%{text}<br>LA %{x:.3f} VA %{y:.3f}<extra>visited</extra>",
+                                 marker=dict(size=7, color=STALE, symbol="circle")))
+    for i, p in enumerate(pinned):
+        c = p["current"]
+        fig.add_trace(go.Scatter(x=[c["LA"]], y=[c["VA"]], mode="markers", name=f"pinned: {c['label']}",
+                                 marker=dict(size=14, color=PIN_COLOURS[i % len(PIN_COLOURS)],
+                                             symbol=PIN_SYMBOLS[i % len(PIN_SYMBOLS)])))
+    head, detail = "Trade-off LA vs VA", ""
+    if current and current.get("LA") is not None and current.get("label") == recipe_label and not pending:
+        fig.add_trace(go.Scatter(x=[current["LA"]], y=[current["VA"]], mode="markers",
+                                 name=f"current: {recipe_label}", marker=dict(size=18, color=CURRENT, symbol="star")))
+        detail = (f"current {recipe_label}: LA {current['LA']:.3f} VA {current['VA']:.3f} "
+                  f"OA {current['OA']:.3f}")
+    else:
+        if current and current.get("LA") is not None:
+            fig.add_trace(go.Scatter(x=[current["LA"]], y=[current["VA"]], mode="markers",
+                                     name=f"last computed: {current['label']}",
+                                     marker=dict(size=14, color=STALE, symbol="star")))
+        if pending:
+            detail = f"computing {pending} …"
+        elif note:
+            detail = f"{recipe_label}: {note}"
+    fig.update_layout(title=two_line_title(head, detail), xaxis_title="LA (language ability)",
+                      yaxis_title="VA (visual ability)", **LAYOUT)
+    fig.update_layout(legend=dict(orientation="h", y=-0.22, x=0, font=dict(size=10)), margin=dict(b=130))
     return fig

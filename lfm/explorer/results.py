@@ -38,6 +38,7 @@ from lfm.resident import TensorView, final_scores
 from lfm.score import linear_deltas, save_scores, summary_rows
 
 FORMAT = "lfm-results/1"
+GRID_TOLERANCE = 1e-6  # a setting is precomputed when its K, M and alpha match a grid row this closely
 DEFAULT_DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 DEFAULT_NEURONS = (0.0, 0.1, 0.2, 0.3, 0.5)
 SWEEP_COLUMNS = ("curve", "label", "method", "suppress", "restore", "density", "neurons", "alpha", "LA", "VA", "OA")
@@ -205,41 +206,72 @@ class ResultsFolder:
             located = torch.zeros_like(scores, dtype=torch.bool)
         return TensorView(name, scores, after, located, final_scores(scores, after, located, recipe), k)
 
+    def _candidates(self, recipe: Recipe) -> pd.DataFrame:
+        """Sweep rows of the same method (and suppress/restore/locate for Neuron-Fusion), with their distance
+        to `recipe` in K, M and alpha (column 'dist')."""
+        df = self.sweep
+        rows = df[(df["method"] == recipe.method) & (df["curve"] != "reference")]
+        if recipe.method == "neuron_fusion":
+            rows = rows[(rows["suppress"] == recipe.suppress) & (rows["restore"] == recipe.restore)]
+            if recipe.locate != "top":  # the precompute sweep locates top-M only
+                rows = rows.iloc[0:0]
+        dist = (rows["density"] - recipe.density).abs() + (rows["neurons"] - recipe.neurons).abs() \
+            + (rows["alpha"] - recipe.alpha).abs()
+        return rows.assign(dist=dist.fillna(0.0))
+
     def lookup(self, recipe: Recipe | None, label: str | None = None) -> dict | None:
-        """LA/VA/OA of the sweep row closest to `recipe` (same method/suppress/restore), or of a reference
-        row by label ('base', 'tuned', 'hard-merge'); None when the folder has no such row."""
+        """LA/VA/OA of the sweep row of exactly `recipe` (same method, suppress, restore, K, M, alpha), or of a
+        reference row by label ('base', 'tuned', 'hard-merge'); None when the folder has no such row
+        (`nearest` names the closest one)."""
         if self.sweep is None:
             return None
-        df = self.sweep
         if label is not None:
-            rows = df[df["label"] == label]
+            rows = self.sweep[self.sweep["label"] == label]
         else:
-            rows = df[(df["method"] == recipe.method) & (df["curve"] != "reference")]
-            if recipe.method == "neuron_fusion":
-                rows = rows[(rows["suppress"] == recipe.suppress) & (rows["restore"] == recipe.restore)]
-            if rows.empty:
-                return None
-            dist = (rows["density"] - recipe.density).abs() + (rows["neurons"] - recipe.neurons).abs() \
-                + (rows["alpha"] - recipe.alpha).abs()
-            rows = rows.loc[[dist.idxmin()]]
+            rows = self._candidates(recipe)
+            rows = rows[rows["dist"] < GRID_TOLERANCE]
         if rows.empty:
             return None
         r = rows.iloc[0]
         return {"LA": r["LA"], "VA": r["VA"], "OA": r["OA"], "label": r["label"]}
 
+    def nearest(self, recipe: Recipe) -> str | None:
+        """Label of the precomputed sweep row closest to `recipe` (same method family), or None."""
+        if self.sweep is None:
+            return None
+        rows = self._candidates(recipe)
+        return None if rows.empty else str(rows.loc[rows["dist"].idxmin(), "label"])
+
+    def nearest_stage(self, recipe: Recipe) -> str | None:
+        """'K=<k> M=<m>' of the precomputed restore-stage answers closest to `recipe`, or None."""
+        if self.generations is None:
+            return None
+        g = self.generations[self.generations["stage"] == "restore"]
+        if g.empty:
+            return None
+        dist = (g["density"] - recipe.density).abs() + (g["neurons"] - recipe.neurons).abs()
+        r = g.loc[dist.idxmin()]
+        return f"Neu-S-TIES K={r['density']:g} M={r['neurons']:g}"
+
     def stage_answers(self, stage: str, recipe: Recipe) -> list[dict] | None:
-        """Stored answers of `stage` nearest to recipe's K (and M for 'restore'); None if absent."""
+        """Stored answers of `stage` at exactly recipe's K (and M for 'restore'); None if not precomputed."""
         if self.generations is None:
             return None
         g = self.generations[self.generations["stage"] == stage]
         if g.empty:
             return None
         if stage in ("suppress", "restore"):
+            default = Recipe()  # precompute stores the stages of Neu-S-TIES (top-M, alpha 1) only
+            if (recipe.method, recipe.suppress, recipe.locate, recipe.alpha) != (
+                    default.method, default.suppress, default.locate, default.alpha) or (
+                    stage == "restore" and recipe.restore != default.restore):
+                return None
             dist = (g["density"] - recipe.density).abs()
             if stage == "restore":
                 dist = dist + (g["neurons"] - recipe.neurons).abs()
-            best = dist.min()
-            g = g[dist == best]
+            g = g[dist < GRID_TOLERANCE]
+            if g.empty:
+                return None
         out = []
         for r in g.to_dict("records"):
             r["choices"] = json.loads(r["choices"])

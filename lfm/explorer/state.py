@@ -64,14 +64,22 @@ class ExplorerState(param.Parameterized):
     recipe = param.ClassSelector(class_=Recipe, default=Recipe())
 
     # -- what is looked at --------------------------------------------------------------------
-    metric = param.Selector(default="top1_share", objects=list(METRICS))
+    metric = param.Selector(default="top1_lift", objects=list(METRICS))
     layer = param.Integer(default=0, bounds=(0, None))
     module = param.Selector(default="up_proj", objects=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                          "up_proj", "down_proj"])
     per_task = param.Integer(default=8, bounds=(0, None), doc="evaluation items per task (0 = all)")
 
     # -- evaluation results (organism live, or a results folder) ------------------------------
-    current = param.Dict(default=None, allow_None=True, doc="LA/VA/OA of the current recipe")
+    current = param.Dict(default=None, allow_None=True,
+                         doc="LA/VA/OA of `current['recipe']` (its 'label' names it: maybe not `recipe` while pending)")
+    pending = param.String(default="", doc="label of the recipe being evaluated ('' when nothing is computing)")
+    not_precomputed = param.String(default="", doc="results folder: why the current setting has no numbers")
+    history = param.List(default=[], doc="evaluated points visited this session: dicts label, LA, VA")
+    pinned = param.List(default=[], doc="recipes pinned for comparison: dicts recipe, current, generations")
+    answers_note = param.String(default="", doc="results folder: why the current setting has no answers")
+    generations_recipe = param.ClassSelector(class_=Recipe, default=None, allow_None=True,
+                                             doc="the recipe `generations` was computed for")
     references = param.DataFrame(default=pd.DataFrame(columns=["label", "LA", "VA", "OA"]))
     sweep = param.DataFrame(default=None, allow_None=True)
     generations = param.DataFrame(default=None, allow_None=True)
@@ -187,7 +195,8 @@ class ExplorerState(param.Parameterized):
         self.param.module.objects = modules
         self.param.update(source=source, layer=min(max(self.layer, layers[0]), layers[-1]),
                           module=self.module if self.module in modules else modules[0],
-                          current=None, generations=None, sweep=None,
+                          current=None, generations=None, generations_recipe=None, sweep=None, history=[],
+                          pinned=[], pending="", not_precomputed="", answers_note="",
                           references=pd.DataFrame(columns=["label", "LA", "VA", "OA"]))
         self.evaluate()
         if self.auto_sweep:
@@ -208,7 +217,7 @@ class ExplorerState(param.Parameterized):
         with self._lock:
             self._token += 1
             token = self._token
-        self.eval_status = f"evaluating {self.recipe.label} ..."
+        self.param.update(pending=self.recipe.label, eval_status=f"evaluating {self.recipe.label} ...")
         if self.background:
             self._pool.submit(self._evaluate_job, source, self.recipe, self.per_task, token)
         else:
@@ -223,12 +232,36 @@ class ExplorerState(param.Parameterized):
             gens = compute.generations(source, recipe, per_task)
         except Exception as e:
             traceback.print_exc()
-            self._set(error=f"evaluation failed: {e}", eval_status="")
+            self._set(error=f"evaluation failed: {e}", eval_status="", pending="")
             return
         if token != self._token:
             return
-        self._set(references=refs, current=current, generations=gens,
-                  eval_status="" if current is not None else "no evaluation for this setting")
+        missing = compute.not_precomputed(source, recipe) if current is None else ""
+        answers_note = compute.answers_not_precomputed(source, recipe) if gens is None else ""
+        if current is not None:
+            current = {**current, "label": recipe.label, "recipe": recipe, "per_task": per_task}
+        self._set(references=refs, current=current, generations=gens, generations_recipe=recipe, pending="",
+                  not_precomputed=missing, answers_note=answers_note, history=self._visited(current),
+                  eval_status=missing or ("" if current is not None else "no evaluation for this setting"))
+
+    def _visited(self, current: dict | None) -> list[dict]:
+        """The history with `current` appended (once per label)."""
+        if current is None or any(h["label"] == current["label"] for h in self.history):
+            return self.history
+        return self.history + [{"label": current["label"], "LA": current["LA"], "VA": current["VA"]}]
+
+    def pin(self) -> None:
+        """Pin the current recipe and what was computed for it (only when its numbers are the current ones)."""
+        if self.current is None or self.current.get("label") != self.recipe.label:
+            self.error = "nothing to pin yet: wait until the current setting is evaluated"
+            return
+        if any(p["recipe"] == self.recipe for p in self.pinned):
+            return
+        gens = self.generations if self.generations_recipe == self.recipe else None
+        self.pinned = (self.pinned + [{"recipe": self.recipe, "current": self.current, "generations": gens}])[-4:]
+
+    def unpin_all(self) -> None:
+        self.pinned = []
 
     def run_sweep(self):
         source = self.source

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import os
 import shutil
@@ -21,10 +22,12 @@ import param
 
 from lfm.methods import METHODS, STAGES, stage_recipes
 
-from . import compute, figures
+from . import analysis, compute, figures
 from .state import ExplorerState
 
 PLOT_HEIGHT = 380
+TASK_COLUMNS = ["kind", "task", "correct", "n", "accuracy", "lo", "hi"]
+CHANGED_COLUMNS = ["id", "task", "question", "answer", "first", "first_category", "second", "second_category"]
 
 
 def _empty_figure(message: str):
@@ -91,11 +94,12 @@ class Controls(View):
         self.alpha = pn.widgets.FloatSlider.from_param(s.param.alpha, label="α")
         self.gamma = pn.widgets.FloatSlider.from_param(s.param.gamma, label="γ (breadcrumbs outliers)")
         self.epsilon = pn.widgets.FloatSlider.from_param(s.param.epsilon, label="ε (DELLA spread)")
-        self.restore = pn.widgets.RadioButtonGroup.from_param(s.param.restore, label="restore")
+        self.restore = pn.widgets.RadioButtonGroup.from_param(s.param.restore, label="restore located neurons by")
         self.locate = pn.widgets.Select.from_param(s.param.locate, label="locate neurons")
         self.others = pn.widgets.Select.from_param(s.param.others, label="norms / embeddings / lm_head")
         self.per_task = pn.widgets.IntInput.from_param(s.param.per_task, label="eval items per task (0 = all)")
         self.reference = pn.pane.Markdown(pn.bind(self._reference, s.param.recipe), styles={"font-size": "11px"})
+        self.restore_label = pn.pane.Markdown("restore located neurons by", margin=(0, 10, -12, 10))
         s.param.watch(self._visibility, "recipe")
         self._visibility()
 
@@ -105,6 +109,7 @@ class Controls(View):
         nf = r.method == "neuron_fusion"
         self.density.visible = "density" in uses and not (nf and r.suppress == "task_arithmetic")
         self.neurons.visible = self.restore.visible = self.locate.visible = nf
+        self.restore_label.visible = nf
         self.gamma.visible = "gamma" in uses and (not nf or r.suppress == "breadcrumbs")
         self.epsilon.visible = "epsilon" in uses
         self.alpha.visible = r.method != "hard"
@@ -114,7 +119,8 @@ class Controls(View):
         return f"**{recipe.label}** · [{METHODS[recipe.method].title}]({METHODS[recipe.method].reference})"
 
     def __panel__(self):
-        return pn.Column("### Merge", self.method, self.density, self.neurons, self.restore, self.locate, self.alpha,
+        return pn.Column("### Merge", self.method, self.density, self.neurons, self.restore_label, self.restore,
+                         self.locate, self.alpha,
                          self.gamma, self.epsilon, self.others, self.per_task, self.reference,
                          sizing_mode="stretch_width")
 
@@ -126,12 +132,15 @@ class NeuronView(View):
         super().__init__(state, **params)
         s = state
         self.metric = pn.widgets.Select.from_param(s.param.metric, label="heatmap statistic", width=200)
+        self.metric_help = pn.pane.Markdown(pn.bind(lambda m: f"*{m}*: {figures.METRICS[m]}", s.param.metric),
+                                            styles={"font-size": "12px"}, sizing_mode="stretch_width")
         self.layer = pn.widgets.IntInput.from_param(s.param.layer, label="layer", width=90)
         self.module = pn.widgets.Select.from_param(s.param.module, label="module", width=120)
         self.heatmap = pn.pane.Plotly(pn.bind(self.heatmap_figure, s.param.source, s.param.metric, s.param.layer,
                                               s.param.module), height=PLOT_HEIGHT, sizing_mode="stretch_width")
         self.curve = pn.pane.Plotly(pn.bind(self.curve_figure, s.param.source, s.param.layer, s.param.module,
-                                            s.param.recipe), height=PLOT_HEIGHT, sizing_mode="stretch_width")
+                                            s.param.recipe, s.param.pinned), height=PLOT_HEIGHT + 60,
+                                    sizing_mode="stretch_width")
         self.heatmap.param.watch(self._clicked, "click_data")
 
     def _clicked(self, event):
@@ -145,7 +154,7 @@ class NeuronView(View):
             return _empty_figure("load a pair to see its neuron change scores")
         return figures.heatmap(compute.neuron_summary(source), metric, (layer, module))
 
-    def curve_figure(self, source, layer, module, recipe):
+    def curve_figure(self, source, layer, module, recipe, pinned=()):
         if source is None:
             return _empty_figure("load a pair")
         name = compute.tensor_name(source, layer, module)
@@ -155,19 +164,27 @@ class NeuronView(View):
             view = compute.module_view(source, name, recipe)
         except ValueError as e:
             return _empty_figure(str(e))
-        return figures.rank_curve(view, module, layer, recipe.label, head_dim=source.head_dim,
-                                  n_heads=source.n_heads, n_kv_heads=source.n_kv_heads)
+        overlays = []
+        for p in pinned:
+            if p["recipe"] != recipe:
+                try:
+                    overlays.append((p["recipe"].label, compute.module_view(source, name, p["recipe"])))
+                except ValueError:  # a pinned recipe this source cannot view (e.g. a results folder's non-TIES)
+                    pass
+        return figures.rank_curve(view, module, layer, recipe.label, locate=recipe.locate, head_dim=source.head_dim,
+                                  n_heads=source.n_heads, n_kv_heads=source.n_kv_heads,
+                                  note=compute.view_note(source, recipe), overlays=tuple(overlays))
 
     def __panel__(self):
         return pn.Column("### Neuron change scores C(i) = Σⱼ|Δᵢⱼ|", pn.Row(self.metric, self.layer, self.module),
-                         pn.Row(self.heatmap, self.curve, sizing_mode="stretch_width"), sizing_mode="stretch_width")
+                         self.metric_help, self.heatmap, self.curve, sizing_mode="stretch_width")
 
 
 class MergeView(View):
     def __init__(self, state, **params):
         super().__init__(state, **params)
         self.plot = pn.pane.Plotly(pn.bind(self.figure, state.param.source, state.param.recipe),
-                                   height=PLOT_HEIGHT, sizing_mode="stretch_width")
+                                   height=PLOT_HEIGHT + 200, sizing_mode="stretch_width")
 
     @staticmethod
     def figure(source, recipe):
@@ -177,32 +194,97 @@ class MergeView(View):
             outcome, ratios = compute.merge_outcome(source, recipe)
         except ValueError as e:
             return _empty_figure(str(e))
-        return figures.outcome_figure(outcome, ratios, recipe.label)
+        return figures.outcome_figure(outcome, ratios, recipe.label, recipe.locate, compute.view_note(source, recipe))
 
     def __panel__(self):
         return pn.Column("### Merge outcome per module", self.plot, sizing_mode="stretch_width")
 
 
 class TradeoffView(View):
+    """LA vs VA of the current setting (a number only under its own recipe's label), the points visited,
+    pinned recipes; below, n items and 95% Wilson intervals, and the per-task accuracies."""
+
     def __init__(self, state, **params):
         super().__init__(state, **params)
         s = state
         self.plot = pn.pane.Plotly(pn.bind(self.figure, s.param.sweep, s.param.references, s.param.current,
-                                           s.param.recipe), height=PLOT_HEIGHT + 40, sizing_mode="stretch_width")
-        self.status = pn.pane.Markdown(pn.bind(lambda t: f"*{t}*" if t else "", s.param.eval_status))
+                                           s.param.recipe, s.param.pending, s.param.not_precomputed,
+                                           s.param.history, s.param.pinned),
+                                   height=PLOT_HEIGHT + 120, sizing_mode="stretch_width")
+        self.status = pn.pane.Markdown(pn.bind(self._status, s.param.eval_status, s.param.pending))
+        self.numbers = pn.pane.Markdown(pn.bind(self._numbers, s.param.current, s.param.recipe, s.param.pending),
+                                        sizing_mode="stretch_width", styles={"font-size": "12px"})
+        self.tasks = pn.widgets.Tabulator(pd.DataFrame(columns=TASK_COLUMNS), show_index=False, disabled=True,
+                                          height=220, sizing_mode="stretch_width", layout="fit_columns")
+        s.param.watch(self._tasks, ["current", "recipe", "pending"])
+        self._tasks()
 
     @staticmethod
-    def figure(sweep, references, current, recipe):
-        if current is None and (references is None or references.empty):
+    def _status(text, pending):
+        if pending:  # a spinner with what is computing; the numbers below stay those of their own label
+            return f'<span class="lfm-pending">⏳ computing **{pending}** …</span>'
+        return f"*{text}*" if text else ""
+
+    @staticmethod
+    def figure(sweep, references, current, recipe, pending="", note="", history=(), pinned=()):
+        if current is None and (references is None or references.empty) and not note and not pending:
             return _empty_figure("LA / VA: evaluated live on the organism, or read from a results folder's sweep.csv")
-        return figures.tradeoff(sweep, references, current, current.get("label", recipe.label) if current else recipe.label)
+        return figures.tradeoff(sweep, references, current, recipe.label, pending=pending, note=note,
+                                history=history, pinned=pinned)
+
+    @staticmethod
+    def _numbers(current, recipe, pending):
+        if not current or current.get("label") != recipe.label or pending:
+            return ""
+        counts = analysis.item_counts(current)
+        if not counts:
+            return f"**{recipe.label}**: LA {current['LA']:.3f} · VA {current['VA']:.3f} (n items not in the folder)"
+        parts = []
+        for side, name in (("language", "LA"), ("visual", "VA")):
+            if side in counts:
+                k, n = counts[side]
+                lo, hi = analysis.wilson_interval(k, n)
+                parts.append(f"{name} {current[name]:.3f} ({k}/{n} items, 95% Wilson {lo:.2f}–{hi:.2f})")
+        per_task = current.get("per_task", 0)
+        why = (f"Evaluated on {per_task} items per task ('eval items per task'); the README's numbers use all "
+               "held-out items (set it to 0), so they differ." if per_task else
+               "Evaluated on all held-out items, as the README.")
+        return f"**{recipe.label}**: " + " · ".join(parts) + f"  \n{why} LA / VA are means of per-task accuracies."
+
+    def _tasks(self, *events):
+        s = self.state
+        c = s.current
+        if not c or c.get("label") != s.recipe.label or s.pending:
+            self.tasks.value = pd.DataFrame(columns=TASK_COLUMNS)
+            return
+        self.tasks.value = analysis.per_task_table(c).round(3)
 
     def __panel__(self):
-        return pn.Column("### Language vs visual ability", self.status, self.plot, sizing_mode="stretch_width")
+        return pn.Column("### Language vs visual ability", self.status, self.plot, self.numbers,
+                         "**per-task accuracy (current)**", self.tasks, sizing_mode="stretch_width")
+
+
+GENERATION_COLUMNS = ["id", "image", "image_path", "task", "question", "choices", "answer", *[c for st in STAGES for c in (st, f"{st}_category")]]
+SHOWN_COLUMNS = ["image", "task", "item", "answer", "answers"]  # the rest are hidden: one table, no sideways scroll
+
+
+def _item_html(row) -> str:
+    """Question and its choices, wrapped (every string from the file escaped)."""
+    choices = row["choices"] if isinstance(row["choices"], str) else " / ".join(row["choices"])
+    return (f'<div style="white-space:normal">{html.escape(str(row["question"]))}<br>'
+            f'<span style="color:#666">{html.escape(choices)}</span></div>')
+
+
+def _answers_html(row) -> str:
+    """The three stages' answers and categories stacked in one cell."""
+    lines = [f'<span class="lfm-{st}"><b>{st}</b>: {html.escape(str(row[st]))} '
+             f'<i>({html.escape(str(row[f"{st}_category"]))})</i></span>' for st in STAGES]
+    return '<div style="white-space:normal">' + "<br>".join(lines) + "</div>"
 
 
 class GenerationsView(View):
-    """Answers of hard-merge, suppress (M=0) and restore (M) on the multiple-choice items."""
+    """Answers of hard-merge, suppress (M=0) and restore (M) on the multiple-choice items; click a row for
+    its detail (full prompt, large image, the three answers)."""
 
     def __init__(self, state, **params):
         super().__init__(state, **params)
@@ -212,25 +294,51 @@ class GenerationsView(View):
         self.category = pn.widgets.Select(label="category", options=["all", "correct", "wrong_choice", "not_known",
                                                                    "context_hallucination"], width=180)
         self.changed = pn.widgets.Checkbox(label="only items whose category changes between stages")
+        # constant columns (rows change, the schema never does): re-defining columns while the client builds
+        # the table is what left it on its placeholder ('Table Not Initialized')
         self.table = pn.widgets.Tabulator(
-            pd.DataFrame(), show_index=False, disabled=True, height=360, sizing_mode="stretch_width",
-            formatters={"image": {"type": "html"}}, pagination=None, layout="fit_data_stretch")
+            self._shown(pd.DataFrame(columns=GENERATION_COLUMNS)), show_index=False, disabled=True, height=420,
+            sizing_mode="stretch_width", formatters={"image": {"type": "html"}, "item": {"type": "html"},
+                                                     "answers": {"type": "html"}},
+            hidden_columns=[c for c in GENERATION_COLUMNS if c not in SHOWN_COLUMNS], pagination=None,
+            layout="fit_columns", widths={"image": 64, "task": 90, "answer": 100}, titles={"image": "image"},
+            header_filters=False, selectable=1, configuration={"columnDefaults": {"headerSort": False}})
+        self.placeholder = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.summary = pn.pane.Markdown("", sizing_mode="stretch_width")
-        self.stages = pn.pane.Markdown(pn.bind(self._stages, s.param.recipe), sizing_mode="stretch_width")
-        self.transitions = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True, height=200,
-                                                width=520)
+        self.stages = pn.pane.Markdown(pn.bind(self._stages, s.param.generations_recipe, s.param.pending,
+                                               s.param.answers_note, s.param.recipe), sizing_mode="stretch_width")
+        self.transitions = pn.widgets.Tabulator(pd.DataFrame(columns=["at suppress", "at restore", "items"]), show_index=False,
+                                                disabled=True, height=200, width=420)
+        self.detail = pn.pane.HTML("<i>click a row for the item's full prompt, large image and answers</i>",
+                                   sizing_mode="stretch_width")
+        self.table.on_click(self._clicked)
         s.param.watch(self._refresh, "generations")
         for w in (self.task, self.stage, self.category, self.changed):
             w.param.watch(self._refresh, "value")
         self._refresh()
 
     @staticmethod
-    def _stages(recipe):
+    def _stages(shown_recipe, pending, missing, recipe):
+        notice = ""
+        if pending:
+            notice = f"⏳ computing the answers of **{pending}** …" + (
+                f" (the table still shows **{shown_recipe.label}**)" if shown_recipe is not None else "") + "  \n"
+        elif missing:
+            return f"**{recipe.label}**: {missing}; no answers shown"
+        if shown_recipe is None:
+            return notice
         try:
-            stages = stage_recipes(recipe)
+            stages = stage_recipes(shown_recipe)
         except ValueError as e:  # DARE, DELLA, hard-merge: no suppress/restore stages
-            return str(e)
-        return " · ".join(f"**{name}**: {r.label}" for name, r in stages.items())
+            return notice + str(e)
+        return notice + " · ".join(f"**{name}**: {r.label}" for name, r in stages.items())
+
+    @staticmethod
+    def _shown(t: pd.DataFrame) -> pd.DataFrame:
+        t = t.reindex(columns=GENERATION_COLUMNS).reset_index(drop=True)
+        t["item"] = [_item_html(r) for r in t.to_dict("records")]
+        t["answers"] = [_answers_html(r) for r in t.to_dict("records")]
+        return t
 
     def filtered(self) -> pd.DataFrame:
         table = self.state.generations
@@ -249,25 +357,42 @@ class GenerationsView(View):
     def _refresh(self, *events):
         table = self.state.generations
         if table is None or table.empty:
-            self.table.value = pd.DataFrame({"answers": ["evaluated live on the organism, or read from a results "
-                                                         "folder's generations.csv"]})
+            self.placeholder.object = ("*answers: evaluated live on the organism, or read from a results folder's "
+                                       "generations.csv*")
+            self.table.value = self._shown(pd.DataFrame(columns=GENERATION_COLUMNS))
             self.summary.object = ""
-            self.transitions.value = pd.DataFrame()
+            self.transitions.value = pd.DataFrame(columns=["at suppress", "at restore", "items"])
             return
+        self.placeholder.object = ""
         tasks = ["all"] + sorted(table["task"].unique())
         if self.task.options != tasks:
             self.task.options = tasks
-        self.table.value = self.filtered().reset_index(drop=True)
+        self.table.value = self._shown(self.filtered())
         n = len(table)
         counts = {s: int((table[f"{s}_category"] == "correct").sum()) for s in STAGES}
         self.summary.object = (f"**{n} items** · correct: hard {counts['hard']}, suppress {counts['suppress']}, "
                                f"restore {counts['restore']}  \n{compute.fixed_summary(table)}")
         self.transitions.value = compute.transition_counts(table, "suppress", "restore")
 
+    def _clicked(self, event):
+        rows = self.table.value
+        if event.row is None or not 0 <= event.row < len(rows):
+            return
+        self.detail.object = self.detail_html(rows.iloc[event.row])
+
+    def detail_html(self, row) -> str:
+        """The drill-down of one item: its image large, the full prompt, the three stages' answers."""
+        image = compute.thumbnail(row["image_path"], size=192) if isinstance(row["image_path"], str) else ""
+        return (f'<div style="display:flex;gap:16px;flex-wrap:wrap"><div>{image}</div>'
+                f'<div style="flex:1 1 300px"><b>{html.escape(str(row["task"]))}</b> · item '
+                f'{html.escape(str(row["id"]))}<br>{_item_html(row)}<br><b>answer</b>: '
+                f'{html.escape(str(row["answer"]))}<br>{_answers_html(row)}</div></div>')
+
     def __panel__(self):
         return pn.Column("### Generations: hard-merge → suppress (M=0) → restore (M)",
                          self.stages,
-                         pn.Row(self.task, self.stage, self.category, self.changed), self.summary, self.table,
+                         pn.Row(self.task, self.stage, self.category), self.changed, self.summary, self.placeholder,
+                         self.table, "**item detail**", self.detail,
                          "**suppress → restore transitions**", self.transitions, sizing_mode="stretch_width")
 
 
@@ -278,12 +403,13 @@ class ExportView(View):
         super().__init__(state, **params)
         self.figure_sources = figure_sources  # name -> callable returning the current plotly figure
         self.generations_view = generations
-        self.which = pn.widgets.Select(label="figure", options=list(figure_sources), width=160)
+        self.which = pn.widgets.Select(label="figure to export", options=list(figure_sources), width=200)
         self.recipe_button = pn.widgets.FileDownload(callback=self.recipe_file, filename="recipe.yaml",
                                                      label="recipe.yaml", color="success")
         self.html_button = pn.widgets.FileDownload(callback=self.figure_html, filename="figure.html",
-                                                   label="figure HTML")
-        self.png_button = pn.widgets.FileDownload(callback=self.figure_png, filename="figure.png", label="figure PNG")
+                                                   label="figure HTML", width=130)
+        self.png_button = pn.widgets.FileDownload(callback=self.figure_png, filename="figure.png", label="figure PNG",
+                                                  width=130)
         self.csv_button = pn.widgets.FileDownload(callback=self.generations_csv, filename="generations.csv",
                                                   label="generations CSV")
         self.which.param.watch(self._names, "value")
@@ -320,5 +446,66 @@ class ExportView(View):
         return io.StringIO(table.to_csv(index=False))
 
     def __panel__(self):
-        return pn.Column("### Export", self.recipe_button, pn.Row(self.which, self.html_button, self.png_button),
+        return pn.Column("### Export", self.recipe_button, self.which, pn.Row(self.html_button, self.png_button),
                          self.csv_button, sizing_mode="stretch_width")
+
+
+class CompareView(View):
+    """Pinned recipes side by side: LA / VA / OA with n, per-task accuracies, and the items whose restore-stage
+    category differs between the first two pins (their points are on the trade-off plot, their C'(i) on the
+    rank curve)."""
+
+    def __init__(self, state, **params):
+        super().__init__(state, **params)
+        s = state
+        self.pin_button = pn.widgets.Button(label="pin current recipe", color="primary", width=170)
+        self.pin_button.on_click(lambda e: s.pin())
+        self.clear_button = pn.widgets.Button(label="clear pins", width=110)
+        self.clear_button.on_click(lambda e: s.unpin_all())
+        self.table = pn.widgets.Tabulator(pd.DataFrame(columns=["recipe"]), show_index=False, disabled=True,
+                                          height=200, sizing_mode="stretch_width", layout="fit_data_stretch")
+        self.changed = pn.widgets.Tabulator(pd.DataFrame(columns=CHANGED_COLUMNS), show_index=False, disabled=True,
+                                            height=220, sizing_mode="stretch_width", layout="fit_columns",
+                                            formatters={c: {"type": "textarea"} for c in CHANGED_COLUMNS})
+        self.note = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self.table.visible = self.changed.visible = False  # shown once there is something to compare
+        s.param.watch(self._refresh, "pinned")
+        self._refresh()
+
+    def _refresh(self, *events):
+        pins = self.state.pinned
+        self.table.value = self.comparison(pins) if pins else pd.DataFrame(columns=["recipe"])
+        self.table.visible = bool(pins)
+        self.changed.visible = len(pins) >= 2
+        if len(pins) < 2:
+            self.note.object = ("*pin a recipe, change a setting (e.g. locate top → random, rescale → replace), "
+                                "pin again: they are compared here*")
+            self.changed.value = pd.DataFrame(columns=CHANGED_COLUMNS)
+            return
+        first, second = pins[0], pins[1]
+        if first["generations"] is None or second["generations"] is None:
+            self.note.object = "*no per-item answers for one of the first two pins (DARE, DELLA, hard-merge)*"
+            self.changed.value = pd.DataFrame(columns=CHANGED_COLUMNS)
+            return
+        changed = analysis.changed_items(first["generations"], second["generations"])
+        self.note.object = (f"**{len(changed)} items** change restore-stage category between "
+                            f"**{first['recipe'].label}** (first) and **{second['recipe'].label}** (second)")
+        self.changed.value = changed.reindex(columns=CHANGED_COLUMNS).reset_index(drop=True)
+
+    @staticmethod
+    def comparison(pins: list[dict]) -> pd.DataFrame:
+        """One row per pinned recipe: recipe, LA, VA, OA, visual items, and each task's accuracy."""
+        rows = []
+        for p in pins:
+            c = p["current"]
+            counts = analysis.item_counts(c)
+            row = {"recipe": p["recipe"].label, "LA": round(c["LA"], 3), "VA": round(c["VA"], 3),
+                   "OA": round(c["OA"], 3), "n visual": counts.get("visual", (0, None))[1]}
+            for t in analysis.per_task_table(c).to_dict("records"):
+                row[t["task"]] = round(t["accuracy"], 3)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def __panel__(self):
+        return pn.Column("### Compare pinned recipes", pn.Row(self.pin_button, self.clear_button), self.table,
+                         self.note, self.changed, sizing_mode="stretch_width")
