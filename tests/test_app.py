@@ -400,22 +400,30 @@ def test_compare_two_pinned_recipes(org_app, organism):
     compare.pin_button.clicks += 1
     second = s.recipe
     assert [p["recipe"] for p in s.pinned] == [first, second]
-    table = compare.table.value
-    assert list(table["recipe"]) == [first.label, second.label]
-    assert {"LA", "VA", "OA", "n visual"} <= set(table.columns) and len(table.columns) > 5  # + per-task columns
+    table = compare.table.value.set_index("measure")
+    assert list(table.columns) == ["pin 1", "pin 2"]
+    assert f"**pin 1**: {first.label}" in compare.legend.object and f"**pin 2**: {second.label}" in compare.legend.object
+    for i, recipe in enumerate((first, second)):
+        truth = s.source.evaluate(recipe, organism_items(2))
+        assert float(table.loc["VA", f"pin {i + 1}"]) == round(truth["VA"], 3)
+        for task, acc in truth["tasks"].items():
+            kind = "visual" if any(a["task"] == task for a in truth["answers"]) else "language"
+            assert float(table.loc[f"{kind}: {task}", f"pin {i + 1}"]) == pytest.approx(acc, abs=1e-3)
     names = [t.name for t in org_app.tradeoff.plot.object.data]
     assert f"pinned: {first.label}" in names and f"pinned: {second.label}" in names
     curve_names = [t.name for t in org_app.neurons.curve.object.data]
     assert f"pinned: C'(i) {first.label}" in curve_names  # the other pin's C'(i), overlaid
     # the changed items: restore-stage categories that differ, from a fresh evaluation of each recipe
     items = organism_items(2)
+    from lfm.explorer.views import CHANGED_COLUMNS
+    assert list(compare.changed.value.columns) == CHANGED_COLUMNS
     a = {x["id"]: x["category"] for x in s.source.evaluate(first, items)["answers"]}
     b = {x["id"]: x["category"] for x in s.source.evaluate(second, items)["answers"]}
     expected = sorted(i for i in a if a[i] != b[i])
     assert sorted(compare.changed.value["id"]) == expected
     assert f"**{len(expected)} items**" in compare.note.object
     compare.clear_button.clicks += 1
-    assert s.pinned == [] and compare.table.value.empty
+    assert s.pinned == [] and compare.table.value.empty and not compare.table.visible
     s.param.update(method="Neu-S-TIES", locate="top")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -230,3 +231,148 @@ def test_a_100m_parameter_pair_opens_live_and_a_slider_moves(browser, big_pair):
         finally:
             context.close()
     assert errors == [], errors
+
+
+# ---------------------------------------------------------------------------------------------- readable, truthful
+
+OVERFLOW_JS = "\n".join(line for line in (ROOT / "tests" / "browser" / "overflow.js").read_text().splitlines()
+                        if not line.startswith("//"))
+TITLE_NUMBERS = re.compile(r"current (.+?): LA ([0-9.]+) VA ([0-9.]+)")
+
+
+def open_page(browser, url, width, height=1000):
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.errors = []
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.goto(url)
+    curve_title(page, "sorted C(i)")
+    wait_for(lambda: len(stage_answers(page, "restore")) > 0, what="the generations table")
+    return context, page
+
+
+def layout_problems(page) -> list:
+    result = page.evaluate(OVERFLOW_JS)
+    problems = list(result["bad"])
+    if result["scrollWidth"] > result["W"]:
+        problems.append(["page scrolls sideways", result["scrollWidth"], result["W"]])
+    return problems
+
+
+@pytest.mark.parametrize("width", [1024, 1400, 1920])
+def test_nothing_overflows_at_width(browser, server, width):
+    """Bounding boxes: no title, label or button outside its container or clipped, no sideways scroll (the
+    generations table included), the merge-outcome subplot titles apart and all 7 module names shown."""
+    context, page = open_page(browser, server, width)
+    try:
+        problems = layout_problems(page)
+        page.screenshot(path=str(ARTIFACTS / f"explorer-{width}.png"), full_page=True)
+        assert problems == [], problems
+        merge = page.locator(".js-plotly-plot", has=page.locator(".gtitle", has_text="Merge outcome")).first
+        ticks = merge.locator(".xtick text, .x2tick text").all_text_contents()
+        assert ticks.count("down_proj") == 2 and ticks.count("q_proj") == 2, ticks  # both subplots, all modules
+        assert page.errors == [], page.errors
+    finally:
+        context.close()
+
+
+def select(page, label: str, value: str):
+    group = page.locator(".bk-input-group").filter(has=page.get_by_text(label, exact=True)).first
+    group.locator("select").select_option(value)
+
+
+def slider(page, label: str, key: str):
+    handle = page.locator(".bk-input-group", has_text=label).locator(".noUi-handle").first
+    handle.focus()
+    handle.press(key)
+
+
+def test_scripted_session_every_control(browser, server, organism):
+    """Every control once, pins compared, a row drilled into, the pair re-loaded three times, the URL shared:
+    no console error, and no trade-off title ever shows numbers that are not its recipe's."""
+    context, page = open_page(browser, server, 1400, 1200)
+    titles = []
+    try:
+        def sample():
+            titles.extend(page.locator(".gtitle", has_text="Trade-off").all_text_contents())
+
+        slider(page, "K (density", "ArrowRight")  # K 0.2 -> 0.21: a fresh evaluation
+        for _ in range(20):
+            sample()
+            time.sleep(0.1)
+        wait_for(lambda: "K=0.21 M=0.3: LA" in page.locator(".gtitle", has_text="Trade-off").first.text_content(),
+                 what="the K=0.21 numbers")
+        sample()
+        slider(page, "M (neurons", "ArrowRight")
+        curve_title(page, "M=0.31")
+        select(page, "method", "Neu-P-TIES")
+        curve_title(page, "Neu-P-TIES")
+        page.get_by_role("button", name="rescale", exact=True).click()
+        curve_title(page, "Neu-S-TIES")
+        select(page, "locate neurons", "random")
+        curve_title(page, "locate=random")
+        legend = page.locator(".legendtext", has_text="located random-M").first
+        legend.wait_for(state="visible")
+        select(page, "norms / embeddings / lm_head", "tuned")
+        slider(page, "α", "ArrowLeft")
+        curve_title(page, "sorted C(i)")
+        select(page, "heatmap statistic", "max_over_median")
+        page.locator(".gtitle", has_text="max_over_median").first.wait_for(state="visible")
+        page.get_by_text("largest C(i) over the median C(i)").first.wait_for(state="visible")
+        select(page, "module", "k_proj")
+        curve_title(page, "k_proj")
+        # compare: pin locate=random, switch to top, pin, see both
+        wait_for(lambda: "locate=random: LA" in page.locator(".gtitle", has_text="Trade-off").first.text_content(),
+                 what="the locate=random numbers")
+        page.get_by_role("button", name="pin current recipe").click()
+        select(page, "locate neurons", "top")
+        wait_for(lambda: TITLE_NUMBERS.search(page.locator(".gtitle", has_text="Trade-off").first.text_content() or "")
+                 and "locate" not in page.locator(".gtitle", has_text="Trade-off").first.text_content(),
+                 what="the top-M numbers")
+        page.get_by_role("button", name="pin current recipe").click()
+        page.get_by_text("change restore-stage category between").first.wait_for(state="visible")
+        assert page.locator(".legendtext", has_text="pinned:").count() >= 2
+        time.sleep(1.0)
+        assert layout_problems(page) == []  # the comparison tables fit too
+        page.screenshot(path=str(ARTIFACTS / "explorer-compare.png"), full_page=True)
+        page.get_by_role("button", name="clear pins").click()
+        # generations: filters and a drill-down
+        select(page, "stage", "suppress")
+        select(page, "category", "all")
+        page.get_by_text("only items whose category changes between stages").click()
+        page.get_by_text("only items whose category changes between stages").click()
+        page.locator('.tabulator-cell[tabulator-field="item"]').first.click()
+        page.locator('img[width="192"]').first.wait_for(state="visible")
+        select(page, "figure to export", "trade-off")
+        # re-load the pair three times: the table comes back each time (no 'Table Not Initialized')
+        for _ in range(3):
+            page.get_by_role("button", name="Load", exact=True).click()
+            time.sleep(1.0)
+            wait_for(lambda: len(stage_answers(page, "restore")) > 0, what="the generations table after a re-load")
+        assert layout_problems(page) == []
+        # shareable: the URL holds the settings; opening it gives the same recipe
+        wait_for(lambda: "module=k_proj" in page.url and "others=tuned" in page.url, what="the settings in the URL")
+        label = curve_title(page, "sorted C(i)").split("neurons", 1)[1]
+        shared, page2 = open_page(browser, page.url, 1400)
+        try:
+            assert label in curve_title(page2, "k_proj")
+            assert page2.errors == [], page2.errors
+        finally:
+            shared.close()
+        assert page.errors == [], page.errors
+    finally:
+        context.close()
+    # every title with numbers shows its own recipe's numbers (checked against a fresh evaluation)
+    from lfm.explorer.compute import organism_items
+    from lfm.explorer.live import LivePair
+    from lfm.methods import Recipe
+
+    shown = {m.groups() for m in map(TITLE_NUMBERS.search, titles) if m}
+    assert any(label == "Neu-S-TIES K=0.21 M=0.3" for label, _, _ in shown), shown
+    live = LivePair(*organism)
+    recipes = {"Neu-S-TIES K=0.2 M=0.3": Recipe(), "Neu-S-TIES K=0.21 M=0.3": Recipe(density=0.21)}
+    for label, la, va in shown:
+        truth = live.evaluate(recipes[label], organism_items(2))
+        assert (float(la), float(va)) == (round(truth["LA"], 3), round(truth["VA"], 3)), label

@@ -27,7 +27,8 @@ from .state import ExplorerState
 
 PLOT_HEIGHT = 380
 TASK_COLUMNS = ["kind", "task", "correct", "n", "accuracy", "lo", "hi"]
-CHANGED_COLUMNS = ["id", "task", "question", "answer", "first", "first_category", "second", "second_category"]
+CHANGED_COLUMNS = ["id", "task", "question", "answer", "pin 1", "pin 2"]
+NO_SORT = {"columnDefaults": {"headerSort": False}}  # sort arrows take header room; these tables are short
 
 
 def _empty_figure(message: str):
@@ -215,7 +216,8 @@ class TradeoffView(View):
         self.numbers = pn.pane.Markdown(pn.bind(self._numbers, s.param.current, s.param.recipe, s.param.pending),
                                         sizing_mode="stretch_width", styles={"font-size": "12px"})
         self.tasks = pn.widgets.Tabulator(pd.DataFrame(columns=TASK_COLUMNS), show_index=False, disabled=True,
-                                          height=220, sizing_mode="stretch_width", layout="fit_columns")
+                                          height=300, sizing_mode="stretch_width", layout="fit_columns",
+                                          configuration=NO_SORT)
         s.param.watch(self._tasks, ["current", "recipe", "pending"])
         self._tasks()
 
@@ -302,7 +304,7 @@ class GenerationsView(View):
                                                      "answers": {"type": "html"}},
             hidden_columns=[c for c in GENERATION_COLUMNS if c not in SHOWN_COLUMNS], pagination=None,
             layout="fit_columns", widths={"image": 64, "task": 90, "answer": 100}, titles={"image": "image"},
-            header_filters=False, selectable=1, configuration={"columnDefaults": {"headerSort": False}})
+            header_filters=False, selectable=1, configuration=NO_SORT)
         self.placeholder = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.summary = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.stages = pn.pane.Markdown(pn.bind(self._stages, s.param.generations_recipe, s.param.pending,
@@ -462,11 +464,14 @@ class CompareView(View):
         self.pin_button.on_click(lambda e: s.pin())
         self.clear_button = pn.widgets.Button(label="clear pins", width=110)
         self.clear_button.on_click(lambda e: s.unpin_all())
-        self.table = pn.widgets.Tabulator(pd.DataFrame(columns=["recipe"]), show_index=False, disabled=True,
-                                          height=200, sizing_mode="stretch_width", layout="fit_data_stretch")
+        self.legend = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self.table = pn.widgets.Tabulator(pd.DataFrame(columns=["measure"]), show_index=False, disabled=True,
+                                          height=300, sizing_mode="stretch_width", layout="fit_columns",
+                                          configuration=NO_SORT)
         self.changed = pn.widgets.Tabulator(pd.DataFrame(columns=CHANGED_COLUMNS), show_index=False, disabled=True,
-                                            height=220, sizing_mode="stretch_width", layout="fit_columns",
-                                            formatters={c: {"type": "textarea"} for c in CHANGED_COLUMNS})
+                                            height=240, sizing_mode="stretch_width", layout="fit_columns",
+                                            formatters={c: {"type": "textarea"} for c in CHANGED_COLUMNS},
+                                            widths={"id": 140, "task": 80, "answer": 80}, configuration=NO_SORT)
         self.note = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.table.visible = self.changed.visible = False  # shown once there is something to compare
         s.param.watch(self._refresh, "pinned")
@@ -474,7 +479,8 @@ class CompareView(View):
 
     def _refresh(self, *events):
         pins = self.state.pinned
-        self.table.value = self.comparison(pins) if pins else pd.DataFrame(columns=["recipe"])
+        self.table.value = self.comparison(pins) if pins else pd.DataFrame(columns=["measure"])
+        self.legend.object = "  \n".join(f"**pin {i + 1}**: {p['recipe'].label}" for i, p in enumerate(pins))
         self.table.visible = bool(pins)
         self.changed.visible = len(pins) >= 2
         if len(pins) < 2:
@@ -488,24 +494,27 @@ class CompareView(View):
             self.changed.value = pd.DataFrame(columns=CHANGED_COLUMNS)
             return
         changed = analysis.changed_items(first["generations"], second["generations"])
-        self.note.object = (f"**{len(changed)} items** change restore-stage category between "
-                            f"**{first['recipe'].label}** (first) and **{second['recipe'].label}** (second)")
+        self.note.object = (f"**{len(changed)} items** change restore-stage category between pin 1 "
+                            f"({first['recipe'].label}) and pin 2 ({second['recipe'].label})")
+        changed = changed.assign(**{"pin 1": changed["first"] + " (" + changed["first_category"] + ")",
+                                    "pin 2": changed["second"] + " (" + changed["second_category"] + ")"})
         self.changed.value = changed.reindex(columns=CHANGED_COLUMNS).reset_index(drop=True)
 
     @staticmethod
     def comparison(pins: list[dict]) -> pd.DataFrame:
-        """One row per pinned recipe: recipe, LA, VA, OA, visual items, and each task's accuracy."""
-        rows = []
-        for p in pins:
+        """One column per pinned recipe ('pin 1', ...), one row per measure: LA, VA, OA, items, each task."""
+        columns = {}
+        for i, p in enumerate(pins):
             c = p["current"]
-            counts = analysis.item_counts(c)
-            row = {"recipe": p["recipe"].label, "LA": round(c["LA"], 3), "VA": round(c["VA"], 3),
-                   "OA": round(c["OA"], 3), "n visual": counts.get("visual", (0, None))[1]}
+            col = {"LA": round(c["LA"], 3), "VA": round(c["VA"], 3), "OA": round(c["OA"], 3)}
+            for side, (k, n) in analysis.item_counts(c).items():
+                col[f"{side} items correct"] = f"{k}/{n}"
             for t in analysis.per_task_table(c).to_dict("records"):
-                row[t["task"]] = round(t["accuracy"], 3)
-            rows.append(row)
-        return pd.DataFrame(rows)
+                col[f"{t['kind']}: {t['task']}"] = round(t["accuracy"], 3)
+            columns[f"pin {i + 1}"] = col
+        return pd.DataFrame(columns).rename_axis("measure").reset_index().astype(str)
 
     def __panel__(self):
-        return pn.Column("### Compare pinned recipes", pn.Row(self.pin_button, self.clear_button), self.table,
+        return pn.Column("### Compare pinned recipes", pn.Row(self.pin_button, self.clear_button), self.legend,
+                         self.table,
                          self.note, self.changed, sizing_mode="stretch_width")
