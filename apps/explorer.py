@@ -7,7 +7,9 @@ Opens the embedded organism by default. Options after `--args`:
     --no-sweep                 do not evaluate the trade-off curves in the background
 
 `panel serve` binds every interface unless told otherwise: pass `--address 127.0.0.1` (as `make demo`
-does), or run `lfm explore`, which binds 127.0.0.1 by default.
+does), or run `lfm explore`, which binds 127.0.0.1 by default. Whatever the bind address, the app
+serves browsers on this machine only: another address gets a refusal, unless LFM_ALLOW_REMOTE=1 is
+set in the server's environment (lfm.explorer.app.session_page).
 """
 
 import argparse
@@ -17,7 +19,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from lfm.explorer.app import ExplorerApp, TITLE, extension  # noqa: E402
+from lfm.explorer.app import TITLE, extension, session_page  # noqa: E402
 from lfm.explorer.state import ExplorerState  # noqa: E402
 
 parser = argparse.ArgumentParser(prog="panel serve apps/explorer.py --args")
@@ -28,16 +30,22 @@ parser.add_argument("--per-task", type=int, default=8, help="organism items per 
 parser.add_argument("--no-sweep", action="store_true", help="skip the background trade-off sweep")
 args, _ = parser.parse_known_args(sys.argv[1:])
 
-extension()
-state = ExplorerState(per_task=args.per_task, auto_sweep=not args.no_sweep)
-if args.results:
-    state.param.update(source_kind="results", results_path=args.results)
-elif args.base and args.tuned:
-    state.param.update(source_kind="pair", base_path=args.base, tuned_path=args.tuned)
-ExplorerApp(state).__panel__().servable(title=TITLE)
 
+
+def make_state() -> ExplorerState:
+    state = ExplorerState(per_task=args.per_task, auto_sweep=not args.no_sweep)
+    if args.results:
+        state.param.update(source_kind="results", results_path=args.results)
+    elif args.base and args.tuned:
+        state.param.update(source_kind="pair", base_path=args.base, tuned_path=args.tuned)
+    return state
+
+
+extension()
 if __name__ == "__main__":  # `python apps/explorer.py`: serve on 127.0.0.1 without the panel CLI
     import panel as pn
 
-    pn.serve({"explorer": lambda: ExplorerApp(ExplorerState(per_task=args.per_task)).__panel__()},
-             address="127.0.0.1", port=5006, show=False, title=TITLE)
+    pn.serve({"explorer": lambda: session_page(make_state)}, address="127.0.0.1", port=5006, show=False,
+             title=TITLE)
+else:
+    session_page(make_state).servable(title=TITLE)

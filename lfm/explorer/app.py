@@ -2,14 +2,27 @@
 
     >>> page = build_app(ExplorerState(background=False))   # doctest: +SKIP
     >>> page.servable()                                      # doctest: +SKIP
+
+The page lets its user open any directory of the machine that serves it, so `session_page` serves
+only browsers on that machine (loopback addresses), whatever command started the server, unless
+LFM_ALLOW_REMOTE=1 is set (then every remote session is logged with a warning).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import os
+from typing import Callable
+
 import panel as pn
 
 from .state import ExplorerState
-from .views import (Controls, ExportView, GenerationsView, MergeView, NeuronView, PairPicker, TradeoffView)
+from .views import (Controls, ExportView, GenerationsView, MergeView, NeuronView, PairPicker, TradeoffView,
+                    as_text)
+
+ALLOW_REMOTE_ENV = "LFM_ALLOW_REMOTE"  # =1: serve browsers on other machines too (they can open any server path)
+log = logging.getLogger("lfm.explorer")
 
 TITLE = "Locate-then-Merge explorer"
 INTRO = ("Merge a visually tuned MLLM back toward its base LLM, neuron by neuron "
@@ -52,3 +65,41 @@ class ExplorerApp:
 
 def build_app(state: ExplorerState | None = None, *, load: bool = True) -> pn.viewable.Viewable:
     return pn.panel(ExplorerApp(state, load=load))
+
+
+def remote_allowed() -> bool:
+    return os.environ.get(ALLOW_REMOTE_ENV, "") == "1"
+
+
+def is_loopback(address: str) -> bool:
+    """'127.0.0.1', '::1', '::ffff:127.0.0.1' -> True; any other address (or a malformed one) -> False."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
+def client_address() -> str | None:
+    """The address of the browser this session serves; None outside a server (a notebook, a test)."""
+    doc = pn.state.curdoc
+    context = doc.session_context if doc is not None else None
+    request = getattr(context, "request", None) if context is not None else None
+    return getattr(request, "remote_ip", None) if request is not None else None
+
+
+def session_page(make_state: Callable[[], ExplorerState]) -> pn.viewable.Viewable:
+    """The page for this session: the explorer for a browser on this machine (or when remote access was
+    opted into), else a refusal, built before any state exists (no path box, no loading)."""
+    address = client_address()
+    if address is not None and not is_loopback(address):
+        if not remote_allowed():
+            log.warning("refused a session from %s: the explorer serves this machine only (set %s=1 to allow "
+                        "remote browsers)", address, ALLOW_REMOTE_ENV)
+            return pn.pane.Alert(as_text(f"This explorer serves only the machine it runs on; your address is "
+                                         f"{address}. Its owner can allow remote browsers with "
+                                         f"{ALLOW_REMOTE_ENV}=1 (they can then open any directory of that "
+                                         f"machine)."), alert_type="danger")
+        log.warning("serving a session to the remote address %s (%s=1): it can open any directory of this "
+                    "machine", address, ALLOW_REMOTE_ENV)
+    return ExplorerApp(make_state()).__panel__()

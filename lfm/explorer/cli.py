@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     e.add_argument("--tuned")
     e.add_argument("--port", type=int, default=5006)
     e.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    e.add_argument("--allow-remote", action="store_true",
+                   help="also serve browsers on other machines (sets LFM_ALLOW_REMOTE=1): they can open any "
+                        "directory of this machine")
     e.set_defaults(func=cmd_explore)
 
 
@@ -86,21 +89,29 @@ def cmd_precompute(args) -> int:
 
 
 def cmd_explore(args) -> int:
+    import os
+
     import panel as pn
 
-    from .app import TITLE, ExplorerApp, extension
+    from .app import ALLOW_REMOTE_ENV, TITLE, extension, session_page
     from .state import ExplorerState
 
     extension()
+    origins = [f"127.0.0.1:{args.port}", f"localhost:{args.port}"]
+    if args.allow_remote:
+        os.environ[ALLOW_REMOTE_ENV] = "1"
+        origins = ["*"]
+        print(f"warning: --allow-remote: any browser that reaches {args.address}:{args.port} can open any "
+              f"directory of this machine", flush=True)
 
-    def page():
+    def make_state():
         state = ExplorerState()
         if args.results:
             state.param.update(source_kind="results", results_path=args.results)
         elif args.base and args.tuned:
             state.param.update(source_kind="pair", base_path=args.base, tuned_path=args.tuned)
-        return ExplorerApp(state).__panel__()
+        return state
 
-    pn.serve({"explorer": page}, address=args.address, port=args.port, show=False, title=TITLE,
-             websocket_origin=[f"127.0.0.1:{args.port}", f"localhost:{args.port}"])
+    pn.serve({"explorer": lambda: session_page(make_state)}, address=args.address, port=args.port, show=False,
+             title=TITLE, websocket_origin=origins)
     return 0
