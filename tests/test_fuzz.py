@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixtures import read_state
-from hostile_probe import leftovers
+from hostile_probe import leftovers, set_header_dtype
 from lfm.merge import merge
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 json_values = st.recursive(
@@ -69,7 +69,7 @@ def header_edits(draw, keys: list[str]):
         else:
             value = draw(json_values)
         edits.append((op, key, value))
-    return edits, draw(st.sampled_from([0, 0, 0, -8, 8, 3])), draw(st.sampled_from([0, 0, 0, 1, 100, 10**6]))
+    return edits, draw(st.sampled_from([0] * 8 + [-8, 8, 3])), draw(st.sampled_from([0] * 8 + [1, 100, 10**6]))
 
 
 @pytest.fixture(scope="module")
@@ -122,27 +122,22 @@ def test_fuzzed_weight_index(zoo, data):
     names = st.sampled_from(shards) | st.sampled_from(["../" + shards[0], "/" + shards[0], "x.bin", "", ".",
                                                        f"./{shards[0]}", f"sub/{shards[0]}"]) | json_values
     for _ in range(data.draw(st.integers(1, 3))):
-        op = data.draw(st.sampled_from(["value", "drop", "add", "weight_map", "index"]))
+        op = data.draw(st.sampled_from(["value", "drop", "add"]))
         if op == "value":
             index["weight_map"][data.draw(st.sampled_from(keys))] = data.draw(names)
         elif op == "drop":
             index["weight_map"].pop(data.draw(st.sampled_from(keys)), None)
-        elif op == "add":
-            index["weight_map"][data.draw(st.text(max_size=10))] = data.draw(names)
-        elif op == "weight_map":
-            index["weight_map"] = data.draw(json_values)
         else:
-            index = data.draw(json_values)
+            index["weight_map"][data.draw(st.text(max_size=10))] = data.draw(names)
+    replaced = data.draw(st.sampled_from([None, None, None, "weight_map", "index"]))
+    if replaced == "weight_map":
+        index["weight_map"] = data.draw(json_values)
+    elif replaced == "index":
+        index = data.draw(json_values)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(shutil.copytree(base, Path(tmp) / "base"))
         (d / "model.safetensors.index.json").write_text(json.dumps(index))
-        out = Path(tmp) / "out"
-        try:
-            merge(d, tuned, out, "ties", device="cpu", progress=False, log=lambda *a: None)
-        except ValueError:
-            assert not out.exists() and not leftovers(out)
-            return
-        assert set(read_state(out)) == set(read_state(tuned))
+        merge_or_refuse(d, tuned, Path(tmp) / "out")
 
 
 CONFIG_FIELDS = ["text_config", "architectures", "model_type", "hidden_size", "num_hidden_layers",
@@ -179,9 +174,6 @@ def test_fuzz_strategies_reach_both_outcomes(zoo, tmp_path):
     merge_or_refuse(zoo.base, zoo.llm_tuned, tmp_path / "plain")
     assert (tmp_path / "plain" / "model.safetensors").is_file()
     t = Path(shutil.copytree(zoo.llm_tuned, tmp_path / "tuned"))
-    header, body = split_file(t / "model.safetensors")
-    header["model.norm.weight"]["dtype"] = "F8_E4M3"
-    blob = json.dumps(header).encode()
-    (t / "model.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob + body)
+    set_header_dtype(t / "model.safetensors", "model.norm.weight", "F8_E4M3")
     with pytest.raises(ValueError, match="F8_E4M3"):
         merge(zoo.base, t, tmp_path / "out", "ties", device="cpu", progress=False, log=lambda *a: None)
