@@ -160,7 +160,7 @@ class Checkpoint:
             begin, stop = info["data_offsets"]
             if info["dtype"] not in _DTYPE_OF_ST:
                 raise CheckpointError(f"{file}: tensor {key!r} has dtype {info['dtype']}, which lfm does not "
-                                      f"read; convert the checkpoint to {', '.join(sorted(_DTYPE_OF_ST))}")
+                                      f"read; convert the checkpoint to F32, F16 or BF16")
             self._spans[key] = (_DTYPE_OF_ST[info["dtype"]], tuple(info["shape"]),
                                 8 + header_len + begin, 8 + header_len + stop)
             self._register(key, file)
@@ -519,13 +519,13 @@ def atomic_output_dir(out: Path, force: bool = False, log=print):
     remove_dead_scratch(out, log)
     tmp = scratch_path(out, "lfm-tmp")
     _remove(tmp)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         yield tmp
     except OSError as e:
         _remove(tmp)
-        if e.filename is None:  # a failed write() names no file: name the output being written
-            raise OSError(e.errno, e.strerror, str(out)) from e
+        if e.filename is None or Path(e.filename) == tmp:  # a failed write() names no file, and the
+            raise OSError(e.errno, e.strerror, str(out)) from e  # scratch name means nothing to the user
         raise
     except BaseException:
         _remove(tmp)

@@ -162,7 +162,7 @@ def keep_freed_memory_for_reuse() -> None:
 
 OS_ERROR_FIXES = {errno.ENOSPC: "free space on that disk or choose another --out",
                   errno.EDQUOT: "free space on that disk or choose another --out",
-                  errno.EROFS: "the file system is read-only; choose another --out",
+                  errno.EROFS: "choose another --out",
                   errno.EACCES: "choose a path you may write to (or read, for inputs)",
                   errno.EPERM: "choose a path you may write to (or read, for inputs)"}
 
