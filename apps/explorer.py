@@ -1,4 +1,4 @@
-"""The Locate-then-Merge explorer: `panel serve apps/explorer.py` (binds 127.0.0.1; offline).
+"""The Locate-then-Merge explorer: `panel serve apps/explorer.py` (serves browsers on this machine only; offline).
 
 Opens the embedded organism by default. Options after `--args`:
     --base DIR --tuned DIR     a model pair to explore live (small models)
