@@ -183,7 +183,7 @@ def last_line(err: str) -> str:
         return ""
     if "Traceback" in err:
         return "Traceback: " + lines[-1][:160]
-    return lines[-1][:200]
+    return lines[-1][:260]
 
 
 def describe_out(out: Path) -> str:
@@ -212,8 +212,10 @@ def run_faults(zoo: TinyZoo, root: Path) -> list[tuple[str, int, str, str]]:
         rows.append((f"8: {sig.name} mid-merge", proc.returncode, last_line(err), describe_out(out)))
     out = root / "out" / "sig_SIGKILL"
     proc = lfm(*merge_args(base, tuned, out))
-    _, err = proc.communicate(timeout=300)
-    rows.append(("8: the next run after SIGKILL", proc.returncode, last_line(err), describe_out(out)))
+    said, err = proc.communicate(timeout=300)
+    removed = [line for line in said.splitlines() if line.startswith("removed ")]
+    rows.append(("8: the next run after SIGKILL", proc.returncode, last_line(err) or "stdout: " + " ".join(removed),
+                 describe_out(out)))
     out = root / "out" / "a_file"
     out.write_text("x")
     proc = lfm(*merge_args(zoo.base, zoo.llava, out, "--force"))
