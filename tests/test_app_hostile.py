@@ -48,7 +48,7 @@ def edit_config(d: Path, edit) -> Path:
 
 def test_architectures_from_config_show_as_text(zoo, tmp_path):
     tuned = edit_config(copy_dir(zoo.llava, tmp_path / "tuned"),
-                        lambda c: c.__setitem__("architectures", [XSS + "ForConditionalGeneration"]))
+                        lambda c: c.__setitem__("architectures", ["x\n```\n" + XSS + "ForConditionalGeneration"]))
     app = load(source_kind="pair", base_path=str(zoo.base), tuned_path=str(tuned))
     assert app.state.error == ""
     shown = rendered(app.picker.description)
