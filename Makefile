@@ -1,30 +1,54 @@
 # Two entry points for a fresh machine:  `make demo` (the explorer on the embedded organism)
-# and `make test` (the full test suite). Both create .venv and install everything first.
+# and `make test` (the full test suite). Both create .venv and install everything first, from the lock.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 PORT   ?= 5006
+LAB_PORT ?= 8888
 STAMP  := $(VENV)/.installed
+LOCK   := requirements/lock.txt
+NODEPS := requirements/no-deps.txt
+# Tools of the install itself, pinned here (not in the lock: they install the lock).
+PIP_VERSION := 26.3
+UV_VERSION  := 0.13.9
+# Where the CPU torch wheel is found (this project's machines keep it on local disk). Elsewhere, point it
+# at PyTorch's CPU wheel index: make lock TORCH_WHEELS="--extra-index-url <that index>".
+TORCH_WHEELS ?= --find-links /opt/wheels
+UPGRADE ?=
+# uv lives in its own venv, so that .venv holds exactly the lock
+LOCK_VENV := .venv-lock
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install lock demo lab test test-fast bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install --upgrade pip
-	# torch: the CPU wheel on this machine's disk when no torch is present (an unpinned torch pulls CUDA)
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
-	$(PIP) install -e '.[all]'
-	# lmms-eval pins torchvision (-> a CUDA torch): install it without deps, plus the deps it uses
-	$(PIP) install --no-deps lmms-eval==0.7.3
-	$(PIP) install loguru jsonlines tenacity zss sqlitedict pytablewriter evaluate
+# Exactly the packages of the lock (--no-deps: nothing resolved at install time), then lmms-eval without
+# its deps (see requirements/no-deps.txt), then lfm itself, built with the lock's setuptools.
+$(STAMP): pyproject.toml $(LOCK) $(NODEPS) Makefile
+	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install pip==$(PIP_VERSION)
+	$(PIP) install --require-hashes --no-deps $(TORCH_WHEELS) -r $(LOCK)
+	$(PIP) install --require-hashes --no-deps -r $(NODEPS)
+	$(PIP) install --no-deps --no-build-isolation -e .
+	$(PY) -m pip check | grep -v '^lmms-eval ' || true
 	# a real headless browser for the UI tests (Debian package, not a downloaded build)
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	touch $(STAMP)
 
+# Re-resolve the lock from pyproject.toml's extras + requirements/extra.in. Pins already in the lock are kept;
+# to upgrade one on purpose: make lock UPGRADE="--upgrade-package panel" (or UPGRADE=--upgrade for all).
+lock:
+	test -x $(LOCK_VENV)/bin/python || python3.11 -m venv $(LOCK_VENV) || python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip -q install uv==$(UV_VERSION)
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml requirements/extra.in --extra all --generate-hashes \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 $(TORCH_WHEELS) $(UPGRADE) \
+		--custom-compile-command "make lock" --quiet -o $(LOCK)
+
 demo: install
 	$(VENV)/bin/panel serve apps/explorer.py --address 127.0.0.1 --port $(PORT) --allow-websocket-origin 127.0.0.1:$(PORT) --allow-websocket-origin localhost:$(PORT)
+
+lab: install
+	$(VENV)/bin/lfm lab notebooks --port $(LAB_PORT)
 
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lfm.evaluate.models import EvalModel, load_eval_model
+from lfm.evaluate.quiet import quiet_harnesses
 from lfm.evaluate.suites import Suite, TaskSpec, check_datasets, get_suite
 
 
@@ -62,16 +63,18 @@ def run_language(em: EvalModel, specs: tuple[TaskSpec, ...] | list[TaskSpec], *,
     from lm_eval.tasks import TaskManager
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    lm = HFLM(pretrained=em.language_model(), tokenizer=em.tokenizer, batch_size=batch_size,
-              device=str(em.model.device))
+    with quiet_harnesses():
+        lm = HFLM(pretrained=em.language_model(), tokenizer=em.tokenizer, batch_size=batch_size,
+                  device=str(em.model.device))
     manager = TaskManager(include_path=list(include) or None, include_defaults=include_defaults)
     out = {}
     for shots in sorted({s.num_fewshot for s in specs}):
         group = [s for s in specs if s.num_fewshot == shots]
-        res = lm_eval.simple_evaluate(model=lm, tasks=[s.task for s in group], num_fewshot=shots,
-                                      task_manager=manager, limit=limit, bootstrap_iters=0,
-                                      log_samples=log_samples, random_seed=0, numpy_random_seed=0,
-                                      torch_random_seed=0, fewshot_random_seed=0)
+        with quiet_harnesses():
+            res = lm_eval.simple_evaluate(model=lm, tasks=[s.task for s in group], num_fewshot=shots,
+                                          task_manager=manager, limit=limit, bootstrap_iters=0,
+                                          log_samples=log_samples, random_seed=0, numpy_random_seed=0,
+                                          torch_random_seed=0, fewshot_random_seed=0)
         for s in group:
             out[s.task] = {"acc": accuracy(s, res["results"][s.task]), "results": _plain(res["results"][s.task])}
             if log_samples:
@@ -204,10 +207,11 @@ def run_visual(em: EvalModel, specs, *, include: tuple[str, ...] = (), include_d
 
     lmm = lfm_llava_class()(em.model, em.processor, batch_size=batch_size)
     manager = TaskManager("WARNING", include_path=list(include) or None, include_defaults=include_defaults)
-    res = evaluator.simple_evaluate(model=lmm, tasks=[s.task for s in specs], task_manager=manager, limit=limit,
-                                    bootstrap_iters=0, log_samples=log_samples, verbosity="WARNING",
-                                    random_seed=0, numpy_random_seed=0, torch_random_seed=0,
-                                    fewshot_random_seed=0, process_docs_parallel=1)
+    with quiet_harnesses():
+        res = evaluator.simple_evaluate(model=lmm, tasks=[s.task for s in specs], task_manager=manager,
+                                        limit=limit, bootstrap_iters=0, log_samples=log_samples,
+                                        verbosity="WARNING", random_seed=0, numpy_random_seed=0,
+                                        torch_random_seed=0, fewshot_random_seed=0, process_docs_parallel=1)
     if res is None:
         raise RuntimeError("lmms-eval returned no results")
     out = {}

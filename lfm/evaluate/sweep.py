@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from lfm.evaluate.quiet import bars_to_file
 from lfm.evaluate.suites import Suite, check_datasets, get_suite
 from lfm.methods import METHODS, Recipe
 
@@ -237,10 +238,13 @@ def run_sweep(base, tuned, recipes: list[Recipe], *, suite: str | Suite = "organ
     todo = [p for p in points if point_id(p) not in table.done]
     bar = tqdm(total=len(points), initial=len(points) - len(todo), desc="sweep", unit="point", disable=not progress)
     if executor == "local":
-        runner = PointRunner(base, tuned, suite_obj, limit=limit, device=device, batch_size=batch_size,
-                             points=todo) if todo else None
+        with bars_to_file(table.dir / "harness.log"):
+            runner = PointRunner(base, tuned, suite_obj, limit=limit, device=device, batch_size=batch_size,
+                                 points=todo) if todo else None
         for p in todo:
-            table.add(runner.run(p))
+            with bars_to_file(table.dir / "harness.log"):
+                row = runner.run(p)
+            table.add(row)
             bar.update(1)
     elif executor == "ray":
         for row in _run_ray(base, tuned, suite_obj, todo, limit=limit, device=device, workers=workers,
