@@ -87,7 +87,9 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None, key: str, pair: Pair)
     if not tensor.is_floating_point():
         return tensor
     out = tensor if dtype is None else tensor.to(dtype)
-    if not torch.isfinite(out).all():
+    # one cheap reduction (~8 ms on 11.5M entries vs ~50 ms for isfinite().all()); a half sum can
+    # overflow on finite entries, so a non-finite sum is only a reason to look closer
+    if not torch.isfinite(out.sum()) and not torch.isfinite(out).all():
         if torch.isfinite(tensor).all():
             raise ValueError(f"tensor {key!r}: values up to {tensor.abs().max().item():.3g} do not fit in "
                              f"{str(dtype).removeprefix('torch.')} (they become Inf); choose --dtype bfloat16 "
