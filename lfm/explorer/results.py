@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from lfm._version import __version__
+from lfm.checkpoint import contained_path
 from lfm.methods import Recipe, suppress, tensor_generator
 from lfm.neurons import neuron_scores
 from lfm.pair import open_pair, text_config
@@ -184,6 +185,11 @@ class ResultsFolder:
         sweep, gens = self.path / "sweep.csv", self.path / "generations.csv"
         self.sweep = pd.read_csv(sweep) if sweep.is_file() else None
         self.generations = pd.read_csv(gens) if gens.is_file() else None
+        if self.generations is not None and "image" in self.generations:
+            # an image is a file of the folder: a '../' or absolute path would show any file on the server
+            self.generations["image"] = [str(contained_path(self.path, name, f"{gens}: image"))
+                                         if isinstance(name, str) and name else ""
+                                         for name in self.generations["image"]]
 
     def nearest_density(self, k: float) -> float:
         return min(self.densities, key=lambda d: abs(d - k))
@@ -243,6 +249,5 @@ class ResultsFolder:
         out = []
         for r in g.to_dict("records"):
             r["choices"] = json.loads(r["choices"])
-            r["image"] = str(self.path / r["image"]) if isinstance(r["image"], str) and r["image"] else ""
             out.append(r)
         return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 
 import pandas as pd
@@ -25,6 +26,25 @@ from . import compute, figures
 from .state import ExplorerState
 
 PLOT_HEIGHT = 380
+_MARKUP = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation mark: CommonMark lets each be escaped
+
+
+def as_text(text: str) -> str:
+    r"""`text` as Markdown that shows exactly its characters: nothing in it becomes markup.
+
+    Every string that comes from a file, a path box or an error message (tensor names, config fields,
+    a results folder's description) goes through here before a Markdown pane shows it: each ASCII
+    punctuation mark is backslash-escaped, so `<img ...>`, links and emphasis stay literal text, and
+    each line break is kept.
+
+        >>> as_text("<img src=x onerror=alert(1)>")
+        '\\<img src\\=x onerror\\=alert\\(1\\)\\>'
+    """
+    return "  \n".join(_MARKUP.sub(r"\\\1", line) for line in str(text).splitlines())
+
+
+def _italic(text: str) -> str:
+    return f"*{as_text(text)}*" if text else ""
 
 
 def _empty_figure(message: str):
@@ -53,31 +73,35 @@ class PairPicker(View):
                                                     placeholder="/path/to/base")
         self.tuned = pn.widgets.TextInput.from_param(s.param.tuned_path, label="tuned MLLM directory",
                                                      placeholder="/path/to/tuned")
+        self.hub = pn.widgets.Checkbox.from_param(s.param.hub_download,
+                                                  label="download from the hub (org/name paths)")
         self.results = pn.widgets.TextInput.from_param(s.param.results_path, label="results folder",
                                                        placeholder="written by `lfm precompute`")
         self.load_button = pn.widgets.Button(label="Load", color="primary")
         self.load_button.on_click(lambda event: s.load())
         self.bar = pn.indicators.Progress(value=s.param.progress, max=100, sizing_mode="stretch_width",
                                           visible=s.param.loading, height=16)
-        self.status = pn.pane.Markdown(pn.bind(lambda t: f"*{t}*" if t else "", s.param.status))
-        self.error = pn.pane.Alert(s.param.error, alert_type="danger", visible=pn.bind(bool, s.param.error))
-        self.description = pn.pane.Markdown(pn.bind(self._describe, s.param.source), styles={"font-size": "11px"})
-        for w, kind in ((self.base, "pair"), (self.tuned, "pair"), (self.results, "results")):
+        self.status = pn.pane.Markdown(pn.bind(_italic, s.param.status))
+        self.error = pn.pane.Alert(pn.bind(as_text, s.param.error), alert_type="danger",
+                                   visible=pn.bind(bool, s.param.error))
+        self.description = pn.pane.Markdown(pn.bind(self._describe, s.param.source),
+                                            styles={"font-size": "11px", "font-family": "monospace"})
+        for w, kind in ((self.base, "pair"), (self.tuned, "pair"), (self.hub, "pair"), (self.results, "results")):
             w.visible = s.source_kind == kind
         s.param.watch(self._kind_changed, "source_kind")
 
     def _kind_changed(self, event):
-        self.base.visible = self.tuned.visible = event.new == "pair"
+        self.base.visible = self.tuned.visible = self.hub.visible = event.new == "pair"
         self.results.visible = event.new == "results"
 
     @staticmethod
     def _describe(source):
         if source is None:
             return "*no pair loaded*"
-        return "```\n" + source.description + "\n```"
+        return as_text(source.description)
 
     def __panel__(self):
-        return pn.Column("### Model pair", self.kind, self.base, self.tuned, self.results, self.load_button,
+        return pn.Column("### Model pair", self.kind, self.base, self.tuned, self.hub, self.results, self.load_button,
                          self.bar, self.status, self.error, self.description, sizing_mode="stretch_width")
 
 
@@ -189,7 +213,7 @@ class TradeoffView(View):
         s = state
         self.plot = pn.pane.Plotly(pn.bind(self.figure, s.param.sweep, s.param.references, s.param.current,
                                            s.param.recipe), height=PLOT_HEIGHT + 40, sizing_mode="stretch_width")
-        self.status = pn.pane.Markdown(pn.bind(lambda t: f"*{t}*" if t else "", s.param.eval_status))
+        self.status = pn.pane.Markdown(pn.bind(_italic, s.param.eval_status))
 
     @staticmethod
     def figure(sweep, references, current, recipe):
@@ -261,7 +285,7 @@ class GenerationsView(View):
         n = len(table)
         counts = {s: int((table[f"{s}_category"] == "correct").sum()) for s in STAGES}
         self.summary.object = (f"**{n} items** · correct: hard {counts['hard']}, suppress {counts['suppress']}, "
-                               f"restore {counts['restore']}  \n{compute.fixed_summary(table)}")
+                               f"restore {counts['restore']}  \n{as_text(compute.fixed_summary(table))}")
         self.transitions.value = compute.transition_counts(table, "suppress", "restore")
 
     def __panel__(self):
