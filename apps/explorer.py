@@ -1,4 +1,4 @@
-"""The Locate-then-Merge explorer: `panel serve apps/explorer.py` (binds 127.0.0.1; offline).
+"""The Locate-then-Merge explorer: `panel serve apps/explorer.py` (serves browsers on this machine only; offline).
 
 Opens the embedded organism by default. Options after `--args`:
     --base DIR --tuned DIR     a model pair to explore live (any size that fits in memory)
@@ -7,7 +7,9 @@ Opens the embedded organism by default. Options after `--args`:
     --no-sweep                 do not evaluate the trade-off curves in the background
 
 `panel serve` binds every interface unless told otherwise: pass `--address 127.0.0.1` (as `make demo`
-does), or run `lfm explore`, which binds 127.0.0.1 by default.
+does), or run `lfm explore`, which binds 127.0.0.1 by default. Whatever the bind address, the app
+serves browsers on this machine only: another address gets a refusal, unless LFM_ALLOW_REMOTE=1 is
+set in the server's environment (lfm.explorer.app.page).
 """
 
 import argparse

@@ -10,6 +10,7 @@ peak memory is one tensor, not one shard. `atomic_output_dir` builds the output 
 sibling directory and renames it into place only when everything succeeded.
 """
 
+import glob
 import hashlib
 import json
 import mmap
@@ -36,6 +37,7 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 _ST_DTYPE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
              torch.uint8: "U8", torch.bool: "BOOL"}
+_DTYPE_OF_ST = {st: dtype for dtype, st in _ST_DTYPE.items()}
 
 
 class CheckpointError(ValueError):
@@ -79,10 +81,7 @@ class Checkpoint:
         config_file = self.path / "config.json"
         if not config_file.is_file():
             raise CheckpointError(f"{config_file}: missing; a Hugging Face model directory needs config.json")
-        try:
-            self.config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{config_file}: not valid JSON ({e})") from e
+        self.config = read_config(config_file)
         self.allow_pickle = allow_pickle
         self._key_file: dict[str, Path] = {}
         self._spans: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}  # key -> dtype, shape, start, end
@@ -116,22 +115,35 @@ class Checkpoint:
             raise CheckpointError(f"{p}: no weights found (expected {SAFE_SINGLE} or {SAFE_INDEX})")
 
     def _read_index(self, index_file: Path) -> None:
-        try:
-            weight_map = json.loads(index_file.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index_file}: not a valid index (needs a 'weight_map'): {e}") from e
+        """Load every shard an index names, then check the index and the shards agree key by key."""
+        weight_map = read_weight_map(index_file)
+        suffix = ".safetensors" if index_file.name == SAFE_INDEX else ".bin"
         for shard in sorted(set(weight_map.values())):
-            shard_path = self.path / shard
+            shard_path = contained_path(self.path, shard, f"{index_file}: shard", suffix)
             if not shard_path.is_file():
                 raise CheckpointError(f"{shard_path}: listed in {index_file.name} but missing")
-            if shard.endswith(".safetensors"):
+            if suffix == ".safetensors":
                 self._add_safetensors(shard_path)
             else:
                 self._add_pickle(shard_path)
+        for key, file in self._key_file.items():
+            if key not in weight_map:
+                raise CheckpointError(f"{file}: holds tensor {key!r}, which {index_file} does not list; "
+                                      f"restore the index that came with the checkpoint")
+            if file != self.path / weight_map[key]:
+                raise CheckpointError(f"{index_file}: maps tensor {key!r} to {weight_map[key]}, but it is in "
+                                      f"{file.name}; restore the index that came with the checkpoint")
         missing = sorted(k for k in weight_map if k not in self._key_file)
         if missing:
             raise CheckpointError(f"{index_file}: tensor {missing[0]!r} is listed but absent from "
                                   f"{weight_map[missing[0]]}")
+
+    def _register(self, key: str, file: Path) -> None:
+        """Record that `file` holds `key`; a key held by two files is an error (which one is right?)."""
+        if key in self._key_file:
+            raise CheckpointError(f"tensor {key!r} is stored twice, in {self._key_file[key]} and in {file}; "
+                                  f"remove the duplicate (or restore the checkpoint as published)")
+        self._key_file[key] = file
 
     def _add_safetensors(self, file: Path) -> None:
         try:
@@ -148,18 +160,25 @@ class Checkpoint:
         for key in keys:
             info = header[key]
             begin, stop = info["data_offsets"]
-            self._spans[key] = (_dtype_from_st(info["dtype"]), tuple(info["shape"]),
+            if info["dtype"] not in _DTYPE_OF_ST:
+                raise CheckpointError(f"{file}: tensor {key!r} has dtype {info['dtype']}, which lfm does not "
+                                      f"read; convert the checkpoint to F32, F16 or BF16")
+            self._spans[key] = (_DTYPE_OF_ST[info["dtype"]], tuple(info["shape"]),
                                 8 + header_len + begin, 8 + header_len + stop)
-            self._key_file[key] = file
+            self._register(key, file)
 
     def _add_pickle(self, file: Path) -> None:
         try:
             state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:
             raise CheckpointError(f"{file}: cannot be loaded with torch.load(weights_only=True): {e}") from e
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise CheckpointError(f"{file}: not a state dict (a mapping of tensor names to tensors); "
+                                  f"pass the checkpoint's weight file")
         self._pickled[file] = state
         for key in state:
-            self._key_file[key] = file
+            self._register(key, file)
 
     # -- access ----------------------------------------------------------------------------
 
@@ -250,10 +269,9 @@ class Checkpoint:
 def resolve_model_dir(path: str | os.PathLike) -> Path:
     """A local directory as is; a hub id ('meta-llama/Meta-Llama-3-8B') is downloaded (weights as
     safetensors, configs, tokenizer and processor files) into the Hugging Face cache first."""
-    local = Path(path)
+    if not is_hub_id(path):
+        return Path(path)
     text = str(path)
-    if local.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
-        return local
     try:
         from huggingface_hub import snapshot_download
 
@@ -264,11 +282,71 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
                               f"failed ({type(e).__name__}: {e}); pass a local model directory") from e
 
 
-def _dtype_from_st(name: str) -> torch.dtype:
-    for dtype, st in _ST_DTYPE.items():
-        if st == name:
-            return dtype
-    raise CheckpointError(f"unsupported safetensors dtype {name}")
+def is_hub_id(path: str | os.PathLike) -> bool:
+    """True when `path` is no local file and reads as a hub id 'org/name' (so it would be downloaded)."""
+    text = str(path)
+    return not Path(path).exists() and text.count("/") == 1 and not text.startswith((".", "/", "~")) \
+        and all(text.split("/"))
+
+
+def read_config(config_file: Path) -> dict:
+    """config.json as a dict; the parts lfm reads (text_config, architectures) must have the right type."""
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config_file}: not valid JSON ({e}); restore the model's config.json") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object, got {type(config).__name__}; "
+                              f"restore the model's config.json")
+    if "text_config" in config and not isinstance(config["text_config"], dict):
+        raise CheckpointError(f"{config_file}: 'text_config' must be an object, got "
+                              f"{json.dumps(config['text_config'])[:40]}; restore the model's config.json")
+    for cfg in (config, config.get("text_config", {})):
+        archs = cfg.get("architectures")
+        if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+            raise CheckpointError(f"{config_file}: 'architectures' must be a list of class names; "
+                                  f"restore the model's config.json")
+    return config
+
+
+def read_weight_map(index_file: Path) -> dict[str, str]:
+    """The 'weight_map' of a weight index: tensor name -> shard file name, both strings."""
+    try:
+        index = json.loads(index_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index_file}: not valid JSON ({e}); restore the index file") from e
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_file}: not a valid index (needs a 'weight_map' object of tensor name -> "
+                              f"shard file); restore the index file")
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise CheckpointError(f"{index_file}: shard of tensor {key!r} is {json.dumps(shard)[:40]}, not a "
+                                  f"file name; restore the index file")
+    return weight_map
+
+
+def contained_path(directory: Path, name: str, what: str, suffix: str | None = None) -> Path:
+    """`directory / name` for a relative file name read from a file (an index, a results table), refused
+    when it could lead outside `directory` (absolute, '..', a drive) or lacks `suffix`.
+
+    The check is on the name, not on the resolved path: a Hugging Face cache snapshot's files are
+    symlinks into its blob store, and they are the checkpoint's own files.
+
+        >>> contained_path(Path("m"), "model-00001-of-00002.safetensors", "shard", ".safetensors")
+        PosixPath('m/model-00001-of-00002.safetensors')
+        >>> contained_path(Path("m"), "../x.safetensors", "shard")
+        Traceback (most recent call last):
+        lfm.checkpoint.CheckpointError: shard '../x.safetensors': must name a file inside m (no absolute path, no '..')
+    """
+    parts = name.replace("\\", "/").split("/")
+    if not name or name.startswith(("/", "\\")) or ":" in parts[0] or any(p in ("", ".", "..") for p in parts):
+        raise CheckpointError(f"{what} {name!r}: must name a file inside {directory} (no absolute path, no '..')")
+    if suffix and not name.endswith(suffix):
+        raise CheckpointError(f"{what} {name!r}: must be a {suffix} file"
+                              + ("; pickle weights are never loaded through a safetensors index"
+                                 if suffix == ".safetensors" else ""))
+    return Path(directory) / name
 
 
 def _read_header(file: Path) -> tuple[int, dict]:
@@ -389,29 +467,77 @@ def check_output_path(out: Path, inputs: list[Path], force: bool) -> None:
         raise FileExistsError(f"--out {out} exists and is not empty; pass --force to replace it")
 
 
+SCRATCH_TAGS = ("lfm-tmp", "lfm-old")  # .OUT.lfm-tmp-PID: being built; .OUT.lfm-old-PID: being replaced
+
+
+def scratch_path(out: Path, tag: str, pid: int | None = None) -> Path:
+    return out.parent / f".{out.name}.{tag}-{pid or os.getpid()}"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_dead_scratch(out: Path, log=print) -> list[Path]:
+    """Delete the scratch copies of `out` left by lfm runs that were killed (their PID no longer runs).
+
+    A run killed with SIGKILL (or a machine that lost power) cannot clean up after itself; its PID
+    in the name tells a later run that the owner is gone. Scratch of a live run is left alone."""
+    removed = []
+    for tag in SCRATCH_TAGS:
+        prefix = f".{out.name}.{tag}-"
+        for path in out.parent.glob(glob.escape(prefix) + "*"):
+            pid = path.name[len(prefix):]
+            if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+                _remove(path)
+                log(f"removed {path}, left by an lfm run (process {pid}) that was killed before it finished")
+                removed.append(path)
+    return removed
+
+
 @contextmanager
-def atomic_output_dir(out: Path, force: bool = False):
-    """Yield a temporary sibling directory; on success it replaces `out`, on error it is deleted."""
+def atomic_output_dir(out: Path, force: bool = False, log=print):
+    """Yield a temporary sibling directory; on success it replaces `out`, on error it is deleted.
+
+    Scratch left beside `out` by killed runs is removed first (`remove_dead_scratch`)."""
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.lfm-tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    remove_dead_scratch(out, log)
+    tmp = scratch_path(out, "lfm-tmp")
+    _remove(tmp)
     try:
+        tmp.mkdir()
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        _remove(tmp)
+        if e.filename is None or Path(e.filename) == tmp:  # a failed write() names no file, and the
+            raise OSError(e.errno, e.strerror, str(out)) from e  # scratch name means nothing to the user
         raise
-    if out.is_dir() and not any(out.iterdir()):
+    except BaseException:
+        _remove(tmp)
+        raise
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
         out.rmdir()  # an empty directory the user made for us
-    if out.exists():
+    if out.exists() or out.is_symlink():
         if not force:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
             raise FileExistsError(f"{out} appeared while merging; pass --force to replace it")
-        old = out.parent / f".{out.name}.lfm-old-{os.getpid()}"
+        old = scratch_path(out, "lfm-old")
         os.replace(out, old)
         os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     else:
         os.replace(tmp, out)

@@ -8,10 +8,13 @@ the explorer's precompute step.
 
 import argparse
 import ctypes
+import errno
 import importlib
 import importlib.util
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -24,6 +27,7 @@ PLUGINS = ("lfm.organism.cli", "lfm.evaluate.cli", "lfm.explorer.cli", "lfm.lab"
 RECIPE_FLAGS = ("density", "neurons", "suppress", "restore", "alpha", "gamma", "epsilon", "rescale",
                 "locate", "seed", "others", "keep_base", "keep_tuned")
 RUN_KEYS = ("base", "tuned", "out", "device", "dtype")
+ATOMIC_COMMANDS = ("merge", "score")  # their outputs appear whole or not at all
 
 
 def add_pair_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -156,14 +160,45 @@ def keep_freed_memory_for_reuse() -> None:
     libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
+OS_ERROR_FIXES = {errno.ENOSPC: "free space on that disk or choose another --out",
+                  errno.EDQUOT: "free space on that disk or choose another --out",
+                  errno.EROFS: "choose another --out",
+                  errno.EACCES: "choose a path you may write to (or read, for inputs)",
+                  errno.EPERM: "choose a path you may write to (or read, for inputs)"}
+
+
+def error_line(e: BaseException) -> str:
+    """One line for a refusal: our own errors say what and how to fix; an OSError gets the file and a fix."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror} (errno {errno.errorcode.get(e.errno, e.errno)}); " \
+               f"{OS_ERROR_FIXES.get(e.errno, 'check the path and try again')}"
+    return " ".join(str(e).split("\n"))
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like SIGINT's KeyboardInterrupt so that every `finally` and cleanup runs."""
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory_for_reuse()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        print(f"lfm {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"lfm {args.command}: error: {error_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        why = str(e) or "SIGINT"
+        outcome = "nothing written" if args.command in ATOMIC_COMMANDS else "its outputs may be incomplete"
+        print(f"lfm {args.command}: interrupted ({why}), {outcome}", file=sys.stderr)
         return 2
 
 

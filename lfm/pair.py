@@ -15,6 +15,7 @@ architecture (model type, hidden size, layers, heads, FFN size), the key sets in
 each shape, and the vocabulary (the tuned one may be larger: the extra rows stay tuned).
 """
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,8 +167,13 @@ def open_pair(base: str | Path, tuned: str | Path, *, allow_pickle: bool = False
 
     extra_vocab = {}
     for e in entries:
-        b_shape, _ = base_ckpt.meta(e.base_key)
-        t_shape, _ = tuned_ckpt.meta(e.tuned_key)
+        b_shape, b_dtype = base_ckpt.meta(e.base_key)
+        t_shape, t_dtype = tuned_ckpt.meta(e.tuned_key)
+        for ckpt, key, dtype in ((base_ckpt, e.base_key, b_dtype), (tuned_ckpt, e.tuned_key, t_dtype)):
+            if not dtype.is_floating_point:
+                raise PairError(f"{ckpt.file_of(key)}: language-model tensor {key!r} is "
+                                f"{str(dtype).removeprefix('torch.')}; lfm merges floating-point weights only, "
+                                f"restore the checkpoint's float weights")
         if b_shape == t_shape:
             continue
         rows = extra_vocab_rows(e.name, b_shape, t_shape)
@@ -175,7 +181,57 @@ def open_pair(base: str | Path, tuned: str | Path, *, allow_pickle: bool = False
             raise PairError(f"shape mismatch for tensor {e.name!r}: base {b_shape} ({base_ckpt.file_of(e.base_key).name}) "
                             f"vs tuned {t_shape} ({tuned_ckpt.file_of(e.tuned_key).name})")
         extra_vocab[e.name] = rows
+    check_config_shapes(base_ckpt, {e.name: e.base_key for e in entries})
+    check_config_shapes(tuned_ckpt, {e.name: e.tuned_key for e in entries})
     return Pair(base_ckpt, tuned_ckpt, entries, passthrough, extra_vocab)
+
+
+def expected_shapes(config: dict) -> dict[str, tuple[tuple[str, object], tuple[str, object]]]:
+    """Module kind -> ((config field, value), (config field, value)): the stored [out, in] weight shape a
+    text config implies, with the fields that imply it (value None where the config does not say).
+    embed_tokens / lm_head are [vocab_size, hidden_size]."""
+    def known(*values):
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+    hidden, inter, vocab = config.get("hidden_size"), config.get("intermediate_size"), config.get("vocab_size")
+    heads = config.get("num_attention_heads")
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or (hidden // heads if known(hidden, heads) and heads else None)
+    q = ("num_attention_heads x head_dim", heads * head_dim if known(heads, head_dim) else None)
+    kv = ("num_key_value_heads x head_dim", kv_heads * head_dim if known(kv_heads, head_dim) else None)
+    h, i, v = ("hidden_size", hidden), ("intermediate_size", inter), ("vocab_size", vocab)
+    return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
+            "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i), "embed_tokens": (v, h), "lm_head": (v, h)}
+
+
+_SHAPED = re.compile(r"model\.layers\.\d+\.(?:self_attn|mlp)\.(\w+)\.weight|model\.(embed_tokens)\.weight|(lm_head)\.weight")
+
+
+def check_config_shapes(ckpt: Checkpoint, names: dict[str, str]) -> None:
+    """The checkpoint's config must describe its tensors (hidden size, FFN size, heads, vocabulary, layer
+    count), or the merged output would be a directory `from_pretrained` refuses.
+
+    names: canonical name -> the checkpoint's key, for the language-model tensors.
+    """
+    cfg = text_config(ckpt.config)
+    config_file = ckpt.path / "config.json"
+    expected = expected_shapes(cfg)
+    for name, key in names.items():
+        match = _SHAPED.fullmatch(name)
+        kind = match and next(g for g in match.groups() if g)
+        if kind not in expected:
+            continue
+        shape, _ = ckpt.meta(key)
+        for dim, (field_name, value) in enumerate(expected[kind]):
+            if value is not None and (len(shape) != 2 or shape[dim] != value):
+                raise PairError(f"{config_file}: {field_name} is {value}, but {key!r} in "
+                                f"{ckpt.file_of(key).name} is {' x '.join(map(str, shape))} (dim {dim} should be "
+                                f"{value}); restore the config.json that came with these weights")
+    layers = {int(n.split(".")[2]) for n in names if n.startswith("model.layers.") and n.split(".")[2].isdigit()}
+    n_layers = cfg.get("num_hidden_layers")
+    if layers and n_layers is not None and n_layers != max(layers) + 1:
+        raise PairError(f"{config_file}: num_hidden_layers is {n_layers}, but the weights hold {max(layers) + 1} "
+                        f"layers; restore the config.json that came with them")
 
 
 def check_architectures(base: Checkpoint, tuned: Checkpoint) -> None:

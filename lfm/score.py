@@ -5,12 +5,14 @@ seven linear module types (see lfm.neurons for the neuron axes and the GQA rule)
 """
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from lfm.checkpoint import scratch_path
 from lfm.device import resolve_device
 from lfm.neurons import layer_of, module_of, neuron_axis, tail_stats
 from lfm.neurons import neuron_scores as scores_of_delta
@@ -66,5 +68,12 @@ def format_summary(rows: list[dict]) -> str:
 def save_scores(scores: dict[str, torch.Tensor], path, metadata: dict | None = None) -> None:
     """Write scores as safetensors (one vector per weight name) with the summary in the metadata."""
     meta = {"summary": json.dumps(summary_rows(scores)), **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in scores.items()}, str(path), metadata=meta)
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = scratch_path(path, "lfm-tmp")  # renamed into place when complete: never a half-written file
+    try:
+        save_file({k: v.contiguous() for k, v in scores.items()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+

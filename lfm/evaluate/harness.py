@@ -22,12 +22,10 @@ import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
 from lfm.evaluate.models import EvalModel, load_eval_model
 from lfm.evaluate.quiet import quiet_harnesses
 from lfm.evaluate.suites import Suite, TaskSpec, check_datasets, get_suite
+from lfm.generate import greedy_answers
 from lfm.taxonomy import abilities
 
 
@@ -106,25 +104,9 @@ def generate_answers(model, processor, prompts: list[str], images: list[list], *
     Returns:
         decoded answers (special tokens removed, cut at the first ``until`` string, stripped).
     """
-    tok = processor.tokenizer
-    tok.padding_side = "left"
     chats = [_render(processor, p, len(ims)) for p, ims in zip(prompts, images)]
-    out: list[str] = []
-    for s in tqdm(range(0, len(chats), batch_size), desc="generating", disable=not progress, unit="batch"):
-        texts, ims = chats[s:s + batch_size], [im for group in images[s:s + batch_size] for im in group]
-        enc = processor(text=texts, images=ims or None, padding=True, return_tensors="pt")
-        enc = {k: (v.to(model.device, model.dtype) if v.is_floating_point() else v.to(model.device))
-               for k, v in enc.items()}
-        with torch.inference_mode():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                                 eos_token_id=tok.eos_token_id)
-        for text in tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True):
-            for stop in until or ():
-                if stop and stop in text:
-                    text = text.split(stop)[0]
-            out.append(text.strip())
-    return out
+    return greedy_answers(model, processor, chats, images, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                          until=until, progress=progress)
 
 
 def _render(processor, text: str, n_images: int) -> str:

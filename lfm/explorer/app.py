@@ -4,15 +4,26 @@
     >>> app = ExplorerApp(ExplorerState(background=False, auto_sweep=False), load=False)
     >>> type(app.__panel__()).__name__
     'Column'
+
+The page lets its user open any directory of the machine that serves it, so `page` serves only browsers
+on that machine (loopback addresses), whatever command started the server, unless LFM_ALLOW_REMOTE=1 is
+set (then every remote session is logged with a warning).
 """
 
 from __future__ import annotations
+
+import ipaddress
+import logging
+import os
 
 import panel as pn
 
 from .state import ExplorerState
 from .views import (CompareView, Controls, ExportView, GenerationsView, MergeView, NeuronView, PairPicker,
-                    TradeoffView)
+                    TradeoffView, as_text)
+
+ALLOW_REMOTE_ENV = "LFM_ALLOW_REMOTE"  # =1: serve browsers on other machines too (they can open any server path)
+log = logging.getLogger("lfm.explorer")
 
 TITLE = "Locate-then-Merge explorer"
 # state parameter -> URL query key (shareable links: ?method=Neu-P-TIES&K=0.3&M=0.2&locate=random ...)
@@ -59,9 +70,45 @@ class ExplorerApp:
                          pn.Row(sidebar, main, sizing_mode="stretch_width"), sizing_mode="stretch_width")
 
 
+def remote_allowed() -> bool:
+    return os.environ.get(ALLOW_REMOTE_ENV, "") == "1"
+
+
+def is_loopback(address: str) -> bool:
+    """'127.0.0.1', '::1', '::ffff:127.0.0.1' -> True; any other address (or a malformed one) -> False."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
+def client_address() -> str | None:
+    """The address of the browser this session serves; None outside a server (a notebook, a test)."""
+    doc = pn.state.curdoc
+    context = doc.session_context if doc is not None else None
+    request = getattr(context, "request", None) if context is not None else None
+    return getattr(request, "remote_ip", None) if request is not None else None
+
+
 def page(*, results: str | None = None, base: str | None = None, tuned: str | None = None, per_task: int = 8,
          auto_sweep: bool = True) -> pn.viewable.Viewable:
-    """The page of one browser session: a results folder, a live (base, tuned) pair, or the embedded organism."""
+    """The page of one browser session: a results folder, a live (base, tuned) pair, or the embedded organism.
+
+    A browser on another machine gets a refusal instead, built before any state exists (no path box, no
+    loading), unless remote access was opted into.
+    """
+    address = client_address()
+    if address is not None and not is_loopback(address):
+        if not remote_allowed():
+            log.warning("refused a session from %s: the explorer serves this machine only (set %s=1 to allow "
+                        "remote browsers)", address, ALLOW_REMOTE_ENV)
+            return pn.pane.Alert(as_text(f"This explorer serves only the machine it runs on; your address is "
+                                         f"{address}. Its owner can allow remote browsers with "
+                                         f"{ALLOW_REMOTE_ENV}=1 (they can then open any directory of that "
+                                         f"machine)."), alert_type="danger")
+        log.warning("serving a session to the remote address %s (%s=1): it can open any directory of this "
+                    "machine", address, ALLOW_REMOTE_ENV)
     state = ExplorerState(per_task=per_task, auto_sweep=auto_sweep)
     if results:
         state.param.update(source_kind="results", results_path=str(results))
@@ -73,7 +120,13 @@ def page(*, results: str | None = None, base: str | None = None, tuned: str | No
     return app.__panel__()
 
 
-def serve(*, address: str = "127.0.0.1", port: int = 5006, **source) -> None:
+def serve(*, address: str = "127.0.0.1", port: int = 5006, allow_remote: bool = False, **source) -> None:
     """Serve `page(**source)` (a fresh state per session) until interrupted."""
+    origins = [f"127.0.0.1:{port}", f"localhost:{port}"]
+    if allow_remote:
+        os.environ[ALLOW_REMOTE_ENV] = "1"
+        origins = ["*"]
+        print(f"warning: --allow-remote: any browser that reaches {address}:{port} can open any directory of "
+              f"this machine", flush=True)
     pn.serve({"explorer": lambda: page(**source)}, address=address, port=port, show=False, title=TITLE,
-             websocket_origin=[f"127.0.0.1:{port}", f"localhost:{port}"])
+             websocket_origin=origins)

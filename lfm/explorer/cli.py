@@ -49,6 +49,9 @@ def register(subparsers) -> None:
     e.add_argument("--tuned")
     e.add_argument("--port", type=int, default=5006)
     e.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    e.add_argument("--allow-remote", action="store_true",
+                   help="also serve browsers on other machines (sets LFM_ALLOW_REMOTE=1): they can open any "
+                        "directory of this machine")
     e.set_defaults(func=cmd_explore)
 
 
@@ -88,5 +91,6 @@ def cmd_explore(args) -> int:
     from .app import extension, serve
 
     extension()
-    serve(address=args.address, port=args.port, results=args.results, base=args.base, tuned=args.tuned)
+    serve(address=args.address, port=args.port, allow_remote=args.allow_remote, results=args.results,
+          base=args.base, tuned=args.tuned)
     return 0

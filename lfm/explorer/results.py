@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from lfm._version import __version__
+from lfm.checkpoint import contained_path
 from lfm.methods import Recipe, suppress, tensor_generator
 from lfm.neurons import neuron_scores
 from lfm.pair import open_pair, text_config
@@ -185,6 +186,11 @@ class ResultsFolder:
         sweep, gens = self.path / "sweep.csv", self.path / "generations.csv"
         self.sweep = pd.read_csv(sweep) if sweep.is_file() else None
         self.generations = pd.read_csv(gens) if gens.is_file() else None
+        if self.generations is not None and "image" in self.generations:
+            # an image is a file of the folder: a '../' or absolute path would show any file on the server
+            self.generations["image"] = [str(contained_path(self.path, name, f"{gens}: image"))
+                                         if isinstance(name, str) and name else ""
+                                         for name in self.generations["image"]]
 
     def nearest_density(self, k: float) -> float:
         return min(self.densities, key=lambda d: abs(d - k))
@@ -240,7 +246,14 @@ class ResultsFolder:
         if self.sweep is None:
             return None
         rows = self._candidates(recipe)
-        return None if rows.empty else str(rows.loc[rows["dist"].idxmin(), "label"])
+        if rows.empty:
+            return None
+        r = rows.loc[rows["dist"].idxmin()]
+        try:  # the label is built here from the row's settings, never taken from the file's text
+            return Recipe(method=r["method"], suppress=r["suppress"], restore=r["restore"], density=float(r["density"]),
+                          neurons=float(r["neurons"]), alpha=float(r["alpha"])).label
+        except (TypeError, ValueError):
+            return None
 
     def nearest_stage(self, recipe: Recipe) -> str | None:
         """'K=<k> M=<m>' of the precomputed restore-stage answers closest to `recipe`, or None."""
@@ -251,7 +264,10 @@ class ResultsFolder:
             return None
         dist = (g["density"] - recipe.density).abs() + (g["neurons"] - recipe.neurons).abs()
         r = g.loc[dist.idxmin()]
-        return f"Neu-S-TIES K={r['density']:g} M={r['neurons']:g}"
+        try:  # the label is built here from the row's numbers, never taken from the file's text
+            return Recipe(density=float(r["density"]), neurons=float(r["neurons"])).label
+        except (TypeError, ValueError):
+            return None
 
     def stage_answers(self, stage: str, recipe: Recipe) -> list[dict] | None:
         """Stored answers of `stage` at exactly recipe's K (and M for 'restore'); None if not precomputed."""
@@ -275,6 +291,5 @@ class ResultsFolder:
         out = []
         for r in g.to_dict("records"):
             r["choices"] = json.loads(r["choices"])
-            r["image"] = str(self.path / r["image"]) if isinstance(r["image"], str) and r["image"] else ""
             out.append(r)
         return out

@@ -18,6 +18,7 @@ import pandas as pd
 import panel as pn
 import param
 
+from lfm.checkpoint import is_hub_id
 from lfm.methods import Recipe
 
 from . import compute
@@ -32,6 +33,13 @@ METHOD_CHOICES = {
 SOURCES = ("organism", "pair", "results")
 
 
+class SessionClosed(BaseException):
+    """Raised in a worker thread whose page's session is gone, to stop its job.
+
+    A BaseException (like GeneratorExit) so that the jobs' `except Exception` error reporting, which
+    would hand an error back to the closed page, lets it through."""
+
+
 def organism_paths() -> tuple[str, str]:
     from lfm.organism import ORGANISM_DIR
 
@@ -44,6 +52,8 @@ class ExplorerState(param.Parameterized):
     base_path = param.String(default="", doc="base LLM directory (source 'pair')")
     tuned_path = param.String(default="", doc="tuned MLLM directory (source 'pair')")
     results_path = param.String(default="", doc="results folder written by `lfm precompute` (source 'results')")
+    hub_download = param.Boolean(default=False, doc="a path 'org/name' that is no local directory is downloaded "
+                                                    "from the Hugging Face hub (off: only when the user asks)")
     source = param.Parameter(default=None, doc="the loaded LivePair / ResultsFolder")
     loading = param.Boolean(default=False)
     progress = param.Integer(default=0, bounds=(0, 100))
@@ -94,7 +104,17 @@ class ExplorerState(param.Parameterized):
         self._sweep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lfm-sweep") if background else None
         self._token = 0
         self._lock = threading.Lock()
+        self._closed = False
+        self._session = self._doc.session_context if self._doc is not None else None  # None: no server
+        if self._session is not None and background:
+            self._doc.on_session_destroyed(self._session_destroyed)
         self._update_recipe()
+
+    def _session_destroyed(self, session_context):
+        """The browser left: drop queued work; running jobs stop at their next hand-back (`SessionClosed`)."""
+        self._closed = True
+        for pool in (self._pool, self._sweep_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # -- recipe ------------------------------------------------------------------------------
 
@@ -145,7 +165,12 @@ class ExplorerState(param.Parameterized):
         if self.source_kind == "pair":
             if not self.base_path.strip() or not self.tuned_path.strip():
                 raise ValueError("enter both a base and a tuned model directory")
-            return "pair", str(Path(self.base_path.strip()).expanduser()), str(Path(self.tuned_path.strip()).expanduser())
+            paths = [str(Path(p.strip()).expanduser()) for p in (self.base_path, self.tuned_path)]
+            for path in paths:
+                if is_hub_id(path) and not self.hub_download:
+                    raise ValueError(f"{path}: no such directory on this machine; to download it from the "
+                                     f"Hugging Face hub, tick 'download from the hub'")
+            return "pair", *paths
         if not self.results_path.strip():
             raise ValueError("enter a results folder (written by `lfm precompute`)")
         return "results", str(Path(self.results_path.strip()).expanduser()), ""
@@ -184,7 +209,12 @@ class ExplorerState(param.Parameterized):
             if values:
                 self.param.update(**values)
         if self._doc is not None and self.background and threading.current_thread() is not threading.main_thread():
-            self._doc.add_next_tick_callback(apply)
+            if self._closed or (self._session is not None and self._session.destroyed):
+                raise SessionClosed()
+            try:
+                self._doc.add_next_tick_callback(apply)
+            except AttributeError as e:  # Bokeh tore the document down between the check and the call
+                raise SessionClosed() from e
         else:
             apply()
 

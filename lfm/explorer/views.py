@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import io
 import os
+import re
 import shutil
 
 import pandas as pd
@@ -26,6 +27,25 @@ from . import analysis, compute, figures
 from .state import ExplorerState
 
 PLOT_HEIGHT = 380
+_MARKUP = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation mark: CommonMark lets each be escaped
+
+
+def as_text(text: str) -> str:
+    r"""`text` as Markdown that shows exactly its characters: nothing in it becomes markup.
+
+    Every string that comes from a file, a path box or an error message (tensor names, config fields,
+    a results folder's description) goes through here before a Markdown pane shows it: each ASCII
+    punctuation mark is backslash-escaped, so `<img ...>`, links and emphasis stay literal text, and
+    each line break is kept.
+
+        >>> as_text("<img src=x onerror=alert(1)>")
+        '\\<img src\\=x onerror\\=alert\\(1\\)\\>'
+    """
+    return "  \n".join(_MARKUP.sub(r"\\\1", line) for line in str(text).splitlines())
+
+
+def _italic(text: str) -> str:
+    return f"*{as_text(text)}*" if text else ""
 TASK_COLUMNS = ["kind", "task", "correct", "n", "accuracy", "lo", "hi"]
 CHANGED_COLUMNS = ["id", "task", "question", "answer", "pin 1", "pin 2"]
 NO_SORT = {"columnDefaults": {"headerSort": False}}  # sort arrows take header room; these tables are short
@@ -57,31 +77,35 @@ class PairPicker(View):
                                                     placeholder="/path/to/base")
         self.tuned = pn.widgets.TextInput.from_param(s.param.tuned_path, label="tuned MLLM directory",
                                                      placeholder="/path/to/tuned")
+        self.hub = pn.widgets.Checkbox.from_param(s.param.hub_download,
+                                                  label="download from the hub (org/name paths)")
         self.results = pn.widgets.TextInput.from_param(s.param.results_path, label="results folder",
                                                        placeholder="written by `lfm precompute`")
         self.load_button = pn.widgets.Button(label="Load", color="primary")
         self.load_button.on_click(lambda event: s.load())
         self.bar = pn.indicators.Progress(value=s.param.progress, max=100, sizing_mode="stretch_width",
                                           visible=s.param.loading, height=16)
-        self.status = pn.pane.Markdown(pn.bind(lambda t: f"*{t}*" if t else "", s.param.status))
-        self.error = pn.pane.Alert(s.param.error, alert_type="danger", visible=pn.bind(bool, s.param.error))
-        self.description = pn.pane.Markdown(pn.bind(self._describe, s.param.source), styles={"font-size": "11px"})
-        for w, kind in ((self.base, "pair"), (self.tuned, "pair"), (self.results, "results")):
+        self.status = pn.pane.Markdown(pn.bind(_italic, s.param.status))
+        self.error = pn.pane.Alert(pn.bind(as_text, s.param.error), alert_type="danger",
+                                   visible=pn.bind(bool, s.param.error))
+        self.description = pn.pane.Markdown(pn.bind(self._describe, s.param.source),
+                                            styles={"font-size": "11px", "font-family": "monospace"})
+        for w, kind in ((self.base, "pair"), (self.tuned, "pair"), (self.hub, "pair"), (self.results, "results")):
             w.visible = s.source_kind == kind
         s.param.watch(self._kind_changed, "source_kind")
 
     def _kind_changed(self, event):
-        self.base.visible = self.tuned.visible = event.new == "pair"
+        self.base.visible = self.tuned.visible = self.hub.visible = event.new == "pair"
         self.results.visible = event.new == "results"
 
     @staticmethod
     def _describe(source):
         if source is None:
             return "*no pair loaded*"
-        return "```\n" + source.description + "\n```"
+        return as_text(source.description)
 
     def __panel__(self):
-        return pn.Column("### Model pair", self.kind, self.base, self.tuned, self.results, self.load_button,
+        return pn.Column("### Model pair", self.kind, self.base, self.tuned, self.hub, self.results, self.load_button,
                          self.bar, self.status, self.error, self.description, sizing_mode="stretch_width")
 
 
@@ -224,8 +248,8 @@ class TradeoffView(View):
     @staticmethod
     def _status(text, pending):
         if pending:  # a spinner with what is computing; the numbers below stay those of their own label
-            return f'<span class="lfm-pending">⏳ computing **{pending}** …</span>'
-        return f"*{text}*" if text else ""
+            return f"⏳ computing **{as_text(pending)}** …"
+        return _italic(text)
 
     @staticmethod
     def figure(sweep, references, current, recipe, pending="", note="", history=(), pinned=()):
@@ -326,7 +350,7 @@ class GenerationsView(View):
             notice = f"⏳ computing the answers of **{pending}** …" + (
                 f" (the table still shows **{shown_recipe.label}**)" if shown_recipe is not None else "") + "  \n"
         elif missing:
-            return f"**{recipe.label}**: {missing}; no answers shown"
+            return f"**{recipe.label}**: {missing}; no answers shown"  # built from numbers, not file text
         if shown_recipe is None:
             return notice
         try:
@@ -373,7 +397,7 @@ class GenerationsView(View):
         n = len(table)
         counts = {s: int((table[f"{s}_category"] == "correct").sum()) for s in STAGES}
         self.summary.object = (f"**{n} items** · correct: hard {counts['hard']}, suppress {counts['suppress']}, "
-                               f"restore {counts['restore']}  \n{compute.fixed_summary(table)}")
+                               f"restore {counts['restore']}  \n{as_text(compute.fixed_summary(table))}")
         self.transitions.value = compute.transition_counts(table, "suppress", "restore")
 
     def _clicked(self, event):

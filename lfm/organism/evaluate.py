@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, LlamaForCausalLM, LlavaForConditionalGeneration
 
+from ..generate import greedy_answers
 from ..taxonomy import CATEGORIES, abilities, classify
 from . import load_items, world
 
@@ -67,25 +68,11 @@ def score_language(item: world.Item, generated: str) -> bool:
     return _norm(generated) == _norm(item.answer)
 
 
-@torch.no_grad()
 def generate(model, processor, prompts: list[str], images: list[np.ndarray] | None = None, *,
              max_new_tokens: int = 8, batch_size: int = 128) -> list[str]:
     """Greedy answers to ``prompts`` (already in the chat format), with ``images`` for a LLaVA model."""
-    tok = getattr(processor, "tokenizer", processor)
-    tok.padding_side = "left"
-    outs: list[str] = []
-    for s in range(0, len(prompts), batch_size):
-        texts = prompts[s:s + batch_size]
-        if images is not None:
-            pil = [Image.fromarray(im) for im in images[s:s + batch_size]]
-            enc = processor(text=texts, images=pil, padding=True, return_tensors="pt")
-        else:
-            enc = tok(texts, padding=True, return_tensors="pt")
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        new = gen[:, enc["input_ids"].shape[1]:]
-        outs += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
-    return outs
+    pil = [[Image.fromarray(im)] for im in images] if images is not None else None
+    return greedy_answers(model, processor, prompts, pil, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 @torch.no_grad()
