@@ -70,7 +70,8 @@ def recipe_from_args(args: argparse.Namespace) -> tuple[Recipe, dict]:
         if not isinstance(config, dict):
             raise ValueError(f"--config {args.config}: expected a mapping of recipe keys")
     run = {k: config.pop(k) for k in RUN_KEYS if k in config}
-    config.pop("label", None)  # exported by the explorer for humans; derived from the rest
+    for key in ("label", "explorer_view", "explorer_link"):  # exported by the explorer for humans / its URL
+        config.pop(key, None)
     for key in RUN_KEYS:
         value = getattr(args, key, None)
         if value is not None:

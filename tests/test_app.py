@@ -176,6 +176,11 @@ def test_recipe_yaml_runs_with_lfm_merge(tiny, tmp_path):
     assert main(["merge", "--config", str(config), "--out", str(tmp_path / "merged"), "--quiet"]) == 0
     written = json.loads((tmp_path / "merged" / "lfm_recipe.json").read_text())["recipe"]
     assert Recipe.from_dict(written) == tiny.state.recipe
+    # the page's settings travel with it: the same query the URL holds (tests/test_app_browser.py opens one)
+    from urllib.parse import parse_qs, urlparse
+    view = data["explorer_view"]
+    assert view["K"] == 0.35 and view["M"] == 0.15 and view["method"] == "Neu-P-TIES"
+    assert parse_qs(urlparse(data["explorer_link"]).query)["K"] == ["0.35"]
 
 
 def test_figure_html_export_is_offline(tiny):

@@ -18,7 +18,7 @@ import os
 
 import panel as pn
 
-from .state import ExplorerState
+from .state import URL_PARAMS, ExplorerState
 from .views import (CompareView, Controls, ExportView, GenerationsView, MergeView, NeuronView, PairPicker,
                     TradeoffView, as_text)
 
@@ -26,10 +26,6 @@ ALLOW_REMOTE_ENV = "LFM_ALLOW_REMOTE"  # =1: serve browsers on other machines to
 log = logging.getLogger("lfm.explorer")
 
 TITLE = "Locate-then-Merge explorer"
-# state parameter -> URL query key (shareable links: ?method=Neu-P-TIES&K=0.3&M=0.2&locate=random ...)
-URL_PARAMS = {"method": "method", "density": "K", "neurons": "M", "alpha": "alpha", "gamma": "gamma",
-              "epsilon": "epsilon", "restore": "restore", "locate": "locate", "others": "others", "seed": "seed",
-              "metric": "metric", "layer": "layer", "module": "module", "per_task": "per_task"}
 INTRO = ("Merge a visually tuned MLLM back toward its base LLM, neuron by neuron "
          "([Locate-then-Merge, arXiv 2505.16703](https://arxiv.org/abs/2505.16703)). "
          "Move K and M and watch which neurons are kept, located and restored, and what the merged model answers.")

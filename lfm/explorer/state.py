@@ -31,6 +31,11 @@ METHOD_CHOICES = {
     "TIES": "ties", "Breadcrumbs": "bread", "TaskA": "ta", "DARE": "dare", "DELLA": "della", "hard-merge": "hard",
 }
 SOURCES = ("organism", "pair", "results")
+# state parameter -> URL query key (shareable links: ?method=Neu-P-TIES&K=0.3&M=0.2&locate=random ...); the
+# exported recipe carries the same settings as `explorer_view` and `explorer_link`
+URL_PARAMS = {"method": "method", "density": "K", "neurons": "M", "alpha": "alpha", "gamma": "gamma",
+              "epsilon": "epsilon", "restore": "restore", "locate": "locate", "others": "others", "seed": "seed",
+              "metric": "metric", "layer": "layer", "module": "module", "per_task": "per_task"}
 
 
 class SessionClosed(BaseException):
@@ -152,8 +157,12 @@ class ExplorerState(param.Parameterized):
         """The current recipe as YAML, runnable with `lfm merge --config recipe.yaml --out OUT`."""
         import yaml
 
+        from urllib.parse import urlencode
+
+        view = {key: getattr(self, name) for name, key in URL_PARAMS.items()}
         data = {"base": self.source.base if self.source else "", "tuned": self.source.tuned if self.source else "",
-                "label": self.recipe.label, **self.recipe.to_dict()}
+                "label": self.recipe.label, **self.recipe.to_dict(), "explorer_view": view,
+                "explorer_link": "/explorer?" + urlencode(view)}
         return yaml.safe_dump(data, sort_keys=False)
 
     # -- loading -----------------------------------------------------------------------------
