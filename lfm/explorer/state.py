@@ -208,6 +208,10 @@ class ExplorerState(param.Parameterized):
         except Exception as e:  # shown in the page; the app keeps the previous pair
             self._set(loading=False, error=f"could not load {args[1]}: {e}", status="")
             return
+        finally:
+            # the (cached, shared) source keeps its progress callback for lazy reads later: once open, it must
+            # report to no page (a stale 'reading <tensor>' status, or another session's page)
+            progress.callback = None
         self._set(loading=False, progress=100, status="", _source=source)
 
     def _set(self, _source=None, **values):
