@@ -97,8 +97,11 @@ def slow_pair(tmp_path_factory):
 
 
 def start_and_wait_for_scratch(args, out: Path) -> subprocess.Popen:
+    # as from a terminal: SIGINT at its default, even when this test runs under a shell that started it in the
+    # background (such shells make their children ignore SIGINT, and Python then keeps ignoring it)
     proc = subprocess.Popen([sys.executable, "-m", "lfm.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not leftovers(out):
         assert proc.poll() is None, f"the merge ended before it could be signalled: {proc.stderr.read()}"
