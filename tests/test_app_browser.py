@@ -249,7 +249,8 @@ def open_page(browser, url, width, height=1000):
     page.on("pageerror", lambda e: page.errors.append(str(e)))
     page.goto(url)
     curve_title(page, "sorted C(i)")
-    wait_for(lambda: len(stage_answers(page, "restore")) > 0, what="the generations table")
+    # the first page of a module opens and evaluates the organism cold: minutes on a loaded 2-core machine
+    wait_for(lambda: len(stage_answers(page, "restore")) > 0, timeout=180, what="the generations table")
     return context, page
 
 

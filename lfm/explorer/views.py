@@ -4,8 +4,10 @@
     Controls         method, K, M, alpha, gamma/epsilon, restore mode, locate, others
     NeuronView       layer x module heatmap of C(i) tail statistics + the sorted C(i) curve of a selection
     MergeView        per-module kept / restored fractions and C'(i)/C(i) of located neurons
-    TradeoffView     LA vs VA of the current setting among sweep curves and reference points
-    GenerationsView  hard / suppress / restore answers per item, filters, transition summary
+    TradeoffView     LA vs VA of the current setting (pending shown as pending), visited points, pins; n items,
+                     Wilson intervals, per-task accuracies
+    CompareView      pinned recipes side by side and the items that change category between two of them
+    GenerationsView  hard / suppress / restore answers per item (stacked), filters, row detail, transitions
     ExportView       recipe YAML, figures (HTML, PNG), generations CSV
 """
 

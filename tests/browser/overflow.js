@@ -31,6 +31,11 @@
       if (s) { const q = s.getBoundingClientRect(); if (r.left < q.left - 1 || r.right > q.right + 1) bad.push(['title outside its plot', name(el), r.left, r.right, q.left, q.right]); }
     }
   }
+  // point labels of a plot ('hard-merge', 'tuned') inside the plot
+  for (const t of all.filter(e => e.classList && e.classList.contains('textpoint'))) {
+    const r = t.getBoundingClientRect(); let s = t; while (s && !(s.classList && s.classList.contains('svg-container'))) s = s.parentElement;
+    if (s && vis(r)) { const q = s.getBoundingClientRect(); if (r.left < q.left - 1 || r.right > q.right + 1) bad.push(['point label outside its plot', name(t)]); }
+  }
   // annotations (subplot titles) of one plot must not overlap each other
   const plots = all.filter(e => e.classList && e.classList.contains('svg-container'));
   for (const p of plots) {
