@@ -49,6 +49,8 @@ BIN = Path(PY).parent
 
 # name -> text config. "1b": 20 layers x 2048 hidden, GQA 32/8 heads, FFN 5632, vocab 32000 = 1.03B params.
 SIZES = {
+    "0.4b": dict(hidden_size=1536, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
+                 intermediate_size=4096, vocab_size=32000),
     "1b": dict(hidden_size=2048, num_hidden_layers=20, num_attention_heads=32, num_key_value_heads=8,
                intermediate_size=5632, vocab_size=32000),
     "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
@@ -56,7 +58,8 @@ SIZES = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=128, vocab_size=256),
 }
-SHARD_BYTES = 1_000_000_000  # ~1 GB shards, as many hub checkpoints
+SHARD_BYTES = {"0.4b": 500_000_000}  # save_pretrained(max_shard_size="500MB"): 2 shards per model
+DEFAULT_SHARD_BYTES = 1_000_000_000  # ~1 GB shards, as many hub checkpoints
 
 
 # ----------------------------------------------------------------------------- building the pair
@@ -94,8 +97,8 @@ def _tensor(name: str, shape, role: str) -> torch.Tensor:
     return (base + _randn(name, shape, 1, 1e-3)).to(torch.bfloat16)
 
 
-def _write_sharded(out: Path, items, config) -> None:
-    """items: iterable of (key, callable -> tensor); writes ~1 GB shards + index, like save_pretrained."""
+def _write_sharded(out: Path, items, config, shard_bytes: int) -> None:
+    """items: iterable of (key, callable -> tensor); writes shards of ~shard_bytes + index, like save_pretrained."""
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -104,7 +107,7 @@ def _write_sharded(out: Path, items, config) -> None:
     names = []
     for key, make in items:
         t = make()
-        if current and size + t.nbytes > SHARD_BYTES:
+        if current and size + t.nbytes > shard_bytes:
             names.append(f"part-{len(names)}")
             save_file(current, str(tmp / f"{names[-1]}.safetensors"), metadata={"format": "pt"})
             shards.append(list(current))
@@ -152,12 +155,13 @@ def build_pair(size: str, which: tuple[str, ...] = ("base", "llava", "llm")) -> 
     dirs = {"base": root / "base", "llava": root / "llava", "llm": root / "llm"}
     text, llava = _configs(size)
     lm_shapes = _shapes(LlamaForCausalLM, text)
+    shard_bytes = SHARD_BYTES.get(size, DEFAULT_SHARD_BYTES)
     if not (dirs["base"] / "model.safetensors.index.json").exists():
         print(f"building {dirs['base']} ...", flush=True)
-        _write_sharded(dirs["base"], ((k, lambda k=k, s=s: _tensor(k, s, "base")) for k, s in lm_shapes.items()), text)
+        _write_sharded(dirs["base"], ((k, lambda k=k, s=s: _tensor(k, s, "base")) for k, s in lm_shapes.items()), text, shard_bytes)
     if "llm" in which and not (dirs["llm"] / "model.safetensors.index.json").exists():
         print(f"building {dirs['llm']} ...", flush=True)
-        _write_sharded(dirs["llm"], ((k, lambda k=k, s=s: _tensor(k, s, "tuned")) for k, s in lm_shapes.items()), text)
+        _write_sharded(dirs["llm"], ((k, lambda k=k, s=s: _tensor(k, s, "tuned")) for k, s in lm_shapes.items()), text, shard_bytes)
     if not (dirs["llava"] / "model.safetensors.index.json").exists():
         print(f"building {dirs['llava']} ...", flush=True)
         shapes = _shapes(LlavaForConditionalGeneration, llava)
@@ -170,7 +174,7 @@ def build_pair(size: str, which: tuple[str, ...] = ("base", "llava", "llm")) -> 
                 else:  # vision tower / projector
                     yield _hf_llava_key(key), (lambda k=key, s=s: _randn(k, s, 2, 0.02).to(torch.bfloat16))
 
-        _write_sharded(dirs["llava"], items(), llava)
+        _write_sharded(dirs["llava"], items(), llava, shard_bytes)
     return dirs
 
 

@@ -28,17 +28,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
-from lfm.neurons import LOCATE_MODES, extra_vocab_rows, locate, module_of, neuron_axis, neuron_scores
+from lfm.names import ALIASES, LOCATE_MODES, METHOD_ROWS, OTHERS, RESCALES, RESTORES, SUPPRESSORS
+from lfm.neurons import extra_vocab_rows, locate, module_of, neuron_axis, neuron_scores
 
 
 # ----------------------------------------------------------------------------------------------
 # The recipe: every knob of a merge, validated once.
-
-SUPPRESSORS = ("ties", "breadcrumbs", "task_arithmetic")
-RESTORES = ("replace", "rescale")
-RESCALES = ("inverse", "l1")
-OTHERS = ("method", "tuned", "base")
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -466,30 +461,17 @@ class Method:
     uses: tuple[str, ...] = field(default=())  # which recipe fields matter (for UIs and recipes)
 
 
-METHODS: dict[str, Method] = {
-    "task_arithmetic": Method("TaskA", keep_all, scale, "https://arxiv.org/abs/2212.04089", ("alpha",)),
-    "ties": Method("TIES", keep_top_k, scale, "https://arxiv.org/abs/2306.01708", ("density", "alpha")),
-    "breadcrumbs": Method("Breadcrumbs", keep_band, scale, "https://arxiv.org/abs/2312.06795",
-                          ("density", "gamma", "alpha")),
-    "dare": Method("DARE", keep_bernoulli, rescale_kept, "https://arxiv.org/abs/2311.03099",
-                   ("density", "rescale", "alpha", "seed")),
-    "della": Method("DELLA", keep_by_magnitude_rank, rescale_kept, "https://arxiv.org/abs/2406.11617",
-                    ("density", "epsilon", "rescale", "alpha", "seed")),
-    "hard": Method("hard-merge", keep_none, scale, "https://arxiv.org/abs/2505.16703", ()),
-    "neuron_fusion": Method("Neuron-Fusion", keep_suppressed, restore, "https://arxiv.org/abs/2505.16703",
-                            ("density", "neurons", "suppress", "restore", "alpha", "gamma", "locate", "seed")),
+_MATH = {  # method -> (Sub, F)
+    "task_arithmetic": (keep_all, scale),
+    "ties": (keep_top_k, scale),
+    "breadcrumbs": (keep_band, scale),
+    "dare": (keep_bernoulli, rescale_kept),
+    "della": (keep_by_magnitude_rank, rescale_kept),
+    "hard": (keep_none, scale),
+    "neuron_fusion": (keep_suppressed, restore),
 }
-
-ALIASES: dict[str, dict] = {
-    "ta": {"method": "task_arithmetic"}, "taska": {"method": "task_arithmetic"},
-    "task-arithmetic": {"method": "task_arithmetic"},
-    "bread": {"method": "breadcrumbs"}, "hard-merge": {"method": "hard"},
-    "neuron-fusion": {"method": "neuron_fusion"},
-    **{f"neu-{tag}-{short}": {"method": "neuron_fusion", "suppress": sup, "restore": restore}
-       for tag, restore in (("p", "replace"), ("s", "rescale"))
-       for short, sup in (("ties", "ties"), ("bread", "breadcrumbs"), ("breadcrumbs", "breadcrumbs"),
-                          ("taska", "task_arithmetic"), ("ta", "task_arithmetic"))},
-}
+METHODS: dict[str, Method] = {name: Method(title, *_MATH[name], reference, uses)
+                              for name, (title, reference, uses) in METHOD_ROWS.items()}
 
 
 def merge_delta(delta: torch.Tensor, recipe: Recipe, *, neuron_axis: int | None = None,
