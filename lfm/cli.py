@@ -150,6 +150,8 @@ def keep_freed_memory_for_reuse() -> None:
     serves each from a new mmap and returns it on free, so every step pays page faults (measured: a
     TIES merge step on a 5632x2048 weight takes ~90 ms with the default, ~50 ms with this). Only the
     `lfm` process is affected; Python API users can call this themselves. No-op off glibc.
+    The cost is memory the heap keeps: a 0.4B TIES merge peaked at 758 MB RSS with this, 704 MB without,
+    and took 2.4x as long without (one run each, on a loaded 2-core machine).
     """
     if not sys.platform.startswith("linux"):
         return
