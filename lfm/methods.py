@@ -275,7 +275,11 @@ def select(mask: torch.Tensor, if_true: torch.Tensor, if_false: torch.Tensor,
     return out
 
 
-MERGE_BLOCK = 1 << 20  # entries per block of `merge_top_k_in_blocks`
+MERGE_BLOCK = 1 << 22  # entries per block of `merge_top_k_in_blocks` and of DELLA's row ranking (16 MB of float32)
+# tensors from this size on are merged in blocks; smaller ones whole, with fewer and larger torch calls (each
+# call is a barrier for torch's threads: a TIES merge of a 0.4B pair took 98 s with every tensor in 1M-entry
+# blocks vs 50 s for Neu-P-TIES with its linear weights whole, in one run on a loaded 2-core machine)
+BLOCKED_FROM = 1 << 24
 
 
 def _delta_blocks(base: torch.Tensor, tuned: torch.Tensor, name: str):
@@ -646,7 +650,8 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
         tuned = tuned[: base.shape[0]]
 
     source = source_of(name, recipe)
-    if source == "method" and sorted_abs is None and streams_top_k(recipe, name):
+    blocked = base.numel() >= BLOCKED_FROM and streams_top_k(recipe, name)
+    if source == "method" and sorted_abs is None and blocked:
         n_extra = 0 if extra_rows is None else extra_rows.shape[0]
         merged = torch.empty((base.shape[0] + n_extra, *base.shape[1:]) if base.dim() else (),
                              dtype=tuned.dtype, device=tuned.device)
@@ -683,7 +688,8 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
             generator = tensor_generator(recipe, name) if recipe.is_random else None
             new_delta, stats = merge_delta(delta, recipe, neuron_axis=neuron_axis(name), generator=generator,
                                            sorted_abs=sorted_abs, scores=scores)
-            merged = new_delta + base  # float32 (never in place: new_delta may be the caller's)
+            del delta  # new_delta is a fresh tensor, or this very one: merge_tensor's own either way
+            merged = new_delta.add_(base)  # float32, in place: the sum new_delta + base, one tensor fewer
     merged = merged.to(tuned.dtype)
     if extra_rows is not None:
         merged = torch.cat([merged, extra_rows.to(merged.device)], dim=0)

@@ -121,6 +121,7 @@ def test_merge_tensor_in_blocks_equals_the_whole_tensor_formula(kind, recipe, mo
     from lfm.methods import Recipe, merge_tensor, streams_top_k
 
     monkeypatch.setattr("lfm.methods.MERGE_BLOCK", 7777)
+    monkeypatch.setattr("lfm.methods.BLOCKED_FROM", 100)
     recipe = Recipe(**recipe)
     if kind == "strided":  # the sample (every n // 65536-th entry) sees only outliers: the bracket misses
         base, tuned = _pair("fp32", 400_000)
