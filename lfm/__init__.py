@@ -12,6 +12,8 @@ Every function taking ``base, tuned`` also takes an opened pair as ``base`` (``l
 """
 
 import importlib
+import sys
+import types
 
 from lfm._version import __version__
 
@@ -35,3 +37,15 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted({*globals(), *_HOMES})
+
+
+class _Package(types.ModuleType):
+    """``lfm`` itself. Importing the submodule ``lfm.merge`` binds it as the package's attribute ``merge``;
+    the public name is the function, so that binding is ignored (``__getattr__`` then finds the function)."""
+
+    def __setattr__(self, name, value):
+        if not (name in _HOMES and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

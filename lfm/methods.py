@@ -673,8 +673,7 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
             _raise_non_finite(tuned.float() - base.float(), name)
         stats = DeltaStats(base.numel(), base.numel())
     else:
-        delta = tuned.float()  # float32: a copy of a half tensor, subtracted from in place (one tensor, not two)
-        delta = delta - base if delta is tuned else delta.sub_(base)  # a half base is widened inside the kernel
+        delta = tuned.float() - base  # float32; a half base is widened inside the kernel, not copied
         # one cheap reduction: NaN/Inf anywhere make the sum non-finite; only then look closer
         if not torch.isfinite(delta.sum()):
             _raise_non_finite(delta, name)
@@ -688,8 +687,7 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
             generator = tensor_generator(recipe, name) if recipe.is_random else None
             new_delta, stats = merge_delta(delta, recipe, neuron_axis=neuron_axis(name), generator=generator,
                                            sorted_abs=sorted_abs, scores=scores)
-            del delta  # new_delta is a fresh tensor, or this very one: merge_tensor's own either way
-            merged = new_delta.add_(base)  # float32, in place: the sum new_delta + base, one tensor fewer
+            merged = new_delta + base  # float32 (never in place: new_delta may be the caller's)
     merged = merged.to(tuned.dtype)
     if extra_rows is not None:
         merged = torch.cat([merged, extra_rows.to(merged.device)], dim=0)

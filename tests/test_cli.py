@@ -153,11 +153,13 @@ def test_help_does_not_import_heavy_modules(args):
 
 
 def test_import_lfm_is_lazy_and_public_names_resolve():
-    code = ("import sys, lfm; before = 'torch' in sys.modules; "
+    code = ("import sys, lfm; before = 'torch' in sys.modules; import lfm.merge, lfm.score; "
             "names = [getattr(lfm, n) for n in lfm.__all__]; "
-            "print(before, 'torch' in sys.modules, lfm.merge.__module__, lfm.ResidentPair.__module__)")
+            "print(before, 'torch' in sys.modules, lfm.merge.__module__, lfm.ResidentPair.__module__, "
+            "callable(lfm.merge))")
     proc = ok(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120))
-    assert proc.stdout.split() == ["False", "True", "lfm.merge", "lfm.resident"]
+    # lfm.merge is the function even after the submodule of that name was imported
+    assert proc.stdout.split() == ["False", "True", "lfm.merge", "lfm.resident", "True"]
     proc = subprocess.run([sys.executable, "-c", "import lfm; lfm.no_such_name"], capture_output=True, text=True,
                           env=ENV, timeout=120)
     assert "AttributeError: module 'lfm' has no attribute 'no_such_name'" in proc.stderr
