@@ -277,8 +277,8 @@ def select(mask: torch.Tensor, if_true: torch.Tensor, if_false: torch.Tensor,
 
 MERGE_BLOCK = 1 << 22  # entries per block of `merge_top_k_in_blocks` and of DELLA's row ranking (16 MB of float32)
 # tensors from this size on are merged in blocks; smaller ones whole, with fewer and larger torch calls (each
-# call is a barrier for torch's threads: a TIES merge of a 0.4B pair took 98 s with every tensor in 1M-entry
-# blocks vs 50 s for Neu-P-TIES with its linear weights whole, in one run on a loaded 2-core machine)
+# call is a barrier for torch's threads; in one run on a loaded 2-core machine a TIES merge of a 0.4B pair
+# took 98 s with every tensor in 1M-entry blocks, Neu-P-TIES with its linear weights whole 50 s)
 BLOCKED_FROM = 1 << 24
 
 
