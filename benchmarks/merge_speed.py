@@ -1,33 +1,37 @@
 """Wall time and peak RSS of lfm vs mergekit 0.1.5 vs a plain safetensors copy (the I/O floor).
 
-Builds (or reuses, under benchmarks/_work/) a random Llama base and two tuned models derived from it
+Builds (or reuses, under benchmarks/_work/<size>/) a random Llama base and two tuned models derived from it
 (tuned = base + small seeded delta), all bf16, sharded like hub checkpoints:
 
-    base/        LlamaForCausalLM                       (~1B parameters at --size 1b)
+    base/        LlamaForCausalLM
     llava/       LlavaForConditionalGeneration          (keys language_model.model.layers.N..., + a small
                                                          CLIP vision tower and projector)
     llm/         LlamaForCausalLM (LLM-to-LLM)          (the pair mergekit can map)
 
-Then runs each tool once in its own subprocess under /usr/bin/time -v (wall clock and "Maximum resident
-set size" of the child) and prints a table, writing benchmarks/results/merge_speed.json:
+Sizes: 0.4b (hidden 1536, FFN 4096, 12 layers, 12/4 heads, vocab 32000, 500 MB shards: 2 per model) and
+1b (1.03B: hidden 2048, FFN 5632, 20 layers, 32/8 heads, vocab 32000, 1 GB shards). Then runs each tool
+once in its own subprocess under /usr/bin/time -v (wall clock and "Maximum resident set size" of the
+child) and writes benchmarks/results/merge_speed_0.4b.json and merge_speed.json (1b):
 
-    copy floor       safetensors load_file + save_file of every tuned shard
-    lfm TIES K=0.2   lfm merge on the LLaVA pair and on the LLM pair
-    lfm TA           lfm merge --method task_arithmetic, both pairs
-    mergekit TIES    mergekit-yaml (ties, density 0.2, weight 1) on the LLM pair, --lazy-unpickle, cpu
-    mergekit TA      mergekit-yaml task_arithmetic on the LLM pair
+    copy floor         safetensors load_file + save_file of every tuned shard
+    lfm TIES, TA       lfm merge, on the LLaVA pair and on the LLM pair
+    lfm Neu-S-TIES, Neu-P-TIES (K=0.2 M=0.3), DARE, DELLA (K=0.2)   lfm merge, LLM pair
+    mergekit           mergekit-yaml ties / task_arithmetic / dare_linear / della_linear, LLM pair, --lazy-unpickle
 
-Targets (issue 2): lfm TIES >= 5x faster than mergekit TIES; lfm TA <= 1.5x the copy floor;
-lfm peak RSS <= 1/2 of mergekit's. Ratios are computed on the LLM pair (same work for both tools).
+Targets (issue 14), as ratios in one run, computed on the LLM pair (the same work for both tools): lfm TIES
+>= 8x faster than mergekit and <= 2x the copy floor; every lfm merge's peak RSS <= the largest tensor's
+float32 size x 4 + 300 MiB, and lfm TIES's <= 0.4x mergekit's; Neu-S/P-TIES <= 1.5x lfm TIES. The load
+average before and after each size is recorded (the machine may be shared).
 
-    python benchmarks/merge_speed.py                   # ~1B, cpu
+    python benchmarks/merge_speed.py                   # 0.4b and 1b, cpu
     python benchmarks/merge_speed.py --size tiny       # seconds: checks the harness
-    python benchmarks/merge_speed.py --device cuda
+    python benchmarks/merge_speed.py --device cuda     # the same runs, lfm and mergekit on the GPU
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -49,6 +53,8 @@ BIN = Path(PY).parent
 
 # name -> text config. "1b": 20 layers x 2048 hidden, GQA 32/8 heads, FFN 5632, vocab 32000 = 1.03B params.
 SIZES = {
+    "0.4b": dict(hidden_size=1536, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4,
+                 intermediate_size=4096, vocab_size=32000),
     "1b": dict(hidden_size=2048, num_hidden_layers=20, num_attention_heads=32, num_key_value_heads=8,
                intermediate_size=5632, vocab_size=32000),
     "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
@@ -56,7 +62,8 @@ SIZES = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=128, vocab_size=256),
 }
-SHARD_BYTES = 1_000_000_000  # ~1 GB shards, as many hub checkpoints
+SHARD_BYTES = {"0.4b": 500_000_000}  # save_pretrained(max_shard_size="500MB"): 2 shards per model
+DEFAULT_SHARD_BYTES = 1_000_000_000  # ~1 GB shards, as many hub checkpoints
 
 
 # ----------------------------------------------------------------------------- building the pair
@@ -94,8 +101,8 @@ def _tensor(name: str, shape, role: str) -> torch.Tensor:
     return (base + _randn(name, shape, 1, 1e-3)).to(torch.bfloat16)
 
 
-def _write_sharded(out: Path, items, config) -> None:
-    """items: iterable of (key, callable -> tensor); writes ~1 GB shards + index, like save_pretrained."""
+def _write_sharded(out: Path, items, config, shard_bytes: int) -> None:
+    """items: iterable of (key, callable -> tensor); writes shards of ~shard_bytes + index, like save_pretrained."""
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -104,7 +111,7 @@ def _write_sharded(out: Path, items, config) -> None:
     names = []
     for key, make in items:
         t = make()
-        if current and size + t.nbytes > SHARD_BYTES:
+        if current and size + t.nbytes > shard_bytes:
             names.append(f"part-{len(names)}")
             save_file(current, str(tmp / f"{names[-1]}.safetensors"), metadata={"format": "pt"})
             shards.append(list(current))
@@ -152,12 +159,13 @@ def build_pair(size: str, which: tuple[str, ...] = ("base", "llava", "llm")) -> 
     dirs = {"base": root / "base", "llava": root / "llava", "llm": root / "llm"}
     text, llava = _configs(size)
     lm_shapes = _shapes(LlamaForCausalLM, text)
+    shard_bytes = SHARD_BYTES.get(size, DEFAULT_SHARD_BYTES)
     if not (dirs["base"] / "model.safetensors.index.json").exists():
         print(f"building {dirs['base']} ...", flush=True)
-        _write_sharded(dirs["base"], ((k, lambda k=k, s=s: _tensor(k, s, "base")) for k, s in lm_shapes.items()), text)
+        _write_sharded(dirs["base"], ((k, lambda k=k, s=s: _tensor(k, s, "base")) for k, s in lm_shapes.items()), text, shard_bytes)
     if "llm" in which and not (dirs["llm"] / "model.safetensors.index.json").exists():
         print(f"building {dirs['llm']} ...", flush=True)
-        _write_sharded(dirs["llm"], ((k, lambda k=k, s=s: _tensor(k, s, "tuned")) for k, s in lm_shapes.items()), text)
+        _write_sharded(dirs["llm"], ((k, lambda k=k, s=s: _tensor(k, s, "tuned")) for k, s in lm_shapes.items()), text, shard_bytes)
     if not (dirs["llava"] / "model.safetensors.index.json").exists():
         print(f"building {dirs['llava']} ...", flush=True)
         shapes = _shapes(LlavaForConditionalGeneration, llava)
@@ -170,7 +178,7 @@ def build_pair(size: str, which: tuple[str, ...] = ("base", "llava", "llm")) -> 
                 else:  # vision tower / projector
                     yield _hf_llava_key(key), (lambda k=key, s=s: _randn(k, s, 2, 0.02).to(torch.bfloat16))
 
-        _write_sharded(dirs["llava"], items(), llava)
+        _write_sharded(dirs["llava"], items(), llava, shard_bytes)
     return dirs
 
 
@@ -238,29 +246,71 @@ for f in src.iterdir():
 """
 
 
+MERGEKIT_PARAMS = {"ties": {"density": 0.2}, "task_arithmetic": {}, "dare_linear": {"density": 0.2},
+                   "della_linear": {"density": 0.2, "epsilon": 0.1, "lambda": 1.0}}
+
+
 def mergekit_config(path: Path, method: str, base: Path, tuned: Path) -> Path:
-    params = {"weight": 1.0}
-    if method == "ties":
-        params["density"] = 0.2
+    params = {"weight": 1.0, **MERGEKIT_PARAMS[method]}
     text = (f"merge_method: {method}\nbase_model: {base}\nmodels:\n  - model: {tuned}\n    parameters:\n"
             + "".join(f"      {k}: {v}\n" for k, v in params.items()) + "dtype: bfloat16\n")
     path.write_text(text)
     return path
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=sorted(SIZES), default="1b")
-    ap.add_argument("--device", default="cpu", help="device for lfm and mergekit (cpu | cuda)")
-    ap.add_argument("--skip-mergekit", action="store_true")
-    ap.add_argument("--keep-outputs", action="store_true", help="keep merged outputs under _work/<size>/out-*")
-    args = ap.parse_args(argv)
+# label -> lfm merge flags; every one runs on the LLM pair, TIES and TA on the LLaVA pair too
+LFM_RUNS = {"TIES K=0.2": ["--method", "ties", "--density", "0.2"],
+            "TA": ["--method", "task_arithmetic"],
+            "Neu-S-TIES K=0.2 M=0.3": ["--method", "neu-s-ties", "--density", "0.2", "--neurons", "0.3"],
+            "Neu-P-TIES K=0.2 M=0.3": ["--method", "neu-p-ties", "--density", "0.2", "--neurons", "0.3"],
+            "DARE K=0.2": ["--method", "dare", "--density", "0.2"],
+            "DELLA K=0.2": ["--method", "della", "--density", "0.2", "--epsilon", "0.1"]}
+MERGEKIT_RUNS = {"TIES K=0.2": "ties", "TA": "task_arithmetic", "DARE K=0.2": "dare_linear",
+                 "DELLA K=0.2": "della_linear"}
+RSS_OVERHEAD_MIB = 300  # the interpreter with torch imported, and the heap it keeps
 
-    dirs = build_pair(args.size)
-    root = WORK / args.size
+
+def largest_tensor_numel(model_dir: Path) -> int:
+    """Entries of the checkpoint's largest tensor, from the safetensors headers."""
+    largest = 0
+    for file in model_dir.glob("*.safetensors"):
+        with open(file, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        for key, info in header.items():
+            if key != "__metadata__":
+                largest = max(largest, math.prod(info["shape"]))
+    return largest
+
+
+def startup_seconds() -> dict:
+    """Wall time of `lfm --help`, of everything `lfm merge` imports before its first read, and of torch's
+    import alone (the part of the latter lfm cannot shorten); best of 3."""
+    rows = {}
+    for label, cmd in (("lfm --help", [PY, "-m", "lfm.cli", "--help"]),
+                       ("lfm merge imports", [PY, "-c", "import lfm.cli, lfm.merge"]),
+                       ("import torch", [PY, "-c", "import torch"])):
+        best = None
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            best = min(best or 9e9, time.perf_counter() - t0)
+        rows[label] = round(best, 2)
+    return rows
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages (the machine is shared: they say how much of it the runs had)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def run_size(size: str, args) -> dict:
+    dirs = build_pair(size)
+    root = WORK / size
     n_params = sum(p.stat().st_size for p in dirs["base"].glob("*.safetensors")) // 2
+    largest = largest_tensor_numel(dirs["llava"])
+    bound_mib = round(largest * 4 * 4 / 2**20 + RSS_OVERHEAD_MIB, 1)
     lfm = [PY, "-m", "lfm.cli", "merge", "--quiet", "--device", args.device]
-    rows = []
+    rows, load = [], {"before": loadavg()}
 
     def run(label, cmd, out):
         rows.append(measure(label, cmd, out))
@@ -270,54 +320,78 @@ def main(argv=None) -> int:
     out = root / "out"
     run("copy floor (llava)", [PY, "-c", COPY_SCRIPT, dirs["llava"], out], out)
     run("copy floor (llm)", [PY, "-c", COPY_SCRIPT, dirs["llm"], out], out)
-    for pair in ("llava", "llm"):
-        run(f"lfm TIES K=0.2 ({pair})", lfm + ["--base", dirs["base"], "--tuned", dirs[pair], "--out", out,
-                                               "--method", "ties", "--density", "0.2"], out)
-        run(f"lfm TA ({pair})", lfm + ["--base", dirs["base"], "--tuned", dirs[pair], "--out", out,
-                                       "--method", "task_arithmetic"], out)
+    for label, flags in LFM_RUNS.items():
+        for pair in (("llava", "llm") if label in ("TIES K=0.2", "TA") else ("llm",)):
+            run(f"lfm {label} ({pair})", lfm + ["--base", dirs["base"], "--tuned", dirs[pair], "--out", out, *flags],
+                out)
     if not args.skip_mergekit:
         mk = BIN / "mergekit-yaml"
-        for method, label in (("ties", "mergekit TIES K=0.2 (llm)"), ("task_arithmetic", "mergekit TA (llm)")):
+        for label, method in MERGEKIT_RUNS.items():
             cfg = mergekit_config(root / f"mergekit-{method}.yml", method, dirs["base"], dirs["llm"])
-            run(label, [mk, cfg, out, "--lazy-unpickle", "--device", args.device, "--no-copy-tokenizer"], out)
+            run(f"mergekit {label} (llm)", [mk, cfg, out, "--lazy-unpickle", "--device", args.device,
+                                            "--no-copy-tokenizer"], out)
+    load["after"] = loadavg()
 
     by = {r["label"]: r for r in rows}
-    ratios = {}
+    lfm_ties, copy = by["lfm TIES K=0.2 (llm)"], by["copy floor (llm)"]
+    ratios = {"lfm_ties_over_copy_floor_time_llm": round(lfm_ties["seconds"] / copy["seconds"], 2),
+              "lfm_ties_over_copy_floor_time_llava": round(by["lfm TIES K=0.2 (llava)"]["seconds"]
+                                                           / by["copy floor (llava)"]["seconds"], 2),
+              "lfm_ta_over_copy_floor_time_llm": round(by["lfm TA (llm)"]["seconds"] / copy["seconds"], 2)}
+    for label in ("Neu-S-TIES K=0.2 M=0.3", "Neu-P-TIES K=0.2 M=0.3"):
+        ratios[f"lfm_{label.split()[0].lower()}_over_lfm_ties_time"] = round(
+            by[f"lfm {label} (llm)"]["seconds"] / lfm_ties["seconds"], 2)
+    lfm_rows = [r for r in rows if r["label"].startswith("lfm ")]
+    ratios["lfm_max_peak_rss_mib"] = max(r["peak_rss_mib"] for r in lfm_rows)
+    ratios["lfm_peak_rss_bound_mib"] = bound_mib
     if not args.skip_mergekit:
-        mk_ties, mk_ta = by["mergekit TIES K=0.2 (llm)"], by["mergekit TA (llm)"]
-        lfm_ties, lfm_ta = by["lfm TIES K=0.2 (llm)"], by["lfm TA (llm)"]
-        ratios["mergekit_ties_over_lfm_ties_time"] = round(mk_ties["seconds"] / lfm_ties["seconds"], 2)
-        ratios["mergekit_ta_over_lfm_ta_time"] = round(mk_ta["seconds"] / lfm_ta["seconds"], 2)
-        ratios["lfm_ties_over_mergekit_ties_rss"] = round(lfm_ties["peak_rss_mib"] / mk_ties["peak_rss_mib"], 3)
-        ratios["lfm_ta_over_mergekit_ta_rss"] = round(lfm_ta["peak_rss_mib"] / mk_ta["peak_rss_mib"], 3)
-        ratios["lfm_ties_over_mergekit_ties_anon"] = round(lfm_ties["peak_anon_mib"] / max(mk_ties["peak_anon_mib"], 1), 3)
-    ratios["lfm_ta_over_copy_floor_time_llm"] = round(by["lfm TA (llm)"]["seconds"] / by["copy floor (llm)"]["seconds"], 2)
-    ratios["lfm_ta_over_copy_floor_time_llava"] = round(by["lfm TA (llava)"]["seconds"] / by["copy floor (llava)"]["seconds"], 2)
+        for label in MERGEKIT_RUNS:
+            mk_row, lfm_row = by[f"mergekit {label} (llm)"], by[f"lfm {label} (llm)"]
+            tag = label.split()[0].lower()
+            ratios[f"mergekit_{tag}_over_lfm_{tag}_time"] = round(mk_row["seconds"] / lfm_row["seconds"], 2)
+            ratios[f"lfm_{tag}_over_mergekit_{tag}_rss"] = round(lfm_row["peak_rss_mib"] / mk_row["peak_rss_mib"], 3)
     targets = {
-        "lfm TIES >= 5x faster than mergekit": ratios.get("mergekit_ties_over_lfm_ties_time", 0) >= 5,
-        "lfm TA <= 1.5x copy floor": ratios["lfm_ta_over_copy_floor_time_llm"] <= 1.5,
-        "lfm peak RSS <= 1/2 mergekit": max(ratios.get("lfm_ties_over_mergekit_ties_rss", 9),
-                                            ratios.get("lfm_ta_over_mergekit_ta_rss", 9)) <= 0.5,
+        "lfm TIES >= 8x faster than mergekit TIES": ratios.get("mergekit_ties_over_lfm_ties_time", 0) >= 8,
+        "lfm TIES <= 2x the copy floor (llm, llava)": max(ratios["lfm_ties_over_copy_floor_time_llm"],
+                                                          ratios["lfm_ties_over_copy_floor_time_llava"]) <= 2,
+        f"every lfm merge's peak RSS <= bound (largest tensor x 4 float32 bytes x 4 + {RSS_OVERHEAD_MIB} MiB)":
+            ratios["lfm_max_peak_rss_mib"] <= bound_mib,
+        "lfm TIES peak RSS <= 0.4x mergekit TIES": ratios.get("lfm_ties_over_mergekit_ties_rss", 9) <= 0.4,
+        "Neu-S-TIES and Neu-P-TIES <= 1.5x lfm TIES": max(ratios["lfm_neu-s-ties_over_lfm_ties_time"],
+                                                         ratios["lfm_neu-p-ties_over_lfm_ties_time"]) <= 1.5,
     }
 
-    print(f"\n{args.size}: {n_params / 1e9:.2f}B parameters per model (bf16), device {args.device}, "
-          f"{os.cpu_count()} CPU cores")
-    print(f"{'run':<30} {'seconds':>9} {'peak RSS MiB':>13} {'anon MiB':>9}")
+    print(f"\n{size}: {n_params / 1e9:.2f}B parameters per model (bf16), device {args.device}, "
+          f"{os.cpu_count()} CPU cores, load average {load['before']} -> {load['after']}")
+    print(f"{'run':<34} {'seconds':>9} {'peak RSS MiB':>13} {'anon MiB':>9}")
     for r in rows:
-        print(f"{r['label']:<30} {r['seconds']:>9.1f} {r['peak_rss_mib']:>13.0f} {r['peak_anon_mib']:>9.0f}")
+        print(f"{r['label']:<34} {r['seconds']:>9.1f} {r['peak_rss_mib']:>13.0f} {r['peak_anon_mib']:>9.0f}")
     print()
     for k, v in ratios.items():
-        print(f"{k:<40} {v}")
+        print(f"{k:<44} {v}")
     for k, ok in targets.items():
         print(f"{'PASS' if ok else 'FAIL'}  {k}")
+    return {"size": size, "parameters": n_params, "largest_tensor_numel": largest, "device": args.device,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "loadavg": load, "runs": rows, "ratios": ratios, "targets": targets}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", nargs="+", choices=sorted(SIZES), default=["0.4b", "1b"])
+    ap.add_argument("--device", default="cpu", help="device for lfm and mergekit (cpu | cuda)")
+    ap.add_argument("--skip-mergekit", action="store_true")
+    ap.add_argument("--keep-outputs", action="store_true", help="keep merged outputs under _work/<size>/out")
+    args = ap.parse_args(argv)
 
     RESULTS.mkdir(exist_ok=True)
-    result = {"size": args.size, "parameters": n_params, "device": args.device, "cpu_count": os.cpu_count(),
-              "torch": torch.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": rows,
-              "ratios": ratios, "targets": targets}
-    path = RESULTS / ("merge_speed.json" if args.size == "1b" else f"merge_speed_{args.size}.json")
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    startup = startup_seconds()
+    print(f"start-up: {startup}")
+    for size in args.size:
+        result = {**run_size(size, args), "startup_seconds": startup}
+        path = RESULTS / ("merge_speed.json" if size == "1b" else f"merge_speed_{size}.json")
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
     return 0
 
 

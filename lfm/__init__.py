@@ -11,12 +11,41 @@ Every function taking ``base, tuned`` also takes an opened pair as ``base`` (``l
 ``Recipe``, a dict, a method name / paper alias, or keyword fields (a misspelt field names the valid ones).
 """
 
-from lfm._version import __version__
-from lfm.methods import METHODS, Recipe, make_recipe, merge_delta, merge_tensor
-from lfm.pair import open_pair
-from lfm.score import neuron_scores
-from lfm.merge import merge, merged_state_dict
-from lfm.resident import ResidentPair
+import importlib
+import sys
+import types
 
-__all__ = ["METHODS", "Recipe", "ResidentPair", "make_recipe", "merge", "merge_delta", "merge_tensor",
-           "merged_state_dict", "neuron_scores", "open_pair", "__version__"]
+from lfm._version import __version__
+
+# public name -> the module defining it; imported on first use (PEP 562), so that `import lfm` (and with it
+# every `lfm` command's start-up) does not load torch until a tensor is needed
+_HOMES = {"METHODS": "lfm.methods", "Recipe": "lfm.methods", "make_recipe": "lfm.methods",
+          "merge_delta": "lfm.methods", "merge_tensor": "lfm.methods", "open_pair": "lfm.pair",
+          "neuron_scores": "lfm.score", "merge": "lfm.merge", "merged_state_dict": "lfm.merge",
+          "ResidentPair": "lfm.resident"}
+
+__all__ = sorted([*_HOMES, "__version__"])
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'lfm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_HOMES})
+
+
+class _Package(types.ModuleType):
+    """``lfm`` itself. Importing the submodule ``lfm.merge`` binds it as the package's attribute ``merge``;
+    the public name is the function, so that binding is ignored (``__getattr__`` then finds the function)."""
+
+    def __setattr__(self, name, value):
+        if not (name in _HOMES and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

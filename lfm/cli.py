@@ -17,12 +17,10 @@ import sys
 import threading
 from pathlib import Path
 
-import yaml
+from lfm.names import ALIASES, LOCATE_MODES, METHOD_ROWS, RESCALES, RESTORES, SUPPRESSORS
 
-from lfm.methods import ALIASES, METHODS, RESCALES, RESTORES, SUPPRESSORS, Recipe
-from lfm.neurons import LOCATE_MODES
-
-# Subcommand groups living in other packages; each module has register(subparsers).
+# Subcommand groups living in other packages; each module has register(subparsers). Building the parser
+# imports only these modules and lfm.names: torch, transformers and panel load when a command runs.
 PLUGINS = ("lfm.organism.cli", "lfm.evaluate.cli", "lfm.explorer.cli", "lfm.lab")
 RECIPE_FLAGS = ("density", "neurons", "suppress", "restore", "alpha", "gamma", "epsilon", "rescale",
                 "locate", "seed", "others", "keep_base", "keep_tuned")
@@ -39,7 +37,7 @@ def add_pair_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", help=f"one of {sorted(METHODS)} or a paper alias ({', '.join(sorted(ALIASES))})",
+    p.add_argument("--method", help=f"one of {sorted(METHOD_ROWS)} or a paper alias ({', '.join(sorted(ALIASES))})",
                    metavar="METHOD")
     p.add_argument("--density", "-K", type=float, help="K in (0,1]: fraction of delta entries kept (default 0.2)")
     p.add_argument("--neurons", "-M", type=float, help="M in [0,1]: fraction of neurons restored (default 0.3)")
@@ -59,8 +57,12 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
                    help="tensors whose canonical name matches take the tuned weight (repeatable)")
 
 
-def recipe_from_args(args: argparse.Namespace) -> tuple[Recipe, dict]:
-    """Merge `--config` YAML (if any) with flags (flags win). Returns (recipe, run settings)."""
+def recipe_from_args(args: argparse.Namespace):
+    """Merge `--config` YAML (if any) with flags (flags win). Returns (Recipe, run settings)."""
+    import yaml
+
+    from lfm.methods import Recipe
+
     config = {}
     if getattr(args, "config", None):
         try:
@@ -149,6 +151,8 @@ def keep_freed_memory_for_reuse() -> None:
     serves each from a new mmap and returns it on free, so every step pays page faults (measured: a
     TIES merge step on a 5632x2048 weight takes ~90 ms with the default, ~50 ms with this). Only the
     `lfm` process is affected; Python API users can call this themselves. No-op off glibc.
+    The cost is memory the heap keeps: a 0.4B TIES merge peaked at 758 MB RSS with this, 704 MB without,
+    and took 2.4x as long without (one run each, on a loaded 2-core machine).
     """
     if not sys.platform.startswith("linux"):
         return

@@ -4,14 +4,16 @@
               -> vision tower / projector / anything not in the LM: copied from tuned
               -> config, tokenizer, processor files copied -> lfm_recipe.json -> atomic rename
 
-Only two tensors (plus the merged result) are in memory at any time. The output directory is
+Inputs read ahead and merged tensors waiting to be written are bounded in bytes (READ_AHEAD_BYTES,
+WRITE_BEHIND_BYTES), and a TIES mask is computed block by block (`lfm.methods.merge_top_k_in_blocks`). The output directory is
 built in a temporary sibling and renamed into place at the end, so an error leaves nothing behind.
 """
 
 import json
+import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -24,17 +26,24 @@ from lfm.device import resolve_device
 from lfm.methods import Recipe, make_recipe, merge_tensor
 from lfm.neurons import layer_of, module_of
 from lfm.pair import Pair, open_pair
+from lfm.pipeline import WriteBehind, read_ahead
 
 RECIPE_FILE = "lfm_recipe.json"
 
 
+READ_AHEAD_BYTES = 64 * 2**20  # input bytes in memory: the pair being merged + the pairs read ahead
+WRITE_BEHIND_BYTES = 64 * 2**20  # merged bytes waiting for the writer
+# measured on a 0.4B bf16 pair (TIES): 256 MiB each peaked at 939 MB RSS, 64 MiB each at 758 MB
+
+
 def iter_merged(pair: Pair, recipe: Recipe, *, device="cpu", dtype: torch.dtype | None = None,
-                progress: bool = True, desc: str = "merging"):
+                progress: bool = True, desc: str = "merging", read_ahead_bytes: int | None = None):
     """Yield (tuned_key, merged_tensor_on_cpu, info) for every tensor of the tuned checkpoint, in
     the tuned checkpoint's order. info = {'name', 'source', 'stats'} (stats None for passthrough).
 
-    The next tensors are read from disk on a helper thread while the current one is merged
-    (file reads release the GIL), so at most two pairs of input tensors are in memory.
+    The next tensors are read from disk on a helper thread while the current one is merged (file reads
+    release the GIL), as long as they fit in `read_ahead_bytes` (default READ_AHEAD_BYTES) together with
+    the pair being merged.
     """
     device = resolve_device(device)
     by_key = {e.tuned_key: e for e in pair.entries}
@@ -46,11 +55,13 @@ def iter_merged(pair: Pair, recipe: Recipe, *, device="cpu", dtype: torch.dtype 
             return None, pair.tuned.get(key)
         return pair.base.get(entry.base_key, device), pair.tuned.get(key, device)
 
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        pending = reader.submit(read, keys[0]) if keys else None
-        for i, key in enumerate(tqdm(keys, desc=desc, unit="tensor", disable=not progress)):
-            base_t, tuned_t = pending.result()
-            pending = reader.submit(read, keys[i + 1]) if i + 1 < len(keys) else None
+    def size_of(key):
+        entry = by_key.get(key)
+        return _nbytes(pair.tuned, key) + (0 if entry is None else _nbytes(pair.base, entry.base_key))
+
+    with closing(read_ahead(keys, read, size_of, read_ahead_bytes or READ_AHEAD_BYTES)) as inputs:  # closed: the reader stops
+        for key, (base_t, tuned_t) in tqdm(inputs, total=len(keys), desc=desc, unit="tensor",
+                                           disable=not progress):
             entry = by_key.get(key)
             if entry is None:
                 yield key, _cast(tuned_t, dtype, key, pair), {"name": key, "source": "passthrough", "stats": None}
@@ -59,6 +70,11 @@ def iter_merged(pair: Pair, recipe: Recipe, *, device="cpu", dtype: torch.dtype 
             del base_t, tuned_t
             yield key, _cast(merged, dtype, key, pair).to("cpu"), {"name": entry.name, "source": source,
                                                                    "stats": stats}
+
+
+def _nbytes(checkpoint, key: str) -> int:
+    shape, dtype = checkpoint.meta(key)
+    return math.prod(shape) * dtype.itemsize
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype | None, key: str, pair: Pair) -> torch.Tensor:
@@ -137,20 +153,16 @@ def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device
     per_tensor = {}
     with atomic_output_dir(out, force=force, log=log) as tmp:
         writer = StreamingShardWriter(tmp, plan, parse_size(max_shard_size))
-        # writes go to a helper thread too; waiting on the previous one keeps one tensor in flight
-        with ThreadPoolExecutor(max_workers=1) as writing:
-            written = None
+        # writes go to a helper thread too, with at most WRITE_BEHIND_BYTES of merged tensors waiting
+        with WriteBehind(writer.write, WRITE_BEHIND_BYTES) as writing:
             for key, tensor, info in iter_merged(pair, recipe, device=dev, dtype=out_dtype, progress=progress):
-                if written is not None:
-                    written.result()
-                written = writing.submit(writer.write, key, tensor)
+                writing.submit(key, tensor, tensor.numel() * tensor.element_size())
+                del tensor
                 if info["stats"] is not None:
                     s = info["stats"]
                     per_tensor[info["name"]] = {"source": info["source"], "numel": s.numel, "kept": s.kept,
                                                 "n_neurons": s.n_neurons, "n_located": s.n_located,
                                                 "n_fallback_replace": s.n_fallback_replace}
-            if written is not None:
-                written.result()
         writer.close()
         copy_non_weight_files(pair.tuned.path, tmp)
         if out_dtype is not None:

@@ -28,17 +28,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
-from lfm.neurons import LOCATE_MODES, extra_vocab_rows, locate, module_of, neuron_axis, neuron_scores
+from lfm.names import ALIASES, LOCATE_MODES, METHOD_ROWS, OTHERS, RESCALES, RESTORES, SUPPRESSORS
+from lfm.neurons import extra_vocab_rows, locate, module_of, neuron_axis, neuron_scores
 
 
 # ----------------------------------------------------------------------------------------------
 # The recipe: every knob of a merge, validated once.
-
-SUPPRESSORS = ("ties", "breadcrumbs", "task_arithmetic")
-RESTORES = ("replace", "rescale")
-RESCALES = ("inverse", "l1")
-OTHERS = ("method", "tuned", "base")
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -195,6 +190,20 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
 # ----------------------------------------------------------------------------------------------
 # Sub: which entries of delta survive. Each returns (mask [same shape, bool], keep_prob or None).
 
+EXACT_SELECT_MAX = 1 << 17  # up to this many entries a full selection is fast enough
+SAMPLE_SIZE = 65536  # about this many strided entries bracket the answer of a bigger selection
+
+
+def _bracket(sample: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) around the k-th largest of n values, from a strided sample of them: the sample's order
+    statistics at the answer's quantile -+1%."""
+    m = sample.numel()
+    q = 1.0 - k / n
+    lo = torch.kthvalue(sample, max(1, int((q - 0.01) * m))).values
+    hi = torch.kthvalue(sample, min(m, int((q + 0.01) * m) + 1)).values
+    return lo, hi
+
+
 def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th largest entry of a flat tensor (1 <= k <= n), exactly.
 
@@ -204,13 +213,9 @@ def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
     selection runs instead: the result never depends on the sample.
     """
     n = values.numel()
-    if n <= 1 << 17:
+    if n <= EXACT_SELECT_MAX:
         return torch.kthvalue(values, n - k + 1).values
-    sample = values[:: n // 65536]
-    m = sample.numel()
-    q = 1.0 - k / n  # the answer's quantile; bracket it by +-1% of the sample's order statistics
-    lo = torch.kthvalue(sample, max(1, int((q - 0.01) * m))).values
-    hi = torch.kthvalue(sample, min(m, int((q + 0.01) * m) + 1)).values
+    lo, hi = _bracket(values[:: n // SAMPLE_SIZE], n, k)
     above = int(torch.count_nonzero(values > hi))
     inside = values[(values >= lo) & (values <= hi)]
     if above < k <= above + inside.numel():
@@ -276,6 +281,93 @@ def select(mask: torch.Tensor, if_true: torch.Tensor, if_false: torch.Tensor,
     return out
 
 
+MERGE_BLOCK = 1 << 22  # entries per block of `merge_top_k_in_blocks` and of DELLA's row ranking (16 MB of float32)
+# tensors from this size on are merged in blocks; smaller ones whole, with fewer and larger torch calls (each
+# call is a barrier for torch's threads; in one run on a loaded 2-core machine a TIES merge of a 0.4B pair
+# took 98 s with every tensor in 1M-entry blocks, Neu-P-TIES with its linear weights whole 50 s)
+BLOCKED_FROM = 1 << 24
+
+
+def _delta_blocks(base: torch.Tensor, tuned: torch.Tensor, name: str):
+    """Yield (block slice, delta block [MERGE_BLOCK] float32) over the flat entries of tuned - base,
+    refusing a non-finite delta (one cheap sum per block; only a non-finite sum looks closer)."""
+    flat_base, flat_tuned = base.reshape(-1), tuned.reshape(-1)
+    for start in range(0, flat_base.numel(), MERGE_BLOCK):
+        block = slice(start, start + MERGE_BLOCK)
+        delta = flat_tuned[block].float() - flat_base[block]
+        if not torch.isfinite(delta.sum()):
+            _raise_non_finite(delta, name)
+        yield block, delta
+
+
+def kth_largest_abs_delta(base: torch.Tensor, tuned: torch.Tensor, k: int, name: str) -> tuple[torch.Tensor, int, int]:
+    """The k-th largest |tuned - base| (1 <= k <= n) as ``kth_largest`` selects it, exactly, without ever
+    holding |delta| whole: a strided sample brackets it, then one pass over blocks counts the entries above
+    the bracket and keeps those inside. Returns (threshold, n_above: entries > it, n_tied: entries == it)."""
+    n = base.numel()
+    if n <= EXACT_SELECT_MAX:
+        values = (tuned.float() - base).abs().reshape(-1)
+        threshold = kth_largest(values, k)
+        return threshold, int(torch.count_nonzero(values > threshold)), int(torch.count_nonzero(values == threshold))
+    step = n // SAMPLE_SIZE
+    lo, hi = _bracket((tuned.reshape(-1)[::step].float() - base.reshape(-1)[::step]).abs(), n, k)
+    above, inside = 0, []
+    for _, delta in _delta_blocks(base, tuned, name):
+        magnitude = delta.abs_()
+        above += int(torch.count_nonzero(magnitude > hi))
+        inside.append(magnitude[(magnitude >= lo) & (magnitude <= hi)])
+    inside = torch.cat(inside)
+    if not above < k <= above + inside.numel():  # the bracket missed (adversarial layouts): select in full
+        inside, above = (tuned.float() - base).abs().reshape(-1), 0
+    threshold = torch.kthvalue(inside, inside.numel() - (k - above) + 1).values
+    return (threshold, above + int(torch.count_nonzero(inside > threshold)),
+            int(torch.count_nonzero(inside == threshold)))
+
+
+def merge_top_k_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, name: str,
+                          out: torch.Tensor) -> int:
+    """``merge_tensor`` of a recipe whose whole change is a TIES mask (TIES, or Neuron-Fusion's TIES suppress
+    where no neuron is restored) into ``out``, block by block: |delta| is never held whole, so beside the
+    inputs and the output only a few blocks of float32 are in memory. The bytes equal the whole-tensor path
+    (`top_k_mask` then `select` at alpha = 1 for TIES, else base + alpha * masked delta in float32).
+
+    Args: base, tuned: same shape; out: [same shape], tuned's dtype, contiguous. Returns the entries kept.
+    """
+    n = base.numel()
+    (k,) = top_k_counts(recipe, n, "ties")
+    k = min(max(k, 0), n)
+    threshold, n_above, n_tied = kth_largest_abs_delta(base, tuned, k, name) if 0 < k < n else (None, 0, 0)
+    ties_left = k - n_above  # entries equal to the threshold that are kept: the first ones in flat order
+    flat_base, flat_tuned, flat_out = base.reshape(-1), tuned.reshape(-1), out.view(-1)
+    as_select = recipe.method == "ties" and recipe.alpha == 1.0
+    for block, delta in _delta_blocks(base, tuned, name):
+        if threshold is None:
+            mask = torch.full_like(delta, k == n, dtype=torch.bool)
+        else:
+            magnitude = delta.abs()
+            mask = magnitude >= threshold
+            if n_tied > k - n_above:  # more tied entries than kept ones: drop the later ones
+                tied = torch.nonzero(magnitude == threshold).squeeze(1)
+                mask[tied[ties_left:]] = False
+                ties_left = max(0, ties_left - tied.numel())
+        if as_select and flat_tuned.dtype == flat_base.dtype:
+            select(mask, flat_tuned[block], flat_base[block], out=flat_out[block])
+        elif as_select:
+            flat_out[block] = select(mask, flat_tuned[block], flat_base[block])
+        else:
+            kept = delta.masked_fill_(~mask, 0.0)
+            flat_out[block] = (kept if recipe.alpha == 1.0 else recipe.alpha * kept) + flat_base[block]
+    return k
+
+
+def streams_top_k(recipe: Recipe, name: str) -> bool:
+    """Whether `merge_top_k_in_blocks` computes this tensor's merge: the recipe's change is one TIES mask."""
+    if recipe.method == "ties":
+        return True
+    return recipe.method == "neuron_fusion" and recipe.suppress == "ties" and (
+        recipe.neurons == 0 or neuron_axis(name) is None)
+
+
 def top_k_counts(recipe: Recipe, numel: int, sub: str | None = None) -> tuple[int, ...]:
     """The k of every top-k set of |delta| the recipe's Sub (or the row ``sub``) takes for a tensor of
     ``numel`` entries.
@@ -327,7 +419,7 @@ def keep_band(delta, recipe, generator=None, sorted_abs=None):
 
 def keep_bernoulli(delta, recipe, generator=None, sorted_abs=None):
     """DARE: keep every entry independently with probability K."""
-    p = torch.full(delta.shape, recipe.density, dtype=torch.float32)
+    p = torch.tensor(recipe.density, dtype=torch.float32).expand(delta.shape)  # one value, no memory per entry
     mask = torch.rand(delta.shape, generator=generator) < p
     return mask.to(delta.device), p.to(delta.device)
 
@@ -337,11 +429,16 @@ def keep_by_magnitude_rank(delta, recipe, generator=None, sorted_abs=None):
     from K-eps (smallest) to K+eps (largest)."""
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
     n_cols = rows.shape[1]
-    order = torch.sort(rows.abs(), dim=1, stable=True).indices
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(n_cols, device=rows.device).expand_as(order))
-    rank01 = ranks.float() / (n_cols - 1) if n_cols > 1 else torch.full_like(ranks, 0.5, dtype=torch.float32)
-    p = (recipe.density - recipe.epsilon) + 2 * recipe.epsilon * rank01
+    p = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
+    # rows are independent: ranked a block of rows at a time, the int64 sort indices stay small
+    step = max(1, MERGE_BLOCK // max(n_cols, 1))
+    for start in range(0, rows.shape[0], step):
+        block = rows[start: start + step]
+        order = torch.sort(block.abs(), dim=1, stable=True).indices
+        ranks = torch.empty_like(order)
+        ranks.scatter_(1, order, torch.arange(n_cols, device=rows.device).expand_as(order))
+        rank01 = ranks.float() / (n_cols - 1) if n_cols > 1 else torch.full_like(ranks, 0.5, dtype=torch.float32)
+        p[start: start + step] = (recipe.density - recipe.epsilon) + 2 * recipe.epsilon * rank01
     draw = torch.rand(rows.shape, generator=generator).to(rows.device)
     mask = draw < p
     return mask.reshape(delta.shape), p.reshape(delta.shape)
@@ -358,13 +455,13 @@ def scale(delta, mask, keep_prob, recipe, located=None, axis=None):
 
 def rescale_kept(delta, mask, keep_prob, recipe, located=None, axis=None):
     """alpha * Sub(delta) / p (inverse), or matched to delta's l1 norm ('l1', as mergekit)."""
-    kept = delta.masked_fill(~mask, 0.0)
+    kept = delta.masked_fill(~mask, 0.0)  # a new tensor: scaled in place from here (the same arithmetic)
     if recipe.rescale == "inverse":
-        return recipe.alpha * kept / keep_prob, 0
+        return kept.mul_(recipe.alpha).div_(keep_prob), 0
     before, after = delta.abs().sum(), kept.abs().sum()
     if before < 1e-7 or after < 1e-7:
-        return recipe.alpha * kept, 0
-    return recipe.alpha * kept * (before / after), 0
+        return kept.mul_(recipe.alpha), 0
+    return kept.mul_(recipe.alpha).mul_(before / after), 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -472,30 +569,17 @@ class Method:
     uses: tuple[str, ...] = field(default=())  # which recipe fields matter (for UIs and recipes)
 
 
-METHODS: dict[str, Method] = {
-    "task_arithmetic": Method("TaskA", keep_all, scale, "https://arxiv.org/abs/2212.04089", ("alpha",)),
-    "ties": Method("TIES", keep_top_k, scale, "https://arxiv.org/abs/2306.01708", ("density", "alpha")),
-    "breadcrumbs": Method("Breadcrumbs", keep_band, scale, "https://arxiv.org/abs/2312.06795",
-                          ("density", "gamma", "alpha")),
-    "dare": Method("DARE", keep_bernoulli, rescale_kept, "https://arxiv.org/abs/2311.03099",
-                   ("density", "rescale", "alpha", "seed")),
-    "della": Method("DELLA", keep_by_magnitude_rank, rescale_kept, "https://arxiv.org/abs/2406.11617",
-                    ("density", "epsilon", "rescale", "alpha", "seed")),
-    "hard": Method("hard-merge", keep_none, scale, "https://arxiv.org/abs/2505.16703", ()),
-    "neuron_fusion": Method("Neuron-Fusion", keep_suppressed, restore, "https://arxiv.org/abs/2505.16703",
-                            ("density", "neurons", "suppress", "restore", "alpha", "gamma", "locate", "seed")),
+_MATH = {  # method -> (Sub, F)
+    "task_arithmetic": (keep_all, scale),
+    "ties": (keep_top_k, scale),
+    "breadcrumbs": (keep_band, scale),
+    "dare": (keep_bernoulli, rescale_kept),
+    "della": (keep_by_magnitude_rank, rescale_kept),
+    "hard": (keep_none, scale),
+    "neuron_fusion": (keep_suppressed, restore),
 }
-
-ALIASES: dict[str, dict] = {
-    "ta": {"method": "task_arithmetic"}, "taska": {"method": "task_arithmetic"},
-    "task-arithmetic": {"method": "task_arithmetic"},
-    "bread": {"method": "breadcrumbs"}, "hard-merge": {"method": "hard"},
-    "neuron-fusion": {"method": "neuron_fusion"},
-    **{f"neu-{tag}-{short}": {"method": "neuron_fusion", "suppress": sup, "restore": restore}
-       for tag, restore in (("p", "replace"), ("s", "rescale"))
-       for short, sup in (("ties", "ties"), ("bread", "breadcrumbs"), ("breadcrumbs", "breadcrumbs"),
-                          ("taska", "task_arithmetic"), ("ta", "task_arithmetic"))},
-}
+METHODS: dict[str, Method] = {name: Method(title, *_MATH[name], reference, uses)
+                              for name, (title, reference, uses) in METHOD_ROWS.items()}
 
 
 def merge_delta(delta: torch.Tensor, recipe: Recipe, *, neuron_axis: int | None = None,
@@ -572,6 +656,16 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
         tuned = tuned[: base.shape[0]]
 
     source = source_of(name, recipe)
+    blocked = base.numel() >= BLOCKED_FROM and streams_top_k(recipe, name)
+    if source == "method" and sorted_abs is None and blocked:
+        n_extra = 0 if extra_rows is None else extra_rows.shape[0]
+        merged = torch.empty((base.shape[0] + n_extra, *base.shape[1:]) if base.dim() else (),
+                             dtype=tuned.dtype, device=tuned.device)
+        kept = merge_top_k_in_blocks(base, tuned, recipe, name, merged[: base.shape[0]] if base.dim() else merged)
+        if n_extra:
+            merged[base.shape[0]:] = extra_rows
+        axis = neuron_axis(name) if recipe.method == "neuron_fusion" else None
+        return merged, DeltaStats(base.numel(), kept, n_neurons=0 if axis is None else base.shape[axis]), source
     if source == "tuned":
         merged, stats = tuned.float(), DeltaStats(tuned.numel(), tuned.numel())
     elif source == "base":

@@ -20,10 +20,11 @@ import re
 
 import torch
 
+from lfm.names import LOCATE_MODES
+
 ROW_MODULES = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
 COLUMN_MODULES = ("o_proj", "down_proj")
 LINEAR_MODULES = ROW_MODULES + COLUMN_MODULES
-LOCATE_MODES = ("top", "random", "bottom")
 
 _LAYER = re.compile(r"layers\.(\d+)\.")
 

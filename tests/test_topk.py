@@ -101,3 +101,47 @@ def test_bucket_with_rounded_members_above_and_below():
         assert torch.equal(threshold, kth_largest(values, k)), k
     assert sets[3][0].mask(order.key).nonzero().squeeze(1).tolist() == [0, 1, 3]
     assert sets[6][0].mask(order.key).nonzero().squeeze(1).tolist() == [0, 1, 3, 4, 5, 6]
+
+
+def _reference_top_k(magnitude: torch.Tensor, k: int) -> torch.Tensor:
+    """k largest of a flat tensor, ties to the lower index: a stable sort on -|delta|, independent of the engine."""
+    mask = torch.zeros(magnitude.numel(), dtype=torch.bool)
+    mask[torch.sort(-magnitude.double(), stable=True).indices[:k]] = True
+    return mask
+
+
+@pytest.mark.parametrize("kind", ["bf16", "fp32", "sparse", "wide", "strided"])
+@pytest.mark.parametrize("recipe", [dict(method="ties", density=0.2), dict(method="ties", density=0.05, alpha=0.7),
+                                    dict(method="neuron_fusion", density=0.3), dict(method="ties", density=1.0),
+                                    dict(method="neuron_fusion", density=0.9, alpha=1.5, neurons=0.0)])
+def test_merge_tensor_in_blocks_equals_the_whole_tensor_formula(kind, recipe, monkeypatch):
+    """The block-by-block TIES merge (|delta| never whole; blocks much smaller than the tensor, so the
+    threshold's ties straddle blocks) gives the bytes of the formula on the whole tensor, with extra
+    vocabulary rows kept from tuned."""
+    from lfm.methods import Recipe, merge_tensor, streams_top_k
+
+    monkeypatch.setattr("lfm.methods.MERGE_BLOCK", 7777)
+    monkeypatch.setattr("lfm.methods.BLOCKED_FROM", 100)
+    recipe = Recipe(**recipe)
+    if kind == "strided":  # the sample (every n // 65536-th entry) sees only outliers: the bracket misses
+        base, tuned = _pair("fp32", 400_000)
+        tuned[:: 400_000 // 65536] += 100.0
+    else:
+        base, tuned = _pair(kind, 400_000)
+    base, tuned = base.reshape(1000, 400), tuned.reshape(1000, 400)
+    extra = torch.randn(3, 400).to(tuned.dtype)
+    name = "model.embed_tokens.weight"
+    assert streams_top_k(recipe, name)
+    merged, stats, _ = merge_tensor(base, torch.cat([tuned, extra]), recipe, name=name)
+
+    delta = tuned.float() - base.float()
+    k = int(recipe.density * delta.numel())
+    mask = _reference_top_k(delta.abs().reshape(-1), k).view_as(delta)
+    if recipe.method == "ties" and recipe.alpha == 1.0:
+        expected = torch.where(mask, tuned, base)
+    else:
+        expected = (recipe.alpha * torch.where(mask, delta, 0.0) + base.float()).to(tuned.dtype)
+    expected = torch.cat([expected, extra])
+    assert merged.dtype == tuned.dtype and merged.shape == expected.shape
+    assert torch.equal(merged.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8))
+    assert stats.kept == k

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lfm.methods import RESTORES, SUPPRESSORS
+from lfm.names import RESTORES, SUPPRESSORS
 
 
 def register(subparsers) -> None:

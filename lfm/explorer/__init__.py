@@ -11,3 +11,6 @@
     app.py       assembles the page (`page`, `serve`): `lfm explore` and apps/explorer.py serve it
     cli.py       `lfm precompute` (writes the results folder), `lfm explore`
 """
+
+DEFAULT_DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)  # the K grid `lfm precompute` writes
+DEFAULT_NEURONS = (0.0, 0.1, 0.2, 0.3, 0.5)  # its M grid

@@ -11,7 +11,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from .results import DEFAULT_DENSITIES, DEFAULT_NEURONS
+from . import DEFAULT_DENSITIES, DEFAULT_NEURONS
 
 
 def _floats(text: str) -> tuple[float, ...]:

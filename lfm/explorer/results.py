@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from lfm._version import __version__
 from lfm.checkpoint import contained_path
+from lfm.explorer import DEFAULT_DENSITIES, DEFAULT_NEURONS
 from lfm.methods import Recipe, suppress, tensor_generator
 from lfm.neurons import neuron_scores
 from lfm.pair import open_pair, text_config
@@ -40,8 +41,6 @@ from lfm.score import linear_deltas, save_scores, summary_rows
 
 FORMAT = "lfm-results/1"
 GRID_TOLERANCE = 1e-6  # a setting is precomputed when its K, M and alpha match a grid row this closely
-DEFAULT_DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
-DEFAULT_NEURONS = (0.0, 0.1, 0.2, 0.3, 0.5)
 SWEEP_COLUMNS = ("curve", "label", "method", "suppress", "restore", "density", "neurons", "alpha", "LA", "VA", "OA")
 
 
