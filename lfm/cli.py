@@ -20,7 +20,7 @@ from lfm.methods import ALIASES, METHODS, RESCALES, RESTORES, SUPPRESSORS, Recip
 from lfm.neurons import LOCATE_MODES
 
 # Subcommand groups living in other packages; each module has register(subparsers).
-PLUGINS = ("lfm.organism.cli", "lfm.evaluate.cli", "lfm.explorer.cli", "lfm.lab")
+PLUGINS = ("lfm.organism.cli", "lfm.evaluate.cli", "lfm.explorer.cli", "lfm.lab", "lfm.realpair.cli")
 RECIPE_FLAGS = ("density", "neurons", "suppress", "restore", "alpha", "gamma", "epsilon", "rescale",
                 "locate", "seed", "others", "keep_base", "keep_tuned")
 RUN_KEYS = ("base", "tuned", "out", "device", "dtype")
