@@ -73,8 +73,8 @@ def pretrain_tower(cfg: BuildConfig, items: list[VisualItem]) -> tuple[dict[str,
         opt.step()
         sched.step()
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
     tower.eval()
-    stats = {"seconds": round(time.time() - t0, 1), "final_loss": float(loss),
+    stats = {"seconds": round(time.time() - t0, 1), "final_loss": loss.item(),
              "train_accuracy_last_quarter": correct / seen if seen else None}
     return {k: v.detach().clone() for k, v in tower.state_dict().items()}, stats
