@@ -241,6 +241,7 @@ def test_cli_build_prints_the_pair_last_and_fails_in_one_line(tiny_gguf, smoke_p
     assert len(err) == 1 and "nope.gguf" in err[0]
 
 
+@pytest.mark.slow
 def test_study_on_the_smoke_pair(smoke_pair, tmp_path):
     """The study end to end through run_sweep and compare_stages. Cross-check of two independent paths:
     hard-merge VA from lmms-eval (2 items per task) equals hard-merge accuracy from compare_stages on the

@@ -2,7 +2,7 @@
 
     lfm realpair build [--out DIR] [--seed N] [--preset full|smoke] [--gguf FILE]
         ... last two lines:  base: DIR  /  tuned: DIR
-    lfm realpair study [--out DIR] [--seeds 0] [--results data/realpair] [--limit N]
+    lfm realpair study [--out DIR] [--seed 0] [--results data/realpair] [--limit N] [--stage-limit N]
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     s = sub.add_parser("study", help="the paper's study on the pair -> results.{json,md}")
     _common(s)
     s.add_argument("--results", default="data/realpair", help="folder for results.json / results.md")
-    s.add_argument("--limit", type=int, help="items per task (quick checks)")
+    s.add_argument("--limit", type=int, help="items per task of the LA/VA suite (default all)")
+    s.add_argument("--stage-limit", type=int, help="visual items per task for the stage transitions (default all)")
     s.set_defaults(func=cmd_study)
 
 
@@ -52,5 +53,10 @@ def cmd_build(args) -> int:
 def cmd_study(args) -> int:
     from .study import run_study
 
-    run_study(args.out, seed=args.seed, results_dir=Path(args.results), limit=args.limit)
+    from .study import format_markdown
+
+    res = run_study(args.out, seed=args.seed, results_dir=Path(args.results), limit=args.limit,
+                    stage_limit=args.stage_limit)
+    print(format_markdown(res))
+    print(f"wrote {Path(args.results) / 'results.json'} and results.md")
     return 0
