@@ -263,3 +263,5 @@ def test_study_on_the_smoke_pair(smoke_pair, tmp_path):
     assert [t["from"] for t in res["stages"]["transitions"]] == ["hard", "suppress"]
     md = (tmp_path / "results.md").read_text()
     assert "| reference | tuned MLLM |" in md and json.loads((tmp_path / "results.json").read_text())["rows"]
+    again = run_study(root, recipes=recipes, limit=2, results_dir=None, report_only=True)  # from the logs alone
+    assert again["rows"] == res["rows"] and again["stages"] == res["stages"]

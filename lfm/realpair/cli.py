@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     s.add_argument("--results", default="data/realpair", help="folder for results.json / results.md")
     s.add_argument("--limit", type=int, help="items per task of the LA/VA suite (default all)")
     s.add_argument("--stage-limit", type=int, help="visual items per task for the stage transitions (default all)")
+    s.add_argument("--report", action="store_true", help="run nothing: write the results from an earlier "
+                   "(perhaps interrupted) study's sweep folders")
     s.set_defaults(func=cmd_study)
 
 
@@ -56,7 +58,7 @@ def cmd_study(args) -> int:
     from .study import format_markdown
 
     res = run_study(args.out, seed=args.seed, results_dir=Path(args.results), limit=args.limit,
-                    stage_limit=args.stage_limit)
+                    stage_limit=args.stage_limit, report_only=args.report)
     print(format_markdown(res))
     print(f"wrote {Path(args.results) / 'results.json'} and results.md")
     return 0

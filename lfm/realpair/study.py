@@ -21,7 +21,7 @@ from lfm.methods import Recipe
 from .build import DEFAULT_ROOT, STAMP
 
 K, M = 0.2, 0.3  # the paper's settings
-CORE = 5  # the first CORE recipes (average, Neu-S-TIES top/random/bottom, TIES) run before anything else
+CORE = 3  # the first CORE recipes (average, Neu-S-TIES, TIES) run before anything else
 
 
 def study_recipes() -> list[tuple[str, Recipe]]:
@@ -75,7 +75,7 @@ def stage_items(suite_dir: Path, per_task: int | None) -> list[dict]:
 
 def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str | Path | None = "data/realpair",
               limit: int | None = None, recipes: list[tuple[str, Recipe]] | None = None,
-              stage_limit: int | None = None, progress: bool = True) -> dict:
+              stage_limit: int | None = None, progress: bool = True, report_only: bool = False) -> dict:
     """Run (or resume) the study on the built pair and write ``results_dir``/results.{json,md}.
 
     Args:
@@ -106,10 +106,19 @@ def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str
             (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
             (out / "results.md").write_text(format_markdown(results) + "\n")
 
+    stage_csv = p["study"] / "stages.csv"
+    if report_only:
+        import pandas as pd
+
+        from lfm.evaluate.sweep import load_results
+
+        stages = summary(pd.read_csv(stage_csv)) if stage_csv.exists() else {"stages": {}, "transitions": []}
+        prose_df = load_results(p["study"] / "prose") if (p["study"] / "prose").exists() else pd.DataFrame()
+        write(load_results(p["study"] / "suite"), prose_df, stages)
+        return results
     # the paper's core comparison first, written as soon as it exists; then the stages; then the rest
     core = [r for _, r in recipes[:CORE]]
     suite_df, prose_df = sweeps(core)
-    stage_csv = p["study"] / "stages.csv"
     write(suite_df, prose_df, {"stages": {}, "transitions": []})
     stages = compare_stages(p["base"], p["tuned"], items=stage_items(p["suite"].parent, stage_limit),
                             recipes=stage_recipes(density=K, neurons=M), progress=progress)
@@ -137,7 +146,7 @@ def _clean(v):
 
 def assemble(suite_df, prose_df, stage_summary: dict, groups: dict, build: dict, **meta) -> dict:
     """One row per model/merge: LA, VA, OA, per-task accuracies, held-out perplexities; + stages + build."""
-    prose = {r["point"]: r for r in prose_df.to_dict("records")}
+    prose = {r["point"]: r for r in prose_df.to_dict("records")} if len(prose_df) else {}
     rows = []
     for r in suite_df.to_dict("records"):
         row = {"point": r["point"], "kind": r["kind"], "label": r["label"],
