@@ -1,0 +1,156 @@
+"""Build the pair, stage by stage, each stage cached under the output folder (a rerun is instant).
+
+    OUT/wheel/            the PyPI wheel and its GGUF (fetch.py)
+    OUT/base/             SmolLM2-135M-Instruct as a plain HF LlamaForCausalLM, fp32 (dequantised Q4_1)
+    OUT/suite/            the evaluation suite (tasks.py): suite.yaml, prose.yaml, items, task files
+    OUT/seed<N>/vision.safetensors   the pretrained CLIP tower (vision.py)
+    OUT/seed<N>/aligned/  the LLaVA after projector alignment (train.align)
+    OUT/seed<N>/tuned/    the LLaVA after visual instruction tuning (train.tune): the pair's tuned model
+
+A stage is done when its folder holds ``lfm_realpair_stage.json`` whose config equals this run's; a stage
+with another config is rebuilt. Each stage is written into a temporary sibling and renamed into place, so
+an interrupted build leaves nothing half-written. Default OUT: ~/.cache/lfm/realpair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .config import BuildConfig
+
+STAMP = "lfm_realpair_stage.json"
+DEFAULT_ROOT = Path(os.environ.get("LFM_REALPAIR_HOME", Path.home() / ".cache" / "lfm" / "realpair"))
+# which config fields each stage depends on (a change elsewhere does not rebuild it)
+STAGE_FIELDS = {
+    "suite": ("test_per_task", "prose_tokens", "image_size"),
+    "vision": ("seed", "vision_hidden", "vision_layers", "vision_heads", "image_size", "patch", "vision_steps",
+               "vision_batch", "vision_lr", "train_per_task", "threads"),
+    "aligned": ("align_steps", "align_batch", "align_lr"),
+    "tuned": ("tune_steps", "tune_batch", "tune_lr", "projector_lr"),
+}
+
+
+def _stage_config(stage: str, cfg: BuildConfig, source: dict) -> dict:
+    """What ``stage`` depends on: the source GGUF and its fields (a training stage: also its predecessors')."""
+    order = ("vision", "aligned", "tuned")
+    stages = ("suite",) if stage == "suite" else order[:order.index(stage) + 1]
+    d = cfg.to_dict()
+    return {"stage": stage, "source": source, **{k: d[k] for s in stages for k in STAGE_FIELDS[s]}}
+
+
+def _done(folder: Path, config: dict) -> bool:
+    stamp = folder / STAMP
+    return stamp.exists() and json.loads(stamp.read_text()).get("config") == config
+
+
+def _commit(tmp: Path, folder: Path, config: dict, stats: dict) -> None:
+    (tmp / STAMP).write_text(json.dumps({"config": config, "stats": stats}, indent=1) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def _tmp(folder: Path) -> Path:
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gguf: str | Path | None = None,
+          log=print) -> dict:
+    """Every stage not already done. Returns {"base", "tuned", "suite", "prose", "stages": {stage: stats}}.
+
+    Args:
+        out: the cache root (default ~/.cache/lfm/realpair or $LFM_REALPAIR_HOME).
+        gguf: a local llama GGUF to convert instead of fetching SmolLM2 (tests use a tiny one).
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    from . import data, fetch, tasks, train, vision
+
+    root = Path(out) if out else DEFAULT_ROOT
+    root.mkdir(parents=True, exist_ok=True)
+    stats = {}
+
+    # base: the GGUF, converted
+    base = root / "base"
+    gguf_path = Path(gguf) if gguf else None
+    if gguf_path is not None and not gguf_path.is_file():
+        raise FileNotFoundError(f"--gguf {gguf_path}: no such file")
+    source = {"gguf": gguf_path.name if gguf_path else Path(fetch.GGUF_MEMBER).name,
+              "sha256": fetch.sha256(gguf_path) if gguf_path else fetch.GGUF_SHA256}
+    base_cfg = {"stage": "base", "source": source}
+    if not _done(base, base_cfg):
+        t0 = time.time()
+        gguf_path = gguf_path or fetch.fetch_gguf(root / "wheel")
+        log(f"converting {gguf_path.name} -> {base}")
+        tmp = _tmp(base)
+        info = fetch.convert_gguf(gguf_path, tmp)
+        _commit(tmp, base, base_cfg, {**info, "seconds": round(time.time() - t0, 1)})
+    stats["base"] = json.loads((base / STAMP).read_text())["stats"]
+    tok = AutoTokenizer.from_pretrained(base)
+
+    # the evaluation suite
+    suite = root / "suite"
+    suite_cfg = _stage_config("suite", cfg, source)
+    if not _done(suite, suite_cfg):
+        # written in place (its task files name the items folder by absolute path); the stamp comes last
+        log(f"writing the evaluation suite -> {suite}")
+        if suite.exists():
+            shutil.rmtree(suite)
+        tasks.write_suite(suite, cfg, tok)
+        (suite / STAMP).write_text(json.dumps({"config": suite_cfg, "stats": {}}, indent=1) + "\n")
+
+    train_items = [it for t in data.VISUAL_TASKS for it in data.visual_items(t, "train", cfg.train_per_task, cfg.image_size)]
+    run = root / f"seed{cfg.seed}"
+    run.mkdir(exist_ok=True)
+    train.setup(cfg)
+
+    vis_dir = run / "vision"
+    vis_cfg = _stage_config("vision", cfg, source)
+    if not _done(vis_dir, vis_cfg):
+        tmp = _tmp(vis_dir)
+        state, s = vision.pretrain_tower(cfg, train_items)
+        save_file(state, str(tmp / "vision.safetensors"))
+        _commit(tmp, vis_dir, vis_cfg, s)
+    stats["vision"] = json.loads((vis_dir / STAMP).read_text())["stats"]
+
+    aligned = run / "aligned"
+    al_cfg = _stage_config("aligned", cfg, source)
+    processor = train.make_processor(base, cfg)
+    if not _done(aligned, al_cfg):
+        train.setup(cfg)
+        model = train.build_llava(base, load_file(str(vis_dir / "vision.safetensors")), processor, cfg)
+        s = train.align(model, processor, train_items, cfg)
+        tmp = _tmp(aligned)
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        _commit(tmp, aligned, al_cfg, s)
+        del model
+    stats["aligned"] = json.loads((aligned / STAMP).read_text())["stats"]
+
+    tuned = run / "tuned"
+    tu_cfg = _stage_config("tuned", cfg, source)
+    if not _done(tuned, tu_cfg):
+        from transformers import LlavaForConditionalGeneration
+
+        train.setup(cfg)
+        model = LlavaForConditionalGeneration.from_pretrained(aligned, dtype=torch.float32)
+        for p in model.model.vision_tower.parameters():
+            p.requires_grad_(False)
+        s = train.tune(model, processor, train_items, cfg)
+        tmp = _tmp(tuned)
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        _commit(tmp, tuned, tu_cfg, s)
+    stats["tuned"] = json.loads((tuned / STAMP).read_text())["stats"]
+    return {"base": base, "tuned": tuned, "suite": suite / "suite.yaml", "prose": suite / "prose.yaml",
+            "stages": stats}

@@ -1,0 +1,211 @@
+"""Real items nobody here wrote, and the drawn images, for training and evaluating the pair.
+
+Language (evaluation only; the tuning never sees them):
+    capitals   country -> capital pairs from Debian's ``miscfiles`` (/usr/share/misc/countries.gz)
+    wordnet    a common noun's first-sense gloss -> the noun, from Debian's ``wordnet-base`` (data.noun)
+    prose      held-out text: Debian's GPL-3 (/usr/share/common-licenses/GPL-3) and the stdlib's
+               ``pydoc_data.topics`` reference prose
+Visual (training and held-out evaluation, disjoint images):
+    digits     scikit-learn's bundled handwritten digits (8x8, scaled to 32x32)
+    colour     the colour of one drawn shape;  shape: circle / square / triangle / cross;
+    count      how many small squares (1-5)
+
+Items are a pure function of ``ITEMS_SEED`` (the tuning seed never changes what is measured).
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ITEMS_SEED = 0
+COUNTRIES = Path("/usr/share/misc/countries.gz")
+WORDNET = Path("/usr/share/wordnet")
+GPL3 = Path("/usr/share/common-licenses/GPL-3")
+APT = {COUNTRIES: "miscfiles", WORDNET: "wordnet-base", GPL3: "base-files"}
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 70, 230), "yellow": (235, 215, 40),
+           "purple": (140, 50, 180), "orange": (245, 140, 20)}
+SHAPES = ("circle", "square", "triangle", "cross")
+COUNTS = ("1", "2", "3", "4", "5")
+DIGITS = tuple(str(d) for d in range(10))
+VISUAL_TASKS = ("digits", "colour", "shape", "count")
+QUESTIONS = {"digits": "Which digit is written in the image?", "colour": "What colour is the shape in the image?",
+             "shape": "What shape is shown in the image?", "count": "How many squares are in the image?"}
+CHOICES = {"digits": DIGITS, "colour": tuple(COLOURS), "shape": SHAPES, "count": COUNTS}
+
+
+class DataMissing(RuntimeError):
+    """A Debian data package is not installed (the message names it)."""
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        raise DataMissing(f"{path} is missing: install the Debian package `{APT[path]}` "
+                          f"(apt-get install -y {APT[path]})")
+    return path
+
+
+# --------------------------------------------------------------------------------------- language
+
+def capitals() -> list[tuple[str, str]]:
+    """(country, capital) from miscfiles, one per country that has a capital, in file order.
+
+    >>> ("France", "Paris") in capitals()
+    True
+    """
+    out = []
+    for line in gzip.open(require(COUNTRIES), "rt", encoding="utf-8"):
+        if line.startswith("#") or line.count(":") < 4:
+            continue
+        country, capital = (p.strip() for p in line.rstrip("\n").split(":")[3:5])
+        if country and capital and "," not in country and "(" not in country:
+            out.append((country, capital))
+    return out
+
+
+def wordnet_glosses(n: int) -> list[tuple[str, str]]:
+    """(noun, gloss of its most frequent sense) for ``n`` common one-word nouns (seeded choice).
+
+    Common = the sense is tagged >= 5 times in WordNet's semantic concordance (index.noun tagsense_cnt).
+    """
+    index, data = require(WORDNET) / "index.noun", WORDNET / "data.noun"
+    first_sense = {}
+    for line in open(index, encoding="utf-8"):
+        if line.startswith(" "):
+            continue
+        f = line.split()
+        lemma, p_cnt = f[0], int(f[3])
+        tagsense = int(f[5 + p_cnt])
+        if lemma.isalpha() and lemma.islower() and 3 <= len(lemma) <= 12 and tagsense >= 5:
+            first_sense[int(f[-int(f[2])])] = lemma
+    glosses = {}
+    for line in open(data, encoding="utf-8"):
+        if line.startswith(" "):
+            continue
+        offset = int(line[:8])
+        if offset in first_sense and "|" in line:
+            gloss = line.split("|", 1)[1].split(";")[0].strip()
+            if first_sense[offset] not in gloss.lower() and len(gloss) > 10:
+                glosses[first_sense[offset]] = gloss
+    words = sorted(glosses)
+    random.Random(f"wordnet-{ITEMS_SEED}").shuffle(words)
+    return [(w, glosses[w]) for w in words[:n]]
+
+
+def prose() -> dict[str, str]:
+    """{"gpl3": text, "pydoc": text}: the held-out prose."""
+    import pydoc_data.topics as topics
+
+    return {"gpl3": require(GPL3).read_text(encoding="utf-8"),
+            "pydoc": "\n\n".join(topics.topics[k] for k in sorted(topics.topics))}
+
+
+def distractors(answer: str, pool: list[str], k: int, rng: random.Random) -> list[str]:
+    """``answer`` and ``k`` other members of ``pool``, shuffled."""
+    others = rng.sample([p for p in pool if p != answer], k)
+    choices = others + [answer]
+    rng.shuffle(choices)
+    return choices
+
+
+# --------------------------------------------------------------------------------------- visual
+
+@dataclass(frozen=True)
+class VisualItem:
+    id: str
+    task: str
+    answer: str
+    image: np.ndarray  # [32, 32, 3] uint8 RGB
+
+    @property
+    def question(self) -> str:
+        return QUESTIONS[self.task]
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return CHOICES[self.task]
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.question} Answer with one word."
+
+
+def _background(rng: np.random.Generator, size: int) -> Image.Image:
+    grey = int(rng.integers(90, 140))
+    noise = rng.integers(-12, 13, size=(size, size, 1))
+    return Image.fromarray(np.clip(grey + noise, 0, 255).repeat(3, axis=2).astype(np.uint8))
+
+
+def _draw(shape: str, colour: tuple[int, int, int], rng: np.random.Generator, size: int) -> np.ndarray:
+    im = _background(rng, size)
+    d = ImageDraw.Draw(im)
+    r = int(rng.integers(size // 5, size // 3))
+    cx, cy = (int(rng.integers(r + 1, size - r - 1)) for _ in range(2))
+    jitter = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in colour)
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "circle":
+        d.ellipse(box, fill=jitter)
+    elif shape == "square":
+        d.rectangle(box, fill=jitter)
+    elif shape == "triangle":
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=jitter)
+    else:  # cross
+        w = max(2, r // 2)
+        d.rectangle((cx - r, cy - w // 2, cx + r, cy + w // 2), fill=jitter)
+        d.rectangle((cx - w // 2, cy - r, cx + w // 2, cy + r), fill=jitter)
+    return np.asarray(im)
+
+
+def _count_image(n: int, rng: np.random.Generator, size: int) -> np.ndarray:
+    im = _background(rng, size)
+    d = ImageDraw.Draw(im)
+    colour = COLOURS[list(COLOURS)[int(rng.integers(len(COLOURS)))]]
+    cells = rng.permutation(16)[:n]  # a 4x4 grid of 8x8 cells: squares never overlap
+    for c in cells:
+        x0, y0 = int(c % 4) * 8 + int(rng.integers(1, 3)), int(c // 4) * 8 + int(rng.integers(1, 3))
+        s = int(rng.integers(3, 6))
+        d.rectangle((x0, y0, x0 + s, y0 + s), fill=colour)
+    return np.asarray(im)
+
+
+def _digit_image(pixels_8x8: np.ndarray, size: int) -> np.ndarray:
+    grey = np.kron(pixels_8x8 * (255.0 / 16.0), np.ones((size // 8, size // 8)))
+    return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+
+
+def visual_items(task: str, split: str, n: int, size: int = 32) -> list[VisualItem]:
+    """``n`` items of ``task`` from ``split`` ('train' or 'test'; disjoint images).
+
+    Digits: scikit-learn's 1797 real digits, a seeded permutation; the first 300 are the test pool.
+    Drawn tasks: each split has its own seeded generator, so train and test images differ.
+    """
+    if task not in VISUAL_TASKS or split not in ("train", "test"):
+        raise ValueError(f"unknown visual task/split {task!r}/{split!r}: tasks {VISUAL_TASKS}, splits train/test")
+    if task == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        order = np.random.default_rng(ITEMS_SEED).permutation(len(digits.target))
+        pool = order[:300] if split == "test" else order[300:]
+        return [VisualItem(f"digits-{split}-{i}", "digits", str(int(digits.target[i])),
+                           _digit_image(digits.images[i], size)) for i in pool[:n]]
+    rng = np.random.default_rng([ITEMS_SEED, VISUAL_TASKS.index(task), split == "test"])
+    out = []
+    for j in range(n):
+        if task == "colour":
+            answer = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+            image = _draw(SHAPES[int(rng.integers(len(SHAPES)))], COLOURS[answer], rng, size)
+        elif task == "shape":
+            answer = SHAPES[int(rng.integers(len(SHAPES)))]
+            image = _draw(answer, COLOURS[list(COLOURS)[int(rng.integers(len(COLOURS)))]], rng, size)
+        else:
+            answer = COUNTS[int(rng.integers(len(COUNTS)))]
+            image = _count_image(int(answer), rng, size)
+        out.append(VisualItem(f"{task}-{split}-{j}", task, answer, image))
+    return out

