@@ -121,7 +121,7 @@ def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str
     suite_df, prose_df = sweeps(core)
     write(suite_df, prose_df, {"stages": {}, "transitions": []})
     stages = compare_stages(p["base"], p["tuned"], items=stage_items(p["suite"].parent, stage_limit),
-                            recipes=stage_recipes(density=K, neurons=M), progress=progress)
+                            recipes=stage_recipes(Recipe(density=K, neurons=M)), progress=progress)
     stages.to_csv(stage_csv, index=False)
     write(suite_df, prose_df, summary(stages))
     if len(recipes) > CORE:
