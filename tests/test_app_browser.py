@@ -10,17 +10,15 @@ import contextlib
 import os
 import re
 import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 import torch
 
-from app_support import ROOT, organism_pair
+from app_support import ROOT, local_server, organism_pair
 
 pytestmark = pytest.mark.browser
 
@@ -50,31 +48,10 @@ def panel_serve(*app_args: str):
     panel = Path(sys.executable).parent / "panel"
     cmd = [str(panel), "serve", str(ROOT / "apps" / "explorer.py"), "--address", "127.0.0.1", "--port", str(port),
            "--allow-websocket-origin", f"127.0.0.1:{port}", "--num-procs", "1", "--args", *app_args]
-    log = open(ARTIFACTS.mkdir(exist_ok=True) or ARTIFACTS / f"panel-serve-{port}.log", "w")
+    ARTIFACTS.mkdir(exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BOKEH_LOG_LEVEL": "info"}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}/explorer"
-    try:
-        deadline = time.time() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"panel serve exited with {proc.returncode}; see {log.name}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError(f"panel serve did not answer on port {port} within 60 s")
-                time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+    with local_server(cmd, f"http://127.0.0.1:{port}/", ARTIFACTS / f"panel-serve-{port}.log", env=env, cwd=ROOT):
+        yield f"http://127.0.0.1:{port}/explorer"
 
 
 @pytest.fixture(scope="module")

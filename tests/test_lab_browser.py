@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
 import nbformat
 import pytest
 
-from app_support import ROOT
+from app_support import ROOT, local_server
 from test_app_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, free_port, wait_for
 from test_notebooks import PARAMS
 
@@ -52,33 +49,12 @@ def lab(tmp_path_factory):
     tracker.write_text('{"windowingMode": "none"}')
     port, token = free_port(), secrets.token_hex(16)
     ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "jupyter-lab.log", "w")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(folder / ".jupyter-config"),
            "JUPYTERLAB_SETTINGS_DIR": str(folder / ".lab-settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(folder / ".lab-workspaces")}
-    proc = subprocess.Popen(lab_command(folder, port=port, token=token), stdout=log, stderr=subprocess.STDOUT,
-                            env=env, cwd=folder)
-    try:
-        deadline = time.time() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited with {proc.returncode}; see {log.name}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError(f"jupyter lab did not answer on port {port} within 90 s; see {log.name}")
-                time.sleep(0.5)
+    with local_server(lab_command(folder, port=port, token=token), f"http://127.0.0.1:{port}/api/status?token={token}",
+                      ARTIFACTS / "jupyter-lab.log", env=env, cwd=folder, timeout=90):
         yield f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK}?token={token}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
 
 
 def test_lab_runs_notebook_02_with_plotly_and_live_slider(lab):
