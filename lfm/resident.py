@@ -28,7 +28,9 @@ fraction), computed on demand. The memory it needs is checked before anything is
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 
 import torch
 from tqdm.auto import tqdm
@@ -136,6 +138,16 @@ class _Scratch:
         return largest
 
 
+def one_at_a_time(method):
+    """Serialize a ResidentPair method: its scratch buffers and lazily filled top-K caches are shared, and one
+    opened pair may serve several explorer sessions (threads) at once."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class ResidentPair:
     """The LM tensors of a pair in memory + cached C(i), |delta| order keys and top-k sets.
 
@@ -157,6 +169,7 @@ class ResidentPair:
     def __init__(self, base, tuned=None, *, device: str | torch.device = "cpu", progress=True,
                  allow_pickle: bool = False, fast: bool = True):
         self.fast = fast  # apply() may use the fast path (costs a 2-byte order key per parameter)
+        self._lock = threading.RLock()
         self.pair: Pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
         self.device = resolve_device(device)
         check_memory(self.pair, self.device, fast)
@@ -235,6 +248,7 @@ class ResidentPair:
         if missing:
             self._fill(i, missing)
 
+    @one_at_a_time
     def prepare(self, recipes, *, progress: bool = False) -> None:
         """Precompute, per tensor, every top-k set ``recipes`` will need, all ks of a tensor in one go
         (a sweep calls it once)."""
@@ -242,6 +256,7 @@ class ResidentPair:
         for i in tqdm(range(len(self.entries)), desc="thresholds", disable=not progress):
             self._ensure(i, recipes)
 
+    @one_at_a_time
     def merged_tensor(self, index: int, recipe: Recipe) -> torch.Tensor:
         """The merged tensor of entry ``index`` (same bytes as ``lfm.merge`` writes for it)."""
         name, _, b, t = self.entries[index]
@@ -254,6 +269,7 @@ class ResidentPair:
             merged = merged.clone()  # the engine passed an input through: a read-only view of the mapped file
         return merged
 
+    @one_at_a_time
     def merged(self, recipe: Recipe | dict | str | None = None, *, progress: bool = False, **fields) -> dict:
         """{tuned_key: merged tensor} for every LM tensor (like ``lfm.merged_state_dict`` without passthrough)."""
         recipe = make_recipe(recipe, **fields)
@@ -261,6 +277,7 @@ class ResidentPair:
                 for i in tqdm(range(len(self.entries)), desc="merging", disable=not progress)}
 
     @torch.no_grad()
+    @one_at_a_time
     def apply(self, model: torch.nn.Module, recipe: Recipe | dict | str | None = None, *, progress: bool = False,
               **fields) -> torch.nn.Module:
         """Copy the merged LM tensors into ``model`` (loaded from the tuned directory) in place; returns it.
@@ -414,6 +431,7 @@ class ResidentPair:
             select(mask[r0:r1], values.to(t.dtype), dropped[r0:r1], out=out[r0:r1])
 
     @torch.no_grad()
+    @one_at_a_time
     def restore_tuned(self, model: torch.nn.Module) -> torch.nn.Module:
         """Copy the tuned LM tensors back into ``model`` (undoes every ``apply``); returns it."""
         params = self._model_tensors(model)
@@ -454,6 +472,7 @@ class ResidentPair:
 
     # ---- the explorer's per-tensor view ------------------------------------------------------------
 
+    @one_at_a_time
     def view(self, name: str, recipe: Recipe | dict | str | None = None, **fields) -> "TensorView":
         """C(i), C'(i), located neurons, C_final(i) and the kept fraction of linear tensor ``name`` under ``recipe``,
         computed now from the resident tensors: for the masking methods from the engine's Sub mask (cached
