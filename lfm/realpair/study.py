@@ -120,9 +120,17 @@ def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str
     core = [r for _, r in recipes[:CORE]]
     suite_df, prose_df = sweeps(core)
     write(suite_df, prose_df, {"stages": {}, "transitions": []})
-    stages = compare_stages(p["base"], p["tuned"], items=stage_items(p["suite"].parent, stage_limit),
-                            recipes=stage_recipes(Recipe(density=K, neurons=M)), progress=progress)
-    stages.to_csv(stage_csv, index=False)
+    stage_meta = {"stage_items_per_task": stage_limit}
+    meta_file = p["study"] / "stages.json"
+    if stage_csv.exists() and meta_file.exists() and json.loads(meta_file.read_text()) == stage_meta:
+        import pandas as pd
+
+        stages = pd.read_csv(stage_csv)  # resumed: the same stage items were classified before
+    else:
+        stages = compare_stages(p["base"], p["tuned"], items=stage_items(p["suite"].parent, stage_limit),
+                                recipes=stage_recipes(Recipe(density=K, neurons=M)), progress=progress)
+        stages.to_csv(stage_csv, index=False)
+        meta_file.write_text(json.dumps(stage_meta))
     write(suite_df, prose_df, summary(stages))
     if len(recipes) > CORE:
         suite_df, prose_df = sweeps([r for _, r in recipes])
