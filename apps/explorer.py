@@ -19,6 +19,10 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from lfm.cli import let_idle_threads_sleep  # noqa: E402
+
+let_idle_threads_sleep()  # before torch is imported: merges in a shared server must not spin
+
 from lfm.explorer.app import TITLE, extension, page, serve  # noqa: E402
 
 parser = argparse.ArgumentParser(prog="panel serve apps/explorer.py --args")

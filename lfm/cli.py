@@ -12,6 +12,7 @@ import errno
 import importlib
 import importlib.util
 import json
+import os
 import signal
 import sys
 import threading
@@ -144,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def let_idle_threads_sleep() -> None:
+    """Make torch's OpenMP worker threads sleep, not spin, while they wait (OMP_WAIT_POLICY=PASSIVE).
+
+    A merge runs thousands of short parallel torch operations, each ending in a barrier. By default the
+    threads that reach it first spin; when the machine is shared, the thread they wait for may not be
+    running, and every barrier then costs a scheduler time slice. Measured on this 2-core machine, a TIES
+    merge of a 0.4B pair with two other busy processes: 44 s spinning, 4.9 s sleeping (3.7-4.0 s with the
+    machine to itself). Only effective before torch is imported; a value set by the user is kept.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def keep_freed_memory_for_reuse() -> None:
     """Let glibc reuse freed heap memory for the next tensor instead of mapping fresh pages.
 
@@ -190,6 +204,7 @@ def _raise_interrupted(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    let_idle_threads_sleep()
     keep_freed_memory_for_reuse()
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -360,6 +360,39 @@ def merge_top_k_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recip
     return k
 
 
+def merge_rows_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, name: str,
+                         out: torch.Tensor) -> int:
+    """``merge_tensor`` of a DARE or DELLA recipe (rescale 'inverse') into ``out``, a block of rows at a time:
+    beside the inputs and the output only a few [MERGE_BLOCK] float32 temporaries are in memory. The bytes
+    equal the whole-tensor path: both methods act on each row alone (DELLA ranks within a row, DARE per
+    entry), the CPU generator's stream does not depend on how a draw is split, and the rest is elementwise.
+
+    Args: base, tuned: [rows, ...] same shape; out: [same shape], tuned's dtype. Returns the entries kept.
+    """
+    method = METHODS[recipe.method]
+    generator = tensor_generator(recipe, name)
+    rows_base, rows_tuned = base.reshape(base.shape[0], -1), tuned.reshape(tuned.shape[0], -1)
+    rows_out = out.view(out.shape[0], -1)
+    step = max(1, MERGE_BLOCK // max(rows_base.shape[1], 1))
+    kept = 0
+    for start in range(0, rows_base.shape[0], step):
+        block = slice(start, start + step)
+        delta = rows_tuned[block].float() - rows_base[block]
+        if not torch.isfinite(delta.sum()):
+            _raise_non_finite(delta, name)
+        mask, keep_prob = method.sub(delta, recipe, generator, None)
+        new_delta, _ = method.f(delta, mask, keep_prob, recipe)
+        rows_out[block] = new_delta.add_(rows_base[block])
+        kept += int(torch.count_nonzero(mask))
+    return kept
+
+
+def streams_rows(recipe: Recipe, base: torch.Tensor) -> bool:
+    """Whether `merge_rows_in_blocks` computes this tensor's merge: DARE / DELLA with the papers' 1/p rescale
+    of a matrix (the l1 rescale needs the whole tensor's norms; a vector is one DELLA row)."""
+    return recipe.method in ("dare", "della") and recipe.rescale == "inverse" and base.dim() >= 2
+
+
 def streams_top_k(recipe: Recipe, name: str) -> bool:
     """Whether `merge_top_k_in_blocks` computes this tensor's merge: the recipe's change is one TIES mask."""
     if recipe.method == "ties":
@@ -656,12 +689,15 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
         tuned = tuned[: base.shape[0]]
 
     source = source_of(name, recipe)
-    blocked = base.numel() >= BLOCKED_FROM and streams_top_k(recipe, name)
-    if source == "method" and sorted_abs is None and blocked:
+    in_blocks = None
+    if source == "method" and sorted_abs is None and base.numel() >= BLOCKED_FROM:
+        in_blocks = (merge_top_k_in_blocks if streams_top_k(recipe, name)
+                     else merge_rows_in_blocks if streams_rows(recipe, base) else None)
+    if in_blocks is not None:
         n_extra = 0 if extra_rows is None else extra_rows.shape[0]
         merged = torch.empty((base.shape[0] + n_extra, *base.shape[1:]) if base.dim() else (),
                              dtype=tuned.dtype, device=tuned.device)
-        kept = merge_top_k_in_blocks(base, tuned, recipe, name, merged[: base.shape[0]] if base.dim() else merged)
+        kept = in_blocks(base, tuned, recipe, name, merged[: base.shape[0]] if base.dim() else merged)
         if n_extra:
             merged[base.shape[0]:] = extra_rows
         axis = neuron_axis(name) if recipe.method == "neuron_fusion" else None

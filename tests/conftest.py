@@ -11,6 +11,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).parent))
 
+from lfm.cli import let_idle_threads_sleep  # noqa: E402
+
+let_idle_threads_sleep()  # as the `lfm` command does; must come before torch is imported
+
 from fixtures import TinyZoo  # noqa: E402
 
 

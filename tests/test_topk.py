@@ -145,3 +145,33 @@ def test_merge_tensor_in_blocks_equals_the_whole_tensor_formula(kind, recipe, mo
     assert merged.dtype == tuned.dtype and merged.shape == expected.shape
     assert torch.equal(merged.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8))
     assert stats.kept == k
+
+
+@pytest.mark.parametrize("kind", ["bf16", "fp32"])
+@pytest.mark.parametrize("recipe", [dict(method="dare", density=0.2, seed=3), dict(method="dare", density=0.5, alpha=0.7),
+                                    dict(method="della", density=0.2, seed=1), dict(method="della", density=0.5, alpha=1.3)])
+def test_dare_della_in_row_blocks(kind, recipe, monkeypatch):
+    """DARE / DELLA merged a block of rows at a time (blocks of 7 rows, 1003 rows) give the bytes of the
+    whole-tensor path; DARE also equals its formula written out here (keep each entry with probability K
+    from the tensor's seeded generator, rescale the kept by 1/K), with extra vocabulary rows kept from tuned."""
+    from lfm.methods import Recipe, merge_tensor, streams_rows, tensor_generator
+
+    recipe = Recipe(**recipe)
+    base, tuned = _pair(kind, 1003 * 400)
+    base, tuned = base.reshape(1003, 400), tuned.reshape(1003, 400)
+    extra = torch.randn(2, 400).to(tuned.dtype)
+    name = "model.embed_tokens.weight"
+    whole, whole_stats, _ = merge_tensor(base, torch.cat([tuned, extra]), recipe, name=name)
+    monkeypatch.setattr("lfm.methods.MERGE_BLOCK", 7 * 400)
+    monkeypatch.setattr("lfm.methods.BLOCKED_FROM", 100)
+    assert streams_rows(recipe, base)
+    blocked, stats, _ = merge_tensor(base, torch.cat([tuned, extra]), recipe, name=name)
+    bits = lambda t: t.reshape(-1).view(torch.uint8)  # noqa: E731
+    assert blocked.dtype == tuned.dtype and torch.equal(bits(blocked), bits(whole))
+    assert stats.kept == whole_stats.kept
+    if recipe.method == "dare":
+        delta = tuned.float() - base.float()
+        keep = torch.rand(delta.shape, generator=tensor_generator(recipe, name)) < recipe.density
+        expected = (base.float() + torch.where(keep, delta, 0.0) * recipe.alpha / recipe.density).to(tuned.dtype)
+        assert torch.equal(bits(blocked), bits(torch.cat([expected, extra])))
+        assert stats.kept == int(keep.sum())
