@@ -281,21 +281,23 @@ def select(mask: torch.Tensor, if_true: torch.Tensor, if_false: torch.Tensor,
     return out
 
 
-MERGE_BLOCK = 1 << 22  # entries per block of `merge_top_k_in_blocks` and of DELLA's row ranking (16 MB of float32)
-# tensors from this size on are merged in blocks; smaller ones whole, with fewer and larger torch calls (each
-# call is a barrier for torch's threads; in one run on a loaded 2-core machine a TIES merge of a 0.4B pair
-# took 98 s with every tensor in 1M-entry blocks, Neu-P-TIES with its linear weights whole 50 s)
-BLOCKED_FROM = 1 << 24
+MERGE_BLOCK = 1 << 18  # entries per block of the block-by-block merges and of DELLA's row ranking (1 MB of
+# float32: a block's temporaries stay in the CPU cache, so each pass over it is cheap)
+# tensors from this size on are merged in blocks, smaller ones whole (fewer torch calls). Every torch call is
+# a barrier for torch's threads: blocks are only fast when idle threads sleep instead of spinning
+# (OMP_WAIT_POLICY=PASSIVE, set by the `lfm` command: lfm.cli.let_idle_threads_sleep)
+BLOCKED_FROM = 1 << 20
 
 
-def _delta_blocks(base: torch.Tensor, tuned: torch.Tensor, name: str):
+def _delta_blocks(base: torch.Tensor, tuned: torch.Tensor, name: str, check: bool = True):
     """Yield (block slice, delta block [MERGE_BLOCK] float32) over the flat entries of tuned - base,
-    refusing a non-finite delta (one cheap sum per block; only a non-finite sum looks closer)."""
+    refusing a non-finite delta (one cheap sum per block; only a non-finite sum looks closer) unless
+    ``check`` is False (a second pass over blocks already checked)."""
     flat_base, flat_tuned = base.reshape(-1), tuned.reshape(-1)
     for start in range(0, flat_base.numel(), MERGE_BLOCK):
         block = slice(start, start + MERGE_BLOCK)
         delta = flat_tuned[block].float() - flat_base[block]
-        if not torch.isfinite(delta.sum()):
+        if check and not torch.isfinite(delta.sum()):
             _raise_non_finite(delta, name)
         yield block, delta
 
@@ -340,7 +342,8 @@ def merge_top_k_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recip
     ties_left = k - n_above  # entries equal to the threshold that are kept: the first ones in flat order
     flat_base, flat_tuned, flat_out = base.reshape(-1), tuned.reshape(-1), out.view(-1)
     as_select = recipe.method == "ties" and recipe.alpha == 1.0
-    for block, delta in _delta_blocks(base, tuned, name):
+    checked = threshold is not None and n > EXACT_SELECT_MAX  # kth_largest_abs_delta's pass checked every block
+    for block, delta in _delta_blocks(base, tuned, name, check=not checked):
         if threshold is None:
             mask = torch.full_like(delta, k == n, dtype=torch.bool)
         else:
@@ -480,13 +483,13 @@ def keep_by_magnitude_rank(delta, recipe, generator=None, sorted_abs=None):
 # ----------------------------------------------------------------------------------------------
 # F: how the survivors are scaled back.
 
-def scale(delta, mask, keep_prob, recipe, located=None, axis=None):
+def scale(delta, mask, keep_prob, recipe, located=None, axis=None, scores=None):
     """alpha * Sub(delta)."""
     kept = delta if mask is None else delta.masked_fill(~mask, 0.0)
     return (kept if recipe.alpha == 1.0 else recipe.alpha * kept), 0
 
 
-def rescale_kept(delta, mask, keep_prob, recipe, located=None, axis=None):
+def rescale_kept(delta, mask, keep_prob, recipe, located=None, axis=None, scores=None):
     """alpha * Sub(delta) / p (inverse), or matched to delta's l1 norm ('l1', as mergekit)."""
     kept = delta.masked_fill(~mask, 0.0)  # a new tensor: scaled in place from here (the same arithmetic)
     if recipe.rescale == "inverse":
@@ -520,15 +523,16 @@ def suppress(delta: torch.Tensor, recipe: Recipe, sorted_abs: torch.Tensor | Non
     return suppressed, torch.ones_like(delta, dtype=torch.bool) if mask is None else mask
 
 
-def restore(delta, mask, keep_prob, recipe, located=None, axis=None):
+def restore(delta, mask, keep_prob, recipe, located=None, axis=None, scores=None):
     """Neuron-Fusion's F: the suppressed delta with the located neurons restored (replace or rescale),
-    then alpha (not again for the task_arithmetic suppressor, where alpha was the suppression)."""
+    then alpha (not again for the task_arithmetic suppressor, where alpha was the suppression).
+    ``scores``: C(i) of ``delta`` when the caller has it (saves a pass)."""
     suppressed, n_fallback = suppressed_delta(delta, mask, recipe), 0
     if located is not None:
         if recipe.restore == "replace":
             suppressed = restore_replace(delta, suppressed, located, axis)
         else:
-            suppressed, n_fallback = restore_rescale(delta, suppressed, located, axis)
+            suppressed, n_fallback = restore_rescale(delta, suppressed, located, axis, scores)
     if recipe.suppress == "task_arithmetic" or recipe.alpha == 1.0:
         return suppressed, n_fallback
     return recipe.alpha * suppressed, n_fallback
@@ -539,6 +543,8 @@ def restore_replace(delta: torch.Tensor, suppressed: torch.Tensor, located: torc
 
     delta, suppressed: [out, in]; located: [n_neurons] bool along `axis`.
     """
+    if not bool(located.any()):  # nothing to restore (rescale's usual case: every located C'(i) > 0)
+        return suppressed
     keep = located.view(-1, 1) if axis == 0 else located.view(1, -1)
     return torch.where(keep, delta, suppressed)
 
@@ -559,14 +565,16 @@ def rescale_ratio(scores: torch.Tensor, scores_after: torch.Tensor, located: tor
     return ratio, empty
 
 
-def restore_rescale(delta: torch.Tensor, suppressed: torch.Tensor, located: torch.Tensor, axis: int):
+def restore_rescale(delta: torch.Tensor, suppressed: torch.Tensor, located: torch.Tensor, axis: int,
+                    scores: torch.Tensor | None = None):
     """Neuron-Rescale (paper Eq. 4): a located neuron's surviving entries are scaled by C(i)/C'(i),
     so its change score after suppression equals the original.
 
     A located neuron with no surviving entry (C'(i) = 0) cannot be rescaled: it is restored by
-    replace instead. Returns (restored, n_replaced_fallback).
+    replace instead. ``scores``: C(i) of ``delta`` when the caller has it. Returns (restored, n_replaced_fallback).
     """
-    ratio, empty = rescale_ratio(neuron_scores(delta, axis), neuron_scores(suppressed, axis), located)
+    scores = neuron_scores(delta, axis) if scores is None else scores
+    ratio, empty = rescale_ratio(scores, neuron_scores(suppressed, axis), located)
     ratio = ratio.view(-1, 1) if axis == 0 else ratio.view(1, -1)
     restored = suppressed * ratio
     restored = restore_replace(delta, restored, empty, axis)
@@ -595,7 +603,7 @@ class DeltaStats:
 class Method:
     title: str
     sub: object  # (delta, recipe, generator, sorted_abs) -> (mask | None for all, keep_prob | None)
-    # (delta, mask, keep_prob, recipe, located [n_neurons] bool | None, neuron axis | None)
+    # (delta, mask, keep_prob, recipe, located [n_neurons] bool | None, neuron axis | None, C(i) of delta | None)
     #   -> (new delta, located neurons restored by replace because nothing of them survived Sub)
     f: object
     reference: str = ""
@@ -638,10 +646,10 @@ def merge_delta(delta: torch.Tensor, recipe: Recipe, *, neuron_axis: int | None 
     if "neurons" in method.uses and neuron_axis is not None:  # Neuron-Locate
         stats.n_neurons = delta.shape[neuron_axis]
         if recipe.neurons > 0:
-            located = locate(neuron_scores(delta, neuron_axis) if scores is None else scores, recipe.neurons,
-                             recipe.locate, generator)
+            scores = neuron_scores(delta, neuron_axis) if scores is None else scores
+            located = locate(scores, recipe.neurons, recipe.locate, generator)
             stats.n_located = int(torch.count_nonzero(located))
-    new_delta, stats.n_fallback_replace = method.f(delta, mask, keep_prob, recipe, located, neuron_axis)
+    new_delta, stats.n_fallback_replace = method.f(delta, mask, keep_prob, recipe, located, neuron_axis, scores)
     return new_delta, stats
 
 
@@ -729,7 +737,7 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
             generator = tensor_generator(recipe, name) if recipe.is_random else None
             new_delta, stats = merge_delta(delta, recipe, neuron_axis=neuron_axis(name), generator=generator,
                                            sorted_abs=sorted_abs, scores=scores)
-            merged = new_delta + base  # float32 (never in place: new_delta may be the caller's)
+            merged = new_delta.add_(base)  # float32; in place: new_delta is this function's delta or a new tensor
     merged = merged.to(tuned.dtype)
     if extra_rows is not None:
         merged = torch.cat([merged, extra_rows.to(merged.device)], dim=0)

@@ -163,3 +163,17 @@ def test_import_lfm_is_lazy_and_public_names_resolve():
     proc = subprocess.run([sys.executable, "-c", "import lfm; lfm.no_such_name"], capture_output=True, text=True,
                           env=ENV, timeout=120)
     assert "AttributeError: module 'lfm' has no attribute 'no_such_name'" in proc.stderr
+
+
+@pytest.mark.parametrize("preset, torch_first, expected", [(None, False, "PASSIVE"), ("ACTIVE", False, "ACTIVE"),
+                                                           (None, True, None)])
+def test_lfm_process_lets_idle_threads_sleep(preset, torch_first, expected):
+    """The `lfm` process sets OMP_WAIT_POLICY=PASSIVE for torch's threads (which read it when torch loads); a
+    user's own value wins, and once torch is loaded nothing is changed (it would no longer take effect)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = ("import os" + ("; import torch" if torch_first else "") + "; from lfm.cli import let_idle_threads_sleep; "
+            "let_idle_threads_sleep(); print(os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(expected)

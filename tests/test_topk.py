@@ -175,3 +175,18 @@ def test_dare_della_in_row_blocks(kind, recipe, monkeypatch):
         expected = (base.float() + torch.where(keep, delta, 0.0) * recipe.alpha / recipe.density).to(tuned.dtype)
         assert torch.equal(bits(blocked), bits(torch.cat([expected, extra])))
         assert stats.kept == int(keep.sum())
+
+
+@pytest.mark.parametrize("recipe", [dict(method="ties"), dict(method="ties", density=1.0), dict(method="dare"),
+                                    dict(method="della"), dict(method="neuron_fusion", neurons=0.0)])
+@pytest.mark.parametrize("where", [0, 1000 * 400 - 1])
+def test_block_merges_refuse_a_non_finite_delta(recipe, where, monkeypatch):
+    """A NaN anywhere (first or last block) stops every block-by-block merge with the tensor named."""
+    from lfm.methods import Recipe, merge_tensor
+
+    monkeypatch.setattr("lfm.methods.MERGE_BLOCK", 7 * 400)
+    monkeypatch.setattr("lfm.methods.BLOCKED_FROM", 100)
+    base, tuned = _pair("fp32", 1000 * 400)
+    tuned[where] = float("nan")
+    with pytest.raises(ValueError, match="NaN in the delta of tensor 'model.embed_tokens.weight'"):
+        merge_tensor(base.reshape(1000, 400), tuned.reshape(1000, 400), Recipe(**recipe), name="model.embed_tokens.weight")
