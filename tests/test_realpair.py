@@ -265,3 +265,10 @@ def test_study_on_the_smoke_pair(smoke_pair, tmp_path):
     assert "| reference | tuned MLLM |" in md and json.loads((tmp_path / "results.json").read_text())["rows"]
     again = run_study(root, recipes=recipes, limit=2, results_dir=None, report_only=True)  # from the logs alone
     assert again["rows"] == res["rows"] and again["stages"] == res["stages"]
+    # the seed table: seed 7 was never built, so it is reported missing; seed 0's rows carry its values
+    seeds = run_study(root, recipes=recipes, limit=2, results_dir=None, report_only=True, seeds=[0, 7])["seeds"]
+    assert seeds["seeds"] == [0] and seeds["missing"] == [7]
+    points = {r["point"]: r for r in res["rows"]}
+    assert {r["point"] for r in seeds["rows"]} == set(points)
+    for r in seeds["rows"]:
+        assert r["OA"]["values"] == [points[r["point"]]["OA"]] and r["LA"]["mean"] == points[r["point"]]["LA"]

@@ -3,6 +3,7 @@
     lfm realpair build [--out DIR] [--seed N] [--preset full|smoke] [--gguf FILE]
         ... last two lines:  base: DIR  /  tuned: DIR
     lfm realpair study [--out DIR] [--seed 0] [--results data/realpair] [--limit N] [--stage-limit N]
+                       [--core] [--seeds 0,1,2] [--report]
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def register(subparsers) -> None:
     s.add_argument("--results", default="data/realpair", help="folder for results.json / results.md")
     s.add_argument("--limit", type=int, help="items per task of the LA/VA suite (default all)")
     s.add_argument("--stage-limit", type=int, help="visual items per task for the stage transitions (default all)")
+    s.add_argument("--core", action="store_true", help="only the paper's core rows (references, TaskA a=0.5, "
+                   "Neu-S-TIES and TIES at K=0.2 M=0.3) and the stage transitions: what a second seed needs")
+    s.add_argument("--seeds", help="comma-separated tuning seeds whose studies the report compares row by row "
+                   "(e.g. 0,1,2 after `lfm realpair build --seed N` and `lfm realpair study --seed N --core`)")
     s.add_argument("--report", action="store_true", help="run nothing: write the results from an earlier "
                    "(perhaps interrupted) study's sweep folders")
     s.set_defaults(func=cmd_study)
@@ -53,12 +58,15 @@ def cmd_build(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from .study import run_study
+    from .study import CORE, format_markdown, run_study, study_recipes
 
-    from .study import format_markdown
-
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
     res = run_study(args.out, seed=args.seed, results_dir=Path(args.results), limit=args.limit,
-                    stage_limit=args.stage_limit, report_only=args.report)
+                    stage_limit=args.stage_limit, report_only=args.report, seeds=seeds,
+                    recipes=study_recipes()[:CORE] if args.core else None)
     print(format_markdown(res))
     print(f"wrote {Path(args.results) / 'results.json'} and results.md")
     return 0

@@ -75,12 +75,14 @@ def stage_items(suite_dir: Path, per_task: int | None) -> list[dict]:
 
 def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str | Path | None = "data/realpair",
               limit: int | None = None, recipes: list[tuple[str, Recipe]] | None = None,
-              stage_limit: int | None = None, progress: bool = True, report_only: bool = False) -> dict:
+              stage_limit: int | None = None, progress: bool = True, report_only: bool = False,
+              seeds: list[int] | None = None) -> dict:
     """Run (or resume) the study on the built pair and write ``results_dir``/results.{json,md}.
 
     Args:
         limit: items per task of the LA/VA suite (None = all).  stage_limit: visual items per task for the
             stage transitions (None = all).
+        seeds: tuning seeds whose (core) studies the report compares, row by row (``seed_summary``).
     """
     from lfm.evaluate.compare import compare_stages, stage_recipes, summary
     from lfm.evaluate.sweep import point_id, run_sweep
@@ -100,6 +102,8 @@ def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str
         nonlocal results
         results = assemble(suite_df, prose_df, stage_summary, groups, build_stats(p), limit=limit,
                            stage_items_per_task=stage_limit, seconds=round(time.time() - t0, 1))
+        if seeds:
+            results["seeds"] = seed_summary(root, seeds, groups)
         if results_dir is not None:
             out = Path(results_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -136,6 +140,47 @@ def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str
         suite_df, prose_df = sweeps([r for _, r in recipes])
         write(suite_df, prose_df, summary(stages))
     return results
+
+
+def seed_summary(root, seeds: list[int], groups: dict) -> dict:
+    """Each row that every seed's study has (LA, VA, OA, held-out perplexities), per seed and as mean / sd.
+    A seed whose pair or study is missing is listed under "missing" (build it and run its study first)."""
+    from lfm.evaluate.sweep import load_results
+
+    per_seed, missing = {}, []
+    for seed in seeds:
+        try:
+            p = pair_paths(root, seed)
+            suite_df, prose_df = load_results(p["study"] / "suite"), load_results(p["study"] / "prose")
+        except (FileNotFoundError, OSError):
+            missing.append(seed)
+            continue
+        rows = assemble(suite_df, prose_df, {"stages": {}, "transitions": []}, groups, build_stats(p))["rows"]
+        per_seed[seed] = {r["point"]: r for r in rows}  # a point id is its recipe's: the same in every seed
+    found = sorted(per_seed)
+    points = [pt for pt in (per_seed[found[0]] if found else {}) if all(pt in per_seed[s] for s in found)]
+    out = []
+    for point in points:
+        first = per_seed[found[0]][point]
+        row = {"point": point, "label": _display_label(first), "group": first["group"]}
+        for key in ("LA", "VA", "OA", "ppl_gpl3", "ppl_pydoc"):
+            values = [per_seed[s][point][key] if key in ("LA", "VA", "OA") else per_seed[s][point]["tasks"].get(key)
+                      for s in found]
+            row[key] = {"values": values, **_mean_sd(values)}
+        out.append(row)
+    return {"seeds": found, "missing": missing, "rows": out}
+
+
+def _display_label(row: dict) -> str:
+    return row["label"] + (f" ({row['locate']})" if row.get("locate") and row["locate"] != "top" else "")
+
+
+def _mean_sd(values: list) -> dict:
+    if any(v is None for v in values) or not values:
+        return {"mean": None, "sd": None}
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return {"mean": mean, "sd": sd}
 
 
 def build_stats(p: dict) -> dict:
@@ -205,6 +250,14 @@ def _pct(v, digits=1):
     return "n/a" if v is None else f"{100 * v:.{digits}f}"
 
 
+def _spread(cell: dict, pct: bool = False) -> str:
+    scale, digits = (100, 1) if pct else (1, 2)
+    if cell["mean"] is None:
+        return "n/a"
+    sd = "" if cell["sd"] is None else f" ± {scale * cell['sd']:.{digits}f}"
+    return (f"{scale * cell['mean']:.{digits}f}{sd} [" + ", ".join(f"{scale * v:.{digits}f}" for v in cell["values"]) + "]")
+
+
 def format_markdown(res: dict) -> str:
     rows = res["rows"]
     lang = ["capitals_mc", "capitals_qa", "wordnet_mc"]
@@ -218,7 +271,7 @@ def format_markdown(res: dict) -> str:
              "|---|---|---:|---:|---:|" + "---:|" * (len(lang) + len(vis)) + "---:|---:|"]
     for r in rows:
         t = r["tasks"]
-        name = r["label"] + (f" ({r['locate']})" if r.get("locate") and r["locate"] != "top" else "")
+        name = _display_label(r)
         lines.append(f"| {r['group']} | {name} | {_pct(r['LA'])} | {_pct(r['VA'])} | {_pct(r['OA'])} | "
                      + " | ".join(_pct(t.get(k)) for k in lang + vis) + " | "
                      + " | ".join("n/a" if t.get(k) is None else f"{t[k]:.2f}" for k in ("ppl_gpl3", "ppl_pydoc")) + " |")
@@ -236,6 +289,16 @@ def format_markdown(res: dict) -> str:
         f, w = t["fixed_by_category"], t["wrong_by_category"]
         lines.append(f"| {t['from']} -> {t['to']} | {t['fixed']} | {t['broken']} | "
                      + " | ".join(f"{f[c]} / {w[c]}" for c in ("wrong_choice", "not_known", "context_hallucination")) + " |")
+    if res.get("seeds") and res["seeds"]["rows"]:
+        sd = res["seeds"]
+        lines += ["", f"Across tuning seeds {', '.join(map(str, sd['seeds']))} (mean ± sd; per seed in brackets; "
+                  "each seed is a full rebuild: vision tower, alignment, tuning):", "",
+                  "| group | model / merge | LA | VA | OA | ppl GPL-3 | ppl pydoc |", "|---|---|---:|---:|---:|---:|---:|"]
+        for r in sorted(sd["rows"], key=lambda r: order.get(r["group"], 9)):
+            cells = [_spread(r[k], pct=True) for k in ("LA", "VA", "OA")] + [_spread(r[k]) for k in ("ppl_gpl3", "ppl_pydoc")]
+            lines.append(f"| {r['group']} | {r['label']} | " + " | ".join(cells) + " |")
+        if sd["missing"]:
+            lines.append(f"\n(seeds without a finished study: {', '.join(map(str, sd['missing']))})")
     f = res["findings"]
     b = res["build"]
     lines += ["", "Findings (computed from the rows above):", ""]
