@@ -154,8 +154,8 @@ def let_idle_threads_sleep() -> None:
     merge of a 0.4B pair with two other busy processes: 44 s spinning, 4.9 s sleeping (3.7-4.0 s with the
     machine to itself). Only effective before torch is imported; a value set by the user is kept.
     """
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "torch" not in sys.modules and not os.environ.get("OMP_WAIT_POLICY"):  # unset or empty
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def keep_freed_memory_for_reuse() -> None:
