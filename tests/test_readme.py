@@ -19,3 +19,9 @@ def test_readme_commands_are_make_targets():
     for target in re.findall(r"^make (\w+)", README, flags=re.M):
         assert re.search(rf"^{target}:", makefile, flags=re.M), target
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_regression_readme_real_pair_tables_are_the_study_report():
+    """Regression check: data/realpair/results.md is what `lfm realpair study` wrote (the README quotes it)."""
+    report = (ROOT / "data" / "realpair" / "results.md").read_text().strip()
+    assert report in README
