@@ -370,6 +370,8 @@ def run_size(size: str, args) -> dict:
         f"every lfm merge's peak RSS <= bound (largest tensor x 4 float32 bytes x 4 + {RSS_OVERHEAD_MIB} MiB)":
             ratios["lfm_max_peak_rss_mib"] <= bound_mib,
         "lfm TIES peak RSS <= 0.4x mergekit TIES": ratios.get("lfm_ties_over_mergekit_ties_rss", 9) <= 0.4,
+        "every lfm merge's peak RSS <= 0.4x its mergekit counterpart's (TIES, TA, DARE, DELLA)": all(
+            ratios.get(f"lfm_{t}_over_mergekit_{t}_rss", 9) <= 0.4 for t in ("ties", "ta", "dare", "della")),
         "Neu-S-TIES and Neu-P-TIES <= 1.5x lfm TIES": max(ratios["lfm_neu-s-ties_over_lfm_ties_time"],
                                                          ratios["lfm_neu-p-ties_over_lfm_ties_time"]) <= 1.5,
     }
