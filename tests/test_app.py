@@ -159,9 +159,12 @@ def test_bad_paths_show_error_and_app_stays_usable(tiny, zoo, tmp_path):
     assert s.error == ""
 
 
-def test_no_evaluation_for_non_organism_pair(tiny):
+def test_no_evaluation_for_non_organism_pair_without_a_suite(tiny):
+    """No silent fallback to the organism's items: the page says, in one line, that a suite is needed."""
     assert tiny.state.generations is None and "evaluation off" in tiny.state.eval_status
-    assert "evaluated live on the organism" in tiny.generations.placeholder.object and tiny.generations.table.value.empty
+    assert "needs a suite" in tiny.state.eval_status and "--suite" in tiny.state.eval_status
+    assert "\n" not in tiny.state.eval_status
+    assert "with its suite" in tiny.generations.placeholder.object and tiny.generations.table.value.empty
 
 
 def test_recipe_yaml_runs_with_lfm_merge(tiny, tmp_path):
