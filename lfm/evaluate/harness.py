@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -27,6 +28,13 @@ from lfm.evaluate.quiet import quiet_harnesses
 from lfm.evaluate.suites import Suite, TaskSpec, check_datasets, get_suite
 from lfm.generate import greedy_answers
 from lfm.taxonomy import abilities, classify
+
+
+# The harnesses keep process-global state (lmms-eval swaps yaml's global '!function' constructor on every task
+# load; a task read in 'simple' mode meanwhile comes back unimported), and so does loading a model (transformers
+# builds it on the meta device): one evaluation at a time per process, whichever thread asks (two explorer
+# sessions evaluate from two worker threads).
+HARNESS_LOCK = threading.RLock()
 
 
 def harness_versions() -> dict[str, str | None]:
@@ -265,11 +273,13 @@ def evaluate(model: str | Path | EvalModel, suite: str | Path | Suite = "organis
     suite = get_suite(suite)
     if check:
         check_datasets(suite)
-    em = model if isinstance(model, EvalModel) else load_eval_model(model, device=device)
-    lang = run_language(em, suite.language, include=suite.lm_eval_include, include_defaults=suite.include_defaults,
-                        limit=limit, batch_size=batch_size, log_samples=log_samples)
-    vis = run_visual(em, suite.visual, include=suite.lmms_eval_include, include_defaults=suite.include_defaults,
-                     limit=limit, batch_size=min(batch_size, 16), log_samples=log_samples) if em.multimodal else {}
+    with HARNESS_LOCK:
+        em = model if isinstance(model, EvalModel) else load_eval_model(model, device=device)
+        lang = run_language(em, suite.language, include=suite.lm_eval_include,
+                            include_defaults=suite.include_defaults, limit=limit, batch_size=batch_size,
+                            log_samples=log_samples)
+        vis = run_visual(em, suite.visual, include=suite.lmms_eval_include, include_defaults=suite.include_defaults,
+                         limit=limit, batch_size=min(batch_size, 16), log_samples=log_samples) if em.multimodal else {}
     return summarize(suite, lang, vis, limit=limit)
 
 

@@ -122,9 +122,7 @@ class PointRunner:
 
         kw = dict(limit=limit, batch_size=self.batch_size, log_samples=log_samples, check=False)
         if point == "base":
-            from lfm.evaluate.models import load_eval_model
-
-            return evaluate(load_eval_model(self.base, device=self.device), self.suite, **kw)
+            return evaluate(self.base, self.suite, device=self.device, **kw)
         with self._lock:
             if point == "tuned":
                 self.resident.restore_tuned(self.em.model)

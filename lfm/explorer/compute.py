@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -44,9 +45,21 @@ def _recipe_hash(recipe: Recipe) -> bytes:
 HASH = {Recipe: _recipe_hash, Progress: lambda p: b"progress"}
 
 
-@pn.cache(max_items=4, hash_funcs=HASH)
+_OPENING = threading.Lock()
+
+
 def open_source(kind: str, first: str, second: str = "", suite: str = "", progress: Progress | None = None):
-    """kind 'pair': LivePair(base=first, tuned=second, suite=suite or None); kind 'results': ResultsFolder(first)."""
+    """kind 'pair': LivePair(base=first, tuned=second, suite=suite or None); kind 'results': ResultsFolder(first).
+
+    One source opens at a time per process: a second session asking for the same source waits and gets the
+    first's (cached), and models are never loaded from two threads at once (transformers' loading is not
+    thread-safe: concurrent loads fail with 'Cannot copy out of meta tensor')."""
+    with _OPENING:
+        return _open_source(kind, first, second, suite, progress)
+
+
+@pn.cache(max_items=4, hash_funcs=HASH)
+def _open_source(kind: str, first: str, second: str, suite: str, progress: Progress | None):
     if kind == "pair":
         return LivePair(first, second, suite=suite or None, progress=progress)
     if kind == "results":
