@@ -118,6 +118,7 @@ def test_short_answer_rule():
     assert not short_answer_correct("Medellín", "Bogotá")
 
 
+ROOT = Path(__file__).resolve().parents[1]
 FULL_TUNED = DEFAULT_ROOT / "seed0" / "tuned"
 
 
@@ -134,13 +135,34 @@ def test_cached_full_build_is_the_real_pair():
     assert (cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (9, 3)
 
 
-def test_cli_build_prints_the_pair_last_and_fails_in_one_line(tiny_gguf, smoke_pair, capsys):
+def test_cli_build_prints_the_pair_last_and_fails_in_one_line(tiny_gguf, smoke_pair, capsys, tmp_path):
     from lfm.cli import main
 
     root, res = smoke_pair
     assert main(["realpair", "build", "--preset", "smoke", "--gguf", str(tiny_gguf[0]), "--out", str(root)]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-2:]
-    assert last == [f"base: {res['base']}", f"tuned: {res['tuned']}"]
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-2:] == [f"base: {res['base']}", f"tuned: {res['tuned']}"]
+    # the commands it prints for the pair are true: lfm's parser takes them, every path they name exists,
+    # and the compare command runs (on its first item, into a temporary folder)
+    import shlex
+
+    from lfm.cli import build_parser
+
+    commands = dict(line.split(": ", 1) for line in printed if line.split(": ", 1)[0] in
+                    ("explore", "compare", "eval", "notebook 01", "notebook 02", "notebook 03", "notebook 04"))
+    assert len(commands) == 7, printed
+    explore = build_parser().parse_args(shlex.split(commands["explore"])[1:])
+    assert (explore.base, explore.tuned, explore.suite) == (str(res["base"]), str(res["tuned"]), str(res["suite"]))
+    compare = shlex.split(commands["compare"])
+    assert Path(build_parser().parse_args(compare[1:]).items).is_file()
+    out = tmp_path / "cmp"
+    assert main(compare[1:-2] + ["--out", str(out), "--limit", "1", "--quiet"]) == 0 and (out / "items.csv").exists()
+    for name in ("notebook 01", "notebook 02", "notebook 03", "notebook 04"):
+        words = shlex.split(commands[name])
+        assert words[0] == "papermill" and (ROOT / words[1]).is_file(), words
+        params = dict(zip(words[4::3], words[5::3]))
+        assert all(Path(v).exists() for v in params.values()), params
+    capsys.readouterr()
     assert main(["realpair", "build", "--preset", "smoke", "--gguf", str(root / "nope.gguf"), "--out", str(root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.gguf" in err[0]
