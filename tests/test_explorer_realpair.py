@@ -33,7 +33,17 @@ def merged_on_disk(pair, recipe_args: list[str], out: Path) -> Path:
     return out
 
 
-def test_live_evaluation_equals_the_harness_on_the_merge_written_by_lfm_merge(pair, tmp_path):
+@pytest.fixture(scope="module")
+def restore_truth(pair, tmp_path_factory) -> dict:
+    """lm-eval + lmms-eval (samples logged) of Neu-S-TIES K=0.2 M=0.3 as written to disk by `lfm merge`."""
+    from lfm.evaluate.harness import evaluate
+
+    out = merged_on_disk(pair, ["--method", "neu-s-ties", "-K", "0.2", "-M", "0.3"],
+                         tmp_path_factory.mktemp("merged") / "m")
+    return evaluate(out, pair[2], limit=LIMIT, log_samples=True)
+
+
+def test_live_evaluation_equals_the_harness_on_the_merge_written_by_lfm_merge(pair, restore_truth):
     """The page's LA / VA / per-task numbers and its restore-stage answers for Neu-S-TIES K=0.2 M=0.3 (the
     explorer state, as a served page drives it) equal lm-eval + lmms-eval on `lfm merge`'s output."""
     from lfm.evaluate.harness import evaluate
@@ -45,8 +55,7 @@ def test_live_evaluation_equals_the_harness_on_the_merge_written_by_lfm_merge(pa
     state.load()
     assert state.error == "" and state.source.can_evaluate, state.error
     assert state.recipe == Recipe.from_name("neu-s-ties", density=0.2, neurons=0.3)
-    truth = evaluate(merged_on_disk(pair, ["--method", "neu-s-ties", "-K", "0.2", "-M", "0.3"], tmp_path / "m"),
-                     suite, limit=LIMIT, log_samples=True)
+    truth = restore_truth
     current = state.current
     assert current["label"] == state.recipe.label
     assert (current["LA"], current["VA"], current["OA"]) == (truth["LA"], truth["VA"], truth["OA"])
@@ -70,6 +79,31 @@ def test_live_evaluation_equals_the_harness_on_the_merge_written_by_lfm_merge(pa
     table = per_task_table(current).set_index("task")
     for task, acc in truth["tasks"].items():
         assert table.loc[task, "n"] == LIMIT and table.loc[task, "accuracy"] == pytest.approx(acc)
+
+
+def test_precompute_with_the_suite_writes_what_the_harness_measures(pair, restore_truth, tmp_path):
+    """`lfm precompute --suite` on the real pair: its sweep.csv row of Neu-S-TIES K=0.2 M=0.3 and its
+    restore-stage answers (generations.csv, images copied into the folder) are the harness's on `lfm merge`'s
+    output; the results folder then serves those numbers as a lookup."""
+    import pandas as pd
+
+    from lfm.cli import main
+    from lfm.explorer.results import ResultsFolder
+
+    base, tuned, suite = pair
+    out = tmp_path / "results"
+    assert main(["precompute", "--base", str(base), "--tuned", str(tuned), "--suite", str(suite), "--out", str(out),
+                 "--densities", "0.2", "--neurons", "0.3", "--per-task", str(LIMIT), "--quiet"]) == 0
+    folder = ResultsFolder(out)
+    got = folder.lookup(Recipe.from_name("neu-s-ties", density=0.2, neurons=0.3))
+    assert (got["LA"], got["VA"], got["OA"]) == (restore_truth["LA"], restore_truth["VA"], restore_truth["OA"])
+    gens = pd.read_csv(out / "generations.csv", keep_default_na=False)
+    restore = gens[gens["stage"] == "restore"]
+    by_id = {a["id"]: a for a in restore_truth["answers"]}
+    assert sorted(restore["id"]) == sorted(by_id)
+    for row in restore.to_dict("records"):
+        assert (row["generated"], row["category"]) == (by_id[row["id"]]["generated"], by_id[row["id"]]["category"])
+        assert (out / row["image"]).is_file() and row["image"].startswith("images/")
 
 
 def test_a_real_pair_without_a_suite_says_evaluation_needs_one(pair):

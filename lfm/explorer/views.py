@@ -1,6 +1,6 @@
 """The explorer's views: each reads and sets an ExplorerState and implements __panel__.
 
-    PairPicker       organism / any base+tuned pair / a results folder, progress, errors
+    PairPicker       organism / any base+tuned pair (+ its evaluation suite) / a results folder, progress, errors
     Controls         method, K, M, alpha, gamma/epsilon, restore mode, locate, others
     NeuronView       layer x module heatmap of C(i) tail statistics + the sorted C(i) curve of a selection
     MergeView        per-module kept / restored fractions and C'(i)/C(i) of located neurons
