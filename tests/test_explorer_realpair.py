@@ -73,6 +73,10 @@ def test_live_evaluation_equals_the_harness_on_the_merge_written_by_lfm_merge(pa
     assert set(refs.index) == {"base", "tuned", "hard-merge"}
     base_truth = evaluate(base, suite, limit=LIMIT)
     assert refs.loc["base", "LA"] == base_truth["LA"] and base_truth["VA"] is None
+    # no live background sweep on a suite (minutes of evaluations holding the model): the curves are precomputed
+    assert not state.source.sweeps_live
+    state.run_sweep()
+    assert state.sweep is None
     # per-task n and correct counts come from the same samples: accuracy = correct / n
     from lfm.explorer.analysis import per_task_table
 

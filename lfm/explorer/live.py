@@ -144,6 +144,14 @@ class LivePair:
     def can_evaluate(self) -> bool:
         return self.evaluator is not None
 
+    @property
+    def sweeps_live(self) -> bool:
+        """Whether the page sweeps its trade-off curves live (~30 points): with the organism's in-process
+        evaluator only. A suite evaluation takes seconds to minutes per point, and a background sweep would
+        hold the one model while the user waits for the recipe in view; `lfm precompute --suite` or
+        `lfm sweep` draw those curves instead."""
+        return self.evaluator is not None and self.evaluator.kind == "organism"
+
     def _load_evaluator(self, suite, device):
         """(evaluator, None), or (None, the one line saying why there is no evaluation). A suite that cannot
         be read is an error of the load (raised), not a page without evaluation."""

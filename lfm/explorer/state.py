@@ -317,7 +317,7 @@ class ExplorerState(param.Parameterized):
 
     def run_sweep(self):
         source = self.source
-        if source is None or (source.kind == "live" and not source.can_evaluate):
+        if source is None or (source.kind == "live" and not source.sweeps_live):
             return
 
         def job():
