@@ -206,8 +206,9 @@ def test_generations_follow_k_slider(org_app):
     assert "K=0.7" in app.tradeoff.plot.object.layout.title.text and title_before != app.tradeoff.plot.object.layout.title.text
     # the table holds exactly what the organism answers at the new K, for each stage
     source = s.source
+    from lfm.explorer.compute import organism_items
     for stage, recipe in stage_recipes(s.recipe).items():
-        answers = source.evaluate(recipe, 2)["answers"]
+        answers = source.evaluate(recipe, organism_items(2))["answers"]
         assert list(after[stage]) == [a["generated"] for a in answers], stage
         assert list(after[f"{stage}_category"]) == [a["category"] for a in answers], stage
     assert list(before["hard"]) == list(after["hard"])  # hard-merge does not depend on K
@@ -319,6 +320,7 @@ def test_slider_title_never_shows_numbers_of_another_recipe(organism):
     numbers of the recipe it names, checked against a fresh evaluation of that recipe."""
     import time
 
+    from lfm.explorer.compute import organism_items
     from lfm.explorer.live import LivePair
 
     state = ExplorerState(background=True, auto_sweep=False, source_kind="pair", base_path=str(organism[0]),
@@ -349,7 +351,7 @@ def test_slider_title_never_shows_numbers_of_another_recipe(organism):
     assert shown and any(label == "Neu-S-TIES K=0.33 M=0.3" for label, _, _ in shown)
     live = LivePair(*organism)
     for label, la, va in shown:
-        truth = live.evaluate(labels.get(label, Recipe()), 2)
+        truth = live.evaluate(labels.get(label, Recipe()), organism_items(2))
         assert (float(la), float(va)) == (round(truth["LA"], 3), round(truth["VA"], 3)), label
     state._pool.shutdown(wait=True)
 
@@ -395,6 +397,7 @@ def test_n_items_wilson_interval_and_per_task_breakdown(org_app):
 
 
 def test_compare_two_pinned_recipes(org_app, organism):
+    from lfm.explorer.compute import organism_items
 
     s, compare = org_app.state, org_app.compare
     s.unpin_all()
@@ -409,7 +412,7 @@ def test_compare_two_pinned_recipes(org_app, organism):
     assert list(table.columns) == ["pin 1", "pin 2"]
     assert f"**pin 1**: {first.label}" in compare.legend.object and f"**pin 2**: {second.label}" in compare.legend.object
     for i, recipe in enumerate((first, second)):
-        truth = s.source.evaluate(recipe, 2)
+        truth = s.source.evaluate(recipe, organism_items(2))
         assert float(table.loc["VA", f"pin {i + 1}"]) == round(truth["VA"], 3)
         for task, acc in truth["tasks"].items():
             kind = "visual" if any(a["task"] == task for a in truth["answers"]) else "language"
@@ -419,7 +422,7 @@ def test_compare_two_pinned_recipes(org_app, organism):
     curve_names = [t.name for t in org_app.neurons.curve.object.data]
     assert f"pinned: C'(i) {first.label}" in curve_names  # the other pin's C'(i), overlaid
     # the changed items: restore-stage categories that differ, from a fresh evaluation of each recipe
-    items = 2
+    items = organism_items(2)
     from lfm.explorer.views import CHANGED_COLUMNS
     assert list(compare.changed.value.columns) == CHANGED_COLUMNS
     a = {x["id"]: x["category"] for x in s.source.evaluate(first, items)["answers"]}
@@ -442,31 +445,3 @@ def test_generation_row_click_shows_detail(org_app):
     assert 'width="192"' in detail and html.escape(str(row["question"])) in detail
     for stage in STAGES:
         assert f"<b>{stage}</b>: {html.escape(str(row[stage]))}" in detail
-
-
-def test_organism_page_numbers_are_the_organism_evaluators(organism):
-    """The page evaluates the organism on its suite (lm-eval + lmms-eval, `PointRunner`, the one evaluation path);
-    per task and per item that equals the organism's own in-process evaluator (`lfm.organism.evaluate` through
-    `MergeablePair`, greedy decoding of the held-out items) on the same first 2 items of each task."""
-    from lfm.explorer.live import LivePair
-    from lfm.organism import load_items
-    from lfm.organism.merging import MergeablePair
-
-    def first_two(kind):
-        seen, out = {}, []
-        for it in load_items(kind):
-            seen[it.task] = seen.get(it.task, 0) + 1
-            if seen[it.task] <= 2:
-                out.append(it)
-        return out
-
-    items = {"language": first_two("language"), "visual": first_two("visual")}
-    live, own = LivePair(*organism), MergeablePair(*organism)
-    for recipe in (None, Recipe(method="hard"), Recipe(density=0.2, neurons=0.0), Recipe(density=0.5, neurons=0.3,
-                                                                                          restore="replace")):
-        page, truth = live.evaluate(recipe, live.eval_items(2)), own.evaluate(recipe, items)
-        assert page["tasks"] == truth["tasks"] and (page["LA"], page["VA"]) == (truth["LA"], truth["VA"])
-        assert {a["id"]: (a["generated"], a["category"]) for a in page["answers"]} == \
-            {a["id"]: (a["generated"], a["category"]) for a in truth["answers"]}
-        assert {a["id"]: a["correct"] for a in page["language_answers"]} == \
-            {a["id"]: a["correct"] for a in truth["language_answers"]}

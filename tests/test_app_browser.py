@@ -132,10 +132,11 @@ def test_loads_offline_slider_updates_plots_and_table(page, organism):
     wait_for(lambda: page.locator("text=suppress:").first.text_content() != stages_before, what="stage labels")
 
     # the suppress column shows what the organism answers at K=1 (the tuned model's LM, all of Δ kept)
+    from lfm.explorer.compute import organism_items
     from lfm.explorer.live import LivePair
     from lfm.methods import Recipe
     live = LivePair(*organism)
-    expected = [a["generated"] for a in live.evaluate(Recipe(density=1.0, neurons=0.0), 2)["answers"]]
+    expected = [a["generated"] for a in live.evaluate(Recipe(density=1.0, neurons=0.0), organism_items(2))["answers"]]
     try:
         wait_for(lambda: stage_answers(page, "suppress") == expected, what="the suppress answers at K=1")
     except AssertionError:
@@ -342,6 +343,7 @@ def test_scripted_session_every_control(browser, server, organism):
     finally:
         context.close()
     # every title with numbers shows its own recipe's numbers (checked against a fresh evaluation)
+    from lfm.explorer.compute import organism_items
     from lfm.explorer.live import LivePair
     from lfm.methods import Recipe
 
@@ -350,7 +352,7 @@ def test_scripted_session_every_control(browser, server, organism):
     live = LivePair(*organism)
     recipes = {"Neu-S-TIES K=0.2 M=0.3": Recipe(), "Neu-S-TIES K=0.21 M=0.3": Recipe(density=0.21)}
     for label, la, va in shown:
-        truth = live.evaluate(recipes[label], 2)
+        truth = live.evaluate(recipes[label], organism_items(2))
         assert (float(la), float(va)) == (round(truth["LA"], 3), round(truth["VA"], 3)), label
 
 

@@ -130,7 +130,7 @@ def _data_dir(config: dict) -> Path | None:
         files = next(iter(files.values()), None)
     if isinstance(files, (list, tuple)):
         files = files[0] if files else None
-    return Path(files).resolve().parent if isinstance(files, str) and Path(files).is_file() else None
+    return Path(files).parent if isinstance(files, str) and Path(files).is_file() else None
 
 
 def _plain(d: dict) -> dict:

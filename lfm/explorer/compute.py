@@ -23,7 +23,7 @@ from lfm.score import summary_rows
 from lfm.evaluate.compare import transition_counts, transitions  # noqa: F401 (transition_counts: the views')
 
 from .analysis import located_ratio, outcome_row
-from .live import LivePair
+from .live import LivePair, organism_items  # noqa: F401 (organism_items: precompute's, the tests')
 from .results import ResultsFolder, sweep_recipes, sweep_row
 
 

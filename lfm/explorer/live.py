@@ -1,17 +1,18 @@
 """A (base, tuned) pair opened live in the explorer: the engine's ``ResidentPair`` for the neuron views, plus
-one loaded model merges are evaluated on, with the pair's suite.
+one evaluator that scores a recipe merged into one loaded model.
 
 No merge math here: ``view`` is ``ResidentPair.view`` (computed per viewed tensor, on demand) and
-``evaluate`` is ``lfm.evaluate.sweep.PointRunner.evaluate`` (the path ``lfm sweep`` takes): the recipe
-written into the one loaded model with ``ResidentPair.apply``, then the suite's lm-eval / lmms-eval tasks
-(``limit`` items per task), per-item answers from the harness samples classified by ``lfm.taxonomy``. No
-parameter cap either: what limits a live pair is memory, checked before anything is read
-(``lfm.resident.check_memory``).
+``evaluate`` writes the recipe into one loaded model with ``ResidentPair.apply``. No parameter cap either:
+what limits a live pair is memory, checked before anything is read (``lfm.resident.check_memory``).
 
-Which suite (explicit, never a fallback): the one given; without one, the organism's own ('organism': its
-held-out items as local tasks) when the tuned model is an organism (its word-level tokenizer,
-``lfm.organism.tokenizer.is_organism_tokenizer``); any other pair is explored without evaluation and
-``eval_error`` says to pass a suite.
+Which evaluator (explicit, never a fallback):
+    suite given      ``SuiteEvaluator``: ``lfm.evaluate.sweep.PointRunner`` (the path ``lfm sweep`` takes),
+                     the suite's lm-eval / lmms-eval tasks, ``limit`` items per task, per-item answers from
+                     the harness samples classified by ``lfm.taxonomy``
+    no suite         ``OrganismEvaluator`` when the tuned model is an organism (its word-level tokenizer,
+                     ``lfm.organism.tokenizer.is_organism_tokenizer``): ``lfm.organism.evaluate`` on the
+                     organism's held-out items, in process (fast enough to follow a slider)
+                     any other pair: no evaluation, and ``eval_error`` says to pass a suite
 
     >>> from lfm.organism import base_dir, tuned_dir
     >>> pair = LivePair(base_dir(), tuned_dir())
@@ -21,24 +22,95 @@ held-out items as local tasks) when the tuned model is an organism (its word-lev
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from lfm.methods import Recipe
-from lfm.pair import is_multimodal, open_pair, text_config
+from lfm.pair import open_pair, text_config
 from lfm.resident import ResidentPair, TensorView
 
 NEEDS_SUITE = ("evaluation needs a suite for this pair: pass --suite SUITE.yaml (the real pair's is "
                "<root>/suite/suite.yaml) or enter it in 'evaluation suite' and load again")
 
 
+@lru_cache(maxsize=8)
+def organism_items(per_task: int) -> dict:
+    """The organism's held-out items, the first `per_task` of each task (0 = all)."""
+    from lfm.organism import load_items
+
+    out = {}
+    for kind in ("language", "visual"):
+        items, seen = [], {}
+        for it in load_items(kind):
+            seen[it.task] = seen.get(it.task, 0) + 1
+            if per_task <= 0 or seen[it.task] <= per_task:
+                items.append(it)
+        out[kind] = items
+    return out
+
+
+class OrganismEvaluator:
+    """``lfm.organism.evaluate`` of a recipe on the organism's held-out items (``MergeablePair``)."""
+
+    kind = "organism"
+
+    def __init__(self, resident: ResidentPair, base: str, tuned: str):
+        from lfm.organism import scienceqa_records
+        from lfm.organism.merging import MergeablePair
+
+        self.base = base
+        self.pair = MergeablePair(resident, tuned)
+        if not hasattr(self.pair.processor, "image_processor"):
+            raise ValueError(f"{tuned} is not a LLaVA with a processor")
+        resident._model_objects(self.pair.model)  # every LM tensor has a place in the model
+        self.images = {r["id"]: r["image"] for r in scienceqa_records()}
+
+    def items(self, per_task: int) -> dict:
+        return organism_items(per_task)
+
+    def evaluate(self, recipe: Recipe | None, items: dict) -> dict:
+        return self._with_images(self.pair.evaluate(recipe, items))
+
+    def evaluate_base(self, items: dict) -> dict:
+        from lfm.organism.evaluate import evaluate
+
+        return evaluate(self.base, items=items)
+
+    def _with_images(self, result: dict) -> dict:
+        result["answers"] = [{**a, "image": self.images.get(a["id"], "")} for a in result["answers"]]
+        return result
+
+
+class SuiteEvaluator:
+    """``PointRunner.evaluate`` of a recipe on a suite (``lfm.evaluate.harness.evaluate``, samples logged)."""
+
+    kind = "suite"
+
+    def __init__(self, resident: ResidentPair, base: str, tuned: str, suite, device: str):
+        from lfm.evaluate.suites import check_datasets, get_suite
+        from lfm.evaluate.sweep import PointRunner
+
+        suite = get_suite(suite)
+        check_datasets(suite)
+        self.runner = PointRunner(base, tuned, suite, device=device, resident=resident)
+
+    def items(self, per_task: int) -> int | None:
+        """The harness limit: `per_task` items of each task (0 = all)."""
+        return per_task if per_task > 0 else None
+
+    def evaluate(self, recipe: Recipe | None, limit: int | None) -> dict:
+        return self.runner.evaluate("tuned" if recipe is None else recipe, limit=limit, log_samples=True)
+
+    def evaluate_base(self, limit: int | None) -> dict:
+        return self.runner.evaluate("base", limit=limit, log_samples=True)
+
+
 class LivePair:
     """A pair held in memory for the explorer. `progress(done, total, message)` is called while loading.
 
     Args:
-        suite: 'organism', 'paper' or a suite YAML (``lfm.evaluate.suites.get_suite``); None: 'organism' for
-            an organism, no evaluation otherwise (module docstring).
-    Attributes:
-        runner: the ``PointRunner`` (None without evaluation); eval_error: why there is none.
+        suite: 'organism', 'paper' or a suite YAML (``lfm.evaluate.suites.get_suite``); None: the organism's
+            own evaluator for an organism, no evaluation otherwise (module docstring).
     """
 
     kind = "live"
@@ -53,15 +125,15 @@ class LivePair:
         self.n_kv_heads = cfg.get("num_key_value_heads") or self.n_heads
         self.head_dim = cfg.get("head_dim") or (cfg["hidden_size"] // self.n_heads if self.n_heads else None)
         self.n_layers = cfg.get("num_hidden_layers")
-        self.multimodal = is_multimodal(pair.tuned.config)
         self.resident = ResidentPair(pair, device=device, progress=progress or False)
         self.names, self.scores = self.resident.names, self.resident.scores
         if progress:
             progress(len(pair.entries), len(pair.entries), "loading the tuned model for evaluation")
-        self.runner, self.eval_error = self._load_runner(suite, device)
-        if self.runner is not None:
-            self.description += f"\nevaluation: suite {self.runner.suite.name!r}" + (
-                f" ({suite})" if suite and str(suite) != self.runner.suite.name else "")
+        self.evaluator, self.eval_error = self._load_evaluator(suite, device)
+        if self.evaluator is not None:
+            what = "the organism's held-out items" if self.evaluator.kind == "organism" else \
+                f"suite {self.evaluator.runner.suite.name!r} ({suite})"
+            self.description += f"\nevaluation: {what}"
 
     def view(self, name: str, recipe: Recipe) -> TensorView:
         return self.resident.view(name, recipe)
@@ -70,49 +142,44 @@ class LivePair:
 
     @property
     def can_evaluate(self) -> bool:
-        return self.runner is not None
+        return self.evaluator is not None
 
     @property
     def sweeps_live(self) -> bool:
-        """Whether the page sweeps its trade-off curves live (~30 points): on the organism's suite only (a few
-        seconds a point). On another suite a point takes seconds to minutes, and a background sweep would hold
-        the one model while the user waits for the recipe in view; `lfm precompute --suite` or `lfm sweep`
-        draw those curves instead."""
-        return self.runner is not None and self.runner.suite.name == "organism"
+        """Whether the page sweeps its trade-off curves live (~30 points): with the organism's in-process
+        evaluator only. A suite evaluation takes seconds to minutes per point, and a background sweep would
+        hold the one model while the user waits for the recipe in view; `lfm precompute --suite` or
+        `lfm sweep` draw those curves instead."""
+        return self.evaluator is not None and self.evaluator.kind == "organism"
 
-    def _load_runner(self, suite, device):
-        """(PointRunner, None), or (None, the one line saying why there is no evaluation). A suite that cannot
+    def _load_evaluator(self, suite, device):
+        """(evaluator, None), or (None, the one line saying why there is no evaluation). A suite that cannot
         be read is an error of the load (raised), not a page without evaluation."""
-        from lfm.evaluate.suites import check_datasets, get_suite
-        from lfm.evaluate.sweep import PointRunner
+        if suite is not None and str(suite).strip():
+            return SuiteEvaluator(self.resident, self.base, self.tuned, str(suite).strip(), device), None
         from lfm.organism.tokenizer import is_organism_tokenizer
 
-        if not self.multimodal:
-            return None, f"{self.tuned} is not an MLLM: the page evaluates a tuned MLLM (its LA and VA)"
-        suite = str(suite).strip() if suite is not None else ""
-        if not suite:
-            if not is_organism_tokenizer(self.tuned):
-                return None, NEEDS_SUITE
-            suite = "organism"
-        suite = get_suite(suite)
-        check_datasets(suite)
-        return PointRunner(self.base, self.tuned, suite, device=device, resident=self.resident), None
+        if not is_organism_tokenizer(self.tuned):
+            return None, NEEDS_SUITE
+        try:
+            return OrganismEvaluator(self.resident, self.base, self.tuned), None
+        except Exception as e:  # an organism that cannot be loaded: the page shows why
+            return None, f"the organism evaluator could not load {self.tuned} ({type(e).__name__}: {e})"
 
-    def eval_items(self, per_task: int) -> int | None:
-        """What `evaluate` takes for `per_task` items of each task (0 = all): the harness limit."""
-        return per_task if per_task > 0 else None
+    def eval_items(self, per_task: int):
+        """What `evaluate` takes for `per_task` items per task (0 = all): organism items, or a harness limit."""
+        return self.evaluator.items(per_task)
 
-    def evaluate(self, recipe: Recipe | None, limit: int | None = None) -> dict:
-        """Apply `recipe` (None = the tuned model itself) to the one loaded model and evaluate it on the suite,
-        `limit` items per task (`eval_items(per_task)`; None = all). Returns ``lfm.evaluate.harness.evaluate``'s
-        result: LA, VA, OA, tasks, answers (visual, with image paths and taxonomy categories) and
-        language_answers."""
+    def evaluate(self, recipe: Recipe | None, items=None) -> dict:
+        """Apply `recipe` (None = the tuned model itself) to the one loaded model and evaluate it on `items`
+        (`eval_items(per_task)`; None = all). Returns LA, VA, OA, tasks, answers (visual, with their image
+        paths and taxonomy categories) and language_answers."""
         if not self.can_evaluate:
             raise RuntimeError(self.eval_error)
-        return self.runner.evaluate("tuned" if recipe is None else recipe, limit=limit, log_samples=True)
+        return self.evaluator.evaluate(recipe, self.eval_items(0) if items is None else items)
 
-    def evaluate_base(self, limit: int | None = None) -> dict:
-        """The base LLM on the suite's language tasks (VA is None: a text-only model)."""
+    def evaluate_base(self, items=None) -> dict:
+        """The base LLM on the language side (VA is None: a text-only model)."""
         if not self.can_evaluate:
             raise RuntimeError(self.eval_error)
-        return self.runner.evaluate("base", limit=limit, log_samples=True)
+        return self.evaluator.evaluate_base(self.eval_items(0) if items is None else items)
