@@ -445,3 +445,24 @@ def test_generation_row_click_shows_detail(org_app):
     assert 'width="192"' in detail and html.escape(str(row["question"])) in detail
     for stage in STAGES:
         assert f"<b>{stage}</b>: {html.escape(str(row[stage]))}" in detail
+
+
+def test_organism_evaluator_equals_the_organism_suite(organism):
+    """The two evaluations the page offers for the organism agree per task and per item: its default in-process
+    evaluator (`lfm.organism.evaluate` through `MergeablePair`) and `--suite organism` (lm-eval + lmms-eval on
+    the same held-out items through `PointRunner`, the path every other pair takes), on the first 2 items of
+    each task."""
+    from lfm.explorer.compute import organism_items
+    from lfm.explorer.live import LivePair
+
+    own, harness = LivePair(*organism), LivePair(*organism, suite="organism")
+    assert own.evaluator.kind == "organism" and harness.evaluator.kind == "suite"
+    for recipe in (None, Recipe(method="hard"), Recipe(density=0.2, neurons=0.0),
+                   Recipe(density=0.5, neurons=0.3, restore="replace")):
+        a, b = own.evaluate(recipe, organism_items(2)), harness.evaluate(recipe, harness.eval_items(2))
+        assert a["tasks"] == b["tasks"] and (a["LA"], a["VA"]) == (b["LA"], b["VA"]), recipe
+        assert {x["id"]: (x["generated"], x["category"]) for x in a["answers"]} == \
+            {x["id"]: (x["generated"], x["category"]) for x in b["answers"]}
+        assert {x["id"]: x["correct"] for x in a["language_answers"]} == \
+            {x["id"]: x["correct"] for x in b["language_answers"]}
+    assert own.evaluate_base(organism_items(2))["LA"] == harness.evaluate_base(harness.eval_items(2))["LA"]

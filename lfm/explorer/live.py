@@ -11,7 +11,8 @@ Which evaluator (explicit, never a fallback):
                      the harness samples classified by ``lfm.taxonomy``
     no suite         ``OrganismEvaluator`` when the tuned model is an organism (its word-level tokenizer,
                      ``lfm.organism.tokenizer.is_organism_tokenizer``): ``lfm.organism.evaluate`` on the
-                     organism's held-out items, in process (fast enough to follow a slider)
+                     organism's held-out items, in process (fast enough to follow a slider; per item the
+                     same answers as ``suite='organism'`` through the harnesses, tests/test_app.py)
                      any other pair: no evaluation, and ``eval_error`` says to pass a suite
 
     >>> from lfm.organism import base_dir, tuned_dir
