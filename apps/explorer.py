@@ -2,8 +2,9 @@
 
 Opens the embedded organism by default. Options after `--args`:
     --base DIR --tuned DIR     a model pair to explore live (any size that fits in memory)
+    --suite S.yaml             the pair's evaluation suite (live LA / VA / answers; the organism needs none)
     --results DIR              a results folder written by `lfm precompute` (big models)
-    --per-task N               organism items per task in live evaluations (default 8; 0 = all)
+    --per-task N               items per task in live evaluations (default 8; 0 = all)
     --no-sweep                 do not evaluate the trade-off curves in the background
 
 `panel serve` binds every interface unless told otherwise: pass `--address 127.0.0.1` (as `make demo`
@@ -28,11 +29,12 @@ from lfm.explorer.app import TITLE, extension, page, serve  # noqa: E402
 parser = argparse.ArgumentParser(prog="panel serve apps/explorer.py --args")
 parser.add_argument("--base")
 parser.add_argument("--tuned")
+parser.add_argument("--suite")
 parser.add_argument("--results")
-parser.add_argument("--per-task", type=int, default=8, help="organism items per task in live evaluations (0 = all)")
+parser.add_argument("--per-task", type=int, default=8, help="items per task in live evaluations (0 = all)")
 parser.add_argument("--no-sweep", action="store_true", help="skip the background trade-off sweep")
 args, _ = parser.parse_known_args(sys.argv[1:])
-source = dict(results=args.results, base=args.base, tuned=args.tuned, per_task=args.per_task,
+source = dict(results=args.results, base=args.base, tuned=args.tuned, suite=args.suite, per_task=args.per_task,
               auto_sweep=not args.no_sweep)
 
 extension()

@@ -34,3 +34,28 @@ def organism() -> tuple[Path, Path]:
     if not (tuned / "config.json").exists():
         pytest.skip(f"organism checkpoints not found in {org} (run `lfm organism train`)")
     return base, tuned
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory):
+    """(path, HF state dict it encodes, HF config fields) of a tiny llama GGUF (fixtures.write_tiny_gguf)."""
+    pytest.importorskip("gguf")
+    from fixtures import write_tiny_gguf
+
+    path = tmp_path_factory.mktemp("gguf") / "tiny-llama.Q8_0.gguf"
+    expected, fields = write_tiny_gguf(path)
+    return path, expected, fields
+
+
+@pytest.fixture(scope="session")
+def smoke_pair(tiny_gguf, tmp_path_factory):
+    """(root, build result) of the real pair's 'smoke' build on the tiny GGUF (offline, seconds): base, tuned
+    LLaVA + processor, and its suite (root/suite/suite.yaml, root/suite/items/visual.jsonl)."""
+    from lfm.realpair import data
+    from lfm.realpair.build import build
+    from lfm.realpair.config import preset
+
+    if not (data.COUNTRIES.exists() and data.WORDNET.exists()):
+        pytest.skip("Debian miscfiles / wordnet-base not installed (make install installs them)")
+    root = tmp_path_factory.mktemp("realpair")
+    return root, build(root, preset("smoke"), gguf=tiny_gguf[0], log=lambda m: None)

@@ -159,9 +159,12 @@ def test_bad_paths_show_error_and_app_stays_usable(tiny, zoo, tmp_path):
     assert s.error == ""
 
 
-def test_no_evaluation_for_non_organism_pair(tiny):
+def test_no_evaluation_for_non_organism_pair_without_a_suite(tiny):
+    """No silent fallback to the organism's items: the page says, in one line, that a suite is needed."""
     assert tiny.state.generations is None and "evaluation off" in tiny.state.eval_status
-    assert "evaluated live on the organism" in tiny.generations.placeholder.object and tiny.generations.table.value.empty
+    assert "needs a suite" in tiny.state.eval_status and "--suite" in tiny.state.eval_status
+    assert "\n" not in tiny.state.eval_status
+    assert "with its suite" in tiny.generations.placeholder.object and tiny.generations.table.value.empty
 
 
 def test_recipe_yaml_runs_with_lfm_merge(tiny, tmp_path):
@@ -442,3 +445,24 @@ def test_generation_row_click_shows_detail(org_app):
     assert 'width="192"' in detail and html.escape(str(row["question"])) in detail
     for stage in STAGES:
         assert f"<b>{stage}</b>: {html.escape(str(row[stage]))}" in detail
+
+
+def test_organism_evaluator_equals_the_organism_suite(organism):
+    """The two evaluations the page offers for the organism agree per task and per item: its default in-process
+    evaluator (`lfm.organism.evaluate` through `MergeablePair`) and `--suite organism` (lm-eval + lmms-eval on
+    the same held-out items through `PointRunner`, the path every other pair takes), on the first 2 items of
+    each task."""
+    from lfm.explorer.compute import organism_items
+    from lfm.explorer.live import LivePair
+
+    own, harness = LivePair(*organism), LivePair(*organism, suite="organism")
+    assert own.evaluator.kind == "organism" and harness.evaluator.kind == "suite"
+    for recipe in (None, Recipe(method="hard"), Recipe(density=0.2, neurons=0.0),
+                   Recipe(density=0.5, neurons=0.3, restore="replace")):
+        a, b = own.evaluate(recipe, organism_items(2)), harness.evaluate(recipe, harness.eval_items(2))
+        assert a["tasks"] == b["tasks"] and (a["LA"], a["VA"]) == (b["LA"], b["VA"]), recipe
+        assert {x["id"]: (x["generated"], x["category"]) for x in a["answers"]} == \
+            {x["id"]: (x["generated"], x["category"]) for x in b["answers"]}
+        assert {x["id"]: x["correct"] for x in a["language_answers"]} == \
+            {x["id"]: x["correct"] for x in b["language_answers"]}
+    assert own.evaluate_base(organism_items(2))["LA"] == harness.evaluate_base(harness.eval_items(2))["LA"]

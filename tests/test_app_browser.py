@@ -354,3 +354,38 @@ def test_scripted_session_every_control(browser, server, organism):
     for label, la, va in shown:
         truth = live.evaluate(recipes[label], organism_items(2))
         assert (float(la), float(va)) == (round(truth["LA"], 3), round(truth["VA"], 3)), label
+
+
+# ---------------------------------------------------------------------------------------------- the real pair
+
+def test_real_pair_with_its_suite_evaluates_live(browser, smoke_pair, tmp_path):
+    """`--base --tuned --suite` of the real pair (smoke build): the page evaluates the default recipe on the
+    pair's suite, a slider triggers a fresh evaluation, and the LA / VA shown for it are lm-eval + lmms-eval's
+    on the same merge written by `lfm merge` (to the 3 decimals shown)."""
+    from lfm.cli import main
+    from lfm.evaluate.harness import evaluate
+
+    _, res = smoke_pair
+    base, tuned, suite = str(res["base"]), str(res["tuned"]), str(res["suite"])
+    with panel_serve("--base", base, "--tuned", tuned, "--suite", suite, "--per-task", "1", "--no-sweep") as url:
+        context, page = open_page(browser, url, 1400, 1400)
+        try:
+            trade = page.locator(".gtitle", has_text="Trade-off").first
+            wait_for(lambda: "K=0.2 M=0.3: LA" in (trade.text_content() or ""), timeout=180,
+                     what="the first live evaluation")
+            page.get_by_text("suite 'realpair'").first.wait_for(state="visible")  # the pair says what scores it
+            slider(page, "M (neurons", "Home")  # M -> 0: the suppress-only merge, evaluated now
+            wait_for(lambda: "K=0.2 M=0: LA" in (trade.text_content() or ""), timeout=180,
+                     what="the live evaluation at M=0")
+            label, la, va = TITLE_NUMBERS.search(trade.text_content()).groups()
+            page.get_by_text("items, 95% Wilson").first.wait_for(state="visible")  # the numbers line, with n
+            page.screenshot(path=str(ARTIFACTS / "explorer-realpair.png"), full_page=True)
+            assert page.errors == [], page.errors
+        finally:
+            context.close()
+    assert label == "Neu-S-TIES K=0.2 M=0"
+    out = tmp_path / "m0"
+    assert main(["merge", "--base", base, "--tuned", tuned, "--method", "neu-s-ties", "-K", "0.2", "-M", "0",
+                 "--out", str(out), "--quiet"]) == 0
+    truth = evaluate(out, suite, limit=1)
+    assert (float(la), float(va)) == (round(truth["LA"], 3), round(truth["VA"], 3))

@@ -1,4 +1,5 @@
-"""The four teaching notebooks: committed clean, executed top to bottom on the organism, checks and key outputs.
+"""The four teaching notebooks: committed clean, executed top to bottom on the organism and on the real pair
+(lfm.realpair's smoke build, tests/conftest.py `smoke_pair`, evaluated on its own suite), checks and key outputs.
 
 Each notebook is run with papermill (the same way a user runs it on a real pair: `papermill NB OUT -p base
 ... -p tuned ...`) with smaller sweeps where the notebook offers them. A notebook passes when every cell ran
@@ -81,21 +82,23 @@ def _organism_checks(name: str, params: dict) -> list[str]:
     return []
 
 
-_RUNS: dict[str, tuple[nbformat.NotebookNode, float, dict]] = {}
+_RUNS: dict[tuple[str, str], tuple[nbformat.NotebookNode, float, dict]] = {}
 
 
-def execute(name: str, tmp_dir: Path) -> tuple[nbformat.NotebookNode, float, dict]:
-    """Run notebook ``name`` with papermill once per session; returns (executed notebook, seconds, params)."""
-    if name not in _RUNS:
+def execute(name: str, tmp_dir: Path, params: dict | None = None, tag: str = "organism"
+            ) -> tuple[nbformat.NotebookNode, float, dict]:
+    """Run notebook ``name`` with papermill once per session and pair (`tag`); returns (executed notebook,
+    seconds, params). Default params: the organism (or LFM_NOTEBOOK_BASE/TUNED) with PARAMS[name]."""
+    if (name, tag) not in _RUNS:
         import papermill
 
-        params = {**_pair_params(), **PARAMS[name]}
-        out = tmp_dir / name
+        params = params if params is not None else {**_pair_params(), **PARAMS[name]}
+        out = tmp_dir / f"{tag}-{name}"
         started = time.perf_counter()
         papermill.execute_notebook(str(NB_DIR / name), str(out), parameters=params, kernel_name="python3",
                                    cwd=str(NB_DIR), progress_bar=False, execution_timeout=TIMEOUT_S)
-        _RUNS[name] = (nbformat.read(out, as_version=4), time.perf_counter() - started, params)
-    return _RUNS[name]
+        _RUNS[name, tag] = (nbformat.read(out, as_version=4), time.perf_counter() - started, params)
+    return _RUNS[name, tag]
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +121,8 @@ def summary_of(nb) -> dict:
     return found[-1]
 
 
-def check_run(name: str, run_dir: Path) -> tuple[dict, float]:
-    nb, seconds, params = execute(name, run_dir)
+def check_run(name: str, run_dir: Path, params: dict | None = None, tag: str = "organism") -> tuple[dict, float]:
+    nb, seconds, params = execute(name, run_dir, params, tag)
     errors = [o for o in outputs(nb) if o.output_type == "error"]
     assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}"
     text = printed(nb)
@@ -204,3 +207,52 @@ def test_04_ffn_key_value_memories(run_dir):
     assert 0.0 <= s["shrunk_fraction"] <= 1.0
     assert set(s["p_answer"]) == {"tuned", "hard", "suppress", "replace", "rescale"}
     assert all(0.0 <= p <= 1.0 for p in s["p_answer"].values())
+
+
+# ------------------------------------------------------------------------------------ on the real pair
+
+REALPAIR_LIMIT = 1  # suite items per task in notebook 02; the stage notebooks take the first few visual items
+
+
+def realpair_params(name: str, res: dict) -> dict:
+    """What a user passes to run notebook `name` on the real pair (README): base, tuned, and the pair's suite
+    (02) or its visual items file (03, 04); smaller grids as on the organism."""
+    items = str(Path(res["suite"]).parent / "items" / "visual.jsonl")
+    extra = {"02_merge_tradeoffs.ipynb": {"suite": str(res["suite"]), "limit": REALPAIR_LIMIT},
+             "03_generation_failures.ipynb": {"items": items, "limit": 8},
+             "04_ffn_key_value_memories.ipynb": {"items": items, "n_inputs": 4}}.get(name, {})
+    return {"base": str(res["base"]), "tuned": str(res["tuned"]), **PARAMS[name], **extra}
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_on_the_real_pair(name, smoke_pair, run_dir):
+    """Every notebook, top to bottom, on the real pair with papermill parameters; notebook 02's tuned and base
+    numbers are lm-eval + lmms-eval's on the model directories themselves (`lfm.evaluate.harness.evaluate`)."""
+    _, res = smoke_pair
+    s, _ = check_run(name, run_dir, realpair_params(name, res), tag="realpair")
+    if name == "02_merge_tradeoffs.ipynb":
+        from lfm.evaluate.harness import evaluate
+
+        tuned = evaluate(res["tuned"], res["suite"], limit=REALPAIR_LIMIT)
+        assert (s["tuned"]["LA"], s["tuned"]["VA"]) == (tuned["LA"], tuned["VA"])
+        assert s["base_LA"] == evaluate(res["base"], res["suite"], limit=REALPAIR_LIMIT)["LA"]
+        assert set(s["table"]) >= {"MLLM (tuned)", "LLM (hard-merge)", "Neu-S-TIES"}
+    if name == "03_generation_failures.ipynb":
+        assert s["n_items"] == 8
+        for stage, cats in s["categories"].items():
+            assert sum(cats.values()) == 8, stage
+    if name == "04_ffn_key_value_memories.ipynb":
+        assert set(s["p_answer"]) == {"tuned", "hard", "suppress", "replace", "rescale"}
+
+
+def test_stage_notebook_refuses_organism_items_for_the_real_pair(smoke_pair, run_dir):
+    """Without -p items the real pair would be scored on the organism's items: the notebook stops, saying what
+    to pass."""
+    import papermill
+
+    _, res = smoke_pair
+    with pytest.raises(papermill.PapermillExecutionError, match="items FILE.jsonl"):
+        papermill.execute_notebook(str(NB_DIR / "03_generation_failures.ipynb"), str(run_dir / "refused.ipynb"),
+                                   parameters={"base": str(res["base"]), "tuned": str(res["tuned"])},
+                                   kernel_name="python3", cwd=str(NB_DIR), progress_bar=False,
+                                   execution_timeout=TIMEOUT_S)

@@ -3,7 +3,9 @@
 Fast path (no network): a tiny random Llama is written as a GGUF with the `gguf` package's writer (q/k rows
 permuted as llama.cpp's converter does, one tensor Q8_0-quantised), converted, checked against the weights
 it was made from, then the whole build (vision tower, alignment, tuning, LLaVA + processor) runs on it at the
-'smoke' preset. The cached full build (SmolLM2-135M, `make realpair`) is checked when present, else skipped.
+'smoke' preset. The cached full build (SmolLM2-135M, `make realpair`) is checked when present, else skipped. The tiny GGUF and
+the smoke build are session fixtures (tests/conftest.py: `tiny_gguf`, `smoke_pair`), shared with the explorer,
+compare and notebook tests.
 """
 
 from __future__ import annotations
@@ -26,95 +28,6 @@ from lfm.realpair.tasks import short_answer_correct  # noqa: E402
 HAVE_DEBIAN_DATA = data.COUNTRIES.exists() and data.WORDNET.exists()
 needs_debian = pytest.mark.skipif(not HAVE_DEBIAN_DATA, reason="Debian miscfiles / wordnet-base not installed "
                                   "(make install installs them)")
-CHAT = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-        "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-
-
-def _byte_tokens() -> list[str]:
-    """GPT-2's byte-to-unicode alphabet (the 256 base tokens of a byte-level BPE)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs))]
-
-
-def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp convert_hf_to_gguf.py LlamaModel.permute: HF q/k rows -> GGUF (interleaved rotary halves)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def write_tiny_gguf(path: Path) -> tuple[dict, dict]:
-    """A random 2-layer GQA Llama as a llama GGUF. Returns (HF state dict it encodes, the HF config fields)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    merges = ["Ġ t", "h e", "Ġt he"]
-    tokens = specials + _byte_tokens() + ["Ġt", "he", "Ġthe"]
-    fields = dict(vocab_size=len(tokens), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
-                  tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**fields))
-    sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(2)
-    w.add_context_length(512)
-    w.add_embedding_length(64)
-    w.add_feed_forward_length(96)
-    w.add_head_count(4)
-    w.add_head_count_kv(2)
-    w.add_rope_freq_base(10000.0)
-    w.add_rope_dimension_count(16)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(len(tokens))
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.NORMAL] * (len(tokens) - 3))
-    w.add_token_merges(merges)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_pad_token_id(2)
-    w.add_add_bos_token(False)
-    w.add_chat_template(CHAT)
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
-    parts = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
-    for i in range(2):
-        for hf, gg in parts.items():
-            names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{gg}.weight"
-    expected = {}
-    for hf, gg in names.items():
-        t = sd[hf]
-        if ".attn_q." in gg:
-            t = _permute(t, 4)
-        elif ".attn_k." in gg:
-            t = _permute(t, 2)
-        if gg == "blk.0.ffn_up.weight":  # one quantised tensor: the dequantisation path
-            q = gguf.quants.quantize(t, gguf.GGMLQuantizationType.Q8_0)
-            w.add_tensor(gg, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-            expected[hf] = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0).reshape(sd[hf].shape)
-        else:
-            w.add_tensor(gg, t)
-            expected[hf] = sd[hf]
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return expected, fields
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gguf") / "tiny-llama.Q8_0.gguf"
-    expected, fields = write_tiny_gguf(path)
-    return path, expected, fields
 
 
 def test_convert_gguf_recovers_the_weights_it_was_written_from(tiny_gguf, tmp_path):
@@ -137,14 +50,6 @@ def test_convert_gguf_recovers_the_weights_it_was_written_from(tiny_gguf, tmp_pa
     ids = tok("the cat", return_tensors="pt").input_ids
     assert tok.decode(ids[0]) == "the cat"
     assert model(ids).logits.shape == (1, ids.shape[1], fields["vocab_size"])
-
-
-@pytest.fixture(scope="module")
-def smoke_pair(tiny_gguf, tmp_path_factory):
-    if not HAVE_DEBIAN_DATA:
-        pytest.skip("Debian miscfiles / wordnet-base not installed (make install installs them)")
-    root = tmp_path_factory.mktemp("realpair")
-    return root, build(root, preset("smoke"), gguf=tiny_gguf[0], log=lambda m: None)
 
 
 def test_smoke_build_end_to_end_on_a_tiny_gguf(tiny_gguf, smoke_pair, tmp_path):
@@ -213,6 +118,7 @@ def test_short_answer_rule():
     assert not short_answer_correct("Medellín", "Bogotá")
 
 
+ROOT = Path(__file__).resolve().parents[1]
 FULL_TUNED = DEFAULT_ROOT / "seed0" / "tuned"
 
 
@@ -229,13 +135,34 @@ def test_cached_full_build_is_the_real_pair():
     assert (cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (9, 3)
 
 
-def test_cli_build_prints_the_pair_last_and_fails_in_one_line(tiny_gguf, smoke_pair, capsys):
+def test_cli_build_prints_the_pair_last_and_fails_in_one_line(tiny_gguf, smoke_pair, capsys, tmp_path):
     from lfm.cli import main
 
     root, res = smoke_pair
     assert main(["realpair", "build", "--preset", "smoke", "--gguf", str(tiny_gguf[0]), "--out", str(root)]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-2:]
-    assert last == [f"base: {res['base']}", f"tuned: {res['tuned']}"]
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-2:] == [f"base: {res['base']}", f"tuned: {res['tuned']}"]
+    # the commands it prints for the pair are true: lfm's parser takes them, every path they name exists,
+    # and the compare command runs (on its first item, into a temporary folder)
+    import shlex
+
+    from lfm.cli import build_parser
+
+    commands = dict(line.split(": ", 1) for line in printed if line.split(": ", 1)[0] in
+                    ("explore", "compare", "eval", "notebook 01", "notebook 02", "notebook 03", "notebook 04"))
+    assert len(commands) == 7, printed
+    explore = build_parser().parse_args(shlex.split(commands["explore"])[1:])
+    assert (explore.base, explore.tuned, explore.suite) == (str(res["base"]), str(res["tuned"]), str(res["suite"]))
+    compare = shlex.split(commands["compare"])
+    assert Path(build_parser().parse_args(compare[1:]).items).is_file()
+    out = tmp_path / "cmp"
+    assert main(compare[1:-2] + ["--out", str(out), "--limit", "1", "--quiet"]) == 0 and (out / "items.csv").exists()
+    for name in ("notebook 01", "notebook 02", "notebook 03", "notebook 04"):
+        words = shlex.split(commands[name])
+        assert words[0] == "papermill" and (ROOT / words[1]).is_file(), words
+        params = dict(zip(words[4::3], words[5::3]))
+        assert all(Path(v).exists() for v in params.values()), params
+    capsys.readouterr()
     assert main(["realpair", "build", "--preset", "smoke", "--gguf", str(root / "nope.gguf"), "--out", str(root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.gguf" in err[0]

@@ -4,7 +4,7 @@
     lfm sweep --base B --tuned T --method neu-s-ties,ties --density 0.05:0.9:0.05 --neurons 0:0.5:0.1 \
               --suite organism --out sweeps/run1 [--executor ray] [--resume] [--report]
     lfm sweep --report --out sweeps/run1            # best OA point + (LA, VA) Pareto front of a finished sweep
-    lfm compare --base B --tuned T --density 0.2 --neurons 0.3 [--items organism|scienceqa] --out DIR
+    lfm compare --base B --tuned T --density 0.2 --neurons 0.3 [--items organism|scienceqa|FILE.jsonl] --out DIR
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def register(subparsers) -> None:
     p.add_argument("--neurons", "-M", type=float, default=0.3)
     p.add_argument("--suppress", choices=SUPPRESSORS, default="ties")
     p.add_argument("--restore", choices=RESTORES, default="rescale")
-    p.add_argument("--items", default="organism", help="organism (offline) | scienceqa (ScienceQA-IMG, needs the hub)")
+    p.add_argument("--items", default="organism", help="organism (offline) | scienceqa (ScienceQA-IMG, needs the hub) "
+                   "| FILE.jsonl: one item a line {id, question, choices, answer, image (relative to the file), "
+                   "prompt (optional)}, e.g. the real pair's <root>/suite/items/visual.jsonl")
     p.add_argument("--limit", type=int)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--device", default="cpu")
@@ -78,7 +80,8 @@ def cmd_eval(args) -> int:
                    log_samples=args.samples)
     res["model"] = str(Path(args.model_dir).resolve())
     if not args.samples:
-        res.pop("samples", None)
+        for key in ("samples", "answers", "language_answers"):
+            res.pop(key, None)
     print(format_table(res))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +115,10 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from lfm.evaluate.compare import compare_stages, format_summary, summary
+    from lfm.evaluate.compare import compare_stages, format_summary, read_items_file, summary
+
+    if args.items not in ("organism", "scienceqa"):
+        read_items_file(args.items)  # every line checked before any model is loaded
 
     table = compare_stages(args.base, args.tuned, items=args.items, limit=args.limit, device=args.device,
                            max_new_tokens=args.max_new_tokens, progress=not args.quiet, density=args.density,

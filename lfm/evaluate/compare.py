@@ -9,12 +9,14 @@ correct, by the earlier stage's category (``lfm.taxonomy``).
 Stages (lfm's contract): hard = Recipe(method="hard"); suppress = Neuron-Fusion with M=0; restore =
 Neuron-Fusion with M>0 (same K, suppressor and restore mode).
 
-Items: 'organism' (the organism's visual items, offline) or 'scienceqa' (ScienceQA-IMG test split through
-``datasets``; needs the hub), or a list of records {id, question, choices, answer, image (path or PIL)}.
+Items: 'organism' (the organism's visual items, offline), 'scienceqa' (ScienceQA-IMG test split through
+``datasets``; needs the hub), a JSONL file of such records (``read_items_file``; the real pair's is
+``<root>/suite/items/visual.jsonl``), or a list of records {id, question, choices, answer, image (path or PIL)}.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -33,10 +35,62 @@ def neuron_fusion_stages(density: float = 0.2, neurons: float = 0.3, suppress: s
                                 restore=restore, **fields))
 
 
-def stage_items(items: str | list = "organism", *, limit: int | None = None) -> list[dict]:
-    """Records {id, question, choices, answer, prompt, image: PIL} for 'organism', 'scienceqa' or a list."""
+ITEM_FIELDS = "id, question, choices (two or more strings), answer (one of them), image; optional prompt"
+
+
+def read_items_file(path: str | Path) -> list[dict]:
+    """The records of a JSONL items file, one JSON object a line:
+
+        {"id": str, "question": str, "choices": [str, ...], "answer": str (one of choices),
+         "image": path (relative to the file's folder, or absolute), "prompt": str (optional: the user text;
+         default ``scienceqa_prompt``)}
+
+    Every line is checked before anything else happens (no model is loaded for a bad file): the first bad
+    line raises ValueError '<file>:<line>: <what is wrong>'. Image paths come back absolute.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the items file ({type(e).__name__}: {e})") from None
+    recs = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not JSON ({e.msg}); each line must be one object with {ITEM_FIELDS}") from None
+        if not isinstance(r, dict):
+            raise ValueError(f"{where}: a JSON {type(r).__name__}, expected an object with {ITEM_FIELDS}")
+        missing = [k for k in ("id", "question", "choices", "answer", "image") if k not in r]
+        if missing:
+            raise ValueError(f"{where}: missing {', '.join(missing)}; each line needs {ITEM_FIELDS}")
+        if not all(isinstance(r[k], str) for k in ("id", "question", "answer", "image")) or \
+                not isinstance(r.get("prompt", ""), str):
+            raise ValueError(f"{where}: id, question, answer, image and prompt must be strings")
+        choices = r["choices"]
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            raise ValueError(f"{where}: choices must be a list of two or more strings, got {choices!r}")
+        if r["answer"] not in choices:
+            raise ValueError(f"{where}: answer {r['answer']!r} is not one of its choices {choices}")
+        image = Path(r["image"]) if Path(r["image"]).is_absolute() else path.parent / r["image"]
+        if not image.is_file():
+            raise ValueError(f"{where}: image {image} not found (a relative image path is read from {path.parent})")
+        recs.append({**r, "image": str(image)})
+    if not recs:
+        raise ValueError(f"{path}: no items; each line must be one JSON object with {ITEM_FIELDS}")
+    return recs
+
+
+def stage_items(items: str | Path | list = "organism", *, limit: int | None = None) -> list[dict]:
+    """Records {id, question, choices, answer, prompt, image: PIL} for 'organism', 'scienceqa', a JSONL items
+    file (``read_items_file``) or a list."""
     if isinstance(items, list):
         recs = [dict(r) for r in items]
+    elif items not in ("organism", "scienceqa") and (str(items).endswith(".jsonl") or Path(items).is_file()):
+        recs = read_items_file(items)
     elif items == "organism":
         from lfm.organism import format_prompt, scienceqa_records
 
@@ -46,7 +100,7 @@ def stage_items(items: str | list = "organism", *, limit: int | None = None) -> 
     elif items == "scienceqa":
         recs = _scienceqa_records(limit)
     else:
-        raise ValueError(f"--items must be 'organism' or 'scienceqa', got {items!r}")
+        raise ValueError(f"--items must be 'organism', 'scienceqa' or a JSONL items file, got {items!r}")
     recs = recs[:limit] if limit else recs
     for r in recs:
         if isinstance(r.get("image"), (str, Path)):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -26,7 +27,14 @@ from lfm.evaluate.models import EvalModel, load_eval_model
 from lfm.evaluate.quiet import quiet_harnesses
 from lfm.evaluate.suites import Suite, TaskSpec, check_datasets, get_suite
 from lfm.generate import greedy_answers
-from lfm.taxonomy import abilities
+from lfm.taxonomy import abilities, classify
+
+
+# The harnesses keep process-global state (lmms-eval swaps yaml's global '!function' constructor on every task
+# load; a task read in 'simple' mode meanwhile comes back unimported), and so does loading a model (transformers
+# builds it on the meta device): one evaluation at a time per process, whichever thread asks (two explorer
+# sessions evaluate from two worker threads).
+HARNESS_LOCK = threading.RLock()
 
 
 def harness_versions() -> dict[str, str | None]:
@@ -77,8 +85,7 @@ def run_language(em: EvalModel, specs: tuple[TaskSpec, ...] | list[TaskSpec], *,
         for s in group:
             out[s.task] = {"acc": accuracy(s, res["results"][s.task]), "results": _plain(res["results"][s.task])}
             if log_samples:
-                out[s.task]["samples"] = [{"doc_id": x["doc_id"], "generated": _first(x.get("filtered_resps")),
-                                           "target": x.get("target")} for x in res["samples"][s.task]]
+                out[s.task]["samples"] = [_sample(x, s, x.get("filtered_resps")) for x in res["samples"][s.task]]
     return out
 
 
@@ -86,6 +93,44 @@ def _first(resps):
     while isinstance(resps, (list, tuple)) and resps:
         resps = resps[0]
     return resps
+
+
+def _sample(x: dict, spec: TaskSpec, resps, data_dir: Path | None = None) -> dict:
+    """One logged harness sample, kept small and JSON-plain: doc_id, generated, target, score (the sample's
+    value of the task's metric), doc (its str/number/list-of-str fields), and image (a local image path of
+    the doc, made absolute against the task's data file folder) when it has one.
+
+    generated: the answer text of a generation task; for a multiple-choice task, the choice with the highest
+    log-likelihood (its text when the doc lists ``choices``).
+    """
+    doc = {k: v for k, v in (x.get("doc") or {}).items()
+           if isinstance(v, (str, int, float, bool)) or (isinstance(v, list) and all(isinstance(c, str) for c in v))}
+    if isinstance(resps, (list, tuple)) and resps and all(isinstance(r, (list, tuple)) and len(r) == 2
+                                                          and isinstance(r[0], float) for r in resps):
+        best = max(range(len(resps)), key=lambda i: resps[i][0])  # (loglikelihood, is_greedy) per choice
+        choices = doc.get("choices")
+        generated = choices[best] if isinstance(choices, list) and len(choices) == len(resps) else best
+    else:
+        generated = _first(resps)
+    score = x.get(spec.metric.split(",")[0])
+    out = {"doc_id": x["doc_id"], "generated": generated, "target": x.get("target"),
+           "score": float(score) if isinstance(score, (int, float)) else None, "doc": doc}
+    image = doc.get("image")
+    if isinstance(image, str) and image and data_dir is not None and not Path(image).is_absolute():
+        out["image"] = str(data_dir / image)
+    elif isinstance(image, str) and image and Path(image).is_absolute():
+        out["image"] = image
+    return out
+
+
+def _data_dir(config: dict) -> Path | None:
+    """The folder of a task's local data file (``dataset_kwargs.data_files``), or None (a hub dataset)."""
+    files = (config.get("dataset_kwargs") or {}).get("data_files")
+    if isinstance(files, dict):
+        files = next(iter(files.values()), None)
+    if isinstance(files, (list, tuple)):
+        files = files[0] if files else None
+    return Path(files).parent if isinstance(files, str) and Path(files).is_file() else None
 
 
 def _plain(d: dict) -> dict:
@@ -201,8 +246,8 @@ def run_visual(em: EvalModel, specs, *, include: tuple[str, ...] = (), include_d
     for s in specs:
         out[s.task] = {"acc": accuracy(s, res["results"][s.task]), "results": _plain(res["results"][s.task])}
         if log_samples:
-            out[s.task]["samples"] = [{"doc_id": x["doc_id"], "generated": _first(x.get("resps")),
-                                       "target": x.get("target")} for x in res["samples"][s.task]]
+            data_dir = _data_dir(res.get("configs", {}).get(s.task, {}))
+            out[s.task]["samples"] = [_sample(x, s, _first(x.get("resps")), data_dir) for x in res["samples"][s.task]]
     return out
 
 
@@ -220,18 +265,21 @@ def evaluate(model: str | Path | EvalModel, suite: str | Path | Suite = "organis
         limit: items per task (for quick checks; None = all).
     Returns:
         {"LA", "VA", "OA", "tasks": {label: acc}, "language": [...], "visual": [...], "suite", "limit",
-         "harness": versions, "raw": {task: harness results}}.  VA/OA are None for a plain LLM.
+         "harness": versions, "raw": {task: harness results}, "samples", "answers", "language_answers"}
+        (the last three filled with ``log_samples``: ``item_answers``).  VA/OA are None for a plain LLM.
     Raises:
         DatasetsUnavailable before loading anything if the suite's hub datasets cannot be reached.
     """
     suite = get_suite(suite)
     if check:
         check_datasets(suite)
-    em = model if isinstance(model, EvalModel) else load_eval_model(model, device=device)
-    lang = run_language(em, suite.language, include=suite.lm_eval_include, include_defaults=suite.include_defaults,
-                        limit=limit, batch_size=batch_size, log_samples=log_samples)
-    vis = run_visual(em, suite.visual, include=suite.lmms_eval_include, include_defaults=suite.include_defaults,
-                     limit=limit, batch_size=min(batch_size, 16), log_samples=log_samples) if em.multimodal else {}
+    with HARNESS_LOCK:
+        em = model if isinstance(model, EvalModel) else load_eval_model(model, device=device)
+        lang = run_language(em, suite.language, include=suite.lm_eval_include,
+                            include_defaults=suite.include_defaults, limit=limit, batch_size=batch_size,
+                            log_samples=log_samples)
+        vis = run_visual(em, suite.visual, include=suite.lmms_eval_include, include_defaults=suite.include_defaults,
+                         limit=limit, batch_size=min(batch_size, 16), log_samples=log_samples) if em.multimodal else {}
     return summarize(suite, lang, vis, limit=limit)
 
 
@@ -245,7 +293,38 @@ def summarize(suite: Suite, lang: dict, vis: dict, *, limit: int | None = None) 
             "language": [s.label for s in suite.language], "visual": [s.label for s in suite.visual],
             "suite": suite.name, "limit": limit, "harness": harness_versions(),
             "raw": {**{t: v["results"] for t, v in lang.items()}, **{t: v["results"] for t, v in vis.items()}},
-            "samples": {t: v["samples"] for t, v in {**lang, **vis}.items() if "samples" in v}}
+            "samples": {t: v["samples"] for t, v in {**lang, **vis}.items() if "samples" in v},
+            **item_answers(suite, lang, vis)}
+
+
+def item_answers(suite: Suite, lang: dict, vis: dict) -> dict:
+    """Per-item answers from the logged samples (empty lists without ``log_samples``), in the form the
+    explorer and ``lfm.explorer.analysis`` read:
+
+        language_answers  [{id, task, prompt, answer, generated, correct}]   correct: the sample's metric > 0.5
+        answers           [{id, task, question, choices, answer, generated, category, image}] of the visual
+                          tasks whose docs list ``choices`` and ``answer``; category: ``lfm.taxonomy.classify``
+                          (as ``lfm compare`` classifies), image: the item's image file ('' when none)
+    """
+    language, visual = [], []
+    for s in suite.language:
+        for x in lang.get(s.task, {}).get("samples", []):
+            doc = x["doc"]
+            language.append({"id": str(doc.get("id", f"{s.label}-{x['doc_id']}")), "task": s.label,
+                             "prompt": doc.get("prompt", ""), "answer": str(doc.get("answer", x["target"])),
+                             "generated": str(x["generated"]), "correct": bool((x["score"] or 0) > 0.5)})
+    for s in suite.visual:
+        for x in vis.get(s.task, {}).get("samples", []):
+            doc = x["doc"]
+            if not isinstance(doc.get("choices"), list) or "answer" not in doc:
+                continue
+            generated = "" if x["generated"] is None else str(x["generated"])
+            visual.append({"id": str(doc.get("id", f"{s.label}-{x['doc_id']}")), "task": s.label,
+                           "question": doc.get("question", doc.get("prompt", "")), "choices": doc["choices"],
+                           "answer": str(doc["answer"]), "generated": generated,
+                           "category": classify(generated, doc["choices"], str(doc["answer"])),
+                           "image": x.get("image", "")})
+    return {"language_answers": language, "answers": visual}
 
 
 def format_table(result: dict) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -93,10 +94,15 @@ def point_id(recipe: Recipe | str) -> str:
 # --------------------------------------------------------------------------------------- one point
 
 class PointRunner:
-    """Evaluates sweep points on one loaded model whose LM weights are replaced per point."""
+    """Evaluates points on one loaded model whose LM weights are replaced per point: the one home of
+    "merge in memory, then run the suite" (``lfm sweep`` and the explorer's live evaluation both use it).
+
+    Args:
+        resident: a ``ResidentPair`` already holding (base, tuned) (the explorer's); default: opened here.
+    """
 
     def __init__(self, base, tuned, suite: str | Suite, *, limit: int | None = None, device: str = "cpu",
-                 batch_size: int = 32, progress: bool = False, points: list | None = None):
+                 batch_size: int = 32, progress: bool = False, points: list | None = None, resident=None):
         from lfm.resident import ResidentPair
         from lfm.evaluate.models import load_eval_model
 
@@ -104,25 +110,30 @@ class PointRunner:
         self.suite, self.limit, self.device, self.batch_size = get_suite(suite), limit, device, batch_size
         self.em = load_eval_model(tuned, device=device)
         # the pair stays on the CPU (memory-mapped); merged tensors are staged there and copied to the model
-        self.resident = ResidentPair(base, tuned, progress=progress)
+        self.resident = resident if resident is not None else ResidentPair(base, tuned, progress=progress)
         # every top-K set the points need, all Ks of a tensor from one histogram of its |delta| key
         self.resident.prepare([p for p in points or [] if isinstance(p, Recipe)], progress=progress)
+        self._lock = threading.Lock()  # one apply + evaluate at a time on the one model
 
-    def run(self, point: Recipe | str) -> dict:
+    def evaluate(self, point: Recipe | str, *, limit: int | None, log_samples: bool = False) -> dict:
+        """``lfm.evaluate.harness.evaluate`` of one point: a Recipe merged into the loaded model, 'tuned' (the
+        MLLM as trained), 'hard' (hard-merge) or 'base' (the base LLM, loaded for this call)."""
         from lfm.evaluate.harness import evaluate
 
-        started = time.perf_counter()
+        kw = dict(limit=limit, batch_size=self.batch_size, log_samples=log_samples, check=False)
         if point == "base":
-            from lfm.evaluate.models import load_eval_model
-
-            res = evaluate(load_eval_model(self.base, device=self.device), self.suite, limit=self.limit,
-                           batch_size=self.batch_size, check=False)
-        else:
+            return evaluate(self.base, self.suite, device=self.device, **kw)
+        with self._lock:
             if point == "tuned":
                 self.resident.restore_tuned(self.em.model)
             else:
                 self.resident.apply(self.em.model, Recipe(method="hard") if point == "hard" else point)
-            res = evaluate(self.em, self.suite, limit=self.limit, batch_size=self.batch_size, check=False)
+            return evaluate(self.em, self.suite, **kw)
+
+    def run(self, point: Recipe | str) -> dict:
+        """The sweep row of one point (``make_row``)."""
+        started = time.perf_counter()
+        res = self.evaluate(point, limit=self.limit)
         return make_row(point, res, time.perf_counter() - started)
 
 

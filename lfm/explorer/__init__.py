@@ -1,7 +1,8 @@
 """The Locate-then-Merge explorer: a Panel dashboard over the `lfm` engine.
 
     live.py      a (base, tuned) pair opened live: lfm.resident.ResidentPair (any size that fits in
-                 memory) and, for an organism-style LLaVA, one loaded model merges are evaluated on
+                 memory) and one loaded model merges are evaluated on: the pair's suite (lm-eval +
+                 lmms-eval, lfm.evaluate.sweep.PointRunner), or the organism's own items
     results.py   the results folder that `lfm precompute` writes for big models, and its reader
     analysis.py  summaries of the engine's per-tensor views (lfm.resident.TensorView)
     compute.py   the heavy work, as @pn.cache functions whose every input is an argument

@@ -87,9 +87,10 @@ def client_address() -> str | None:
     return getattr(request, "remote_ip", None) if request is not None else None
 
 
-def page(*, results: str | None = None, base: str | None = None, tuned: str | None = None, per_task: int = 8,
-         auto_sweep: bool = True) -> pn.viewable.Viewable:
-    """The page of one browser session: a results folder, a live (base, tuned) pair, or the embedded organism.
+def page(*, results: str | None = None, base: str | None = None, tuned: str | None = None,
+         suite: str | None = None, per_task: int = 8, auto_sweep: bool = True) -> pn.viewable.Viewable:
+    """The page of one browser session: a results folder, a live (base, tuned) pair (evaluated on `suite`,
+    ``lfm.explorer.live``), or the embedded organism.
 
     A browser on another machine gets a refusal instead, built before any state exists (no path box, no
     loading), unless remote access was opted into.
@@ -109,7 +110,7 @@ def page(*, results: str | None = None, base: str | None = None, tuned: str | No
     if results:
         state.param.update(source_kind="results", results_path=str(results))
     elif base and tuned:
-        state.param.update(source_kind="pair", base_path=str(base), tuned_path=str(tuned))
+        state.param.update(source_kind="pair", base_path=str(base), tuned_path=str(tuned), suite_path=str(suite or ""))
     app = ExplorerApp(state)
     if pn.state.location is not None:  # a served session: the settings live in the URL (open the link, same view)
         pn.state.location.sync(state, URL_PARAMS)

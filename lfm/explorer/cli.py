@@ -1,8 +1,11 @@
 """`lfm precompute` (the results folder for big models) and `lfm explore` (serve the explorer on 127.0.0.1).
 
-    lfm precompute --base B --tuned T --out RESULTS [--densities 0.05,0.1,0.2,0.3,0.5] [--neurons 0,0.1,0.3]
-                   [--device cuda] [--no-eval] [--per-task N] [--sweep-table SWEEP.csv]
-    lfm explore [--results RESULTS | --base B --tuned T] [--port 5006]
+    lfm precompute --base B --tuned T --out RESULTS [--suite S.yaml] [--densities 0.05,0.1,0.2,0.3,0.5]
+                   [--neurons 0,0.1,0.3] [--device cuda] [--no-eval] [--per-task N] [--sweep-table SWEEP.csv]
+    lfm explore [--results RESULTS | --base B --tuned T [--suite S.yaml]] [--per-task N] [--port 5006]
+
+A pair is evaluated on its suite (lfm.explorer.live): the organism needs none (its own held-out items),
+any other pair needs --suite (e.g. the real pair's <root>/suite/suite.yaml).
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ def register(subparsers) -> None:
                    help="M grid for the sweep and the generations (default %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for scoring")
     p.add_argument("--no-eval", action="store_true", help="scores only: no sweep, no generations")
-    p.add_argument("--per-task", type=int, default=0, help="organism items per task for evaluations (0 = all)")
+    p.add_argument("--suite", help="the pair's evaluation suite: a suite YAML, 'organism' or 'paper' (the organism "
+                                   "needs none)")
+    p.add_argument("--per-task", type=int, default=0, help="items per task for evaluations (0 = all)")
     p.add_argument("--sweep-table", help="a sweep table (CSV with density, neurons, method, LA, VA, OA), e.g. "
                                          "from `lfm sweep`, copied into the folder as sweep.csv")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
@@ -47,6 +52,9 @@ def register(subparsers) -> None:
     e.add_argument("--results", help="a results folder (default: the embedded organism)")
     e.add_argument("--base")
     e.add_argument("--tuned")
+    e.add_argument("--suite", help="the pair's evaluation suite (a suite YAML, 'organism' or 'paper'); the organism "
+                                   "needs none")
+    e.add_argument("--per-task", type=int, default=8, help="items per task in live evaluations (default 8; 0 = all)")
     e.add_argument("--port", type=int, default=5006)
     e.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     e.add_argument("--allow-remote", action="store_true",
@@ -58,6 +66,7 @@ def register(subparsers) -> None:
 def cmd_precompute(args) -> int:
     from .results import write_evaluations, write_scores
 
+    _check_suite(args.suite)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} is not empty; pass --force to write into it")
@@ -71,17 +80,14 @@ def cmd_precompute(args) -> int:
     from .live import LivePair
 
     try:
-        live = LivePair(args.base, args.tuned)
-    except (ValueError, MemoryError) as e:  # not a pair the organism evaluator can hold: scores only
+        live = LivePair(args.base, args.tuned, suite=args.suite)
+    except MemoryError as e:  # a pair too big to hold for evaluation: scores only
         print(f"no live evaluation: {e}")
         return 0
     if not live.can_evaluate:
-        print(f"no evaluation: {live.eval_error}\n(for the paper's benchmarks run `lfm sweep` and pass its table "
-              f"with --sweep-table)")
+        print(f"no evaluation: {live.eval_error}\n(or run `lfm sweep` and pass its table with --sweep-table)")
         return 0
-    from .compute import organism_items
-
-    write_evaluations(live, out, args.densities, args.neurons, items=organism_items(args.per_task),
+    write_evaluations(live, out, args.densities, args.neurons, items=live.eval_items(args.per_task),
                       progress=not args.quiet)
     print(f"wrote sweep.csv and generations.csv to {out} ({meta['n_layers']} layers)")
     return 0
@@ -90,7 +96,18 @@ def cmd_precompute(args) -> int:
 def cmd_explore(args) -> int:
     from .app import extension, serve
 
+    _check_suite(args.suite)
+    if args.suite and not (args.base and args.tuned):
+        raise ValueError("--suite evaluates a pair: pass it with --base and --tuned")
     extension()
     serve(address=args.address, port=args.port, allow_remote=args.allow_remote, results=args.results,
-          base=args.base, tuned=args.tuned)
+          base=args.base, tuned=args.tuned, suite=args.suite, per_task=args.per_task)
     return 0
+
+
+def _check_suite(suite: str | None) -> None:
+    """A --suite that cannot be read fails here, in one line, before any model is read or server started."""
+    if suite:
+        from lfm.evaluate.suites import get_suite
+
+        get_suite(suite)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,7 @@ from lfm.score import summary_rows
 from lfm.evaluate.compare import transition_counts, transitions  # noqa: F401 (transition_counts: the views')
 
 from .analysis import located_ratio, outcome_row
-from .live import LivePair
+from .live import LivePair, organism_items  # noqa: F401 (organism_items: precompute's, the tests')
 from .results import ResultsFolder, sweep_recipes, sweep_row
 
 
@@ -44,11 +45,23 @@ def _recipe_hash(recipe: Recipe) -> bytes:
 HASH = {Recipe: _recipe_hash, Progress: lambda p: b"progress"}
 
 
+_OPENING = threading.Lock()
+
+
+def open_source(kind: str, first: str, second: str = "", suite: str = "", progress: Progress | None = None):
+    """kind 'pair': LivePair(base=first, tuned=second, suite=suite or None); kind 'results': ResultsFolder(first).
+
+    One source opens at a time per process: a second session asking for the same source waits and gets the
+    first's (cached), and models are never loaded from two threads at once (transformers' loading is not
+    thread-safe: concurrent loads fail with 'Cannot copy out of meta tensor')."""
+    with _OPENING:
+        return _open_source(kind, first, second, suite, progress)
+
+
 @pn.cache(max_items=4, hash_funcs=HASH)
-def open_source(kind: str, first: str, second: str = "", progress: Progress | None = None):
-    """kind 'pair': LivePair(base=first, tuned=second); kind 'results': ResultsFolder(first)."""
+def _open_source(kind: str, first: str, second: str, suite: str, progress: Progress | None):
     if kind == "pair":
-        return LivePair(first, second, progress=progress)
+        return LivePair(first, second, suite=suite or None, progress=progress)
     if kind == "results":
         return ResultsFolder(first, progress=progress)
     raise ValueError(f"unknown source kind {kind!r}; expected 'pair' or 'results'")
@@ -122,22 +135,7 @@ def tensor_name(source, layer: int, module: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation (the organism live; a results folder by lookup)
-
-@pn.cache(max_items=8)
-def organism_items(per_task: int) -> dict:
-    """The organism's held-out items, the first `per_task` of each task (0 = all)."""
-    from lfm.organism import load_items
-
-    out = {}
-    for kind in ("language", "visual"):
-        items, seen = [], {}
-        for it in load_items(kind):
-            seen[it.task] = seen.get(it.task, 0) + 1
-            if per_task <= 0 or seen[it.task] <= per_task:
-                items.append(it)
-        out[kind] = items
-    return out
+# Evaluation (a live pair's evaluator: lfm.explorer.live; a results folder by lookup)
 
 
 @pn.cache(max_items=256, hash_funcs=HASH)
@@ -147,7 +145,7 @@ def evaluation(source, recipe: Recipe | None, per_task: int) -> dict | None:
         return source.lookup(recipe) if recipe is not None else source.lookup(None, label="tuned")
     if not source.can_evaluate:
         return None
-    return source.evaluate(recipe, organism_items(per_task))
+    return source.evaluate(recipe, source.eval_items(per_task))
 
 
 @pn.cache(max_items=8)
@@ -158,8 +156,7 @@ def reference_points(source, per_task: int) -> pd.DataFrame:
         return pd.DataFrame([r for r in rows if r], columns=["label", "LA", "VA", "OA"])
     if not source.can_evaluate:
         return pd.DataFrame(columns=["label", "LA", "VA", "OA"])
-    items = organism_items(per_task)
-    base = source.evaluate_base(items)
+    base = source.evaluate_base(source.eval_items(per_task))
     tuned = evaluation(source, None, per_task)
     hard = evaluation(source, Recipe(method="hard"), per_task)
     return pd.DataFrame([{"label": "base", "LA": base["LA"], "VA": base["VA"], "OA": base["OA"]},
@@ -208,13 +205,6 @@ def thumbnail(path: str, size: int = 48) -> str:
             f'style="image-rendering:pixelated" alt="item image">')
 
 
-@pn.cache(max_items=16)
-def _images() -> dict[str, str]:
-    from lfm.organism import scienceqa_records
-
-    return {r["id"]: r["image"] for r in scienceqa_records()}
-
-
 @pn.cache(max_items=64, hash_funcs=HASH)
 def generations(source, recipe: Recipe, per_task: int) -> pd.DataFrame | None:
     """One row per multiple-choice item: its image, question, answer, and for each stage (hard,
@@ -233,12 +223,11 @@ def generations(source, recipe: Recipe, per_task: int) -> pd.DataFrame | None:
         if answers is None:
             return None
         per_stage[stage] = {a["id"]: a for a in answers}
-    images = {} if isinstance(source, ResultsFolder) else _images()
     rows = []
     for item_id, a in per_stage["hard"].items():
         if any(item_id not in per_stage[s] for s in STAGES):
             continue
-        image_path = a.get("image") or images.get(item_id, "")
+        image_path = a.get("image") or ""
         row = {"id": item_id, "image": thumbnail(image_path), "image_path": image_path, "task": a["task"],
                "question": a["question"], "choices": " / ".join(a["choices"]), "answer": a["answer"]}
         for s in STAGES:

@@ -1,32 +1,123 @@
 """A (base, tuned) pair opened live in the explorer: the engine's ``ResidentPair`` for the neuron views, plus
-the organism's evaluator when the tuned model is an organism-style LLaVA.
+one evaluator that scores a recipe merged into one loaded model.
 
 No merge math here: ``view`` is ``ResidentPair.view`` (computed per viewed tensor, on demand) and
-``evaluate`` writes the recipe into one loaded model with ``ResidentPair.apply`` (``MergeablePair``). No
-parameter cap either: what limits a live pair is memory, checked before anything is read
-(``lfm.resident.check_memory``).
+``evaluate`` writes the recipe into one loaded model with ``ResidentPair.apply``. No parameter cap either:
+what limits a live pair is memory, checked before anything is read (``lfm.resident.check_memory``).
+
+Which evaluator (explicit, never a fallback):
+    suite given      ``SuiteEvaluator``: ``lfm.evaluate.sweep.PointRunner`` (the path ``lfm sweep`` takes),
+                     the suite's lm-eval / lmms-eval tasks, ``limit`` items per task, per-item answers from
+                     the harness samples classified by ``lfm.taxonomy``
+    no suite         ``OrganismEvaluator`` when the tuned model is an organism (its word-level tokenizer,
+                     ``lfm.organism.tokenizer.is_organism_tokenizer``): ``lfm.organism.evaluate`` on the
+                     organism's held-out items, in process (fast enough to follow a slider; per item the
+                     same answers as ``suite='organism'`` through the harnesses, tests/test_app.py)
+                     any other pair: no evaluation, and ``eval_error`` says to pass a suite
 
     >>> from lfm.organism import base_dir, tuned_dir
     >>> pair = LivePair(base_dir(), tuned_dir())
-    >>> pair.evaluate(Recipe(method="hard"))["VA"] is not None
+    >>> pair.evaluate(Recipe(method="hard"), pair.eval_items(2))["VA"] is not None
     True
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from lfm.methods import Recipe
 from lfm.pair import open_pair, text_config
 from lfm.resident import ResidentPair, TensorView
 
+NEEDS_SUITE = ("evaluation needs a suite for this pair: pass --suite SUITE.yaml (the real pair's is "
+               "<root>/suite/suite.yaml) or enter it in 'evaluation suite' and load again")
+
+
+@lru_cache(maxsize=8)
+def organism_items(per_task: int) -> dict:
+    """The organism's held-out items, the first `per_task` of each task (0 = all)."""
+    from lfm.organism import load_items
+
+    out = {}
+    for kind in ("language", "visual"):
+        items, seen = [], {}
+        for it in load_items(kind):
+            seen[it.task] = seen.get(it.task, 0) + 1
+            if per_task <= 0 or seen[it.task] <= per_task:
+                items.append(it)
+        out[kind] = items
+    return out
+
+
+class OrganismEvaluator:
+    """``lfm.organism.evaluate`` of a recipe on the organism's held-out items (``MergeablePair``)."""
+
+    kind = "organism"
+
+    def __init__(self, resident: ResidentPair, base: str, tuned: str):
+        from lfm.organism import scienceqa_records
+        from lfm.organism.merging import MergeablePair
+
+        self.base = base
+        self.pair = MergeablePair(resident, tuned)
+        if not hasattr(self.pair.processor, "image_processor"):
+            raise ValueError(f"{tuned} is not a LLaVA with a processor")
+        resident._model_objects(self.pair.model)  # every LM tensor has a place in the model
+        self.images = {r["id"]: r["image"] for r in scienceqa_records()}
+
+    def items(self, per_task: int) -> dict:
+        return organism_items(per_task)
+
+    def evaluate(self, recipe: Recipe | None, items: dict) -> dict:
+        return self._with_images(self.pair.evaluate(recipe, items))
+
+    def evaluate_base(self, items: dict) -> dict:
+        from lfm.organism.evaluate import evaluate
+
+        return evaluate(self.base, items=items)
+
+    def _with_images(self, result: dict) -> dict:
+        result["answers"] = [{**a, "image": self.images.get(a["id"], "")} for a in result["answers"]]
+        return result
+
+
+class SuiteEvaluator:
+    """``PointRunner.evaluate`` of a recipe on a suite (``lfm.evaluate.harness.evaluate``, samples logged)."""
+
+    kind = "suite"
+
+    def __init__(self, resident: ResidentPair, base: str, tuned: str, suite, device: str):
+        from lfm.evaluate.suites import check_datasets, get_suite
+        from lfm.evaluate.sweep import PointRunner
+
+        suite = get_suite(suite)
+        check_datasets(suite)
+        self.runner = PointRunner(base, tuned, suite, device=device, resident=resident)
+
+    def items(self, per_task: int) -> int | None:
+        """The harness limit: `per_task` items of each task (0 = all)."""
+        return per_task if per_task > 0 else None
+
+    def evaluate(self, recipe: Recipe | None, limit: int | None) -> dict:
+        return self.runner.evaluate("tuned" if recipe is None else recipe, limit=limit, log_samples=True)
+
+    def evaluate_base(self, limit: int | None) -> dict:
+        return self.runner.evaluate("base", limit=limit, log_samples=True)
+
 
 class LivePair:
-    """A pair held in memory for the explorer. `progress(done, total, message)` is called while loading."""
+    """A pair held in memory for the explorer. `progress(done, total, message)` is called while loading.
+
+    Args:
+        suite: 'organism', 'paper' or a suite YAML (``lfm.evaluate.suites.get_suite``); None: the organism's
+            own evaluator for an organism, no evaluation otherwise (module docstring).
+    """
 
     kind = "live"
 
-    def __init__(self, base_dir: str | Path, tuned_dir: str | Path, *, progress=None, device: str = "cpu"):
+    def __init__(self, base_dir: str | Path, tuned_dir: str | Path, *, suite: str | Path | None = None,
+                 progress=None, device: str = "cpu"):
         self.base, self.tuned = str(base_dir), str(tuned_dir)
         pair = open_pair(base_dir, tuned_dir)
         self.description = pair.describe()
@@ -39,7 +130,11 @@ class LivePair:
         self.names, self.scores = self.resident.names, self.resident.scores
         if progress:
             progress(len(pair.entries), len(pair.entries), "loading the tuned model for evaluation")
-        self.evaluator, self.eval_error = self._load_evaluator()
+        self.evaluator, self.eval_error = self._load_evaluator(suite, device)
+        if self.evaluator is not None:
+            what = "the organism's held-out items" if self.evaluator.kind == "organism" else \
+                f"suite {self.evaluator.runner.suite.name!r} ({suite})"
+            self.description += f"\nevaluation: {what}"
 
     def view(self, name: str, recipe: Recipe) -> TensorView:
         return self.resident.view(name, recipe)
@@ -50,28 +145,42 @@ class LivePair:
     def can_evaluate(self) -> bool:
         return self.evaluator is not None
 
-    def _load_evaluator(self):
-        """(MergeablePair, None), or (None, reason) when the tuned model is not an organism-style LLaVA."""
-        from lfm.organism.merging import MergeablePair
+    @property
+    def sweeps_live(self) -> bool:
+        """Whether the page sweeps its trade-off curves live (~30 points): with the organism's in-process
+        evaluator only. A suite evaluation takes seconds to minutes per point, and a background sweep would
+        hold the one model while the user waits for the recipe in view; `lfm precompute --suite` or
+        `lfm sweep` draw those curves instead."""
+        return self.evaluator is not None and self.evaluator.kind == "organism"
 
+    def _load_evaluator(self, suite, device):
+        """(evaluator, None), or (None, the one line saying why there is no evaluation). A suite that cannot
+        be read is an error of the load (raised), not a page without evaluation."""
+        if suite is not None and str(suite).strip():
+            return SuiteEvaluator(self.resident, self.base, self.tuned, str(suite).strip(), device), None
+        from lfm.organism.tokenizer import is_organism_tokenizer
+
+        if not is_organism_tokenizer(self.tuned):
+            return None, NEEDS_SUITE
         try:
-            evaluator = MergeablePair(self.resident, self.tuned)
-            if not hasattr(evaluator.processor, "image_processor"):
-                return None, f"{self.tuned} is not a LLaVA with a processor"
-            self.resident._model_objects(evaluator.model)  # every LM tensor has a place in the model
-        except Exception as e:  # any failure to load just disables evaluation; the reason is shown
-            return None, f"evaluation needs an organism-style MLLM with its processor ({type(e).__name__}: {e})"
-        return evaluator, None
+            return OrganismEvaluator(self.resident, self.base, self.tuned), None
+        except Exception as e:  # an organism that cannot be loaded: the page shows why
+            return None, f"the organism evaluator could not load {self.tuned} ({type(e).__name__}: {e})"
 
-    def evaluate(self, recipe: Recipe | None, items: dict | None = None) -> dict:
-        """Apply `recipe` (None = the tuned model itself) to the one loaded model and evaluate it with
-        `lfm.organism.evaluate.evaluate` on `items` ({'language': [...], 'visual': [...]}, default all)."""
+    def eval_items(self, per_task: int):
+        """What `evaluate` takes for `per_task` items per task (0 = all): organism items, or a harness limit."""
+        return self.evaluator.items(per_task)
+
+    def evaluate(self, recipe: Recipe | None, items=None) -> dict:
+        """Apply `recipe` (None = the tuned model itself) to the one loaded model and evaluate it on `items`
+        (`eval_items(per_task)`; None = all). Returns LA, VA, OA, tasks, answers (visual, with their image
+        paths and taxonomy categories) and language_answers."""
         if not self.can_evaluate:
             raise RuntimeError(self.eval_error)
-        return self.evaluator.evaluate(recipe, items)
+        return self.evaluator.evaluate(recipe, self.eval_items(0) if items is None else items)
 
-    def evaluate_base(self, items: dict | None = None) -> dict:
-        """The base LLM on the language items (VA is None: a text-only model)."""
-        from lfm.organism.evaluate import evaluate
-
-        return evaluate(self.base, items=items)
+    def evaluate_base(self, items=None) -> dict:
+        """The base LLM on the language side (VA is None: a text-only model)."""
+        if not self.can_evaluate:
+            raise RuntimeError(self.eval_error)
+        return self.evaluator.evaluate_base(self.eval_items(0) if items is None else items)

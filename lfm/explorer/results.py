@@ -13,8 +13,8 @@
                            id, task, question, choices, answer, image, generated, category)
     images/                the items' images (thumbnails in the generations table)
 
-sweep.csv and generations.csv exist when the pair could be evaluated (the organism, or any pair the
-evaluation package `lfm.evaluate` can score). `ResultsFolder` reads the folder back with the same
+sweep.csv and generations.csv exist when the pair could be evaluated (`lfm.explorer.live`: the organism,
+or any pair with its suite, `--suite`). `ResultsFolder` reads the folder back with the same
 interface as `lfm.explorer.live.LivePair` for the neuron views; K snaps to the nearest grid value.
 """
 
@@ -99,31 +99,45 @@ def sweep_row(curve: str, recipe: Recipe | None, result: dict, label: str | None
             "LA": result.get("LA"), "VA": result.get("VA"), "OA": result.get("OA")}
 
 
-def generation_rows(stage: str, recipe: Recipe | None, result: dict, images: dict[str, str]) -> list[dict]:
-    """One row per visual answer of an evaluation (`result['answers']`), tagged with the stage and K/M."""
+def generation_rows(stage: str, recipe: Recipe | None, result: dict, images: "ImageCopies") -> list[dict]:
+    """One row per visual answer of an evaluation (`result['answers']`), tagged with the stage and K/M; each
+    answer's image copied into the folder (`images`)."""
     k = recipe.density if recipe is not None else None
     m = recipe.neurons if recipe is not None else None
     return [{"stage": stage, "density": k, "neurons": m, "id": a["id"], "task": a["task"],
              "question": a["question"], "choices": json.dumps(a["choices"]), "answer": a["answer"],
-             "image": images.get(a["id"], ""), "generated": a["generated"], "category": a["category"]}
+             "image": images.copy(a.get("image") or ""), "generated": a["generated"], "category": a["category"]}
             for a in result.get("answers", [])]
 
 
+class ImageCopies:
+    """The items' images copied into ``folder`` once each: ``copy(path)`` -> 'images/<name>' ('' for none)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.copied: dict[str, str] = {}
+
+    def copy(self, path: str) -> str:
+        if not path or not Path(path).is_file():
+            return ""
+        if path not in self.copied:
+            name = Path(path).name
+            if (self.folder / name).exists():  # two items' images of the same name: keep both
+                name = f"{len(self.copied)}-{name}"
+            shutil.copyfile(path, self.folder / name)
+            self.copied[path] = f"{self.folder.name}/{name}"
+        return self.copied[path]
+
+
 def write_evaluations(live, out: Path, densities=DEFAULT_DENSITIES, neurons=DEFAULT_NEURONS, *,
-                      items: dict | None = None, progress=True) -> None:
-    """Evaluate the sweep and the generation stages with a `LivePair` that can evaluate (the organism).
-    Writes sweep.csv, generations.csv and images/."""
+                      items=None, progress=True) -> None:
+    """Evaluate the sweep and the generation stages with a `LivePair` that can evaluate, on `items`
+    (`live.eval_items(per_task)`). Writes sweep.csv, generations.csv and images/."""
     from dataclasses import replace
 
     rows, gens = [], []
-    images_dir = out / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    images = {}
-    from lfm.organism import scienceqa_records
-    for rec in scienceqa_records():
-        dst = images_dir / Path(rec["image"]).name
-        shutil.copyfile(rec["image"], dst)
-        images[rec["id"]] = f"images/{dst.name}"
+    images = ImageCopies(out / "images")
 
     base_result = live.evaluate_base(items)
     rows.append(sweep_row("reference", None, base_result, "base"))

@@ -56,6 +56,8 @@ class ExplorerState(param.Parameterized):
     source_kind = param.Selector(default="organism", objects=list(SOURCES), doc="organism | pair | results")
     base_path = param.String(default="", doc="base LLM directory (source 'pair')")
     tuned_path = param.String(default="", doc="tuned MLLM directory (source 'pair')")
+    suite_path = param.String(default="", doc="evaluation suite of the pair (source 'pair'): a suite YAML, "
+                                              "'organism' or 'paper'; '' = the organism's evaluator or none")
     results_path = param.String(default="", doc="results folder written by `lfm precompute` (source 'results')")
     hub_download = param.Boolean(default=False, doc="a path 'org/name' that is no local directory is downloaded "
                                                     "from the Hugging Face hub (off: only when the user asks)")
@@ -167,10 +169,11 @@ class ExplorerState(param.Parameterized):
 
     # -- loading -----------------------------------------------------------------------------
 
-    def source_args(self) -> tuple[str, str, str]:
+    def source_args(self) -> tuple[str, str, str, str]:
+        """(kind, first, second, suite): the arguments of `compute.open_source`."""
         if self.source_kind == "organism":
             base, tuned = organism_paths()
-            return "pair", base, tuned
+            return "pair", base, tuned, ""
         if self.source_kind == "pair":
             if not self.base_path.strip() or not self.tuned_path.strip():
                 raise ValueError("enter both a base and a tuned model directory")
@@ -179,10 +182,16 @@ class ExplorerState(param.Parameterized):
                 if is_hub_id(path) and not self.hub_download:
                     raise ValueError(f"{path}: no such directory on this machine; to download it from the "
                                      f"Hugging Face hub, tick 'download from the hub'")
-            return "pair", *paths
+            suite = self.suite_path.strip()
+            if suite and suite not in ("organism", "paper"):
+                suite = str(Path(suite).expanduser())
+                if not Path(suite).is_file():
+                    raise ValueError(f"evaluation suite {suite}: no such file; enter a suite YAML (the real pair's "
+                                     f"is <root>/suite/suite.yaml), 'organism', or leave it empty")
+            return "pair", *paths, suite
         if not self.results_path.strip():
             raise ValueError("enter a results folder (written by `lfm precompute`)")
-        return "results", str(Path(self.results_path.strip()).expanduser()), ""
+        return "results", str(Path(self.results_path.strip()).expanduser()), "", ""
 
     def load(self):
         """Open the selected pair (in the background when `background`). Errors go to `error`; the
@@ -249,8 +258,8 @@ class ExplorerState(param.Parameterized):
 
     @param.depends("recipe", "per_task", watch=True)
     def evaluate(self):
-        """Evaluate the current recipe and its stages (hard / suppress / restore) on the organism items,
-        or look them up in a results folder."""
+        """Evaluate the current recipe and its stages (hard / suppress / restore) with the pair's evaluator
+        (its suite, or the organism's items), or look them up in a results folder."""
         source = self.source
         if source is None:
             return
@@ -308,7 +317,7 @@ class ExplorerState(param.Parameterized):
 
     def run_sweep(self):
         source = self.source
-        if source is None or (source.kind == "live" and not source.can_evaluate):
+        if source is None or (source.kind == "live" and not source.sweeps_live):
             return
 
         def job():

@@ -1,6 +1,6 @@
 """The explorer's views: each reads and sets an ExplorerState and implements __panel__.
 
-    PairPicker       organism / any base+tuned pair / a results folder, progress, errors
+    PairPicker       organism / any base+tuned pair (+ its evaluation suite) / a results folder, progress, errors
     Controls         method, K, M, alpha, gamma/epsilon, restore mode, locate, others
     NeuronView       layer x module heatmap of C(i) tail statistics + the sorted C(i) curve of a selection
     MergeView        per-module kept / restored fractions and C'(i)/C(i) of located neurons
@@ -81,6 +81,8 @@ class PairPicker(View):
                                                      placeholder="/path/to/tuned")
         self.hub = pn.widgets.Checkbox.from_param(s.param.hub_download,
                                                   label="download from the hub (org/name paths)")
+        self.suite = pn.widgets.TextInput.from_param(s.param.suite_path, label="evaluation suite (suite YAML)",
+                                                     placeholder="<root>/suite/suite.yaml; empty: organism only")
         self.results = pn.widgets.TextInput.from_param(s.param.results_path, label="results folder",
                                                        placeholder="written by `lfm precompute`")
         self.load_button = pn.widgets.Button(label="Load", color="primary")
@@ -92,12 +94,13 @@ class PairPicker(View):
                                    visible=pn.bind(bool, s.param.error))
         self.description = pn.pane.Markdown(pn.bind(self._describe, s.param.source),
                                             styles={"font-size": "11px", "font-family": "monospace"})
-        for w, kind in ((self.base, "pair"), (self.tuned, "pair"), (self.hub, "pair"), (self.results, "results")):
+        for w, kind in ((self.base, "pair"), (self.tuned, "pair"), (self.suite, "pair"), (self.hub, "pair"),
+                        (self.results, "results")):
             w.visible = s.source_kind == kind
         s.param.watch(self._kind_changed, "source_kind")
 
     def _kind_changed(self, event):
-        self.base.visible = self.tuned.visible = self.hub.visible = event.new == "pair"
+        self.base.visible = self.tuned.visible = self.suite.visible = self.hub.visible = event.new == "pair"
         self.results.visible = event.new == "results"
 
     @staticmethod
@@ -107,7 +110,8 @@ class PairPicker(View):
         return as_text(source.description)
 
     def __panel__(self):
-        return pn.Column("### Model pair", self.kind, self.base, self.tuned, self.hub, self.results, self.load_button,
+        return pn.Column("### Model pair", self.kind, self.base, self.tuned, self.suite, self.hub, self.results,
+                         self.load_button,
                          self.bar, self.status, self.error, self.description, sizing_mode="stretch_width")
 
 
@@ -256,7 +260,8 @@ class TradeoffView(View):
     @staticmethod
     def figure(sweep, references, current, recipe, pending="", note="", history=(), pinned=()):
         if current is None and (references is None or references.empty) and not note and not pending:
-            return _empty_figure("LA / VA: evaluated live on the organism, or read from a results folder's sweep.csv")
+            return _empty_figure("LA / VA: evaluated live (the organism, or a pair with its suite), or read from a "
+                                 "results folder's sweep.csv")
         return figures.tradeoff(sweep, references, current, recipe.label, pending=pending, note=note,
                                 history=history, pinned=pinned)
 
@@ -385,8 +390,8 @@ class GenerationsView(View):
     def _refresh(self, *events):
         table = self.state.generations
         if table is None or table.empty:
-            self.placeholder.object = ("*answers: evaluated live on the organism, or read from a results folder's "
-                                       "generations.csv*")
+            self.placeholder.object = ("*answers: evaluated live (the organism, or a pair with its suite), or read "
+                                       "from a results folder's generations.csv*")
             self.table.value = self._shown(pd.DataFrame(columns=GENERATION_COLUMNS))
             self.summary.object = ""
             self.transitions.value = pd.DataFrame(columns=["at suppress", "at restore", "items"])

@@ -57,3 +57,23 @@ def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def is_organism_tokenizer(model_dir) -> bool:
+    """Whether ``model_dir`` holds the organism's word-level tokenizer (``SPECIAL_TOKENS`` as ids 0-4): the
+    rule by which the explorer scores a pair with the organism's own evaluator rather than a suite.
+
+    >>> from lfm.organism import tuned_dir
+    >>> is_organism_tokenizer(tuned_dir()), is_organism_tokenizer("/nonexistent")
+    (True, False)
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(model_dir) / "tokenizer.json"
+    try:
+        model = json.loads(path.read_text()).get("model", {})
+    except (OSError, ValueError):
+        return False
+    vocab = model.get("vocab") if model.get("type") == "WordLevel" else None
+    return isinstance(vocab, dict) and all(vocab.get(t) == i for i, t in enumerate(SPECIAL_TOKENS))

@@ -154,3 +154,28 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
     stats["tuned"] = json.loads((tuned / STAMP).read_text())["stats"]
     return {"base": base, "tuned": tuned, "suite": suite / "suite.yaml", "prose": suite / "prose.yaml",
             "stages": stats}
+
+
+def pair_commands(res: dict) -> dict[str, str]:
+    """The commands that run the explorer, `lfm compare`, `lfm eval` and the notebooks on a built pair
+    (``build``'s result): what `lfm realpair build` prints and the README shows.
+
+    >>> from pathlib import Path
+    >>> r = {"base": Path("R/base"), "tuned": Path("R/seed0/tuned"), "suite": Path("R/suite/suite.yaml")}
+    >>> pair_commands(r)["compare"]
+    'lfm compare --base R/base --tuned R/seed0/tuned --items R/suite/items/visual.jsonl --out cmp-realpair'
+    """
+    import shlex
+
+    base, tuned, suite = (shlex.quote(str(res[k])) for k in ("base", "tuned", "suite"))
+    items = shlex.quote(str(Path(res["suite"]).parent / "items" / "visual.jsonl"))
+    pair = f"-p base {base} -p tuned {tuned}"
+    return {
+        "explore": f"lfm explore --base {base} --tuned {tuned} --suite {suite}",
+        "compare": f"lfm compare --base {base} --tuned {tuned} --items {items} --out cmp-realpair",
+        "eval": f"lfm eval {tuned} --suite {suite}",
+        "notebook 01": f"papermill notebooks/01_neuron_changes.ipynb out-01.ipynb {pair}",
+        "notebook 02": f"papermill notebooks/02_merge_tradeoffs.ipynb out-02.ipynb {pair} -p suite {suite}",
+        "notebook 03": f"papermill notebooks/03_generation_failures.ipynb out-03.ipynb {pair} -p items {items}",
+        "notebook 04": f"papermill notebooks/04_ffn_key_value_memories.ipynb out-04.ipynb {pair} -p items {items}",
+    }

@@ -1,7 +1,8 @@
 """`lfm realpair build | study` (registered into the `lfm` command by lfm/cli.py's PLUGINS).
 
     lfm realpair build [--out DIR] [--seed N] [--preset full|smoke] [--gguf FILE]
-        ... last two lines:  base: DIR  /  tuned: DIR
+        ... the explore / compare / eval / notebook commands for the pair (build.pair_commands), then
+        suite: FILE, and last:  base: DIR  /  tuned: DIR
     lfm realpair study [--out DIR] [--seed 0] [--results data/realpair] [--limit N] [--stage-limit N]
                        [--core] [--seeds 0,1,2] [--report]
 """
@@ -44,13 +45,15 @@ def _common(p) -> None:
 
 
 def cmd_build(args) -> int:
-    from .build import build
+    from .build import build, pair_commands
     from .config import preset
 
     res = build(args.out, preset(args.preset, seed=args.seed), gguf=args.gguf,
                 log=lambda m: print(m, file=sys.stderr))
     if args.json:
         print(json.dumps(res["stages"], indent=1))
+    for what, command in pair_commands(res).items():
+        print(f"{what}: {command}")
     print(f"suite: {res['suite']}")
     print(f"base: {res['base']}")
     print(f"tuned: {res['tuned']}")

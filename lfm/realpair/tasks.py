@@ -191,12 +191,11 @@ def process_results(doc, results):
 
 
 def visual_records(folder: str | Path) -> list[dict]:
-    """The suite's visual items as records {id, task, question, prompt, choices, answer, image: path}."""
-    folder = Path(folder)
-    rows = [json.loads(x) for x in (folder / "items" / "visual.jsonl").read_text().splitlines() if x.strip()]
-    for r in rows:
-        r["image"] = folder / "items" / r["image"]
-    return rows
+    """The suite's visual items as records {id, task, question, prompt, choices, answer, image: path}: its
+    ``items/visual.jsonl``, an items file as `lfm compare --items` reads it (``read_items_file``)."""
+    from lfm.evaluate.compare import read_items_file
+
+    return read_items_file(Path(folder) / "items" / "visual.jsonl")
 
 
 def write_suite(folder: str | Path, cfg: BuildConfig, tokenizer) -> Path:
