@@ -209,7 +209,10 @@ class ExplorerState(param.Parameterized):
             self._load_job(args, progress)
 
     def _progress(self, done, total, message):
-        self._set(progress=int(100 * done / max(total, 1)), status=message)
+        try:
+            self._set(progress=int(100 * done / max(total, 1)), status=message)
+        except SessionClosed:  # the page left: the source still opens, cached for the sessions that wait on it
+            pass
 
     def _load_job(self, args, progress):
         try:
