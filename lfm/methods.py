@@ -298,8 +298,8 @@ def _delta_blocks(base: torch.Tensor, tuned: torch.Tensor, name: str, check: boo
     for start in range(0, flat_base.numel(), MERGE_BLOCK):
         block = slice(start, start + MERGE_BLOCK)
         delta = flat_tuned[block].float() - flat_base[block]
-        if check and not torch.isfinite(delta.sum()):
-            _raise_non_finite(delta, name)
+        if check:
+            refuse_non_finite(delta, name)
         yield block, delta
 
 
@@ -347,8 +347,7 @@ def select_top_k_one_pass(base: torch.Tensor, tuned: torch.Tensor, k: int, name:
         block = slice(start, start + MERGE_BLOCK)
         m = magnitude[: min(MERGE_BLOCK, n - start)]
         m.copy_(flat_tuned[block]).sub_(flat_base[block]).abs_()  # |tuned.float() - base|, bit for bit
-        if not torch.isfinite(m.sum()):
-            _raise_non_finite(m, name)
+        refuse_non_finite(m, name)
         keep = m > hi
         above += int(torch.count_nonzero(keep))
         ids = torch.nonzero((m >= lo) & (m <= hi)).squeeze(1)
@@ -426,8 +425,7 @@ def merge_rows_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe
     for start in range(0, rows_base.shape[0], step):
         block = slice(start, start + step)
         delta = rows_tuned[block].float() - rows_base[block]
-        if not torch.isfinite(delta.sum()):
-            _raise_non_finite(delta, name)
+        refuse_non_finite(delta, name)
         mask, keep_prob = method.sub(delta, recipe, generator, None)
         new_delta, _ = method.f(delta, mask, keep_prob, recipe)
         rows_out[block] = new_delta.add_(rows_base[block])
@@ -769,9 +767,7 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
         stats = DeltaStats(base.numel(), base.numel())
     else:
         delta = tuned.float() - base  # float32; a half base is widened inside the kernel, not copied
-        # one cheap reduction: NaN/Inf anywhere make the sum non-finite; only then look closer
-        if not torch.isfinite(delta.sum()):
-            _raise_non_finite(delta, name)
+        refuse_non_finite(delta, name)
         if recipe.method in ("ties", "breadcrumbs") and recipe.alpha == 1.0:
             # with alpha = 1 a masking method keeps each entry exactly tuned or exactly base: select
             # in the storage dtype instead of base + delta * mask in float32 (same values, fewer passes)
@@ -787,6 +783,13 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
     if extra_rows is not None:
         merged = torch.cat([merged, extra_rows.to(merged.device)], dim=0)
     return merged, stats, source
+
+
+def refuse_non_finite(delta: torch.Tensor, name: str) -> None:
+    """Raise ValueError naming the tensor if ``delta`` (or a block of it, or its |delta|) holds NaN/Inf: one
+    cheap reduction (NaN/Inf anywhere make the sum non-finite); only a non-finite sum looks closer."""
+    if not torch.isfinite(delta.sum()):
+        _raise_non_finite(delta, name)
 
 
 def _raise_non_finite(delta: torch.Tensor, name: str):

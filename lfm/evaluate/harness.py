@@ -116,10 +116,8 @@ def _sample(x: dict, spec: TaskSpec, resps, data_dir: Path | None = None) -> dic
     out = {"doc_id": x["doc_id"], "generated": generated, "target": x.get("target"),
            "score": float(score) if isinstance(score, (int, float)) else None, "doc": doc}
     image = doc.get("image")
-    if isinstance(image, str) and image and data_dir is not None and not Path(image).is_absolute():
-        out["image"] = str(data_dir / image)
-    elif isinstance(image, str) and image and Path(image).is_absolute():
-        out["image"] = image
+    if isinstance(image, str) and image and (Path(image).is_absolute() or data_dir is not None):
+        out["image"] = image if Path(image).is_absolute() else str(data_dir / image)
     return out
 
 
