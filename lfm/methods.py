@@ -303,28 +303,67 @@ def _delta_blocks(base: torch.Tensor, tuned: torch.Tensor, name: str, check: boo
         yield block, delta
 
 
+def _abs_delta_bracket(base: torch.Tensor, tuned: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) around the k-th largest |tuned - base| from a strided sample (``_bracket``); every value when
+    the tensor is small enough to select in full."""
+    n = base.numel()
+    if n <= EXACT_SELECT_MAX:
+        return torch.tensor(0.0), torch.tensor(float("inf"))
+    step = n // SAMPLE_SIZE
+    return _bracket((tuned.reshape(-1)[::step].float() - base.reshape(-1)[::step]).abs(), n, k)
+
+
+def _kth_in_band(above: int, inside: torch.Tensor, k: int):
+    """The k-th largest of a tensor from the count of its entries above a bracket and the values inside it:
+    (threshold, n_above: entries > it, n_tied: entries == it), or None when the k-th largest is not inside."""
+    if not above < k <= above + inside.numel():
+        return None
+    threshold = torch.kthvalue(inside, inside.numel() - (k - above) + 1).values
+    return (threshold, above + int(torch.count_nonzero(inside > threshold)),
+            int(torch.count_nonzero(inside == threshold)))
+
+
 def kth_largest_abs_delta(base: torch.Tensor, tuned: torch.Tensor, k: int, name: str) -> tuple[torch.Tensor, int, int]:
     """The k-th largest |tuned - base| (1 <= k <= n) as ``kth_largest`` selects it, exactly, without ever
     holding |delta| whole: a strided sample brackets it, then one pass over blocks counts the entries above
     the bracket and keeps those inside. Returns (threshold, n_above: entries > it, n_tied: entries == it)."""
-    n = base.numel()
-    if n <= EXACT_SELECT_MAX:
-        values = (tuned.float() - base).abs().reshape(-1)
-        threshold = kth_largest(values, k)
-        return threshold, int(torch.count_nonzero(values > threshold)), int(torch.count_nonzero(values == threshold))
-    step = n // SAMPLE_SIZE
-    lo, hi = _bracket((tuned.reshape(-1)[::step].float() - base.reshape(-1)[::step]).abs(), n, k)
+    lo, hi = _abs_delta_bracket(base, tuned, k)
     above, inside = 0, []
     for _, delta in _delta_blocks(base, tuned, name):
         magnitude = delta.abs_()
         above += int(torch.count_nonzero(magnitude > hi))
         inside.append(magnitude[(magnitude >= lo) & (magnitude <= hi)])
-    inside = torch.cat(inside)
-    if not above < k <= above + inside.numel():  # the bracket missed (adversarial layouts): select in full
-        inside, above = (tuned.float() - base).abs().reshape(-1), 0
-    threshold = torch.kthvalue(inside, inside.numel() - (k - above) + 1).values
-    return (threshold, above + int(torch.count_nonzero(inside > threshold)),
-            int(torch.count_nonzero(inside == threshold)))
+    found = _kth_in_band(above, torch.cat(inside), k)
+    # the bracket missed (adversarial layouts): select in full
+    return found or _kth_in_band(0, (tuned.float() - base).abs().reshape(-1), k)
+
+
+def _top_k_block_mask(magnitude: torch.Tensor, threshold, ties_left: int, drop_ties: bool) -> tuple[torch.Tensor, int]:
+    """The top-k mask of one block in flat order, given the threshold and how many entries equal to it are
+    still to be kept (``top_k_mask``'s rule: ties kept by lower flat index). Returns (mask, ties left)."""
+    if not drop_ties:  # every entry equal to the threshold is kept
+        return magnitude >= threshold, ties_left
+    if ties_left == 0:  # the kept ties were all in earlier blocks
+        return magnitude > threshold, 0
+    mask = magnitude >= threshold
+    is_tied = magnitude.view(-1) == threshold
+    n_tied = int(torch.count_nonzero(is_tied))
+    if n_tied > ties_left:  # the block where the kept ties end: drop the later ones
+        mask.view(-1)[torch.nonzero(is_tied).squeeze(1)[ties_left:]] = False
+    return mask, max(0, ties_left - n_tied)
+
+
+def keep_where(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``values.masked_fill(~mask, 0.0)`` bit for bit (+0.0 where mask is False), as one branch-free integer
+    multiply of the values' bits by the 0/1 mask on CPU (an irregular mask makes masked_fill branch per entry).
+
+    >>> keep_where(torch.tensor([True, False, True]), torch.tensor([-1.5, -2.0, 0.25]))
+    tensor([-1.5000,  0.0000,  0.2500])
+    """
+    int_dtype = _SAME_SIZE_INT.get(values.element_size())
+    if values.device.type != "cpu" or int_dtype is None or not values.is_contiguous():
+        return values.masked_fill(~mask, 0.0)
+    return torch.mul(values.view(int_dtype), mask.view(torch.int8)).view(values.dtype)
 
 
 def select_top_k_one_pass(base: torch.Tensor, tuned: torch.Tensor, k: int, name: str, out: torch.Tensor) -> bool:
@@ -368,21 +407,23 @@ def select_top_k_one_pass(base: torch.Tensor, tuned: torch.Tensor, k: int, name:
 
 
 def merge_top_k_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, name: str,
-                          out: torch.Tensor) -> int:
+                          out: torch.Tensor) -> "DeltaStats":
     """``merge_tensor`` of a recipe whose whole change is a TIES mask (TIES, or Neuron-Fusion's TIES suppress
     where no neuron is restored) into ``out``, block by block: |delta| is never held whole, so beside the
     inputs and the output only a few blocks of float32 are in memory. The bytes equal the whole-tensor path
     (`top_k_mask` then `select` at alpha = 1 for TIES, else base + alpha * masked delta in float32).
 
-    Args: base, tuned: same shape; out: [same shape], tuned's dtype, contiguous. Returns the entries kept.
+    Args: base, tuned: same shape; out: [same shape], tuned's dtype, contiguous. Returns the DeltaStats.
     """
     n = base.numel()
     (k,) = top_k_counts(recipe, n, "ties")
     k = min(max(k, 0), n)
     as_select = recipe.method == "ties" and recipe.alpha == 1.0
+    axis = neuron_axis(name) if recipe.method == "neuron_fusion" else None
+    stats = DeltaStats(n, k, n_neurons=0 if axis is None else base.shape[axis])
     if as_select and base.dtype == tuned.dtype and 0 < k < n and n > EXACT_SELECT_MAX and \
             select_top_k_one_pass(base, tuned, k, name, out):
-        return k
+        return stats
     threshold, n_above, n_tied = kth_largest_abs_delta(base, tuned, k, name) if 0 < k < n else (None, 0, 0)
     ties_left = k - n_above  # entries equal to the threshold that are kept: the first ones in flat order
     flat_base, flat_tuned, flat_out = base.reshape(-1), tuned.reshape(-1), out.view(-1)
@@ -391,12 +432,7 @@ def merge_top_k_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recip
         if threshold is None:
             mask = torch.full_like(delta, k == n, dtype=torch.bool)
         else:
-            magnitude = delta.abs()
-            mask = magnitude >= threshold
-            if n_tied > k - n_above:  # more tied entries than kept ones: drop the later ones
-                tied = torch.nonzero(magnitude == threshold).squeeze(1)
-                mask[tied[ties_left:]] = False
-                ties_left = max(0, ties_left - tied.numel())
+            mask, ties_left = _top_k_block_mask(delta.abs(), threshold, ties_left, n_tied > k - n_above)
         if as_select and flat_tuned.dtype == flat_base.dtype:
             select(mask, flat_tuned[block], flat_base[block], out=flat_out[block])
         elif as_select:
@@ -404,17 +440,17 @@ def merge_top_k_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recip
         else:
             kept = delta.masked_fill_(~mask, 0.0)
             flat_out[block] = (kept if recipe.alpha == 1.0 else recipe.alpha * kept) + flat_base[block]
-    return k
+    return stats
 
 
 def merge_rows_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, name: str,
-                         out: torch.Tensor) -> int:
+                         out: torch.Tensor) -> "DeltaStats":
     """``merge_tensor`` of a DARE or DELLA recipe (rescale 'inverse') into ``out``, a block of rows at a time:
     beside the inputs and the output only a few [MERGE_BLOCK] float32 temporaries are in memory. The bytes
     equal the whole-tensor path: both methods act on each row alone (DELLA ranks within a row, DARE per
     entry), the CPU generator's stream does not depend on how a draw is split, and the rest is elementwise.
 
-    Args: base, tuned: [rows, ...] same shape; out: [same shape], tuned's dtype. Returns the entries kept.
+    Args: base, tuned: [rows, ...] same shape; out: [same shape], tuned's dtype. Returns the DeltaStats.
     """
     method = METHODS[recipe.method]
     generator = tensor_generator(recipe, name)
@@ -430,13 +466,122 @@ def merge_rows_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe
         new_delta, _ = method.f(delta, mask, keep_prob, recipe)
         rows_out[block] = new_delta.add_(rows_base[block])
         kept += int(torch.count_nonzero(mask))
-    return kept
+    return DeltaStats(base.numel(), kept)
+
+
+def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, name: str,
+                                  out: torch.Tensor) -> "DeltaStats":
+    """``merge_tensor`` of Neuron-Fusion with the TIES suppressor on one linear weight into ``out``, a block of
+    rows at a time, in two passes over the inputs instead of ~20 whole-tensor float32 passes:
+
+        pass 1   delta -> |delta|: the k-th largest (bracketed, as ``kth_largest_abs_delta``) and C(i)
+        locate   the top-M neurons by C(i)
+        pass 2   delta -> TIES mask -> suppressed -> C'(i) -> restored (replace / rescale) -> + base -> out
+
+    The bytes equal the whole-tensor path (``merge_delta``): every step is elementwise except the sums C(i)
+    and C'(i). A row's sum over a block of whole rows is bitwise its sum in the whole tensor (torch reduces
+    each row alone; tested), so row neurons (axis 0) are summed per block; a column's sum over a block of rows
+    is not, so for column neurons (axis 1) |delta| (then |suppressed|) is kept whole in one float32 buffer
+    and summed whole, and the mask is kept for pass 2.
+
+    Args: base, tuned: [out, in], same shape; out: [same shape], tuned's dtype. Returns the DeltaStats.
+    """
+    axis = neuron_axis(name)
+    rows_base, rows_tuned, n = base, tuned, base.numel()
+    n_rows, n_cols = base.shape
+    step = max(1, MERGE_BLOCK // max(n_cols, 1))
+    blocks = [slice(start, start + step) for start in range(0, n_rows, step)]
+    (k,) = top_k_counts(recipe, n, "ties")
+    k = min(max(k, 0), n)
+
+    def delta_of(block):
+        return rows_tuned[block].float() - rows_base[block]
+
+    lo, hi = _abs_delta_bracket(base, tuned, k) if 0 < k < n else (None, None)
+    whole_abs = torch.empty(base.shape, dtype=torch.float32, device=base.device) if axis == 1 else None
+    row_scores, above, inside = [], 0, []
+    for block in blocks:  # pass 1
+        delta = delta_of(block)
+        refuse_non_finite(delta, name)
+        magnitude = delta.abs_()
+        if axis == 0:
+            row_scores.append(magnitude.sum(dim=1))  # C(i) = neuron_scores(delta, 0), bit for bit
+        else:
+            whole_abs[block] = magnitude
+        if lo is not None:
+            over = magnitude > hi
+            above += int(torch.count_nonzero(over))
+            inside.append(magnitude[(magnitude >= lo).logical_xor_(over)])  # lo <= |delta| <= hi
+    scores = torch.cat(row_scores) if axis == 0 else whole_abs.sum(dim=0)
+    threshold, n_above, n_tied = None, 0, 0
+    if lo is not None:
+        found = _kth_in_band(above, torch.cat(inside), k)
+        threshold, n_above, n_tied = found or _kth_in_band(0, (tuned.float() - base).abs().reshape(-1), k)
+    del inside
+
+    generator = tensor_generator(recipe, name) if recipe.is_random else None
+    located = locate(scores, recipe.neurons, recipe.locate, generator)
+    stats = DeltaStats(n, k, n_neurons=scores.numel(), n_located=int(torch.count_nonzero(located)))
+    drop_ties, ties_left = n_tied > k - n_above, k - n_above
+
+    def mask_of(magnitude):
+        nonlocal ties_left
+        if threshold is None:
+            return torch.full_like(magnitude, k == n, dtype=torch.bool)
+        mask, ties_left = _top_k_block_mask(magnitude, threshold, ties_left, drop_ties)
+        return mask
+
+    ratio = empty = whole_mask = None
+    if axis == 1:  # C'(i) over the whole |suppressed|: |delta * mask| is |delta| * mask, exactly
+        whole_mask = torch.empty(base.shape, dtype=torch.bool, device=base.device)
+        for block in blocks:
+            whole_mask[block] = mask_of(whole_abs[block])
+            whole_abs[block] = keep_where(whole_mask[block], whole_abs[block])
+        if recipe.restore == "rescale":
+            ratio, empty = rescale_ratio(scores, whole_abs.sum(dim=0), located)
+            ratio, empty = ratio.view(1, -1), empty.view(1, -1)
+        del whole_abs
+    for block in blocks:  # pass 2
+        delta = delta_of(block)
+        if axis == 1:
+            mask = whole_mask[block]
+        else:
+            magnitude = delta.abs()
+            mask = mask_of(magnitude)
+        restored = keep_where(mask, delta)  # the suppressed delta
+        if recipe.restore == "replace":
+            keep = located[block].view(-1, 1) if axis == 0 else located.view(1, -1)
+            if bool(keep.any()):
+                restored = torch.where(keep, delta, restored)
+        else:
+            if axis == 0:  # C'(i) of these rows: |delta * mask| is |delta| * mask, exactly
+                ratio, empty = rescale_ratio(scores[block], keep_where(mask, magnitude).sum(dim=1),
+                                             located[block])
+                ratio, empty = ratio.view(-1, 1), empty.view(-1, 1)
+                stats.n_fallback_replace += int(torch.count_nonzero(empty))
+            restored = restored * ratio
+            if bool(empty.any()):
+                restored = torch.where(empty, delta, restored)
+        if recipe.alpha != 1.0:
+            restored = recipe.alpha * restored
+        out[block] = restored.add_(rows_base[block])
+    if recipe.restore == "rescale" and axis == 1:
+        stats.n_fallback_replace = int(torch.count_nonzero(empty))
+    return stats
 
 
 def streams_rows(recipe: Recipe, base: torch.Tensor) -> bool:
     """Whether `merge_rows_in_blocks` computes this tensor's merge: DARE / DELLA with the papers' 1/p rescale
     of a matrix (the l1 rescale needs the whole tensor's norms; a vector is one DELLA row)."""
     return recipe.method in ("dare", "della") and recipe.rescale == "inverse" and base.dim() >= 2
+
+
+def streams_neurons(recipe: Recipe, name: str, base: torch.Tensor) -> bool:
+    """Whether `merge_neuron_fusion_in_blocks` computes this tensor's merge: Neuron-Fusion with the TIES
+    suppressor restoring neurons of a linear weight, on CPU (on a GPU the whole-tensor path is kept: its
+    reductions are not guaranteed to sum a block of rows as they sum the whole tensor)."""
+    return (recipe.method == "neuron_fusion" and recipe.suppress == "ties" and recipe.neurons > 0
+            and neuron_axis(name) is not None and base.dim() == 2 and base.device.type == "cpu")
 
 
 def streams_top_k(recipe: Recipe, name: str) -> bool:
@@ -743,16 +888,16 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
     in_blocks = None
     if source == "method" and sorted_abs is None and base.numel() >= BLOCKED_FROM:
         in_blocks = (merge_top_k_in_blocks if streams_top_k(recipe, name)
+                     else merge_neuron_fusion_in_blocks if scores is None and streams_neurons(recipe, name, base)
                      else merge_rows_in_blocks if streams_rows(recipe, base) else None)
     if in_blocks is not None:
         n_extra = 0 if extra_rows is None else extra_rows.shape[0]
         merged = torch.empty((base.shape[0] + n_extra, *base.shape[1:]) if base.dim() else (),
                              dtype=tuned.dtype, device=tuned.device)
-        kept = in_blocks(base, tuned, recipe, name, merged[: base.shape[0]] if base.dim() else merged)
+        stats = in_blocks(base, tuned, recipe, name, merged[: base.shape[0]] if base.dim() else merged)
         if n_extra:
             merged[base.shape[0]:] = extra_rows
-        axis = neuron_axis(name) if recipe.method == "neuron_fusion" else None
-        return merged, DeltaStats(base.numel(), kept, n_neurons=0 if axis is None else base.shape[axis]), source
+        return merged, stats, source
     if source == "tuned":
         merged, stats = tuned.float(), DeltaStats(tuned.numel(), tuned.numel())
     elif source == "base":

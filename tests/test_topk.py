@@ -178,9 +178,11 @@ def test_dare_della_in_row_blocks(kind, recipe, monkeypatch):
 
 
 @pytest.mark.parametrize("recipe", [dict(method="ties"), dict(method="ties", density=1.0), dict(method="dare"),
-                                    dict(method="della"), dict(method="neuron_fusion", neurons=0.0)])
+                                    dict(method="della"), dict(method="neuron_fusion", neurons=0.0),
+                                    dict(method="neuron_fusion"), dict(method="neuron_fusion", restore="replace")])
+@pytest.mark.parametrize("name", ["model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight"])
 @pytest.mark.parametrize("where", [0, 1000 * 400 - 1])
-def test_block_merges_refuse_a_non_finite_delta(recipe, where, monkeypatch):
+def test_block_merges_refuse_a_non_finite_delta(recipe, name, where, monkeypatch):
     """A NaN anywhere (first or last block) stops every block-by-block merge with the tensor named."""
     from lfm.methods import Recipe, merge_tensor
 
@@ -188,5 +190,78 @@ def test_block_merges_refuse_a_non_finite_delta(recipe, where, monkeypatch):
     monkeypatch.setattr("lfm.methods.BLOCKED_FROM", 100)
     base, tuned = _pair("fp32", 1000 * 400)
     tuned[where] = float("nan")
-    with pytest.raises(ValueError, match="NaN in the delta of tensor 'model.embed_tokens.weight'"):
-        merge_tensor(base.reshape(1000, 400), tuned.reshape(1000, 400), Recipe(**recipe), name="model.embed_tokens.weight")
+    with pytest.raises(ValueError, match=f"NaN in the delta of tensor '{name}'"):
+        merge_tensor(base.reshape(1000, 400), tuned.reshape(1000, 400), Recipe(**recipe), name=name)
+
+
+def _neuron_fusion_reference(base, tuned, recipe, axis):
+    """Neu-S / Neu-P with the TIES suppressor written out on the whole tensor, independent of the engine:
+    the top-K set by a stable sort, the top-M neurons by a stable sort of C(i), C'(i) of the suppressed delta,
+    rescale by C(i)/C'(i) (replace where C'(i) = 0) or replace, then alpha, then + base."""
+    delta = tuned.float() - base.float()
+    k = int(recipe.density * delta.numel())
+    mask = _reference_top_k(delta.abs().reshape(-1), k).view_as(delta)
+    suppressed = torch.where(mask, delta, 0.0)
+    scores = delta.abs().sum(dim=1 - axis)
+    located = torch.zeros(scores.numel(), dtype=torch.bool)
+    located[torch.sort(-scores, stable=True).indices[: int(recipe.neurons * scores.numel())]] = True
+    shape = (-1, 1) if axis == 0 else (1, -1)
+    if recipe.restore == "replace":
+        restored = torch.where(located.view(shape), delta, suppressed)
+        n_fallback = 0
+    else:
+        after = suppressed.abs().sum(dim=1 - axis)
+        empty = located & (after == 0)
+        ratio = torch.where(located & ~empty, scores / torch.where(after == 0, 1.0, after), 1.0)
+        restored = torch.where(empty.view(shape), delta, suppressed * ratio.view(shape))
+        n_fallback = int(empty.sum())
+    if recipe.alpha != 1.0:
+        restored = recipe.alpha * restored
+    return (restored + base.float()).to(tuned.dtype), n_fallback
+
+
+@pytest.mark.parametrize("kind", ["bf16", "fp32", "sparse"])
+@pytest.mark.parametrize("module", ["mlp.gate_proj", "mlp.down_proj"])
+@pytest.mark.parametrize("recipe", [dict(restore="rescale"), dict(restore="replace"), dict(restore="rescale", alpha=0.7),
+                                    dict(restore="rescale", density=0.05, neurons=0.5),
+                                    dict(restore="replace", density=1.0, alpha=1.3)])
+def test_neuron_fusion_in_row_blocks(kind, module, recipe, monkeypatch):
+    """Neu-S-TIES / Neu-P-TIES merged a block of rows at a time (7 rows of an odd width, so the threshold's
+    ties straddle blocks) give the bytes of the whole-tensor path and of the formula written out here, for
+    row neurons (gate) and column neurons (down), with the located neurons that lost every entry (the sparse
+    pair) restored by replace."""
+    from lfm.methods import Recipe, merge_tensor, streams_neurons
+
+    recipe = Recipe(method="neuron_fusion", suppress="ties", neurons=recipe.pop("neurons", 0.3),
+                    density=recipe.pop("density", 0.2), **recipe)
+    base, tuned = _pair(kind, 1003 * 401)
+    base, tuned = base.reshape(1003, 401), tuned.reshape(1003, 401)
+    name = f"model.layers.0.{module}.weight"
+    whole, whole_stats, _ = merge_tensor(base, tuned, recipe, name=name)
+    monkeypatch.setattr("lfm.methods.MERGE_BLOCK", 7 * 401)
+    monkeypatch.setattr("lfm.methods.BLOCKED_FROM", 100)
+    assert streams_neurons(recipe, name, base)
+    blocked, stats, _ = merge_tensor(base, tuned, recipe, name=name)
+    expected, n_fallback = _neuron_fusion_reference(base, tuned, recipe, axis=0 if "gate" in module else 1)
+    bits = lambda t: t.reshape(-1).view(torch.uint8)  # noqa: E731
+    assert blocked.dtype == tuned.dtype and torch.equal(bits(blocked), bits(whole))
+    assert torch.equal(bits(blocked), bits(expected))
+    assert stats == whole_stats and stats.n_fallback_replace == n_fallback
+    assert stats.kept == int(recipe.density * base.numel()) and stats.n_located == int(recipe.neurons * 401 if "down" in module else recipe.neurons * 1003)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(4096, 1536), (1003, 401), (5632, 2048), (14336, 512)])
+def test_row_sums_of_row_blocks_are_the_whole_tensors(shape, threads):
+    """What `merge_neuron_fusion_in_blocks` relies on for row neurons: torch sums each row of a block of rows
+    bit for bit as it sums that row in the whole tensor (column sums over row blocks are not, so column
+    neurons are summed whole)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        values = torch.randn(shape, generator=torch.Generator().manual_seed(1)).abs()
+        step = max(1, (1 << 20) // shape[1])
+        blocks = torch.cat([values[i: i + step].sum(dim=1) for i in range(0, shape[0], step)])
+        assert torch.equal(blocks, values.sum(dim=1))
+    finally:
+        torch.set_num_threads(previous)
