@@ -49,11 +49,11 @@ def iter_merged(pair: Pair, recipe: Recipe, *, device="cpu", dtype: torch.dtype 
     by_key = {e.tuned_key: e for e in pair.entries}
     keys = pair.tuned.keys()
 
-    def read(key):
+    def read(key):  # read-only views of the files' pages (copied when the device is a GPU)
         entry = by_key.get(key)
         if entry is None:
-            return None, pair.tuned.get(key)
-        return pair.base.get(entry.base_key, device), pair.tuned.get(key, device)
+            return None, pair.tuned.map_one(key)
+        return pair.base.map_one(entry.base_key).to(device), pair.tuned.map_one(key).to(device)
 
     def size_of(key):
         entry = by_key.get(key)

@@ -389,7 +389,7 @@ def select_top_k_one_pass(base: torch.Tensor, tuned: torch.Tensor, k: int, name:
         refuse_non_finite(m, name)
         keep = m > hi
         above += int(torch.count_nonzero(keep))
-        ids = torch.nonzero((m >= lo) & (m <= hi)).squeeze(1)
+        ids = torch.nonzero((m >= lo).logical_xor_(keep)).squeeze(1)  # lo <= |delta| <= hi
         band_values.append(m[ids])
         band_ids.append(ids.add_(start))
         select(keep, flat_tuned[block], flat_base[block], out=flat_out[block])

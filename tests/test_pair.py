@@ -99,6 +99,39 @@ def test_iter_lm_mapped_reads_the_same_tensors(zoo, base):
     assert pair.base.get(e.base_key).data_ptr() != pair.base.get(e.base_key).data_ptr()
 
 
+@pytest.mark.parametrize("model", ["base_sharded", "base_bf16", "llava_sharded"])
+def test_map_one_reads_each_tensor_from_its_own_mapping(zoo, model, tmp_path):
+    """map_one (what the streaming merge reads): the values of safetensors' own reader, one mapping per
+    tensor that goes when the tensor goes, and a file cut short after it was opened refused by name."""
+    import shutil
+
+    from lfm.checkpoint import Checkpoint, CheckpointError
+
+    truth = read_state(getattr(zoo, model))
+    ckpt = Checkpoint(getattr(zoo, model))
+    maps_before = len(_mapped_files(getattr(zoo, model)))
+    for key in ckpt.keys():
+        tensor = ckpt.map_one(key)
+        assert tensor.dtype == truth[key].dtype and torch.equal(tensor, truth[key]), key
+        del tensor
+    assert len(_mapped_files(getattr(zoo, model))) == maps_before  # every mapping went with its tensor
+
+    copy = tmp_path / "copy"
+    shutil.copytree(getattr(zoo, model), copy)
+    ckpt = Checkpoint(copy)
+    key = ckpt.keys()[-1]
+    file = ckpt.file_of(key)
+    with open(file, "r+b") as handle:  # cut after validation: the last tensor ends past the end
+        handle.truncate(file.stat().st_size - 4)
+    with pytest.raises(CheckpointError, match=f"tensor {key!r} ends early; the file is truncated"):
+        ckpt.map_one(key)
+
+
+def _mapped_files(folder) -> list[str]:
+    """This process's memory maps of files under `folder` (Linux: /proc/self/maps)."""
+    return [line for line in open("/proc/self/maps") if str(folder) in line]
+
+
 def test_extra_vocab_detected(zoo):
     pair = lfm.open_pair(zoo.base, zoo.llava_extra_vocab)
     assert pair.extra_vocab == {"model.embed_tokens.weight": EXTRA_VOCAB, "lm_head.weight": EXTRA_VOCAB}
