@@ -265,3 +265,22 @@ def test_row_sums_of_row_blocks_are_the_whole_tensors(shape, threads):
         assert torch.equal(blocks, values.sum(dim=1))
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("levels", [3, 8, 1000])
+def test_one_pass_ties_finds_the_threshold_inside_a_huge_tie_group(levels):
+    """Coarse deltas (|delta| takes only `levels` values, so the k-th largest sits in a tie group holding a
+    large share of the entries, as in bf16 checkpoints): the one-pass TIES still finds the threshold in its
+    band (no fall back to two passes) and gives the top-k set's bytes."""
+    from lfm.methods import select_top_k_one_pass
+
+    g = torch.Generator().manual_seed(levels)
+    n = 600_000
+    base = (torch.randn(n, generator=g) * 0.02).to(torch.bfloat16)
+    steps = torch.randint(0, levels, (n,), generator=g).float() * torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    tuned = base + (steps * 2 ** -8).to(torch.bfloat16)
+    k = int(0.2 * n)
+    out = torch.empty_like(base)
+    assert select_top_k_one_pass(base, tuned, k, "w", out)
+    mask = _reference_top_k((tuned.float() - base.float()).abs(), k)
+    assert torch.equal(out.view(torch.int16), torch.where(mask, tuned, base).view(torch.int16))
