@@ -319,17 +319,29 @@ MERGE_BLOCK = 1 << 20  # entries per block of the block-by-block merges and of D
 BLOCKED_FROM = 1 << 20
 
 
+def delta_into(delta: torch.Tensor, base_float: torch.Tensor, tuned_block: torch.Tensor,
+               base_block: torch.Tensor) -> torch.Tensor:
+    """``tuned_block.float() - base_block`` bit for bit into ``delta`` (float32, same shape), leaving base's
+    float32 copy in ``base_float`` for a later add: two conversions into reused buffers, where a mixed-dtype
+    subtraction would convert into a fresh temporary. Returns ``delta``."""
+    base_float.copy_(base_block)
+    return delta.copy_(tuned_block).sub_(base_float)
+
+
 def _delta_blocks(base: torch.Tensor, tuned: torch.Tensor, name: str, check: bool = True):
-    """Yield (block slice, delta block [MERGE_BLOCK] float32) over the flat entries of tuned - base,
+    """Yield (block slice, delta block [MERGE_BLOCK] float32, base block as float32) over the flat entries of tuned - base,
     refusing a non-finite delta (one cheap sum per block; only a non-finite sum looks closer) unless
-    ``check`` is False (a second pass over blocks already checked)."""
+    ``check`` is False (a second pass over blocks already checked). Every block is the same reused buffer:
+    the caller is done with one before it asks for the next."""
     flat_base, flat_tuned = base.reshape(-1), tuned.reshape(-1)
+    scratch = torch.empty((2, min(MERGE_BLOCK, flat_base.numel())), dtype=torch.float32, device=base.device)
     for start in range(0, flat_base.numel(), MERGE_BLOCK):
         block = slice(start, start + MERGE_BLOCK)
-        delta = flat_tuned[block].float() - flat_base[block]
+        size = flat_base[block].numel()
+        delta = delta_into(scratch[0, :size], scratch[1, :size], flat_tuned[block], flat_base[block])
         if check:
             refuse_non_finite(delta, name)
-        yield block, delta
+        yield block, delta, scratch[1, :size]
 
 
 def _abs_delta_bounds(base: torch.Tensor, tuned: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,7 +370,7 @@ def kth_largest_abs_delta(base: torch.Tensor, tuned: torch.Tensor, k: int, name:
     the bracket and keeps those inside. Returns (threshold, n_above: entries > it, n_tied: entries == it)."""
     lo, hi = _abs_delta_bounds(base, tuned, k)
     above, inside = 0, []
-    for _, delta in _delta_blocks(base, tuned, name):
+    for _, delta, _ in _delta_blocks(base, tuned, name):
         magnitude = delta.abs_()
         over, band = _above_and_band(magnitude, lo, hi)
         above += int(torch.count_nonzero(over))
@@ -415,12 +427,12 @@ def select_top_k_one_pass(base: torch.Tensor, tuned: torch.Tensor, k: int, name:
     flat_base, flat_tuned, flat_out = base.reshape(-1), tuned.reshape(-1), out.view(-1)
     step = n // SAMPLE_SIZE
     lo, hi = _band_bounds((flat_tuned[::step].float() - flat_base[::step]).abs(), n, k)
-    magnitude = torch.empty(min(MERGE_BLOCK, n), dtype=torch.float32, device=base.device)  # reused per block
+    scratch = torch.empty((2, min(MERGE_BLOCK, n)), dtype=torch.float32, device=base.device)  # reused per block
     above, band_ids, band_values = 0, [], []
     for start in range(0, n, MERGE_BLOCK):
         block = slice(start, start + MERGE_BLOCK)
-        m = magnitude[: min(MERGE_BLOCK, n - start)]
-        m.copy_(flat_tuned[block]).sub_(flat_base[block]).abs_()  # |tuned.float() - base|, bit for bit
+        size = min(MERGE_BLOCK, n - start)
+        m = delta_into(scratch[0, :size], scratch[1, :size], flat_tuned[block], flat_base[block]).abs_()
         refuse_non_finite(m, name)
         keep, band = _above_and_band(m, lo, hi)
         above += int(torch.count_nonzero(keep))
@@ -463,18 +475,22 @@ def merge_top_k_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recip
     ties_left = k - n_above  # entries equal to the threshold that are kept: the first ones in flat order
     flat_base, flat_tuned, flat_out = base.reshape(-1), tuned.reshape(-1), out.view(-1)
     checked = threshold is not None and n > EXACT_SELECT_MAX  # kth_largest_abs_delta's pass checked every block
-    for block, delta in _delta_blocks(base, tuned, name, check=not checked):
+    magnitude = torch.empty(min(MERGE_BLOCK, n), dtype=torch.float32, device=base.device)  # reused per block
+    for block, delta, base_float in _delta_blocks(base, tuned, name, check=not checked):
         if threshold is None:
             mask = torch.full_like(delta, k == n, dtype=torch.bool)
         else:
-            mask, ties_left = _top_k_block_mask(delta.abs(), threshold, ties_left, n_tied > k - n_above)
+            mask, ties_left = _top_k_block_mask(torch.abs(delta, out=magnitude[: delta.numel()]), threshold,
+                                                ties_left, n_tied > k - n_above)
         if as_select and flat_tuned.dtype == flat_base.dtype:
             select(mask, flat_tuned[block], flat_base[block], out=flat_out[block])
         elif as_select:
             flat_out[block] = select(mask, flat_tuned[block], flat_base[block])
         else:
-            kept = delta.masked_fill_(~mask, 0.0)
-            flat_out[block] = (kept if recipe.alpha == 1.0 else recipe.alpha * kept) + flat_base[block]
+            kept = keep_where(mask, delta, out=delta)
+            if recipe.alpha != 1.0:
+                kept.mul_(recipe.alpha)
+            flat_out[block] = kept.add_(base_float)
     return stats
 
 
@@ -529,10 +545,11 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
     (k,) = top_k_counts(recipe, n, "ties")
     k = min(max(k, 0), n)
 
-    scratch = torch.empty((3, min(step, n_rows), n_cols), dtype=torch.float32, device=base.device)  # reused
+    scratch = torch.empty((4, min(step, n_rows), n_cols), dtype=torch.float32, device=base.device)  # reused
 
-    def delta_of(block):  # tuned.float() - base of these rows, bit for bit
-        return scratch[0, : rows_base[block].shape[0]].copy_(rows_tuned[block]).sub_(rows_base[block])
+    def delta_of(block):  # tuned.float() - base of these rows, bit for bit; base's float32 copy in scratch[3]
+        rows = rows_base[block].shape[0]
+        return delta_into(scratch[0, :rows], scratch[3, :rows], rows_tuned[block], rows_base[block])
 
     lo, hi = _abs_delta_bounds(base, tuned, k) if 0 < k < n else (None, None)
     whole_abs = torch.empty(base.shape, dtype=torch.float32, device=base.device) if axis == 1 else None
@@ -598,12 +615,15 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
                 ratio, empty = rescale_ratio(scores[block], after, located[block])
                 ratio, empty = ratio.view(-1, 1), empty.view(-1, 1)
                 stats.n_fallback_replace += int(torch.count_nonzero(empty))
-            restored = restored.mul_(ratio)
+            if axis == 0:  # the other rows' ratio is 1
+                restored[rows] = restored[rows].mul_(ratio[rows])
+            else:
+                restored = restored.mul_(ratio)
             if bool(empty.any()):
                 restored = torch.where(empty, delta, restored)
         if recipe.alpha != 1.0:
             restored = restored.mul_(recipe.alpha)
-        out[block] = restored.add_(rows_base[block])
+        out[block] = restored.add_(scratch[3, : delta.shape[0]])  # + base
     if recipe.restore == "rescale" and axis == 1:
         stats.n_fallback_replace = int(torch.count_nonzero(empty))
     return stats
