@@ -26,6 +26,7 @@ average before and after each size is recorded (the machine may be shared).
     python benchmarks/merge_speed.py                   # 0.4b and 1b, cpu
     python benchmarks/merge_speed.py --size tiny       # seconds: checks the harness
     python benchmarks/merge_speed.py --device cuda     # the same runs, lfm and mergekit on the GPU
+    python benchmarks/merge_speed.py --table           # the README's table from the recorded results
 """
 from __future__ import annotations
 
@@ -391,6 +392,32 @@ def run_size(size: str, args) -> dict:
             "loadavg": load, "runs": rows, "ratios": ratios, "targets": targets}
 
 
+README_ROWS = [  # README row -> the runs it shows, as "a / b"
+    ("copy floor (safetensors load + save), LLM / LLaVA pair", ["copy floor (llm)", "copy floor (llava)"]),
+    ("lfm TIES K=0.2, LLM / LLaVA pair", ["lfm TIES K=0.2 (llm)", "lfm TIES K=0.2 (llava)"]),
+    ("lfm task arithmetic", ["lfm TA (llm)"]),
+    ("lfm Neu-S-TIES / Neu-P-TIES K=0.2 M=0.3", ["lfm Neu-S-TIES K=0.2 M=0.3 (llm)", "lfm Neu-P-TIES K=0.2 M=0.3 (llm)"]),
+    ("lfm DARE / DELLA K=0.2", ["lfm DARE K=0.2 (llm)", "lfm DELLA K=0.2 (llm)"]),
+    ("mergekit TIES K=0.2 / TA", ["mergekit TIES K=0.2 (llm)", "mergekit TA (llm)"]),
+    ("mergekit dare_linear / della_linear K=0.2", ["mergekit DARE K=0.2 (llm)", "mergekit DELLA K=0.2 (llm)"]),
+]
+
+
+def readme_table(results=RESULTS) -> str:
+    """The README's speed table (Markdown) from the recorded results/merge_speed_0.4b.json and merge_speed.json."""
+    sizes = [json.loads((results / name).read_text()) for name in ("merge_speed_0.4b.json", "merge_speed.json")]
+    by_size = [{r["label"]: r for r in d["runs"]} for d in sizes]
+    lines = ["| run (bf16, cpu, median of 3; mergekit once) | 0.4B seconds | 0.4B peak RSS MiB | 1.03B seconds "
+             "| 1.03B peak RSS MiB |", "|---|---:|---:|---:|---:|"]
+    for title, labels in README_ROWS:
+        cells = []
+        for by in by_size:
+            cells.append(" / ".join(f"{by[label]['seconds']:.1f}" for label in labels))
+            cells.append(" / ".join(f"{by[label]['peak_rss_mib']:.0f}" for label in labels))
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", nargs="+", choices=sorted(SIZES), default=["0.4b", "1b"])
@@ -399,7 +426,11 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-outputs", action="store_true", help="keep merged outputs under _work/<size>/out")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each lfm merge and copy floor (median kept)")
     ap.add_argument("--mergekit-repeat", type=int, default=1, help="runs of each mergekit merge (median kept)")
+    ap.add_argument("--table", action="store_true", help="print the README's table from the recorded results, run nothing")
     args = ap.parse_args(argv)
+    if args.table:
+        print(readme_table())
+        return 0
 
     RESULTS.mkdir(exist_ok=True)
     startup = startup_seconds()

@@ -4,9 +4,11 @@
               -> vision tower / projector / anything not in the LM: copied from tuned
               -> config, tokenizer, processor files copied -> lfm_recipe.json -> atomic rename
 
-Inputs read ahead and merged tensors waiting to be written are bounded in bytes (READ_AHEAD_BYTES,
-WRITE_BEHIND_BYTES), and a TIES mask is computed block by block (`lfm.methods.merge_top_k_in_blocks`). The output directory is
-built in a temporary sibling and renamed into place at the end, so an error leaves nothing behind.
+Each input tensor is a read-only memory map of its own bytes (`Checkpoint.map_one`, unmapped when freed);
+inputs read ahead and merged tensors waiting to be written are bounded in bytes (READ_AHEAD_BYTES,
+WRITE_BEHIND_BYTES); big tensors are merged block by block (`lfm.methods.merge_tensor`: TIES masks,
+DARE / DELLA rows, Neuron-Fusion rows). The output directory is built in a temporary sibling and renamed
+into place at the end, so an error leaves nothing behind.
 """
 
 import json

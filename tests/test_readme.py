@@ -25,3 +25,14 @@ def test_regression_readme_real_pair_tables_are_the_study_report():
     """Regression check: data/realpair/results.md is what `lfm realpair study` wrote (the README quotes it)."""
     report = (ROOT / "data" / "realpair" / "results.md").read_text().strip()
     assert report in README
+
+
+def test_regression_readme_speed_table_is_the_recorded_run():
+    """Regression check: the README's speed table is benchmarks/results/merge_speed*.json as
+    `python benchmarks/merge_speed.py --table` renders it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("merge_speed", ROOT / "benchmarks" / "merge_speed.py")
+    merge_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge_speed)
+    assert merge_speed.readme_table() in README
