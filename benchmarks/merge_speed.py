@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -194,11 +195,19 @@ def measure(label: str, cmd: list[str], out: Path | None, env=None) -> dict:
     with tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen(["/usr/bin/time", "-v", *map(str, cmd)], stdout=subprocess.DEVNULL, stderr=err,
                                  text=True, env=env)
-        peak_anon = 0
-        while child.poll() is None:  # anonymous memory (heap, copies), excluding mmap'd file pages
-            peak_anon = max(peak_anon, _anon_rss_kb(child.pid))
-            time.sleep(0.1)
+        peak_anon, done = [0], threading.Event()
+
+        def poll():  # anonymous memory (heap, copies), excluding mmap'd file pages, every 0.1 s
+            while not done.wait(0.1):
+                peak_anon[0] = max(peak_anon[0], _anon_rss_kb(child.pid))
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        child.wait()  # the wall time ends when the child does, not at the next poll
         wall = time.perf_counter() - t0
+        done.set()
+        poller.join()
+        peak_anon = peak_anon[0]
         err.seek(0)
         stderr = err.read()
     rss_kb = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
