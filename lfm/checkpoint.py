@@ -224,8 +224,10 @@ class Checkpoint:
         misaligned tensors are read with ``get``.
         """
         file = self._key_file[key]
-        dtype, shape, start, stop = self._spans[key] if file not in self._pickled else (None, None, 0, 0)
-        if file in self._pickled or stop == start or start % dtype.itemsize:
+        if file in self._pickled:
+            return self.get(key)
+        dtype, shape, start, stop = self._spans[key]
+        if stop == start or start % dtype.itemsize:
             return self.get(key)
         handle = self._files.get(file) or self._files.setdefault(file, open(file, "rb"))
         if os.fstat(handle.fileno()).st_size < stop:  # mapped pages past the end would crash the reader

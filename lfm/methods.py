@@ -364,6 +364,12 @@ def _kth_in_band(above: int, inside: torch.Tensor, k: int):
             int(torch.count_nonzero(inside == threshold)))
 
 
+def _kth_abs_delta(above: int, inside: list[torch.Tensor], k: int, base: torch.Tensor, tuned: torch.Tensor):
+    """``_kth_in_band`` of the blocks' bands of |tuned - base|; when the bracket missed (adversarial layouts),
+    the selection over the whole |delta| instead."""
+    return _kth_in_band(above, torch.cat(inside), k) or _kth_in_band(0, (tuned.float() - base).abs().reshape(-1), k)
+
+
 def kth_largest_abs_delta(base: torch.Tensor, tuned: torch.Tensor, k: int, name: str) -> tuple[torch.Tensor, int, int]:
     """The k-th largest |tuned - base| (1 <= k <= n) as ``kth_largest`` selects it, exactly, without ever
     holding |delta| whole: a strided sample brackets it, then one pass over blocks counts the entries above
@@ -375,9 +381,7 @@ def kth_largest_abs_delta(base: torch.Tensor, tuned: torch.Tensor, k: int, name:
         over, band = _above_and_band(magnitude, lo, hi)
         above += int(torch.count_nonzero(over))
         inside.append(magnitude[band])
-    found = _kth_in_band(above, torch.cat(inside), k)
-    # the bracket missed (adversarial layouts): select in full
-    return found or _kth_in_band(0, (tuned.float() - base).abs().reshape(-1), k)
+    return _kth_abs_delta(above, inside, k, base, tuned)
 
 
 def _top_k_block_mask(magnitude: torch.Tensor, threshold, ties_left: int, drop_ties: bool) -> tuple[torch.Tensor, int]:
@@ -425,8 +429,7 @@ def select_top_k_one_pass(base: torch.Tensor, tuned: torch.Tensor, k: int, name:
     """
     n = base.numel()
     flat_base, flat_tuned, flat_out = base.reshape(-1), tuned.reshape(-1), out.view(-1)
-    step = n // SAMPLE_SIZE
-    lo, hi = _band_bounds((flat_tuned[::step].float() - flat_base[::step]).abs(), n, k)
+    lo, hi = _abs_delta_bounds(base, tuned, k)
     scratch = torch.empty((2, min(MERGE_BLOCK, n)), dtype=torch.float32, device=base.device)  # reused per block
     above, band_ids, band_values = 0, [], []
     for start in range(0, n, MERGE_BLOCK):
@@ -538,8 +541,7 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
     Args: base, tuned: [out, in], same shape; out: [same shape], tuned's dtype. Returns the DeltaStats.
     """
     axis = neuron_axis(name)
-    rows_base, rows_tuned, n = base, tuned, base.numel()
-    n_rows, n_cols = base.shape
+    n, (n_rows, n_cols) = base.numel(), base.shape
     step = max(1, MERGE_BLOCK // max(n_cols, 1))
     blocks = [slice(start, start + step) for start in range(0, n_rows, step)]
     (k,) = top_k_counts(recipe, n, "ties")
@@ -548,8 +550,8 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
     scratch = torch.empty((4, min(step, n_rows), n_cols), dtype=torch.float32, device=base.device)  # reused
 
     def delta_of(block):  # tuned.float() - base of these rows, bit for bit; base's float32 copy in scratch[3]
-        rows = rows_base[block].shape[0]
-        return delta_into(scratch[0, :rows], scratch[3, :rows], rows_tuned[block], rows_base[block])
+        rows = base[block].shape[0]
+        return delta_into(scratch[0, :rows], scratch[3, :rows], tuned[block], base[block])
 
     lo, hi = _abs_delta_bounds(base, tuned, k) if 0 < k < n else (None, None)
     whole_abs = torch.empty(base.shape, dtype=torch.float32, device=base.device) if axis == 1 else None
@@ -567,10 +569,7 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
             above += int(torch.count_nonzero(over))
             inside.append(magnitude[band])
     scores = torch.cat(row_scores) if axis == 0 else whole_abs.sum(dim=0)
-    threshold, n_above, n_tied = None, 0, 0
-    if lo is not None:
-        found = _kth_in_band(above, torch.cat(inside), k)
-        threshold, n_above, n_tied = found or _kth_in_band(0, (tuned.float() - base).abs().reshape(-1), k)
+    threshold, n_above, n_tied = _kth_abs_delta(above, inside, k, base, tuned) if lo is not None else (None, 0, 0)
     del inside
 
     generator = tensor_generator(recipe, name) if recipe.is_random else None
@@ -615,7 +614,6 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
                 ratio, empty = rescale_ratio(scores[block], after, located[block])
                 ratio, empty = ratio.view(-1, 1), empty.view(-1, 1)
                 stats.n_fallback_replace += int(torch.count_nonzero(empty))
-            if axis == 0:  # the other rows' ratio is 1
                 restored[rows] = restored[rows].mul_(ratio[rows])
             else:
                 restored = restored.mul_(ratio)
