@@ -26,9 +26,10 @@ import re
 import zlib
 from dataclasses import asdict, dataclass, field, fields, replace
 
-import numpy as np
 import torch
 
+from lfm.kernels import (count_true, equal, greater, greater_equal, keep_where, kth_smallest, masked_values,
+                         select, true_positions)
 from lfm.names import ALIASES, LOCATE_MODES, METHOD_ROWS, OTHERS, RESCALES, RESTORES, SUPPRESSORS
 from lfm.neurons import extra_vocab_rows, locate, module_of, neuron_axis, neuron_scores
 
@@ -195,19 +196,6 @@ EXACT_SELECT_MAX = 1 << 17  # up to this many entries a full selection is fast e
 SAMPLE_SIZE = 65536  # about this many strided entries bracket the answer of a bigger selection
 
 
-def kth_smallest(values: torch.Tensor, i: int) -> torch.Tensor:
-    """The i-th smallest (1 <= i <= n) of a flat float tensor, as a 0-dim tensor: ``torch.kthvalue(values,
-    i).values`` exactly (an order statistic is one value), on CPU by numpy's partition (a SIMD introselect:
-    measured 10x faster than torch's on 65536 to 3M float32 values).
-
-    >>> kth_smallest(torch.tensor([3.0, 1.0, 2.0, 2.0]), 3)
-    tensor(2.)
-    """
-    if values.device.type != "cpu":
-        return torch.kthvalue(values, i).values
-    return torch.as_tensor(np.partition(values.numpy(), i - 1)[i - 1], dtype=values.dtype)
-
-
 def _band_bounds(sample: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(lo, hi) around the k-th largest of n values, from a strided sample of them, for one pass that takes
     the entries >= hi as certainly above it and keeps the few in (lo, hi) to select it among: the sample's
@@ -229,8 +217,8 @@ def _band_bounds(sample: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, to
 
 def _above_and_band(magnitude: torch.Tensor, lo, hi) -> tuple[torch.Tensor, torch.Tensor]:
     """(entries >= hi, entries in (lo, hi)) of a block, as two bool masks from two compares and an xor."""
-    over = magnitude >= hi
-    return over, (magnitude > lo).logical_xor_(over)
+    over = greater_equal(magnitude, hi)
+    return over, greater(magnitude, lo).logical_xor_(over)
 
 
 def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -246,7 +234,7 @@ def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
         return kth_smallest(values, n - k + 1)
     lo, hi = _band_bounds(values[:: n // SAMPLE_SIZE], n, k)
     over, band = _above_and_band(values, lo, hi)
-    above, inside = int(torch.count_nonzero(over)), values[band]
+    above, inside = count_true(over), masked_values(values, band)
     if above < k <= above + inside.numel():
         return kth_smallest(inside, inside.numel() - (k - above) + 1)
     return kth_smallest(values, n - k + 1)
@@ -268,46 +256,12 @@ def top_k_mask(abs_delta: torch.Tensor, k: int, sorted_abs: torch.Tensor | None 
     if k <= 0:
         return torch.zeros_like(abs_delta, dtype=torch.bool)
     threshold = sorted_abs[k - 1] if sorted_abs is not None else kth_largest(flat, k)
-    mask = flat >= threshold
-    extra = int(torch.count_nonzero(mask)) - k  # count_nonzero: 10x faster than sum on bool
+    mask = greater_equal(flat, threshold)
+    extra = count_true(mask) - k
     if extra > 0:  # entries tied at the threshold: keep the lower flat indices
-        tied = torch.nonzero(flat == threshold).squeeze(1)
+        tied = true_positions(equal(flat, threshold))
         mask[tied[tied.numel() - extra:]] = False
     return mask.view_as(abs_delta)
-
-
-_SAME_SIZE_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-SELECT_CHUNK = 1 << 20  # entries per block of `select`: the temporaries stay in the CPU cache
-
-
-def select(mask: torch.Tensor, if_true: torch.Tensor, if_false: torch.Tensor,
-           out: torch.Tensor | None = None) -> torch.Tensor:
-    """``torch.where(mask, if_true, if_false)`` bit for bit, fast on CPU for irregular masks.
-
-    On CPU ``torch.where`` branches per entry, and a mask like "top 20% of |delta|" is random to the
-    branch predictor: measured 6x slower than on a regular mask. On the integer views of the values,
-    ``f ^ ((t ^ f) * mask)`` is the same selection as branch-free vectorised arithmetic, done block by
-    block so the temporaries never leave the cache. On GPU (no such penalty) it is ``torch.where``.
-
-    Args:
-        mask: bool, same shape as the values. if_true, if_false: same shape and dtype.
-        out: optional destination (same shape and dtype, contiguous); may not alias the inputs.
-    """
-    if out is None:
-        out = torch.empty_like(if_false, memory_format=torch.contiguous_format)
-    int_dtype = _SAME_SIZE_INT.get(if_false.element_size())
-    if out.device.type != "cpu" or int_dtype is None or if_true.dtype != if_false.dtype:
-        return torch.where(mask, if_true, if_false, out=out)
-    # the mask as 0/1 bytes: int16 * int8 measured ~2x faster than int16 * bool
-    flat_mask, flat_out = mask.reshape(-1).view(torch.int8), out.view(-1).view(int_dtype)
-    flat_true = if_true.reshape(-1).view(int_dtype)
-    flat_false = if_false.reshape(-1).view(int_dtype)
-    for start in range(0, flat_out.numel(), SELECT_CHUNK):
-        block = slice(start, start + SELECT_CHUNK)
-        differ = torch.bitwise_xor(flat_true[block], flat_false[block])
-        differ.mul_(flat_mask[block])
-        torch.bitwise_xor(differ, flat_false[block], out=flat_out[block])
-    return out
 
 
 MERGE_BLOCK = 1 << 20  # entries per block of the block-by-block merges and of DELLA's row ranking (4 MB of
@@ -360,8 +314,7 @@ def _kth_in_band(above: int, inside: torch.Tensor, k: int):
     if not above < k <= above + inside.numel():
         return None
     threshold = kth_smallest(inside, inside.numel() - (k - above) + 1)
-    return (threshold, above + int(torch.count_nonzero(inside > threshold)),
-            int(torch.count_nonzero(inside == threshold)))
+    return threshold, above + count_true(greater(inside, threshold)), count_true(equal(inside, threshold))
 
 
 def _kth_abs_delta(above: int, inside: list[torch.Tensor], k: int, base: torch.Tensor, tuned: torch.Tensor):
@@ -379,8 +332,8 @@ def kth_largest_abs_delta(base: torch.Tensor, tuned: torch.Tensor, k: int, name:
     for _, delta, _ in _delta_blocks(base, tuned, name):
         magnitude = delta.abs_()
         over, band = _above_and_band(magnitude, lo, hi)
-        above += int(torch.count_nonzero(over))
-        inside.append(magnitude[band])
+        above += count_true(over)
+        inside.append(masked_values(magnitude, band))
     return _kth_abs_delta(above, inside, k, base, tuned)
 
 
@@ -388,33 +341,15 @@ def _top_k_block_mask(magnitude: torch.Tensor, threshold, ties_left: int, drop_t
     """The top-k mask of one block in flat order, given the threshold and how many entries equal to it are
     still to be kept (``top_k_mask``'s rule: ties kept by lower flat index). Returns (mask, ties left)."""
     if not drop_ties:  # every entry equal to the threshold is kept
-        return magnitude >= threshold, ties_left
+        return greater_equal(magnitude, threshold), ties_left
     if ties_left == 0:  # the kept ties were all in earlier blocks
-        return magnitude > threshold, 0
-    mask = magnitude >= threshold
-    is_tied = magnitude.view(-1) == threshold
-    n_tied = int(torch.count_nonzero(is_tied))
+        return greater(magnitude, threshold), 0
+    mask = greater_equal(magnitude, threshold)
+    is_tied = equal(magnitude, threshold)
+    n_tied = count_true(is_tied)
     if n_tied > ties_left:  # the block where the kept ties end: drop the later ones
-        mask.view(-1)[torch.nonzero(is_tied).squeeze(1)[ties_left:]] = False
+        mask.view(-1)[true_positions(is_tied)[ties_left:]] = False
     return mask, max(0, ties_left - n_tied)
-
-
-def keep_where(mask: torch.Tensor, values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``values.masked_fill(~mask, 0.0)`` bit for bit (+0.0 where mask is False), as one branch-free integer
-    multiply of the values' bits by the 0/1 mask on CPU (an irregular mask makes masked_fill branch per entry).
-    ``out``: optional contiguous destination of values' shape and dtype (may be ``values`` itself).
-
-    >>> keep_where(torch.tensor([True, False, True]), torch.tensor([-1.5, -2.0, 0.25]))
-    tensor([-1.5000,  0.0000,  0.2500])
-    """
-    int_dtype = _SAME_SIZE_INT.get(values.element_size())
-    if values.device.type != "cpu" or int_dtype is None or not values.is_contiguous():
-        kept = values.masked_fill(~mask, 0.0)
-        return kept if out is None else out.copy_(kept)
-    if out is None:
-        out = torch.empty_like(values)
-    torch.mul(values.view(int_dtype), mask.view(torch.int8), out=out.view(int_dtype))
-    return out
 
 
 def select_top_k_one_pass(base: torch.Tensor, tuned: torch.Tensor, k: int, name: str, out: torch.Tensor) -> bool:
@@ -438,9 +373,9 @@ def select_top_k_one_pass(base: torch.Tensor, tuned: torch.Tensor, k: int, name:
         m = delta_into(scratch[0, :size], scratch[1, :size], flat_tuned[block], flat_base[block]).abs_()
         refuse_non_finite(m, name)
         keep, band = _above_and_band(m, lo, hi)
-        above += int(torch.count_nonzero(keep))
-        ids = torch.nonzero(band).squeeze(1)
-        band_values.append(m[ids])
+        above += count_true(keep)
+        ids = true_positions(band)
+        band_values.append(m.index_select(0, ids))
         band_ids.append(ids.add_(start))
         select(keep, flat_tuned[block], flat_base[block], out=flat_out[block])
     values, ids = torch.cat(band_values), torch.cat(band_ids)  # ids ascend: flat order
@@ -448,9 +383,9 @@ def select_top_k_one_pass(base: torch.Tensor, tuned: torch.Tensor, k: int, name:
         return False
     rank = k - above  # how many of the bracket's entries are kept
     threshold = kth_smallest(values, values.numel() - rank + 1)
-    chosen = values > threshold
-    tied = torch.nonzero(values == threshold).squeeze(1)
-    chosen[tied[: rank - int(torch.count_nonzero(chosen))]] = True  # ties: the lower flat indices
+    chosen = greater(values, threshold)
+    tied = true_positions(equal(values, threshold))
+    chosen[tied[: rank - count_true(chosen)]] = True  # ties: the lower flat indices
     kept = ids[chosen]
     flat_out[kept] = flat_tuned[kept]
     return True
@@ -519,7 +454,7 @@ def merge_rows_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe
         mask, keep_prob = method.sub(delta, recipe, generator, None)
         new_delta, _ = method.f(delta, mask, keep_prob, recipe)
         rows_out[block] = new_delta.add_(rows_base[block])
-        kept += int(torch.count_nonzero(mask))
+        kept += count_true(mask)
     return DeltaStats(base.numel(), kept)
 
 
@@ -566,15 +501,15 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
             whole_abs[block] = magnitude
         if lo is not None:
             over, band = _above_and_band(magnitude, lo, hi)
-            above += int(torch.count_nonzero(over))
-            inside.append(magnitude[band])
+            above += count_true(over)
+            inside.append(masked_values(magnitude, band))
     scores = torch.cat(row_scores) if axis == 0 else whole_abs.sum(dim=0)
     threshold, n_above, n_tied = _kth_abs_delta(above, inside, k, base, tuned) if lo is not None else (None, 0, 0)
     del inside
 
     generator = tensor_generator(recipe, name) if recipe.is_random else None
     located = locate(scores, recipe.neurons, recipe.locate, generator)
-    stats = DeltaStats(n, k, n_neurons=scores.numel(), n_located=int(torch.count_nonzero(located)))
+    stats = DeltaStats(n, k, n_neurons=scores.numel(), n_located=count_true(located))
     drop_ties, ties_left = n_tied > k - n_above, k - n_above
 
     def mask_of(magnitude):
@@ -608,12 +543,12 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
                 restored = torch.where(keep, delta, restored)
         else:
             if axis == 0:  # C'(i) of the located rows (the others keep ratio 1): |delta * mask| = |delta| * mask
-                rows = torch.nonzero(located[block]).squeeze(1)
+                rows = true_positions(located[block])
                 after = torch.zeros(delta.shape[0], dtype=torch.float32, device=delta.device)
                 after[rows] = keep_where(mask[rows], magnitude[rows]).sum(dim=1)  # a row's sum: as in the whole
                 ratio, empty = rescale_ratio(scores[block], after, located[block])
                 ratio, empty = ratio.view(-1, 1), empty.view(-1, 1)
-                stats.n_fallback_replace += int(torch.count_nonzero(empty))
+                stats.n_fallback_replace += count_true(empty)
                 restored[rows] = restored[rows].mul_(ratio[rows])
             else:
                 restored = restored.mul_(ratio)
@@ -623,7 +558,7 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
             restored = restored.mul_(recipe.alpha)
         out[block] = restored.add_(scratch[3, : delta.shape[0]])  # + base
     if recipe.restore == "rescale" and axis == 1:
-        stats.n_fallback_replace = int(torch.count_nonzero(empty))
+        stats.n_fallback_replace = count_true(empty)
     return stats
 
 
@@ -823,7 +758,7 @@ def restore_rescale(delta: torch.Tensor, suppressed: torch.Tensor, located: torc
     ratio = ratio.view(-1, 1) if axis == 0 else ratio.view(1, -1)
     restored = suppressed * ratio
     restored = restore_replace(delta, restored, empty, axis)
-    return restored, int(torch.count_nonzero(empty))
+    return restored, count_true(empty)
 
 
 @dataclass
@@ -886,14 +821,14 @@ def merge_delta(delta: torch.Tensor, recipe: Recipe, *, neuron_axis: int | None 
     """
     method = METHODS[recipe.method]
     mask, keep_prob = method.sub(delta, recipe, generator, sorted_abs)
-    stats = DeltaStats(delta.numel(), delta.numel() if mask is None else int(torch.count_nonzero(mask)))
+    stats = DeltaStats(delta.numel(), delta.numel() if mask is None else count_true(mask))
     located = None
     if "neurons" in method.uses and neuron_axis is not None:  # Neuron-Locate
         stats.n_neurons = delta.shape[neuron_axis]
         if recipe.neurons > 0:
             scores = neuron_scores(delta, neuron_axis) if scores is None else scores
             located = locate(scores, recipe.neurons, recipe.locate, generator)
-            stats.n_located = int(torch.count_nonzero(located))
+            stats.n_located = count_true(located)
     new_delta, stats.n_fallback_replace = method.f(delta, mask, keep_prob, recipe, located, neuron_axis, scores)
     return new_delta, stats
 
@@ -975,7 +910,7 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
             # in the storage dtype instead of base + delta * mask in float32 (same values, fewer passes)
             mask, _ = METHODS[recipe.method].sub(delta, recipe, None, sorted_abs)
             merged = select(mask, tuned, base)
-            stats = DeltaStats(delta.numel(), int(torch.count_nonzero(mask)))
+            stats = DeltaStats(delta.numel(), count_true(mask))
         else:
             generator = tensor_generator(recipe, name) if recipe.is_random else None
             new_delta, stats = merge_delta(delta, recipe, neuron_axis=neuron_axis(name), generator=generator,

@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from dataclasses import dataclass, replace
 
 from lfm.device import available_bytes, gib, resolve_device
-from lfm.methods import (METHODS, Recipe, kth_largest, make_recipe, merge_tensor, rescale_ratio, select, source_of,
+from lfm.kernels import select
+from lfm.methods import (METHODS, Recipe, kth_largest, make_recipe, merge_tensor, rescale_ratio, source_of,
                          suppressed_delta, tensor_generator, top_k_counts)
 from lfm.neurons import locate, neuron_axis, neuron_scores
 from lfm.pair import Pair, loaded_key, open_pair

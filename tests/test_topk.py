@@ -1,4 +1,4 @@
-"""lfm.topk (top-k sets for many k from a 2-byte key) and lfm.methods.select, against the engine's own
+"""lfm.topk (top-k sets for many k from a 2-byte key) and lfm.kernels.select, against the engine's own
 top_k_mask / torch.where on tie-heavy, tie-free and awkward data."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import lfm.topk as topk
-from lfm.methods import kth_largest, select, top_k_mask
+from lfm.kernels import select
+from lfm.methods import kth_largest, top_k_mask
 
 
 def _pair(kind: str, n: int, seed: int = 0):
@@ -71,9 +72,9 @@ def test_ties_are_kept_by_lower_flat_index():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 def test_select_is_torch_where(dtype, monkeypatch):
-    import lfm.methods as methods
+    import lfm.kernels as kernels
 
-    monkeypatch.setattr(methods, "SELECT_CHUNK", 1000)  # many blocks and a ragged last one
+    monkeypatch.setattr(kernels, "SELECT_CHUNK", 1000)  # many blocks and a ragged last one
     g = torch.Generator().manual_seed(1)
     a = torch.randn(37, 301, generator=g).to(dtype)
     b = torch.randn(37, 301, generator=g).to(dtype)
