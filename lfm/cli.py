@@ -9,6 +9,7 @@ the explorer's precompute step.
 import argparse
 import ctypes
 import errno
+import gc
 import importlib
 import importlib.util
 import json
@@ -16,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from lfm.names import ALIASES, LOCATE_MODES, METHOD_ROWS, RESCALES, RESTORES, SUPPRESSORS
@@ -86,8 +88,26 @@ def recipe_from_args(args: argparse.Namespace):
     return recipe, run
 
 
+@contextmanager
+def imports_without_collection():
+    """Import a command's modules with the garbage collector paused, then freeze what they made.
+
+    Importing torch makes hundreds of thousands of objects, and the collector walks them again and again
+    while they are made (measured: ``import torch`` 1.03 s with it, 0.92 s without, medians of 10) and
+    again on every full collection of the merge that follows (~5 % of a 1.03B TIES merge's CPU time).
+    Modules live as long as the process, so ``gc.freeze`` moves them where collections never look.
+    """
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def cmd_merge(args) -> int:
-    from lfm.merge import merge
+    with imports_without_collection():
+        from lfm.merge import merge
 
     recipe, run = recipe_from_args(args)
     for key in ("base", "tuned", "out"):
@@ -100,8 +120,9 @@ def cmd_merge(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from lfm.pair import open_pair
-    from lfm.score import format_summary, neuron_scores, save_scores, summary_rows
+    with imports_without_collection():
+        from lfm.pair import open_pair
+        from lfm.score import format_summary, neuron_scores, save_scores, summary_rows
 
     pair = open_pair(args.base, args.tuned, allow_pickle=args.allow_pickle)
     scores = neuron_scores(pair, device=args.device or "auto", progress=not args.quiet)

@@ -1,14 +1,18 @@
-"""Bounded read-ahead and write-behind: helper threads that overlap disk I/O with the merge while holding
-at most a given number of bytes (file reads and writes release the GIL, so the threads run alongside).
+"""Bounded read-ahead, parallel work and write-behind: helper threads that overlap disk I/O and the merges
+of several tensors while holding at most a given number of bytes (file reads and writes, torch and numpy
+operations release the GIL, so the threads run alongside).
 
-    read_ahead(keys, read, size_of, max_bytes)   yields (key, read(key)) in order
-    WriteBehind(write, max_bytes)                 .submit(key, value, nbytes) ... .close()
+    read_ahead(keys, read, size_of, max_bytes)             yields (key, read(key)) in order
+    map_in_order(work, items, size_of, max_bytes, workers) yields work(item, alone) in order
+    WriteBehind(write, max_bytes)                          .submit(key, value, nbytes) ... .close()
 
 Both bound bytes, not items: one 2 GB embedding counts as much as a hundred 20 MB weights. An item bigger
 than the bound is still handled, alone. Errors on a helper thread are raised in the caller.
 
     >>> list(read_ahead(["a", "bb"], str.upper, len, max_bytes=2))
     [('a', 'A'), ('bb', 'BB')]
+    >>> list(map_in_order(lambda word, alone: (word, alone), ["a", "bb", "cccc"], len, max_bytes=3, workers=2))
+    [('a', False), ('bb', False), ('cccc', True)]
     >>> done = []
     >>> with WriteBehind(lambda key, value: done.append(key), max_bytes=10) as writer:
     ...     writer.submit("x", None, 4); writer.submit("y", None, 20)
@@ -18,6 +22,7 @@ than the bound is still handled, alone. Errors on a helper thread are raised in 
 
 import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 
 def read_ahead(keys, read, size_of, max_bytes: int):
@@ -74,6 +79,41 @@ def read_ahead(keys, read, size_of, max_bytes: int):
             ready.clear()
             cond.notify_all()
         thread.join()
+
+
+def map_in_order(work, items, size_of, max_bytes: int, workers: int):
+    """Yield ``work(item, alone)`` for every item, in order, running up to ``workers`` items at once on helper
+    threads while the items being worked on add up to at most ``max_bytes`` (``size_of(item)``). An item
+    bigger than that runs alone, after the others finish and before the next starts: then ``alone`` is
+    True (the work may use every core itself). An error in the work is raised at its item; items not
+    started yet are then dropped (the caller's iterator is not read further).
+    """
+    if workers <= 1:
+        for item in items:
+            yield work(item, True)
+        return
+    pending = deque()  # (future, nbytes), in order
+    with ThreadPoolExecutor(workers, thread_name_prefix="lfm-work") as pool:
+        try:
+            running = 0
+            for item in items:
+                n = size_of(item)
+                alone = n > max_bytes
+                while pending and (alone or len(pending) >= workers or running + n > max_bytes):
+                    future, done_bytes = pending.popleft()
+                    running -= done_bytes
+                    yield future.result()
+                pending.append((pool.submit(work, item, alone), 0 if alone else n))
+                running += 0 if alone else n
+                item = None  # only the work holds it now
+                if alone:  # nothing starts beside it
+                    future, _ = pending.popleft()
+                    yield future.result()
+            while pending:
+                yield pending.popleft()[0].result()
+        finally:
+            for future, _ in pending:  # closed early or failed: what has not started, never starts
+                future.cancel()
 
 
 class WriteBehind:

@@ -3,6 +3,7 @@ reference, loading + generate with the tuned class, sharding, dtype, lfm_recipe.
 atomicity and every error of issue 2."""
 from __future__ import annotations
 
+import importlib
 import json
 import re
 
@@ -451,3 +452,28 @@ def test_seed_gives_byte_identical_recipe_file_too(zoo, tmp_path):
     merge((zoo.base, zoo.llava), a, "dare", seed=3)
     merge((zoo.base, zoo.llava), b, "dare", seed=3)
     assert tree_bytes(a) == tree_bytes(b)
+
+
+@pytest.mark.parametrize("method", ["ties", "neu-s-ties", "neu-p-ties", "dare", "della", "task_arithmetic"])
+def test_bytes_do_not_depend_on_threads_or_workers(zoo, tmp_path, monkeypatch, method):
+    """One tensor at a time on one thread, or several at once (one thread each, the bigger ones alone on
+    every thread): the same files. Small blocks so that the block-by-block paths run on the tiny pair."""
+    monkeypatch.setattr("lfm.methods.MERGE_BLOCK", 1000)
+    monkeypatch.setattr("lfm.methods.BLOCKED_FROM", 500)
+    monkeypatch.setattr("lfm.methods.EXACT_SELECT_MAX", 300)
+    monkeypatch.setattr("lfm.methods.SAMPLE_SIZE", 200)
+    pair = (zoo.base, zoo.llava)
+    previous = torch.get_num_threads()
+    outputs = []
+    try:
+        for threads, parallel_bytes in ((1, 2**40), (2, 2**40), (2, 20_000), (3, 2**40)):
+            torch.set_num_threads(threads)
+            monkeypatch.setattr(importlib.import_module("lfm.merge"), "PARALLEL_BYTES", parallel_bytes)
+            outputs.append(tmp_path / f"out-{threads}-{parallel_bytes}")
+            merge(pair, outputs[-1], method)
+            assert torch.get_num_threads() == threads  # put back as it was
+    finally:
+        torch.set_num_threads(previous)
+    first = tree_bytes(outputs[0])
+    for out in outputs[1:]:
+        assert tree_bytes(out) == first, out.name

@@ -1,4 +1,4 @@
-"""lfm.pipeline: read-ahead and write-behind hold at most their byte bound, keep order, and surface errors.
+"""lfm.pipeline: read-ahead, parallel work and write-behind hold at most their byte bound, keep order, and surface errors.
 Slow fake readers/writers (sleeps) make the helper thread run ahead as far as the bound lets it."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lfm.pipeline import WriteBehind, read_ahead
+from lfm.pipeline import WriteBehind, map_in_order, read_ahead
 
 SIZES = {"a": 10, "b": 30, "c": 5, "d": 5, "e": 120, "f": 5, "g": 40, "h": 5, "i": 5, "j": 5}
 
@@ -122,3 +122,70 @@ def test_write_behind_drops_the_queue_when_the_caller_fails():
                 writer.submit(key, None, 1)
             raise ValueError("merge failed")
     assert written in ([], ["a"])  # a write already under way finishes; the queued ones are dropped
+
+
+class Workbench:
+    """Items being worked on at once, and their bytes: the most of both, and who ran alone."""
+
+    def __init__(self):
+        self.lock, self.running, self.bytes, self.peak, self.peak_bytes = threading.Lock(), 0, 0, 0, 0
+        self.alone, self.overlapped_alone = [], []
+
+    def work(self, key, alone):
+        with self.lock:
+            self.running += 1
+            self.bytes += SIZES[key]
+            self.peak, self.peak_bytes = max(self.peak, self.running), max(self.peak_bytes, self.bytes)
+            if alone:
+                self.alone.append(key)
+        time.sleep(0.003 if key in "bdg" else 0.001)  # uneven work: later items finish first
+        with self.lock:
+            if alone and self.running > 1:
+                self.overlapped_alone.append(key)
+            self.running -= 1
+            self.bytes -= SIZES[key]
+        return key.upper()
+
+
+@pytest.mark.parametrize("max_bytes, workers", [(1, 2), (40, 2), (60, 3), (1000, 4), (1000, 1)])
+def test_map_in_order_bounds_work_and_bytes_and_keeps_order(max_bytes, workers):
+    bench = Workbench()
+    got = list(map_in_order(bench.work, SIZES, SIZES.get, max_bytes, workers))
+    assert got == [k.upper() for k in SIZES]
+    assert bench.peak <= workers and not bench.overlapped_alone
+    too_big = [k for k, n in SIZES.items() if n > max_bytes]
+    if workers > 1:
+        assert bench.alone == too_big  # exactly the items over the bound ran alone ...
+        assert bench.peak_bytes <= max(max_bytes, max(SIZES.values()))  # ... and the others within it
+    else:
+        assert bench.alone == list(SIZES) and bench.peak == 1  # one worker: every item alone, in the caller
+
+
+def test_map_in_order_raises_at_the_failed_item_and_starts_no_later_one():
+    started = []
+
+    def work(key, alone):
+        started.append(key)
+        if key == "c":
+            raise OSError("disk gone")
+        time.sleep(0.002)
+        return key
+
+    results = map_in_order(work, SIZES, SIZES.get, 1000, 2)
+    assert [next(results), next(results)] == ["a", "b"]
+    with pytest.raises(OSError, match="disk gone"):
+        next(results)
+    time.sleep(0.02)
+    assert set(started) <= {"a", "b", "c", "d"}  # at most the ones already handed to the two workers
+
+
+def test_map_in_order_runs_items_at_once():
+    """'a' finishes only once 'b' has started: one worker at a time would wait forever (here: 5 s)."""
+    b_started = threading.Event()
+
+    def work(key, alone):
+        if key == "b":
+            b_started.set()
+        return key, key != "a" or b_started.wait(timeout=5)
+
+    assert list(map_in_order(work, ["a", "b", "c"], len, 10, 2)) == [("a", True), ("b", True), ("c", True)]
