@@ -187,7 +187,10 @@ def keep_freed_memory_for_reuse() -> None:
     TIES merge step on a 5632x2048 weight takes ~90 ms with the default, ~50 ms with this). Only the
     `lfm` process is affected; Python API users can call this themselves. No-op off glibc.
     The cost is memory the heap keeps: a 0.4B TIES merge peaked at 758 MB RSS with this, 704 MB without,
-    and took 2.4x as long without (one run each, on a loaded 2-core machine).
+    and took 2.4x as long without (one run each, on a loaded 2-core machine). The merge's worker threads
+    share the one heap (M_ARENA_MAX 1) instead of keeping freed memory in an arena each: a few large
+    allocations contend for no lock worth measuring, and memory freed by one thread serves the next
+    (0.4B DARE: 646-683 MB peak RSS, 119-128K page faults vs 669-689 MB, 153-158K; same time).
     """
     if not sys.platform.startswith("linux"):
         return
@@ -195,9 +198,10 @@ def keep_freed_memory_for_reuse() -> None:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # from <malloc.h>
     libc.mallopt(m_mmap_threshold, 2**31 - 1)
     libc.mallopt(m_trim_threshold, 2**31 - 1)
+    libc.mallopt(m_arena_max, 1)
 
 
 OS_ERROR_FIXES = {errno.ENOSPC: "free space on that disk or choose another --out",

@@ -11,6 +11,7 @@ takes a faster route for the same answer. Measured on 1M float32 entries, one th
     torch.where(mask, a, b)             integer xor / multiply, branch-free      6x faster on an irregular mask
     values.masked_fill(~mask, 0.0)      integer multiply by the 0/1 mask
     torch.kthvalue(values, i).values    numpy's partition (a SIMD introselect)   10x faster on 64K-3M values
+    ranks of torch.sort(|x|, stable)    numpy's SIMD sort of (bits, column) keys 63 -> 8.5
 
 numpy reads the tensors' memory in place (no copy); dtypes numpy lacks (bfloat16) take the torch call.
 
@@ -35,9 +36,14 @@ def _as_numpy(tensor: torch.Tensor) -> np.ndarray | None:
 
 def _compare(values: torch.Tensor, bound, numpy_op, torch_op) -> torch.Tensor:
     array = _as_numpy(values)
+    if isinstance(bound, torch.Tensor) and bound.dim():  # elementwise: numpy only for the same dtype (torch
+        other = _as_numpy(bound)                         # would promote mixed dtypes, not cast)
+        if array is None or other is None or other.dtype != array.dtype:
+            return torch_op(values, bound)
+        return torch.from_numpy(np.asarray(numpy_op(array, other)))
     if array is None:
         return torch_op(values, bound)
-    # the bound in the values' dtype, as torch compares a tensor with a 0-dim tensor or a number
+    # a number or 0-dim bound in the values' dtype, as torch compares them
     return torch.from_numpy(np.asarray(numpy_op(array, np.asarray(bound, dtype=array.dtype))))
 
 
@@ -49,6 +55,11 @@ def greater_equal(values: torch.Tensor, bound) -> torch.Tensor:
 def greater(values: torch.Tensor, bound) -> torch.Tensor:
     """``values > bound``, a new bool tensor."""
     return _compare(values, bound, np.greater, torch.gt)
+
+
+def less(values: torch.Tensor, bound) -> torch.Tensor:
+    """``values < bound`` (bound: a number, a 0-dim tensor or a tensor of values' shape), a new bool tensor."""
+    return _compare(values, bound, np.less, torch.lt)
 
 
 def equal(values: torch.Tensor, bound) -> torch.Tensor:
@@ -75,6 +86,28 @@ def masked_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if values.device.type != "cpu":
         return values[mask]
     return values.reshape(-1).index_select(0, true_positions(mask))
+
+
+def ranks_of_magnitude(rows: torch.Tensor) -> torch.Tensor:
+    """Each entry's rank (0 = smallest) of |x| within its row of a 2-D tensor, ties by lower column: the ranks
+    ``torch.sort(rows.abs(), dim=1, stable=True)`` orders the entries in, as int64 [rows, cols].
+
+    On CPU (float32): |x|'s bits, as integers, order like its values (NaN's after +Inf, as torch sorts it), so
+    (bits << 32 | column) is a unique key with the stable order, and numpy's SIMD sort of the keys ranks the
+    row (measured 8.5 ms vs 63 ms per 1M entries, one thread).
+
+    >>> ranks_of_magnitude(torch.tensor([[0.5, -2.0, 0.5, 0.1]]))
+    tensor([[1, 3, 2, 0]])
+    """
+    n_cols = rows.shape[1]
+    array = _as_numpy(rows)
+    if array is None or array.dtype != np.float32 or n_cols >= 2**31:
+        order = torch.sort(rows.abs(), dim=1, stable=True).indices
+    else:
+        key = (np.abs(array).view(np.int32).astype(np.int64) << 32) | np.arange(n_cols, dtype=np.int64)
+        key.sort(axis=1)
+        order = torch.from_numpy(np.bitwise_and(key, 0xFFFFFFFF, out=key))  # the columns, in sorted order
+    return torch.empty_like(order).scatter_(1, order, torch.arange(n_cols, device=rows.device).expand_as(order))
 
 
 def kth_smallest(values: torch.Tensor, i: int) -> torch.Tensor:
@@ -138,5 +171,6 @@ def keep_where(mask: torch.Tensor, values: torch.Tensor, out: torch.Tensor | Non
     return out
 
 
-__all__ = ["greater_equal", "greater", "equal", "count_true", "true_positions", "masked_values", "kth_smallest", "select",
+__all__ = ["greater_equal", "greater", "less", "equal", "count_true", "true_positions", "masked_values",
+           "ranks_of_magnitude", "kth_smallest", "select",
            "keep_where"]

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
-from lfm.kernels import (count_true, equal, greater, greater_equal, keep_where, kth_smallest, masked_values,
-                         select, true_positions)
+from lfm.kernels import (count_true, equal, greater, greater_equal, keep_where, kth_smallest, less, masked_values,
+                         ranks_of_magnitude, select, true_positions)
 from lfm.names import ALIASES, LOCATE_MODES, METHOD_ROWS, OTHERS, RESCALES, RESTORES, SUPPRESSORS
 from lfm.neurons import extra_vocab_rows, locate, module_of, neuron_axis, neuron_scores
 
@@ -636,7 +636,7 @@ def keep_band(delta, recipe, generator=None, sorted_abs=None):
 def keep_bernoulli(delta, recipe, generator=None, sorted_abs=None):
     """DARE: keep every entry independently with probability K."""
     p = torch.tensor(recipe.density, dtype=torch.float32).expand(delta.shape)  # one value, no memory per entry
-    mask = torch.rand(delta.shape, generator=generator) < p
+    mask = less(torch.rand(delta.shape, generator=generator), p)
     return mask.to(delta.device), p.to(delta.device)
 
 
@@ -649,14 +649,11 @@ def keep_by_magnitude_rank(delta, recipe, generator=None, sorted_abs=None):
     # rows are independent: ranked a block of rows at a time, the int64 sort indices stay small
     step = max(1, MERGE_BLOCK // max(n_cols, 1))
     for start in range(0, rows.shape[0], step):
-        block = rows[start: start + step]
-        order = torch.sort(block.abs(), dim=1, stable=True).indices
-        ranks = torch.empty_like(order)
-        ranks.scatter_(1, order, torch.arange(n_cols, device=rows.device).expand_as(order))
+        ranks = ranks_of_magnitude(rows[start: start + step])
         rank01 = ranks.float() / (n_cols - 1) if n_cols > 1 else torch.full_like(ranks, 0.5, dtype=torch.float32)
         p[start: start + step] = (recipe.density - recipe.epsilon) + 2 * recipe.epsilon * rank01
     draw = torch.rand(rows.shape, generator=generator).to(rows.device)
-    mask = draw < p
+    mask = less(draw, p)
     return mask.reshape(delta.shape), p.reshape(delta.shape)
 
 
@@ -671,7 +668,7 @@ def scale(delta, mask, keep_prob, recipe, located=None, axis=None, scores=None):
 
 def rescale_kept(delta, mask, keep_prob, recipe, located=None, axis=None, scores=None):
     """alpha * Sub(delta) / p (inverse), or matched to delta's l1 norm ('l1', as mergekit)."""
-    kept = delta.masked_fill(~mask, 0.0)  # a new tensor: scaled in place from here (the same arithmetic)
+    kept = keep_where(mask, delta)  # a new tensor: scaled in place from here (the same arithmetic)
     if recipe.rescale == "inverse":
         return kept.mul_(recipe.alpha).div_(keep_prob), 0
     before, after = delta.abs().sum(), kept.abs().sum()

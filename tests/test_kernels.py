@@ -29,6 +29,16 @@ def test_comparisons_are_torch_s(dtype, bound):
             assert got.dtype == torch.bool and got.shape == want.shape and torch.equal(got, want), (ours, values.shape)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_elementwise_comparisons_with_a_tensor_are_torch_s(dtype):
+    x, y = _values(dtype), _values(dtype, seed=1)
+    for other in (y, y[0], y.t().contiguous().t(), y.double(), y.float()):  # same shape, broadcast, strides, mixed dtypes
+        for ours, theirs in ((kernels.less, torch.lt), (kernels.greater_equal, torch.ge)):
+            got, want = ours(x, other), theirs(x, other)
+            assert got.dtype == torch.bool and torch.equal(got, want)
+    assert torch.equal(kernels.less(x, 1.0), x < 1.0)
+
+
 def test_counts_positions_and_masked_values_are_torch_s():
     x = _values(torch.float32)
     for mask in (x >= 1.0, (x >= 1.0).t(), x[:, 7] == 0.5, torch.zeros(0, dtype=torch.bool), torch.tensor(True)):
@@ -56,3 +66,14 @@ def test_keep_where_is_masked_fill():
     assert torch.equal(bits(kernels.keep_where(mask.t(), x.t())), bits(x.t().masked_fill(~mask.t(), 0.0)))
     y = x.clone()
     assert kernels.keep_where(mask, y, out=y) is y and torch.equal(bits(y), bits(x.masked_fill(~mask, 0.0)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_ranks_of_magnitude_are_the_stable_sort_s(dtype):
+    x = _values(dtype)  # NaN, Inf, -0.0 / 0.0 and many ties in row 0; ties in every row
+    x[1] = -x[1]
+    for rows in (x, x.t(), x[:1]):
+        order = torch.sort(rows.abs(), dim=1, stable=True).indices
+        want = torch.empty_like(order).scatter_(1, order, torch.arange(rows.shape[1]).expand_as(order))
+        got = kernels.ranks_of_magnitude(rows)
+        assert got.dtype == torch.int64 and torch.equal(got, want)
