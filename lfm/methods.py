@@ -537,10 +537,12 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
             magnitude = torch.abs(delta, out=scratch[1, : delta.shape[0]])
             mask = mask_of(magnitude)
         restored = keep_where(mask, delta, out=scratch[2, : delta.shape[0]])  # the suppressed delta
-        if recipe.restore == "replace":
-            keep = located[block].view(-1, 1) if axis == 0 else located.view(1, -1)
-            if bool(keep.any()):
-                restored = torch.where(keep, delta, restored)
+        if recipe.restore == "replace" and axis == 0:  # the located rows' delta back, copied row by row
+            rows = true_positions(located[block])
+            restored.index_copy_(0, rows, delta.index_select(0, rows))  # torch.where(keep rows, delta, restored)
+        elif recipe.restore == "replace":
+            if bool(located.any()):
+                restored = torch.where(located.view(1, -1), delta, restored)
         else:
             if axis == 0:  # C'(i) of the located rows (the others keep ratio 1): |delta * mask| = |delta| * mask
                 rows = true_positions(located[block])
