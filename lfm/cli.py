@@ -28,7 +28,7 @@ PLUGINS = ("lfm.organism.cli", "lfm.evaluate.cli", "lfm.explorer.cli", "lfm.lab"
 RECIPE_FLAGS = ("density", "neurons", "suppress", "restore", "alpha", "gamma", "epsilon", "rescale",
                 "locate", "seed", "others", "keep_base", "keep_tuned")
 RUN_KEYS = ("base", "tuned", "out", "device", "dtype")
-ATOMIC_COMMANDS = ("merge", "score")  # their outputs appear whole or not at all
+ATOMIC_COMMANDS = ("merge", "score", "precompute")  # their outputs appear whole or not at all
 
 
 def add_pair_args(p: argparse.ArgumentParser, required: bool = True) -> None:

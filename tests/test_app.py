@@ -466,3 +466,26 @@ def test_organism_evaluator_equals_the_organism_suite(organism):
         assert {x["id"]: x["correct"] for x in a["language_answers"]} == \
             {x["id"]: x["correct"] for x in b["language_answers"]}
     assert own.evaluate_base(organism_items(2))["LA"] == harness.evaluate_base(harness.eval_items(2))["LA"]
+
+
+def test_precompute_is_atomic_and_force_replaces(organism, tmp_path, capsys):
+    """An error after the scores are written leaves no folder and no scratch beside it; --force swaps a
+    complete new folder in for the old one."""
+    from lfm.cli import main
+
+    out = tmp_path / "results"
+    base, tuned = str(organism[0]), str(organism[1])
+    missing = tmp_path / "no-such-sweep.csv"
+    assert main(["precompute", "--base", base, "--tuned", tuned, "--out", str(out), "--no-eval", "--quiet",
+                 "--sweep-table", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written, no scratch
+    out.mkdir()
+    (out / "old.txt").write_text("from an earlier run")
+    assert main(["precompute", "--base", base, "--tuned", tuned, "--out", str(out), "--no-eval", "--quiet"]) == 2
+    assert "pass --force to replace it" in capsys.readouterr().err and (out / "old.txt").exists()
+    assert main(["precompute", "--base", base, "--tuned", tuned, "--out", str(out), "--no-eval", "--quiet",
+                 "--force"]) == 0
+    assert not (out / "old.txt").exists() and (out / "meta.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+    assert ResultsFolder(out).names

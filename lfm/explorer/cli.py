@@ -44,7 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--per-task", type=int, default=0, help="items per task for evaluations (0 = all)")
     p.add_argument("--sweep-table", help="a sweep table (CSV with density, neurons, method, LA, VA, OA), e.g. "
                                          "from `lfm sweep`, copied into the folder as sweep.csv")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out (the new folder is built beside "
+                                                        "it and swapped in when complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_precompute)
 
@@ -64,33 +65,45 @@ def register(subparsers) -> None:
 
 
 def cmd_precompute(args) -> int:
-    from .results import write_evaluations, write_scores
+    """Write the results folder into a temporary sibling and rename it into place at the end (as `lfm merge`
+    does): an error or an interrupt leaves no half-written folder, and a --force run replaces the old one."""
+    from lfm.checkpoint import atomic_output_dir
+
+    from .results import write_scores
 
     _check_suite(args.suite)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
-        raise FileExistsError(f"{out} is not empty; pass --force to write into it")
-    meta = write_scores(args.base, args.tuned, out, args.densities, device=args.device, progress=not args.quiet)
-    print(f"wrote scores, C'(i) at K={list(args.densities)} and summary.csv to {out}")
-    if args.sweep_table:
-        shutil.copyfile(args.sweep_table, out / "sweep.csv")
-        print(f"copied {args.sweep_table} to {out / 'sweep.csv'}")
-    if args.no_eval:
-        return 0
+        raise FileExistsError(f"{out} is not empty; pass --force to replace it")
+    done = []
+    with atomic_output_dir(out, force=args.force, log=print) as tmp:
+        meta = write_scores(args.base, args.tuned, tmp, args.densities, device=args.device, progress=not args.quiet)
+        done.append(f"scores, C'(i) at K={list(args.densities)} and summary.csv")
+        if args.sweep_table:
+            shutil.copyfile(args.sweep_table, tmp / "sweep.csv")
+            done.append(f"sweep.csv (from {args.sweep_table})")
+        if not args.no_eval:
+            done.append(_evaluations(args, tmp, meta))
+    print(f"wrote {out}: " + "; ".join(d for d in done if d))
+    return 0
+
+
+def _evaluations(args, tmp: Path, meta: dict) -> str:
+    """The sweep and the generations into ``tmp``; what was written, or why nothing (said, not raised)."""
     from .live import LivePair
+    from .results import write_evaluations
 
     try:
         live = LivePair(args.base, args.tuned, suite=args.suite)
     except MemoryError as e:  # a pair too big to hold for evaluation: scores only
         print(f"no live evaluation: {e}")
-        return 0
+        return ""
     if not live.can_evaluate:
         print(f"no evaluation: {live.eval_error}\n(or run `lfm sweep` and pass its table with --sweep-table)")
-        return 0
-    write_evaluations(live, out, args.densities, args.neurons, items=live.eval_items(args.per_task),
+        return ""
+    write_evaluations(live, tmp, args.densities, args.neurons, items=live.eval_items(args.per_task),
                       progress=not args.quiet)
-    print(f"wrote sweep.csv and generations.csv to {out} ({meta['n_layers']} layers)")
-    return 0
+    return f"sweep.csv and generations.csv ({meta['n_layers']} layers)"
 
 
 def cmd_explore(args) -> int:
