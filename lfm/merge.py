@@ -69,7 +69,6 @@ def iter_merged(pair: Pair, recipe: Recipe, *, device="cpu", dtype: torch.dtype 
 
     def merge_one(item, alone):
         key, (base_t, tuned_t) = item
-        item = None
         entry = by_key.get(key)
         if entry is None:
             return key, _cast(tuned_t, dtype, key, pair), {"name": key, "source": "passthrough", "stats": None}

@@ -103,12 +103,13 @@ def map_in_order(work, items, size_of, max_bytes: int, workers: int):
                     future, done_bytes = pending.popleft()
                     running -= done_bytes
                     yield future.result()
-                pending.append((pool.submit(work, item, alone), 0 if alone else n))
-                running += 0 if alone else n
+                if alone:  # nothing runs beside it: run it here
+                    result, item = work(item, True), None
+                    yield result
+                    continue
+                pending.append((pool.submit(work, item, False), n))
+                running += n
                 item = None  # only the work holds it now
-                if alone:  # nothing starts beside it
-                    future, _ = pending.popleft()
-                    yield future.result()
             while pending:
                 yield pending.popleft()[0].result()
         finally:
