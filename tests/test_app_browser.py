@@ -229,8 +229,19 @@ def open_page(browser, url, width, height=1000):
     page.goto(url)
     curve_title(page, "sorted C(i)")
     # the first page of a module opens and evaluates the organism cold: minutes on a loaded 2-core machine
-    wait_for(lambda: len(stage_answers(page, "restore")) > 0, timeout=180, what="the generations table")
+    try:
+        wait_for(lambda: len(stage_answers(page, "restore")) > 0, timeout=180, what="the generations table")
+    except AssertionError as e:
+        page.screenshot(path=str(ARTIFACTS / "open-page-timeout.png"), full_page=True)
+        raise AssertionError(f"{e}; the page shows {page_summary(page)}") from None
     return context, page
+
+
+def page_summary(page) -> dict:
+    """What a failing wait saw: the figure titles, alerts, status lines and console errors."""
+    return {"titles": page.locator(".gtitle").all_text_contents(),
+            "alerts": [a for a in page.locator(".alert").all_text_contents() if a.strip()],
+            "cells": len(page.locator(".tabulator-cell").all()), "errors": getattr(page, "errors", [])}
 
 
 def layout_problems(page) -> list:
@@ -289,6 +300,10 @@ def test_scripted_session_every_control(browser, server, organism):
         curve_title(page, "M=0.31")
         select(page, "method", "Neu-P-TIES")
         curve_title(page, "Neu-P-TIES")
+        # the server switches the restore buttons to 'replace' in a later message than the curve's title: a
+        # click on 'rescale' while it still shows active would change nothing (as for a user clicking that fast)
+        wait_for(lambda: "bk-active" in (page.get_by_role("button", name="replace", exact=True)
+                                         .get_attribute("class") or ""), what="'replace' shown as the restore mode")
         page.get_by_role("button", name="rescale", exact=True).click()
         curve_title(page, "Neu-S-TIES")
         select(page, "locate neurons", "random")
