@@ -109,23 +109,47 @@ class Recipe:
 
     @property
     def label(self) -> str:
-        """A short human name: 'Neu-S-TIES K=0.2 M=0.3', 'TIES K=0.2', 'hard-merge'. A control locate mode
-        is named: 'Neu-S-TIES K=0.2 M=0.3 locate=random' (the paper's top-M, and M=0, add nothing).
+        """A short human name: 'Neu-S-TIES K=0.2 M=0.3', 'TIES K=0.2', 'hard-merge'. Every setting that
+        changes the merge and is not its default is named, so two different merges never share a label
+        (the explorer and the reports show numbers under it): 'Neu-S-TIES K=0.2 M=0.3 locate=random',
+        'TIES K=0.2 a=0.7', 'DARE K=0.3 seed=2', 'TIES K=0.2 others=tuned'.
 
         >>> Recipe(locate="bottom").label
         'Neu-S-TIES K=0.2 M=0.3 locate=bottom'
+        >>> Recipe(method="della", density=0.3, epsilon=0.05, rescale="l1", seed=1).label
+        'DELLA K=0.3 eps=0.05 rescale=l1 seed=1'
         """
         if self.method == "hard":
             return "hard-merge"
+        suppressor = self.sub_method
         if self.method == "task_arithmetic":
-            return f"TaskA a={self.alpha:g}"
-        if self.method == "neuron_fusion":
+            name = f"TaskA a={self.alpha:g}"
+        elif self.method == "neuron_fusion":
             sup = {"ties": "TIES", "breadcrumbs": "Bread", "task_arithmetic": "TaskA"}[self.suppress]
             tag = "P" if self.restore == "replace" else "S"
             k = f" a={self.alpha:g}" if self.suppress == "task_arithmetic" else f" K={self.density:g}"
             where = "" if self.locate == "top" or self.neurons == 0 else f" locate={self.locate}"
-            return f"Neu-{tag}-{sup}{k} M={self.neurons:g}{where}"
-        return f"{METHODS[self.method].title} K={self.density:g}"
+            name = f"Neu-{tag}-{sup}{k} M={self.neurons:g}{where}"
+        else:
+            name = f"{METHODS[self.method].title} K={self.density:g}"
+        default = Recipe()
+        extras = []
+        if suppressor != "task_arithmetic" and self.alpha != default.alpha:
+            extras.append(f"a={self.alpha:g}")
+        if suppressor == "breadcrumbs" and self.gamma != default.gamma:
+            extras.append(f"gamma={self.gamma:g}")
+        if self.method == "della" and self.epsilon != default.epsilon:
+            extras.append(f"eps={self.epsilon:g}")
+        if self.method in ("dare", "della") and self.rescale != default.rescale:
+            extras.append(f"rescale={self.rescale}")
+        if self.is_random and self.seed != default.seed and not (self.method == "neuron_fusion" and self.neurons == 0):
+            extras.append(f"seed={self.seed}")
+        if self.others != default.others:
+            extras.append(f"others={self.others}")
+        for side, patterns in (("keep_base", self.keep_base), ("keep_tuned", self.keep_tuned)):
+            if patterns:
+                extras.append(f"{side}={','.join(patterns)}")
+        return " ".join([name, *extras])
 
     @property
     def sub_method(self) -> str:

@@ -300,6 +300,19 @@ def test_results_folder_off_grid_says_not_precomputed_and_shows_nothing_as_curre
     # the neuron views name the K their C'(i) are from
     assert "nearest is K=0.3" in app.neurons.curve.object.layout.title.text
     assert "nearest is K=0.3" in app.merge.plot.object.layout.title.text
+    # on the grid again, but with a setting the folder does not record: no numbers, no answers (they were
+    # evaluated with the LM's other tensors merged by the method, not taken from the tuned model)
+    app.controls.density.value = 0.1
+    assert _drawn_stars(app.tradeoff.plot.object) == ["current: Neu-S-TIES K=0.1 M=0.3"]
+    s.others = "tuned"
+    fig = app.tradeoff.plot.object
+    assert _drawn_stars(fig) == [] and s.current is None and s.generations is None
+    assert "Neu-S-TIES K=0.1 M=0.3 others=tuned: not precomputed: `lfm precompute` evaluates others at its " \
+           "default only" in fig.layout.title.text
+    assert "answers not precomputed: `lfm precompute` answers at the default others only" in \
+        app.generations.stages.object
+    s.others = "method"
+    app.controls.density.value = 0.25
     app.controls.method.value = "DARE"  # no DARE in the sweep: no number under its label
     fig = app.tradeoff.plot.object
     assert _drawn_stars(fig) == [] and "DARE K=0.25: not precomputed" in fig.layout.title.text
@@ -440,7 +453,7 @@ def test_generation_row_click_shows_detail(org_app):
     row = g.table.value.iloc[0]
     from panel.models.tabulator import CellClickEvent
 
-    g.table._process_event(CellClickEvent(model=None, column="answers", row=0))
+    g.table.widget._process_event(CellClickEvent(model=None, column="answers", row=0))
     detail = g.detail.object
     assert 'width="192"' in detail and html.escape(str(row["question"])) in detail
     for stage in STAGES:
@@ -489,3 +502,27 @@ def test_precompute_is_atomic_and_force_replaces(organism, tmp_path, capsys):
     assert not (out / "old.txt").exists() and (out / "meta.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
     assert ResultsFolder(out).names
+
+
+def test_rows_table_puts_new_rows_on_the_page_as_a_new_table():
+    """Panel's Tabulator drops rows that reach a browser still building it; RowsTable never changes the rows of
+    a table on the page: new rows are a new Tabulator model whose rows are part of its construction."""
+    from bokeh.document import Document
+
+    from lfm.explorer.views import RowsTable
+
+    clicks = []
+    table = RowsTable(pd.DataFrame(columns=["a", "b"]), on_click=clicks.append, show_index=False, disabled=True)
+    root = table.panel.get_root(Document())
+    first = root.children[0]
+    rows = pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]})
+    table.value = rows
+    shown = root.children[0]
+    assert shown is not first and shown.source.data["a"].tolist() == [1, 2, 3]
+    assert table.panel.objects == [table.widget] and table.value.equals(rows)
+    table.value = rows.copy()  # the same rows: the table on the page stays
+    assert root.children[0] is shown
+    from panel.models.tabulator import CellClickEvent
+
+    table.widget._process_event(CellClickEvent(model=None, column="a", row=1))  # the click handler follows
+    assert [e.row for e in clicks] == [1]

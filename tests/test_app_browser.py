@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import pytest
 import torch
+from playwright.sync_api import Error as PlaywrightError
 
 from app_support import ROOT, local_server, organism_pair
 
@@ -50,7 +51,10 @@ def panel_serve(*app_args: str):
            "--allow-websocket-origin", f"127.0.0.1:{port}", "--num-procs", "1", "--args", *app_args]
     ARTIFACTS.mkdir(exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "BOKEH_LOG_LEVEL": "info"}
-    with local_server(cmd, f"http://127.0.0.1:{port}/", ARTIFACTS / f"panel-serve-{port}.log", env=env, cwd=ROOT):
+    # probe a static file: a probe of the page itself opens a session (a pair load and an evaluation) each time,
+    # and under load each timed-out probe left one more running beside the test's page
+    probe = f"http://127.0.0.1:{port}/static/js/bokeh.min.js"
+    with local_server(cmd, probe, ARTIFACTS / f"panel-serve-{port}.log", env=env, cwd=ROOT):
         yield f"http://127.0.0.1:{port}/explorer"
 
 
@@ -216,6 +220,8 @@ def test_a_100m_parameter_pair_opens_live_and_a_slider_moves(browser, big_pair):
 
 OVERFLOW_JS = "\n".join(line for line in (ROOT / "tests" / "browser" / "overflow.js").read_text().splitlines()
                         if not line.startswith("//"))
+TABLES_JS = "\n".join(line for line in (ROOT / "tests" / "browser" / "tables.js").read_text().splitlines()
+                      if not line.startswith("//"))
 TITLE_NUMBERS = re.compile(r"current (.+?): LA ([0-9.]+) VA ([0-9.]+)")
 
 
@@ -241,7 +247,14 @@ def page_summary(page) -> dict:
     """What a failing wait saw: the figure titles, alerts, status lines and console errors."""
     return {"titles": page.locator(".gtitle").all_text_contents(),
             "alerts": [a for a in page.locator(".alert").all_text_contents() if a.strip()],
-            "cells": len(page.locator(".tabulator-cell").all()), "errors": getattr(page, "errors", [])}
+            "pins": page.locator("p", has_text="pin").all_text_contents(),
+            "tables": page.evaluate(TABLES_JS), "errors": getattr(page, "errors", [])}
+
+
+def shown_label(page) -> str | None:
+    """The label whose numbers the trade-off title shows now (None while it shows none); one read of the title."""
+    numbers = TITLE_NUMBERS.search(page.locator(".gtitle", has_text="Trade-off").first.text_content() or "")
+    return numbers.group(1) if numbers else None
 
 
 def layout_problems(page) -> list:
@@ -319,13 +332,11 @@ def test_scripted_session_every_control(browser, server, organism):
         select(page, "module", "k_proj")
         curve_title(page, "k_proj")
         # compare: pin locate=random, switch to top, pin, see both
-        wait_for(lambda: "locate=random: LA" in page.locator(".gtitle", has_text="Trade-off").first.text_content(),
+        wait_for(lambda: shown_label(page) == "Neu-S-TIES K=0.21 M=0.31 locate=random a=0.95 others=tuned",
                  what="the locate=random numbers")
         page.get_by_role("button", name="pin current recipe").click()
         select(page, "locate neurons", "top")
-        wait_for(lambda: TITLE_NUMBERS.search(page.locator(".gtitle", has_text="Trade-off").first.text_content() or "")
-                 and "locate" not in page.locator(".gtitle", has_text="Trade-off").first.text_content(),
-                 what="the top-M numbers")
+        wait_for(lambda: shown_label(page) == "Neu-S-TIES K=0.21 M=0.31 a=0.95 others=tuned", what="the top-M numbers")
         page.get_by_role("button", name="pin current recipe").click()
         page.get_by_text("change restore-stage category between").first.wait_for(state="visible")
         assert page.locator(".legendtext", has_text="pinned:").count() >= 2
@@ -357,6 +368,8 @@ def test_scripted_session_every_control(browser, server, organism):
         finally:
             shared.close()
         assert page.errors == [], page.errors
+    except (AssertionError, PlaywrightError) as e:
+        raise AssertionError(f"{e}\nthe page shows {page_summary(page)}") from e
     finally:
         context.close()
     # every title with numbers shows its own recipe's numbers (checked against a fresh evaluation)

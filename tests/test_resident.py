@@ -254,3 +254,37 @@ def test_view_from_order_keys_equals_the_float_delta_view(organism, recipe):
         assert torch.equal(got.located, want.located) and got.kept_fraction == pytest.approx(want.kept_fraction)
         for field in ("scores", "suppressed", "final"):
             assert torch.allclose(getattr(got, field), getattr(want, field), rtol=1e-4, atol=1e-6), field
+
+
+SAME_MERGE = [  # settings that do not apply to the method: one merge, one label
+    (Recipe(method="ties"), Recipe(method="ties", seed=5, gamma=0.05, epsilon=0.3, rescale="l1")),
+    (Recipe(neurons=0.0), Recipe(neurons=0.0, locate="random", seed=3)),
+    (Recipe(), Recipe(seed=3)),
+    (Recipe(method="task_arithmetic", alpha=0.7), Recipe(method="task_arithmetic", alpha=0.7, density=0.5)),
+    (Recipe(method="dare", density=0.4), Recipe(method="dare", density=0.4, epsilon=0.3)),
+]
+OTHER_MERGE = [  # each setting that changes the merge: another label
+    (Recipe(), Recipe(alpha=0.7)), (Recipe(), Recipe(others="tuned")), (Recipe(method="ties"), Recipe(method="ties", alpha=0.8)),
+    (Recipe(locate="random"), Recipe(locate="random", seed=1)), (Recipe(method="breadcrumbs"), Recipe(method="breadcrumbs", gamma=0.05)),
+    (Recipe(method="della", density=0.5), Recipe(method="della", density=0.5, epsilon=0.05)),
+    (Recipe(method="dare", density=0.4), Recipe(method="dare", density=0.4, rescale="l1")),
+    (Recipe(method="dare", density=0.4), Recipe(method="dare", density=0.4, seed=2)),
+    (Recipe(method="ties"), Recipe(method="ties", keep_base=("layers\\.0\\.",))),
+]
+
+
+def test_a_label_names_exactly_one_merge(organism):
+    """The explorer and the reports show numbers under a recipe's label: recipes that merge to the same bytes
+    share it, and recipes whose merges differ never do (checked on the merged tensors, not on the label code)."""
+    from lfm.merge import merged_state_dict
+
+    def bits(recipe):
+        return {k: v.contiguous().view(-1).view(torch.uint8) for k, v in merged_state_dict(*organism, recipe).items()}
+
+    for a, b in SAME_MERGE:
+        ma, mb = bits(a), bits(b)
+        assert a.label == b.label and ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma), a.label
+    for a, b in OTHER_MERGE:
+        ma, mb = bits(a), bits(b)
+        assert any(not torch.equal(ma[k], mb[k]) for k in ma), (a.label, b.label)  # the merges do differ
+        assert a.label != b.label, a.label

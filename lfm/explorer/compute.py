@@ -106,6 +106,9 @@ def not_precomputed(source, recipe: Recipe) -> str:
         return ""
     if source.sweep is None:
         return "not precomputed: this results folder has no sweep.csv"
+    unrecorded = source.unrecorded(recipe)
+    if unrecorded:
+        return f"not precomputed: `lfm precompute` evaluates {unrecorded[0].split('=')[0]} at its default only"
     nearest = source.nearest(recipe)
     return f"not precomputed: nearest is {nearest}" if nearest else f"not precomputed: no {recipe.label.split()[0]} rows"
 
@@ -118,6 +121,9 @@ def answers_not_precomputed(source, recipe: Recipe) -> str:
         stage_recipes(recipe)
     except ValueError:
         return ""  # no stages at all: the stage line says why
+    unrecorded = source.unrecorded(recipe)
+    if unrecorded:
+        return f"answers not precomputed: `lfm precompute` answers at the default {unrecorded[0].split('=')[0]} only"
     nearest = source.nearest_stage(recipe)
     return f"answers not precomputed: nearest is {nearest}" if nearest else "no generations.csv in this folder"
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -77,6 +78,10 @@ def write_scores(base, tuned, out: Path, densities=DEFAULT_DENSITIES, *, device=
     pd.DataFrame(summary_rows(scores)).to_csv(out / "summary.csv", index=False)
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+# Recipe settings a results folder's rows do not hold: `lfm precompute` evaluates them at their defaults only
+UNRECORDED = ("gamma", "epsilon", "rescale", "seed", "others", "keep_base", "keep_tuned")
 
 
 def sweep_recipes(densities=DEFAULT_DENSITIES, neurons=DEFAULT_NEURONS, alphas=(0.3, 0.5, 0.7, 0.9)) -> list[tuple[str, Recipe]]:
@@ -225,11 +230,26 @@ class ResultsFolder:
             located = torch.zeros_like(scores, dtype=torch.bool)
         return TensorView(name, scores, after, located, final_scores(scores, after, located, recipe), k)
 
+    @staticmethod
+    def unrecorded(recipe: Recipe) -> list[str]:
+        """The settings of `recipe` that change its merge but that a results folder does not record (its rows
+        hold method, suppress, restore, K, M and alpha; every other setting at its default): [] when none.
+
+        >>> ResultsFolder.unrecorded(Recipe(others="tuned", seed=3))  # seed: top-M locates without one
+        ['others=tuned']
+        """
+        default = Recipe()
+        recorded = replace(recipe, **{name: getattr(default, name) for name in UNRECORDED})
+        return [part for part in recipe.label.split() if part not in recorded.label.split()]
+
     def _candidates(self, recipe: Recipe) -> pd.DataFrame:
         """Sweep rows of the same method (and suppress/restore/locate for Neuron-Fusion), with their distance
-        to `recipe` in K, M and alpha (column 'dist')."""
+        to `recipe` in K, M and alpha (column 'dist'); none for a recipe with a setting the folder does not
+        record (`unrecorded`)."""
         df = self.sweep
         rows = df[(df["method"] == recipe.method) & (df["curve"] != "reference")]
+        if self.unrecorded(recipe):
+            rows = rows.iloc[0:0]
         if recipe.method == "neuron_fusion":
             rows = rows[(rows["suppress"] == recipe.suppress) & (rows["restore"] == recipe.restore)]
             if recipe.locate != "top":  # the precompute sweep locates top-M only
@@ -287,7 +307,7 @@ class ResultsFolder:
         if self.generations is None:
             return None
         g = self.generations[self.generations["stage"] == stage]
-        if g.empty:
+        if g.empty or self.unrecorded(recipe):
             return None
         if stage in ("suppress", "restore"):
             default = Recipe()  # precompute stores the stages of Neu-S-TIES (top-M, alpha 1) only

@@ -307,7 +307,7 @@ class ExplorerState(param.Parameterized):
 
     def pin(self) -> None:
         """Pin the current recipe and what was computed for it (only when its numbers are the current ones)."""
-        if self.current is None or self.current.get("label") != self.recipe.label:
+        if self.current is None or self.current.get("label") != self.recipe.label or self.pending:
             self.error = "nothing to pin yet: wait until the current setting is evaluated"
             return
         if any(p["recipe"] == self.recipe for p in self.pinned):

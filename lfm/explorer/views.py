@@ -53,6 +53,40 @@ CHANGED_COLUMNS = ["id", "task", "question", "answer", "pin 1", "pin 2"]
 NO_SORT = {"columnDefaults": {"headerSort": False}}  # sort arrows take header room; these tables are short
 
 
+class RowsTable:
+    """A Tabulator whose rows are shown by putting a new table on the page, never by updating the shown one.
+
+    Panel 1.9's Tabulator drops rows that reach the browser while it is still building that table (its
+    `setData` returns early then): a page's first evaluation often lands in that window on a loaded machine,
+    and the generations table stayed empty under a summary of its items. A table's first rows are part of
+    what builds it, so a table whose rows never change cannot lose them. `widget` is the one shown now."""
+
+    def __init__(self, value: pd.DataFrame, *, on_click=None, **options):
+        self._options, self._on_click = options, on_click
+        self.widget = self._build(value)
+        self.panel = pn.Column(self.widget, margin=0, sizing_mode=options.get("sizing_mode"))
+
+    def _build(self, value: pd.DataFrame) -> pn.widgets.Tabulator:
+        widget = pn.widgets.Tabulator(value, **self._options)
+        if self._on_click is not None:
+            widget.on_click(self._on_click)
+        return widget
+
+    @property
+    def value(self) -> pd.DataFrame:
+        return self.widget.value
+
+    @value.setter
+    def value(self, value: pd.DataFrame) -> None:
+        if value.equals(self.widget.value) and list(value.columns) == list(self.widget.value.columns):
+            return
+        self.widget = self._build(value)
+        self.panel.objects = [self.widget]
+
+    def __panel__(self):
+        return self.panel
+
+
 def _empty_figure(message: str):
     import plotly.graph_objects as go
 
@@ -245,9 +279,8 @@ class TradeoffView(View):
         self.status = pn.pane.Markdown(pn.bind(self._status, s.param.eval_status, s.param.pending))
         self.numbers = pn.pane.Markdown(pn.bind(self._numbers, s.param.current, s.param.recipe, s.param.pending),
                                         sizing_mode="stretch_width", styles={"font-size": "12px"})
-        self.tasks = pn.widgets.Tabulator(pd.DataFrame(columns=TASK_COLUMNS), show_index=False, disabled=True,
-                                          height=300, sizing_mode="stretch_width", layout="fit_columns",
-                                          configuration=NO_SORT)
+        self.tasks = RowsTable(pd.DataFrame(columns=TASK_COLUMNS), show_index=False, disabled=True,
+                               height=300, sizing_mode="stretch_width", layout="fit_columns", configuration=NO_SORT)
         s.param.watch(self._tasks, ["current", "recipe", "pending"])
         self._tasks()
 
@@ -327,10 +360,10 @@ class GenerationsView(View):
         self.category = pn.widgets.Select(label="category", options=["all", "correct", "wrong_choice", "not_known",
                                                                    "context_hallucination"], width=180)
         self.changed = pn.widgets.Checkbox(label="only items whose category changes between stages")
-        # constant columns (rows change, the schema never does): re-defining columns while the client builds
-        # the table is what left it on its placeholder ('Table Not Initialized')
-        self.table = pn.widgets.Tabulator(
-            self._shown(pd.DataFrame(columns=GENERATION_COLUMNS)), show_index=False, disabled=True, height=420,
+        # constant columns: every table shown here has one schema, the rows are all that change
+        self.table = RowsTable(
+            self._shown(pd.DataFrame(columns=GENERATION_COLUMNS)), on_click=self._clicked, show_index=False,
+            disabled=True, height=420,
             sizing_mode="stretch_width", formatters={"image": {"type": "html"}, "item": {"type": "html"},
                                                      "answers": {"type": "html"}},
             hidden_columns=[c for c in GENERATION_COLUMNS if c not in SHOWN_COLUMNS], pagination=None,
@@ -340,11 +373,10 @@ class GenerationsView(View):
         self.summary = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.stages = pn.pane.Markdown(pn.bind(self._stages, s.param.generations_recipe, s.param.pending,
                                                s.param.answers_note, s.param.recipe), sizing_mode="stretch_width")
-        self.transitions = pn.widgets.Tabulator(pd.DataFrame(columns=["at suppress", "at restore", "items"]), show_index=False,
-                                                disabled=True, height=200, width=420)
+        self.transitions = RowsTable(pd.DataFrame(columns=["at suppress", "at restore", "items"]), show_index=False,
+                                     disabled=True, height=200, width=420)
         self.detail = pn.pane.HTML("<i>click a row for the item's full prompt, large image and answers</i>",
                                    sizing_mode="stretch_width")
-        self.table.on_click(self._clicked)
         s.param.watch(self._refresh, "generations")
         for w in (self.task, self.stage, self.category, self.changed):
             w.param.watch(self._refresh, "value")
