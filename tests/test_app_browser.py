@@ -218,10 +218,14 @@ def test_a_100m_parameter_pair_opens_live_and_a_slider_moves(browser, big_pair):
 
 # ---------------------------------------------------------------------------------------------- readable, truthful
 
-OVERFLOW_JS = "\n".join(line for line in (ROOT / "tests" / "browser" / "overflow.js").read_text().splitlines()
-                        if not line.startswith("//"))
-TABLES_JS = "\n".join(line for line in (ROOT / "tests" / "browser" / "tables.js").read_text().splitlines()
-                      if not line.startswith("//"))
+def page_script(name: str) -> str:
+    """tests/browser/<name> without its leading comment lines: the function `page.evaluate` runs."""
+    lines = (ROOT / "tests" / "browser" / name).read_text().splitlines()
+    return "\n".join(line for line in lines if not line.startswith("//"))
+
+
+OVERFLOW_JS = page_script("overflow.js")
+TABLES_JS = page_script("tables.js")
 TITLE_NUMBERS = re.compile(r"current (.+?): LA ([0-9.]+) VA ([0-9.]+)")
 
 
@@ -244,7 +248,8 @@ def open_page(browser, url, width, height=1000):
 
 
 def page_summary(page) -> dict:
-    """What a failing wait saw: the figure titles, alerts, status lines and console errors."""
+    """What a failing wait saw: the figure titles, alerts, the lines about pins, the tables (`TABLES_JS`) and
+    the console errors."""
     return {"titles": page.locator(".gtitle").all_text_contents(),
             "alerts": [a for a in page.locator(".alert").all_text_contents() if a.strip()],
             "pins": page.locator("p", has_text="pin").all_text_contents(),

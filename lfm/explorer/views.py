@@ -78,7 +78,7 @@ class RowsTable:
 
     @value.setter
     def value(self, value: pd.DataFrame) -> None:
-        if value.equals(self.widget.value) and list(value.columns) == list(self.widget.value.columns):
+        if value.equals(self.widget.value):  # same columns, in order, and same rows: the shown table stays
             return
         self.widget = self._build(value)
         self.panel.objects = [self.widget]
