@@ -66,7 +66,7 @@ REALPAIR_SEED ?= 0
 realpair: install
 	$(VENV)/bin/lfm realpair build --seed $(REALPAIR_SEED) $(if $(REALPAIR_OUT),--out $(REALPAIR_OUT))
 
-# the paper's study on it -> data/realpair/results.{json,md} (resumable; hours of CPU for every point)
+# the paper's study on it -> lfm/data/realpair/results.{json,md} (resumable; hours of CPU for every point)
 realpair-study: realpair
 	HF_HUB_OFFLINE=1 $(VENV)/bin/lfm realpair study --seed $(REALPAIR_SEED) $(if $(REALPAIR_OUT),--out $(REALPAIR_OUT))
 

@@ -1,5 +1,5 @@
 """Shared by the explorer tests: an evaluable organism pair (the shipped one, or a few-step one trained
-into a temporary folder when data/organism has no checkpoints yet)."""
+into a temporary folder when lfm/data/organism has no checkpoints yet)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from lfm.package_data import ORGANISM_DIR as SHIPPED
+
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "data" / "organism"
 
 
 def organism_pair(tmp_root: Path) -> tuple[Path, Path]:

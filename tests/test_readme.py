@@ -10,7 +10,7 @@ README = (ROOT / "README.md").read_text()
 def test_regression_readme_organism_tables_are_the_shipped_report():
     """Regression check: results.md is what `lfm organism report` wrote (the README quotes it)."""
     # `lfm organism report` writes results.md; tests/test_organism.py checks the checkpoints reproduce results.json
-    report = (ROOT / "data" / "organism" / "results.md").read_text().strip()
+    report = (ROOT / "lfm" / "data" / "organism" / "results.md").read_text().strip()
     assert report in README
 
 
@@ -22,8 +22,8 @@ def test_readme_commands_are_make_targets():
 
 
 def test_regression_readme_real_pair_tables_are_the_study_report():
-    """Regression check: data/realpair/results.md is what `lfm realpair study` wrote (the README quotes it)."""
-    report = (ROOT / "data" / "realpair" / "results.md").read_text().strip()
+    """Regression check: lfm/data/realpair/results.md is what `lfm realpair study` wrote (the README quotes it)."""
+    report = (ROOT / "lfm" / "data" / "realpair" / "results.md").read_text().strip()
     assert report in README
 
 

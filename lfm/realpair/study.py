@@ -1,7 +1,7 @@
 """The paper's study on the real pair: every method at the paper's settings, locate controls, K and M sweeps,
 stage transitions (Table 4 form), written to results.json / results.md.
 
-    run_study(root, seed=0, results_dir="data/realpair") -> the results dict
+    run_study(root, seed=0, results_dir=REALPAIR_RESULTS_DIR) -> the results dict
 
 Everything goes through lfm's public evaluation APIs: ``lfm.evaluate.sweep.run_sweep`` twice over the same
 points (the pair's suite for LA/VA, its prose suite for held-out perplexity; both resumable, so an
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from lfm.methods import Recipe
+from lfm.package_data import REALPAIR_RESULTS_DIR
 
 from .build import DEFAULT_ROOT, STAMP
 
@@ -73,7 +74,7 @@ def stage_items(suite_dir: Path, per_task: int | None) -> list[dict]:
     return out
 
 
-def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str | Path | None = "data/realpair",
+def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str | Path | None = REALPAIR_RESULTS_DIR,
               limit: int | None = None, recipes: list[tuple[str, Recipe]] | None = None,
               stage_limit: int | None = None, progress: bool = True, report_only: bool = False,
               seeds: list[int] | None = None) -> dict:
