@@ -20,6 +20,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from lfm._version import installed_version
 from lfm.names import ALIASES, LOCATE_MODES, METHOD_ROWS, RESCALES, RESTORES, SUPPRESSORS
 
 # Subcommand groups living in other packages; each module has register(subparsers). Building the parser
@@ -139,6 +140,7 @@ def cmd_score(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lfm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"lfm {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="neuron change scores C(i) per module + a summary table")

@@ -1,10 +1,12 @@
 """`lfm eval`, `lfm sweep`, `lfm compare` (registered into the `lfm` command by lfm/cli.py).
 
-    lfm eval MODEL_DIR --suite organism|paper|suite.yaml [--out results.json] [--limit N]
+    lfm eval [MODEL_DIR] --suite organism|paper|suite.yaml [--out results.json] [--limit N]
     lfm sweep --base B --tuned T --method neu-s-ties,ties --density 0.05:0.9:0.05 --neurons 0:0.5:0.1 \
               --suite organism --out sweeps/run1 [--executor ray] [--resume] [--report]
     lfm sweep --report --out sweeps/run1            # best OA point + (LA, VA) Pareto front of a finished sweep
-    lfm compare --base B --tuned T --density 0.2 --neurons 0.3 [--items organism|scienceqa|FILE.jsonl] --out DIR
+    lfm compare [--base B --tuned T] --density 0.2 --neurons 0.3 [--items organism|scienceqa|FILE.jsonl] --out DIR
+
+Without a model (eval) or a pair (compare), they run on the embedded organism (shipped in the package).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from lfm.names import RESTORES, SUPPRESSORS
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="LA / VA / OA of a model through lm-eval and lmms-eval")
-    p.add_argument("model_dir", help="model directory (an MLLM, or a plain LLM: language tasks only)")
+    p.add_argument("model_dir", nargs="?", help="model directory (an MLLM, or a plain LLM: language tasks only; "
+                   "default: the embedded organism's tuned MLLM)")
     p.add_argument("--suite", default="organism", help="paper | organism | a suite YAML file (default organism)")
     p.add_argument("--out", help="write the results JSON here")
     p.add_argument("--limit", type=int, help="items per task (quick checks)")
@@ -56,8 +59,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_sweep)
 
     p = subparsers.add_parser("compare", help="hard-merge / suppress / restore generations + failure transitions")
-    p.add_argument("--base", required=True)
-    p.add_argument("--tuned", required=True)
+    p.add_argument("--base", help="base LLM directory (default, with --tuned: the embedded organism's)")
+    p.add_argument("--tuned", help="tuned MLLM directory")
     p.add_argument("--density", "-K", type=float, default=0.2)
     p.add_argument("--neurons", "-M", type=float, default=0.3)
     p.add_argument("--suppress", choices=SUPPRESSORS, default="ties")
@@ -73,12 +76,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def organism_pair() -> tuple[str, str]:
+    """The embedded organism's (base, tuned) directories: the default model of `lfm eval` / pair of `lfm compare`."""
+    from lfm.organism import base_dir, tuned_dir
+
+    return str(base_dir()), str(tuned_dir())
+
+
 def cmd_eval(args) -> int:
     from lfm.evaluate.harness import evaluate, format_table
 
-    res = evaluate(args.model_dir, args.suite, limit=args.limit, device=args.device, batch_size=args.batch_size,
+    model_dir = args.model_dir or organism_pair()[1]
+    res = evaluate(model_dir, args.suite, limit=args.limit, device=args.device, batch_size=args.batch_size,
                    log_samples=args.samples)
-    res["model"] = str(Path(args.model_dir).resolve())
+    res["model"] = str(Path(model_dir).resolve())
     if not args.samples:
         for key in ("samples", "answers", "language_answers"):
             res.pop(key, None)
@@ -120,7 +131,10 @@ def cmd_compare(args) -> int:
     if args.items not in ("organism", "scienceqa"):
         read_items_file(args.items)  # every line checked before any model is loaded
 
-    table = compare_stages(args.base, args.tuned, items=args.items, limit=args.limit, device=args.device,
+    if (args.base is None) != (args.tuned is None):
+        raise ValueError("--base and --tuned go together (give neither for the embedded organism)")
+    base, tuned = (args.base, args.tuned) if args.base else organism_pair()
+    table = compare_stages(base, tuned, items=args.items, limit=args.limit, device=args.device,
                            max_new_tokens=args.max_new_tokens, progress=not args.quiet, density=args.density,
                            neurons=args.neurons, suppress=args.suppress, restore=args.restore)
     out = Path(args.out)

@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from . import ORGANISM_DIR, export_items
+from . import ORGANISM_DIR, export_items, tuned_dir
 
 
 def register(subparsers) -> None:
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="LA/VA/OA and the failure taxonomy of a model directory")
-    e.add_argument("model_dir")
+    e.add_argument("model_dir", nargs="?", help="model directory (default: the organism's tuned MLLM)")
     e.add_argument("--json", action="store_true", help="print one JSON object (LA, VA, OA, tasks, failures)")
     e.add_argument("--answers", action="store_true", help="with --json, include every generated answer")
     e.set_defaults(func=_eval)
@@ -60,7 +60,7 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from .evaluate import evaluate
 
-    res = evaluate(args.model_dir)
+    res = evaluate(args.model_dir or tuned_dir())
     if args.json:
         keys = ["LA", "VA", "OA", "tasks", "failures"] + (["answers", "language_answers"] if args.answers else [])
         print(json.dumps({k: res[k] for k in keys}))
