@@ -106,6 +106,6 @@ def test_lab_runs_notebook_02_with_plotly_and_live_slider(lab):
 
 def test_make_lab_runs_lfm_lab_on_notebooks():
     """`make lab` is `lfm lab notebooks` on 127.0.0.1 (what the test above serves)."""
-    out = subprocess.run(["make", "-n", "-o", ".venv/.installed", "lab"], cwd=ROOT, capture_output=True,
+    out = subprocess.run(["make", "-n", "-o", ".venv/.installed-cpu", "lab"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert "lfm lab notebooks --port" in out, out
