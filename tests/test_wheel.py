@@ -38,9 +38,12 @@ def run(cmd: list, *, cwd: Path, env: dict, timeout: float = 600) -> subprocess.
 
 
 def outside_env(venv: Path | None = None) -> dict:
-    """The environment of a user's shell: no PYTHONPATH (which would put a checkout first), offline."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+    """The environment of a user's shell: no PYTHONPATH (which would put a checkout first), offline, and a pip
+    without this machine's settings (its configuration files, PIP_* variables)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+           and not k.startswith("PIP_")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PIP_CONFIG_FILE=os.devnull,
+               PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
     if venv is not None:
         env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     return env
@@ -76,8 +79,9 @@ def built(tmp_path_factory) -> dict:
     pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
     run([*pip_wheel, "-w", tmp / "wheel", src], cwd=tmp, env=env)
     # the PEP 517 hook `python -m build --sdist` calls (build itself is not in the lock)
-    run([sys.executable, "-c", "import sys; from setuptools import build_meta; build_meta.build_sdist(sys.argv[1])",
-         tmp / "sdist"], cwd=src, env=env)
+    sdist_build = run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                       "build_meta.build_sdist(sys.argv[1])", tmp / "sdist"], cwd=src, env=env)
+    assert "Warning" not in sdist_build.stderr, f"setuptools warns about pyproject.toml: {sdist_build.stderr[-3000:]}"
     (sdist,) = (tmp / "sdist").glob("lfm-*.tar.gz")
     run([*pip_wheel, "-w", tmp / "sdist-wheel", sdist], cwd=tmp, env=env)
     (wheel,) = (tmp / "wheel").glob("lfm-*.whl")
