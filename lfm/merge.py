@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lfm._version import __version__
+from lfm.card import write_model_card
 from lfm.checkpoint import (PlannedTensor, StreamingShardWriter, atomic_output_dir, check_output_path,
                             copy_non_weight_files, parse_dtype, parse_size)
 from lfm.device import resolve_device
@@ -185,6 +186,7 @@ def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device
             _set_config_dtype(tmp / "config.json", out_dtype)
         report = build_report(pair, recipe, per_tensor, dev, out_dtype)
         (tmp / RECIPE_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        write_model_card(tmp, report)  # README.md: lfm.card
     # no wall-clock time in the recipe file: same inputs + seed must give byte-identical files
     log(f"wrote {out} ({len(writer.names)} shard(s), {time.perf_counter() - started:.1f}s)")
     return report
