@@ -38,6 +38,11 @@ def fails(proc, *needles):
     return proc
 
 
+def test_version_is_the_packages():
+    """`lfm --version`: the installed distribution's version (tests/test_wheel.py checks an installed wheel's)."""
+    assert ok(cli("--version")).stdout.strip() == f"lfm {lfm.__version__}"
+
+
 def test_score_writes_scores_and_summary(zoo, tmp_path):
     out = tmp_path / "scores.safetensors"
     p = ok(cli("score", "--base", zoo.base, "--tuned", zoo.llava_wild, "--out", out, "--quiet", "--device", "cpu",
