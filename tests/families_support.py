@@ -203,7 +203,7 @@ SPECS: dict[str, Spec] = {s.row: s for s in (
                 "deepstack_visual_indexes": [0]}), "", base_kw=dict(head_dim=8),
          image_processor=QWEN_IMAGES, expand=_qwen_text,
          text_kw={"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [2, 1, 1],
-                                      "mrope_interleaved": True}}),
+                                      "mrope_interleaved": True}}, layouts=(SAVED,)),
     Spec("Idefics3", "idefics3", "llama", IDEFICS_SPECIALS, _idefics, "<image> w5 w6", processor=_idefics3_processor,
          layouts=(SAVED,)),
     # SmolVLMProcessor, one image without splitting: image_seq_len = (28 / 14)**2 / scale_factor**2 = 1
@@ -238,6 +238,32 @@ SPECS: dict[str, Spec] = {s.row: s for s in (
                           image_token_id=ids["<IMG_CONTEXT>"], image_seq_length=1), "",
          image_processor=_pil("GotOcr2", size={"height": IMAGE, "width": IMAGE}, crop_to_patches=False),
          expand=lambda image: "<img><IMG_CONTEXT></img> w5 w6", base_kw=dict(tie_word_embeddings=True), tied=True, consumed=("num_patches",)),
+    # rows proven without an image (no processor or expansion written here yet): text-only generation
+    Spec("LLaVA-NeXT-Video", "llava_next_video", "llama", ("<image>", "<video>"),
+         lambda ids: _llava(ids, image_grid_pinpoints=[[IMAGE, IMAGE]], video_token_index=ids["<video>"]), ""),
+    Spec("VipLLaVA", "vipllava", "llama", ("<image>",),
+         lambda ids: dict(vision_config=CLIP, image_token_index=ids["<image>"], vision_feature_layers=[-1]),
+         "<image> w5 w6", processor=_llava_processor("LlavaProcessor", _pil("CLIP", size={"shortest_edge": IMAGE},
+                                                                          crop_size={"height": IMAGE, "width": IMAGE}))),
+    Spec("Idefics2", "idefics2", "mistral", IDEFICS_SPECIALS,
+         lambda ids: dict(vision_config=IDEFICS_VISION, image_token_id=ids["<image>"],
+                          perceiver_config=dict(resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2,
+                                                resampler_head_dim=8, num_key_value_heads=1, hidden_size=H)),
+         "", layouts=(SAVED,)),
+    Spec("Aya Vision", "aya_vision", "cohere2", ("<image>",),
+         lambda ids: dict(vision_config=SIGLIP, downsample_factor=2, image_token_index=ids["<image>"]), "",
+         base_kw=dict(head_dim=8, tie_word_embeddings=True), tied=True),
+    Spec("GOT-OCR2", "got_ocr2", "qwen2", ("<imgpad>",),
+         lambda ids: dict(vision_config=dict(hidden_size=16, output_channels=8, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=32, patch_size=16,
+                                             global_attn_indexes=[0], mlp_dim=32, window_size=2),
+                          image_token_index=ids["<imgpad>"]), "", base_kw=dict(tie_word_embeddings=True), tied=True),
+    Spec("DeepSeek-VL", "deepseek_vl", "llama", ("<image_placeholder>",),
+         lambda ids: dict(vision_config=SIGLIP, image_token_id=ids["<image_placeholder>"]), "",
+         layouts=(SAVED,)),
+    Spec("Cohere2-Vision", "cohere2_vision", "cohere2", ("<image>",),
+         lambda ids: dict(vision_config=SIGLIP, downsample_factor=2, image_token_id=ids["<image>"]), "",
+         base_kw=dict(head_dim=8, tie_word_embeddings=True), tied=True, layouts=(SAVED,)),
 )}
 
 
@@ -312,6 +338,7 @@ def write_tuned(out: Path, spec: Spec, base_dir: Path, layout: str, seed: int = 
         spec.processor(tok).save_pretrained(out)
     else:
         tok.save_pretrained(out)
+    if spec.image_processor is not None:
         spec.image_processor().save_pretrained(out)
     return out
 
@@ -322,10 +349,18 @@ def _class_of(spec: Spec) -> str:
     return next(f.classes[0] for f in FAMILIES if f.name == spec.row)
 
 
+def has_image_path(spec: Spec) -> bool:
+    return spec.processor is not None or spec.image_processor is not None
+
+
 def image_inputs(spec: Spec, directory: Path) -> dict:
     """Generate kwargs for one image and a prompt, made from `directory`'s own files: AutoProcessor where the
-    family's processor is buildable here, else AutoImageProcessor + AutoTokenizer and the spec's expansion."""
+    family's processor is buildable here, else AutoImageProcessor + AutoTokenizer and the spec's expansion;
+    a prompt without an image for a spec that has neither."""
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    if not has_image_path(spec):
+        return dict(AutoTokenizer.from_pretrained(directory)("w5 w6 w7", return_tensors="pt"))
 
     if spec.processor is not None:
         inputs = AutoProcessor.from_pretrained(directory)(images=[test_image()], text=[spec.prompt], return_tensors="pt")
