@@ -394,3 +394,26 @@ class FamilyZoo:
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower())
+
+
+# ------------------------------------------------------------------------------------------------ a hub cache
+
+def hub_cache(cache: Path, repo_id: str, source: Path, revision: str = "0" * 39 + "1") -> Path:
+    """Lay `source`'s files out as huggingface_hub's cache holds a downloaded model (HF_HUB_CACHE):
+    models--org--name/blobs/<sha256> with the bytes, snapshots/<revision>/<file> as relative links to them, and
+    refs/main naming the revision. Returns the snapshot directory."""
+    import hashlib
+    import os
+
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True)
+    for file in sorted(Path(source).iterdir()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / file.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot

@@ -292,3 +292,47 @@ def test_every_supported_row_is_proven_here():
 def test_docs_families_md_is_the_generated_table_regression():
     assert (ROOT / "docs" / "families.md").read_text() == families_markdown(), \
         "regenerate: python -m lfm.families > docs/families.md"
+
+
+# ------------------------------------------------------------------------------------------ hub ids, offline
+
+def test_hub_ids_resolve_through_an_offline_hub_cache(family_zoo, tmp_path):
+    """`--base org/name` as a user passes it: huggingface_hub finds the snapshot in HF_HUB_CACHE (blobs + links +
+    refs/main, as it stores downloads) with HF_HUB_OFFLINE=1; the merge is the local directories' merge."""
+    import os
+    import subprocess
+    import sys
+
+    from families_support import hub_cache
+
+    base_dir, tuned_dir = family_zoo.base("Qwen2-VL"), family_zoo.tuned("Qwen2-VL", SAVED)
+    cache = tmp_path / "hub"
+    base_snapshot = hub_cache(cache, "acme/qwen2-base", base_dir)
+    tuned_snapshot = hub_cache(cache, "acme/qwen2-vl-tuned", tuned_dir)
+    assert (tuned_snapshot / "model.safetensors").is_symlink()
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    work = tmp_path / "work"  # no 'acme' folder here: the ids are not local paths
+    work.mkdir()
+
+    def lfm_cli(*args):
+        return subprocess.run([sys.executable, "-m", "lfm.cli", *args], env=env, cwd=work, capture_output=True,
+                              text=True, timeout=300)
+
+    done = lfm_cli("merge", "--base", "acme/qwen2-base", "--tuned", "acme/qwen2-vl-tuned", "--out", "out",
+                   "--method", "neu-s-ties", "--quiet")
+    assert done.returncode == 0, done.stderr[-2000:]
+    local = tmp_path / "local"
+    lfm.merge(base_dir, tuned_dir, local, "neu-s-ties", progress=False, log=lambda *a: None)
+    out = work / "out"
+    assert (out / "model.safetensors").read_bytes() == (local / "model.safetensors").read_bytes()
+    for name in ("config.json", "tokenizer.json", "preprocessor_config.json"):
+        assert not (out / name).is_symlink() and (out / name).read_bytes() == (tuned_dir / name).read_bytes()
+    inputs = json.loads((out / "lfm_recipe.json").read_text())["inputs"]
+    assert inputs["base"]["path"] == str(base_snapshot.resolve()) and \
+        inputs["tuned"]["path"] == str(tuned_snapshot.resolve())
+
+    shown = lfm_cli("pair", "acme/qwen2-base", "acme/qwen2-vl-tuned")
+    assert shown.returncode == 0 and "family   Qwen2-VL (" in shown.stdout, shown.stderr[-2000:]
+    missing = lfm_cli("pair", "acme/qwen2-base", "acme/not-cached")
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+    assert "acme/not-cached: not a local directory" in missing.stderr and "HF_HUB_OFFLINE is set" in missing.stderr
