@@ -44,7 +44,7 @@ CHECKS = {
     "passthrough": "every non-LM tensor byte-equal to tuned",
     "loads": "the output loads with the tuned class; its LM weights are the merged ones",
     "image": "the merged model generates from an image",
-    "processor": "inputs made by AutoProcessor loaded from the output (tokenizer, image processor, chat template)",
+    "processor": "the image inputs are made by AutoProcessor loaded from the merged output (tokenizer + image processor)",
     "score": "`lfm score` and `lfm pair` run on the pair",
     "resident": "`ResidentPair.apply` writes lfm merge's bytes into the loaded tuned model",
 }
@@ -451,18 +451,15 @@ def families_markdown() -> str:
            "",
            "## Supported",
            "",
-           "| family | class | LM type -> base type | LM prefix per layout | passthrough | tied (default) | verified |",
-           "|---|---|---|---|---|---|---|"]
+           "| family | class | LM type -> base type | LM prefix per layout | tied (default) | verified |",
+           "|---|---|---|---|---|---|"]
     for f in FAMILIES:
         if not f.supported:
             continue
         types = ", ".join(f"{t} -> {'/'.join(f.bases_for(t))}" for t in f.lm_types) or "any -> the same"
         prefixes = "; ".join(f"{l.name}: " + ", ".join(f"`{p}`" for p in l.lm) for l in f.layouts)
-        parts = "; ".join(f"{l.name}: " + ", ".join(f"`{p}` {v}" for p, v in l.passthrough.items())
-                          for l in f.layouts)
-        verified = ", ".join(f.verified)
-        out.append(f"| {f.name} | {', '.join(f.classes)} | {types} | {prefixes} | {parts} | "
-                   f"{'yes' if f.tied else 'no'} | {verified} |")
+        out.append(f"| {f.name} | {', '.join(f.classes)} | {types} | {prefixes} | {'yes' if f.tied else 'no'} | "
+                   f"{', '.join(f.verified)} |")
     out += ["", "## Refused", "", "| family | class | why |", "|---|---|---|"]
     for f in FAMILIES:
         if not f.supported:
@@ -471,7 +468,10 @@ def families_markdown() -> str:
     for f in FAMILIES:
         if not f.supported:
             continue
+        parts = "; ".join(f"{l.name}: " + ", ".join(f"`{p}` ({v})" for p, v in l.passthrough.items())
+                          for l in f.layouts)
         out += [f"### {f.name}", "",
+                f"- copied from tuned: {parts}; any other tensor outside the LM too",
                 f"- must match: {', '.join(f.match)}",
                 f"- may differ (reported): {', '.join(f.may_differ)}",
                 f"- vocabulary: {f.vocab}",

@@ -336,3 +336,33 @@ def test_hub_ids_resolve_through_an_offline_hub_cache(family_zoo, tmp_path):
     missing = lfm_cli("pair", "acme/qwen2-base", "acme/not-cached")
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
     assert "acme/not-cached: not a local directory" in missing.stderr and "HF_HUB_OFFLINE is set" in missing.stderr
+
+
+# ------------------------------------------------------------------------------------------ the explorer, live
+
+@pytest.mark.parametrize("row", ["Qwen2-VL", "Idefics3"])
+def test_explorer_opens_a_non_llava_pair_live(family_zoo, row):
+    """lfm.explorer's live source and its neuron / merge-outcome views on a non-LLaVA pair (no browser: the
+    figures the panes show). C(i) of the neuron curve is sum_j |delta_ij| of the tensors transformers loads."""
+    from lfm.explorer import compute
+    from lfm.explorer.live import LivePair
+    from lfm.explorer.views import MergeView, NeuronView
+    from lfm.methods import Recipe
+
+    base_dir, tuned_dir = family_zoo.base(row), family_zoo.tuned(row, SAVED)
+    source = LivePair(base_dir, tuned_dir)
+    assert f"family {row} (" in source.description and not source.can_evaluate
+    heat = NeuronView.heatmap_figure(source, "top1_lift", 1, "up_proj")
+    assert np.asarray(heat.data[0].z).shape == (2, 7)  # layers x the seven linear modules
+    tuned = {n: t.detach() for n, t in lm_handles(load(SPECS[row], tuned_dir)).items()}
+    base = read_state(base_dir)
+    recipe = Recipe.from_name("neu-s-ties", density=K, neurons=M)
+    for module, axis in (("up_proj", 0), ("down_proj", 1)):
+        name = compute.tensor_name(source, 1, module)
+        view = compute.module_view(source, name, recipe)
+        d = tuned[name].double() - base[name].double()
+        np.testing.assert_allclose(view.scores.double().numpy(), d.abs().sum(dim=1 - axis).numpy(), rtol=1e-5)
+        assert int(view.located.sum()) == int(M * d.shape[axis]) and abs(view.kept_fraction - K) < 1e-3
+    outcome, _ = compute.merge_outcome(source, recipe)
+    assert len(outcome) == len([n for n in tuned if neuron_axis(n) is not None])
+    assert MergeView.figure(source, recipe).data  # the outcome figure has traces
