@@ -73,6 +73,14 @@ def tokenizer(specials, roles: dict[str, str] | None = None):
     return fast
 
 
+def chat_template(image: str) -> str:
+    """A minimal chat template: each image item becomes the family's image placeholder `image` (which its
+    processor expands), text items their text; the generation prompt is 'w9'."""
+    return ("{% for m in messages %}{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+            "{% for c in m['content'] %}{% if c['type'] == 'image' %}" + image + " {% else %}{{ c['text'] }}"
+            "{% endif %}{% endfor %}{% endif %} {% endfor %}{% if add_generation_prompt %}w9{% endif %}")
+
+
 def test_image(size: int = IMAGE, seed: int = 0):
     from PIL import Image
 
@@ -91,7 +99,7 @@ class Spec:
     base_type: str  # the base causal LM's model_type
     specials: tuple[str, ...]  # the MLLM's added tokens, at ids VOCAB, VOCAB + 1, ...
     mllm: Callable[[dict], dict]  # special token ids -> the MLLM config's fields besides text_config
-    prompt: str  # the user text with the family's image placeholder (for its processor)
+    placeholder: str  # what its chat template writes for an image (its processor expands it); "" when none
     processor: Callable | None = None  # tokenizer -> the family's processor
     # without a processor (its class needs a video processor, hence torchvision): the image processor saved
     # beside the tokenizer, and the text with the image tokens expanded as the processor would, from its output
@@ -178,11 +186,11 @@ def _paligemma_processor(tok):
 
 
 SPECS: dict[str, Spec] = {s.row: s for s in (
-    Spec("LLaVA", "llava", "llama", ("<image>",), _llava, "<image> w5 w6",
+    Spec("LLaVA", "llava", "llama", ("<image>",), _llava, "<image>",
          processor=_llava_processor("LlavaProcessor", _pil("CLIP", size={"shortest_edge": IMAGE},
                                                            crop_size={"height": IMAGE, "width": IMAGE}))),
     Spec("LLaVA-Next", "llava_next", "llama", ("<image>",),
-         lambda ids: _llava(ids, image_grid_pinpoints=[[IMAGE, IMAGE], [IMAGE, 2 * IMAGE]]), "<image> w5 w6",
+         lambda ids: _llava(ids, image_grid_pinpoints=[[IMAGE, IMAGE], [IMAGE, 2 * IMAGE]]), "<image>",
          processor=_llava_processor("LlavaNextProcessor", _pil(
              "LlavaNext", size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE},
              image_grid_pinpoints=[[IMAGE, IMAGE], [IMAGE, 2 * IMAGE]]))),
@@ -204,7 +212,7 @@ SPECS: dict[str, Spec] = {s.row: s for s in (
          image_processor=QWEN_IMAGES, expand=_qwen_text,
          text_kw={"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [2, 1, 1],
                                       "mrope_interleaved": True}}, layouts=(SAVED,)),
-    Spec("Idefics3", "idefics3", "llama", IDEFICS_SPECIALS, _idefics, "<image> w5 w6", processor=_idefics3_processor,
+    Spec("Idefics3", "idefics3", "llama", IDEFICS_SPECIALS, _idefics, "<image>", processor=_idefics3_processor,
          layouts=(SAVED,)),
     # SmolVLMProcessor, one image without splitting: image_seq_len = (28 / 14)**2 / scale_factor**2 = 1
     Spec("SmolVLM", "smolvlm", "llama", IDEFICS_SPECIALS, _idefics, "",
@@ -215,13 +223,13 @@ SPECS: dict[str, Spec] = {s.row: s for s in (
     Spec("Gemma 3", "gemma3", "gemma3_text", ("<start_of_image>", "<image_soft_token>", "<end_of_image>"),
          lambda ids: dict(vision_config=SIGLIP, mm_tokens_per_image=4, boi_token_index=ids["<start_of_image>"],
                           eoi_token_index=ids["<end_of_image>"], image_token_index=ids["<image_soft_token>"]),
-         "<start_of_image> w5 w6", base_kw=dict(head_dim=8, tie_word_embeddings=True),
+         "<start_of_image>", base_kw=dict(head_dim=8, tie_word_embeddings=True),
          roles={"boi_token": "<start_of_image>", "image_token": "<image_soft_token>", "eoi_token": "<end_of_image>"},
          processor=_gemma3_processor, tied=True),
     Spec("PaliGemma", "paligemma", "gemma", ("<image>",),
          lambda ids: dict(vision_config={k: v for k, v in SIGLIP.items() if k != "model_type"}, projection_dim=H,
                           hidden_size=H, image_token_index=ids["<image>"], vocab_size=VOCAB + EXTRA),
-         "w5 w6", base_kw=dict(head_dim=8, tie_word_embeddings=True), roles={"image_token": "<image>"},
+         "", base_kw=dict(head_dim=8, tie_word_embeddings=True), roles={"image_token": "<image>"},
          processor=_paligemma_processor, tied=True),
     # PixtralProcessor (needs torchvision): one [IMG] per merged patch of a row, [IMG_BREAK] after each row but
     # the last, [IMG_END]; a 56-pixel image (2 x 2 merged patches: one image token trips Mistral3's feature split)
@@ -243,7 +251,7 @@ SPECS: dict[str, Spec] = {s.row: s for s in (
          lambda ids: _llava(ids, image_grid_pinpoints=[[IMAGE, IMAGE]], video_token_index=ids["<video>"]), ""),
     Spec("VipLLaVA", "vipllava", "llama", ("<image>",),
          lambda ids: dict(vision_config=CLIP, image_token_index=ids["<image>"], vision_feature_layers=[-1]),
-         "<image> w5 w6", processor=_llava_processor("LlavaProcessor", _pil("CLIP", size={"shortest_edge": IMAGE},
+         "<image>", processor=_llava_processor("LlavaProcessor", _pil("CLIP", size={"shortest_edge": IMAGE},
                                                                           crop_size={"height": IMAGE, "width": IMAGE}))),
     Spec("Idefics2", "idefics2", "mistral", IDEFICS_SPECIALS,
          lambda ids: dict(vision_config=IDEFICS_VISION, image_token_id=ids["<image>"],
@@ -335,7 +343,9 @@ def write_tuned(out: Path, spec: Spec, base_dir: Path, layout: str, seed: int = 
         save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
     tok = tokenizer(spec.specials, spec.roles)
     if spec.processor is not None:
-        spec.processor(tok).save_pretrained(out)
+        processor = spec.processor(tok)
+        processor.chat_template = chat_template(spec.placeholder)
+        processor.save_pretrained(out)
     else:
         tok.save_pretrained(out)
     if spec.image_processor is not None:
@@ -363,7 +373,8 @@ def image_inputs(spec: Spec, directory: Path) -> dict:
         return dict(AutoTokenizer.from_pretrained(directory)("w5 w6 w7", return_tensors="pt"))
 
     if spec.processor is not None:
-        inputs = AutoProcessor.from_pretrained(directory)(images=[test_image()], text=[spec.prompt], return_tensors="pt")
+        inputs = AutoProcessor.from_pretrained(directory)(images=[test_image()], text=[f"{spec.placeholder} w5 w6".strip()],
+                                                                   return_tensors="pt")
         return {k: v for k, v in inputs.items() if k != "labels"}
     image = dict(AutoImageProcessor.from_pretrained(directory)(images=[test_image(spec.image_size)], return_tensors="pt"))
     text = spec.expand(image)

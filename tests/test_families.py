@@ -366,3 +366,53 @@ def test_explorer_opens_a_non_llava_pair_live(family_zoo, row):
     outcome, _ = compute.merge_outcome(source, recipe)
     assert len(outcome) == len([n for n in tuned if neuron_axis(n) is not None])
     assert MergeView.figure(source, recipe).data  # the outcome figure has traces
+
+
+# ------------------------------------------------------------------------------------------ lfm compare
+
+def test_lfm_compare_items_file_on_gemma3(family_zoo, tmp_path):
+    """`lfm compare --items FILE.jsonl` on Gemma 3 (its processor and chat template, saved with the tuned model):
+    each stage's answers are what the stage's `lfm merge` output, loaded with Gemma3ForConditionalGeneration, says
+    greedily to the same chat turn built by AutoProcessor from the tuned directory."""
+    import csv
+    import subprocess
+    import sys
+
+    from transformers import AutoProcessor
+
+    from families_support import test_image
+    from lfm.evaluate.compare import neuron_fusion_stages
+
+    row = "Gemma 3"
+    base_dir, tuned_dir = family_zoo.base(row), family_zoo.tuned(row, SAVED)
+    items = tmp_path / "items"
+    items.mkdir()
+    with open(items / "items.jsonl", "w") as f:
+        for i in range(3):
+            test_image(seed=i).save(items / f"{i}.png")
+            f.write(json.dumps({"id": f"q{i}", "question": "w5 w6", "choices": ["w7", "w8"], "answer": "w7",
+                                "image": f"{i}.png", "prompt": "w5 w6 w7"}) + "\n")
+    done = subprocess.run([sys.executable, "-m", "lfm.cli", "compare", "--base", str(base_dir), "--tuned",
+                           str(tuned_dir), "--items", str(items / "items.jsonl"), "--out", str(tmp_path / "out"),
+                           "--max-new-tokens", "4", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = list(csv.DictReader(open(tmp_path / "out" / "items.csv")))
+    assert [r["id"] for r in table] == ["q0", "q1", "q2"]
+    assert len({r[f"{stage}_generated"] for stage in ("hard", "suppress", "restore") for r in table}) > 1
+
+    processor = AutoProcessor.from_pretrained(tuned_dir)
+    turn = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                        {"type": "text", "text": "w5 w6 w7"}]}],
+                                         add_generation_prompt=True, tokenize=False)
+    for stage, recipe in neuron_fusion_stages(density=0.2, neurons=0.3).items():
+        out = tmp_path / stage
+        lfm.merge(base_dir, tuned_dir, out, recipe, progress=False, log=lambda *a: None)
+        model = load(SPECS[row], out)
+        for i, r in enumerate(table):
+            enc = processor(text=[turn], images=[[test_image(seed=i)]], return_tensors="pt")
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=4, do_sample=False, num_beams=1,
+                                     pad_token_id=processor.tokenizer.pad_token_id,
+                                     eos_token_id=processor.tokenizer.eos_token_id)
+            said = processor.tokenizer.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+            assert r[f"{stage}_generated"] == said, (stage, r["id"])
