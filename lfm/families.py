@@ -44,18 +44,22 @@ CHECKS = {
     "passthrough": "every non-LM tensor byte-equal to tuned",
     "loads": "the output loads with the tuned class; its LM weights are the merged ones",
     "image": "the merged model generates from an image",
-    "processor": "the image inputs are made by AutoProcessor loaded from the merged output (tokenizer + image processor)",
+    "processor": "the image inputs come from AutoProcessor loaded from the merged output (tokenizer + image processor)",
     "score": "`lfm score` and `lfm pair` run on the pair",
     "resident": "`ResidentPair.apply` writes lfm merge's bytes into the loaded tuned model",
+    "explorer": "the explorer's live source opens the pair; its neuron curve is C(i) = sum |delta| of the tensors",
+    "compare": "`lfm compare --items FILE.jsonl` answers are the stage merges' own greedy answers (processor + chat "
+               "template from the tuned directory)",
 }
 
 FIELDS = ("name", "model_types", "classes", "lm_types", "base_types", "layouts", "tied", "vocab", "match",
           "may_differ", "notes", "examples", "verified", "refuse")
 LAYOUT_FIELDS = ("lm", "passthrough")
 
-_ALL_CHECKS = tuple(CHECKS)
-_NO_PROCESSOR = tuple(c for c in CHECKS if c != "processor")  # its processor needs torchvision (not in the lock)
-_NO_IMAGE = tuple(c for c in CHECKS if c not in ("processor", "image"))  # text-only generation tested
+_EVERY_ROW = ("layouts", "formula", "passthrough", "loads", "score", "resident")
+_ALL_CHECKS = _EVERY_ROW + ("image", "processor")
+_NO_PROCESSOR = _EVERY_ROW + ("image",)  # its processor needs a video processor, hence torchvision (not in the lock)
+_NO_IMAGE = _EVERY_ROW  # no image inputs written for it yet: text-only generation
 
 
 def _llava_layouts(**extra_parts: str) -> dict:
@@ -128,7 +132,8 @@ FAMILY_ROWS: tuple[dict, ...] = (
                "usually no extra rows",
          match=SHAPES + ("hidden_act",),
          may_differ=ROPE + ("rms_norm_eps", "sliding_window", "max_window_layers", "layer_types"),
-         notes=_MROPE, examples=("Qwen/Qwen2-VL-7B-Instruct on Qwen/Qwen2-7B-Instruct",), verified=_NO_PROCESSOR,
+         notes=_MROPE, examples=("Qwen/Qwen2-VL-7B-Instruct on Qwen/Qwen2-7B-Instruct",),
+         verified=_NO_PROCESSOR + ("explorer",),
          refuse=None),
     dict(name="Qwen2.5-VL", model_types=("qwen2_5_vl",), classes=("Qwen2_5_VLForConditionalGeneration",),
          lm_types=("qwen2_5_vl_text",), base_types={"qwen2_5_vl_text": ("qwen2",)}, layouts=_QWEN_VL_LAYOUTS,
@@ -158,7 +163,8 @@ FAMILY_ROWS: tuple[dict, ...] = (
          base_types={}, layouts=_IDEFICS, tied=False,
          vocab="<fake_token_around_image>, <image>, <end_of_utterance> (and row/column tokens): extra rows",
          match=_LLAVA_MATCH, may_differ=ROPE + ("rms_norm_eps",), notes="Llama LM at model.text_model",
-         examples=("HuggingFaceM4/Idefics3-8B-Llama3 on meta-llama/Llama-3.1-8B-Instruct",), verified=_ALL_CHECKS,
+         examples=("HuggingFaceM4/Idefics3-8B-Llama3 on meta-llama/Llama-3.1-8B-Instruct",),
+         verified=_ALL_CHECKS + ("explorer",),
          refuse=None),
     dict(name="SmolVLM", model_types=("smolvlm",), classes=("SmolVLMForConditionalGeneration",), lm_types=(),
          base_types={}, layouts=_IDEFICS, tied=False,
@@ -175,7 +181,7 @@ FAMILY_ROWS: tuple[dict, ...] = (
          may_differ=ROPE + ("rms_norm_eps", "sliding_window", "layer_types"),
          notes="tied embeddings: no lm_head stored; the base is a Gemma3ForCausalLM (gemma3_text), e.g. the LM "
                "of a -pt checkpoint saved as a causal LM (Gemma 3 4B+ has no text-only release)",
-         examples=(), verified=_ALL_CHECKS, refuse=None),
+         examples=(), verified=_ALL_CHECKS + ("compare",), refuse=None),
     dict(name="PaliGemma", model_types=("paligemma",), classes=("PaliGemmaForConditionalGeneration",),
          lm_types=("gemma", "gemma2"), base_types={}, layouts=_llava_layouts(), tied=True,
          vocab="<image>, 1024 <locNNNN> and 128 <segNNN> tokens appended to Gemma's 256000: extra rows",
@@ -357,9 +363,9 @@ def load_families(rows) -> tuple[Family, ...]:
             raise FamilyTableError(f"family rows are dicts, got {row!r}")
         unknown, missing = sorted(set(row) - set(FIELDS)), [f for f in FIELDS if f not in row]
         if unknown or missing:
-            raise FamilyTableError(f"family {name!r}: " + "; ".join(
-                ([f"unknown field(s) {unknown}"] if unknown else []) + ([f"missing field(s) {missing}"] if missing else []))
-                + f"; a row has exactly {list(FIELDS)}")
+            problems = ([f"unknown field(s) {unknown}"] if unknown else []) + \
+                ([f"missing field(s) {missing}"] if missing else [])
+            raise FamilyTableError(f"family {name!r}: {'; '.join(problems)}; a row has exactly {list(FIELDS)}")
         for field in ("name", "vocab", "notes"):
             _check_type(name, field, row[field], str)
         for field in ("model_types", "classes", "lm_types", "match", "may_differ", "examples", "verified"):

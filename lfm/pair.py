@@ -113,8 +113,8 @@ class Pair:
                  f"tuned {self.tuned.path} ({kind})"]
         if self.family is not None:
             lm_type, base_type = text_config(self.tuned.config).get("model_type"), self.base.config.get("model_type")
-            lines.append(f"family {self.family.name} (layout: {self.layout.name}; LM at {', '.join(self.lm_prefixes())}; "
-                         f"{lm_type} <-> base {base_type})")
+            lines.append(f"family {self.family.name} (layout: {self.layout.name}; LM at "
+                         f"{', '.join(self.lm_prefixes())}; {lm_type} <-> base {base_type})")
             lines.append("copied from tuned: " + (", ".join(f"{part} {n}" for part, n in self.parts().items())
                                                   or "nothing"))
         for name, (b, t) in self.differences.items():

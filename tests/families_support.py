@@ -149,6 +149,7 @@ def _qwen_text(image) -> str:
     return "<|vision_start|>" + "<|image_pad|>" * (int(image["image_grid_thw"].prod()) // 4) + "<|vision_end|> w5 w6"
 
 
+CLIP_IMAGES = _pil("CLIP", size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE})
 QWEN_SPECIALS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 QWEN_IMAGES = _pil("Qwen2VL", min_pixels=IMAGE * IMAGE, max_pixels=IMAGE * IMAGE, patch_size=14, merge_size=2,
                    temporal_patch_size=2)
@@ -187,8 +188,7 @@ def _paligemma_processor(tok):
 
 SPECS: dict[str, Spec] = {s.row: s for s in (
     Spec("LLaVA", "llava", "llama", ("<image>",), _llava, "<image>",
-         processor=_llava_processor("LlavaProcessor", _pil("CLIP", size={"shortest_edge": IMAGE},
-                                                           crop_size={"height": IMAGE, "width": IMAGE}))),
+         processor=_llava_processor("LlavaProcessor", CLIP_IMAGES)),
     Spec("LLaVA-Next", "llava_next", "llama", ("<image>",),
          lambda ids: _llava(ids, image_grid_pinpoints=[[IMAGE, IMAGE], [IMAGE, 2 * IMAGE]]), "<image>",
          processor=_llava_processor("LlavaNextProcessor", _pil(
@@ -245,14 +245,14 @@ SPECS: dict[str, Spec] = {s.row: s for s in (
                                              num_attention_heads=2, image_size=[IMAGE, IMAGE], patch_size=[14, 14]),
                           image_token_id=ids["<IMG_CONTEXT>"], image_seq_length=1), "",
          image_processor=_pil("GotOcr2", size={"height": IMAGE, "width": IMAGE}, crop_to_patches=False),
-         expand=lambda image: "<img><IMG_CONTEXT></img> w5 w6", base_kw=dict(tie_word_embeddings=True), tied=True, consumed=("num_patches",)),
+         expand=lambda image: "<img><IMG_CONTEXT></img> w5 w6", base_kw=dict(tie_word_embeddings=True), tied=True,
+         consumed=("num_patches",)),
     # rows proven without an image (no processor or expansion written here yet): text-only generation
     Spec("LLaVA-NeXT-Video", "llava_next_video", "llama", ("<image>", "<video>"),
          lambda ids: _llava(ids, image_grid_pinpoints=[[IMAGE, IMAGE]], video_token_index=ids["<video>"]), ""),
     Spec("VipLLaVA", "vipllava", "llama", ("<image>",),
          lambda ids: dict(vision_config=CLIP, image_token_index=ids["<image>"], vision_feature_layers=[-1]),
-         "<image>", processor=_llava_processor("LlavaProcessor", _pil("CLIP", size={"shortest_edge": IMAGE},
-                                                                          crop_size={"height": IMAGE, "width": IMAGE}))),
+         "<image>", processor=_llava_processor("LlavaProcessor", CLIP_IMAGES)),
     Spec("Idefics2", "idefics2", "mistral", IDEFICS_SPECIALS,
          lambda ids: dict(vision_config=IDEFICS_VISION, image_token_id=ids["<image>"],
                           perceiver_config=dict(resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2,
@@ -340,7 +340,8 @@ def write_tuned(out: Path, spec: Spec, base_dir: Path, layout: str, seed: int = 
         state = model.state_dict()
         if cfg.tie_word_embeddings:
             state.pop("lm_head.weight")  # tied: the embedding (what save_pretrained leaves out too)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
+                  metadata={"format": "pt"})
     tok = tokenizer(spec.specials, spec.roles)
     if spec.processor is not None:
         processor = spec.processor(tok)
@@ -371,12 +372,13 @@ def image_inputs(spec: Spec, directory: Path) -> dict:
 
     if not has_image_path(spec):
         return dict(AutoTokenizer.from_pretrained(directory)("w5 w6 w7", return_tensors="pt"))
-
     if spec.processor is not None:
-        inputs = AutoProcessor.from_pretrained(directory)(images=[test_image()], text=[f"{spec.placeholder} w5 w6".strip()],
-                                                                   return_tensors="pt")
+        processor = AutoProcessor.from_pretrained(directory)
+        inputs = processor(images=[test_image(spec.image_size)], text=[f"{spec.placeholder} w5 w6".strip()],
+                           return_tensors="pt")
         return {k: v for k, v in inputs.items() if k != "labels"}
-    image = dict(AutoImageProcessor.from_pretrained(directory)(images=[test_image(spec.image_size)], return_tensors="pt"))
+    image_processor = AutoImageProcessor.from_pretrained(directory)
+    image = dict(image_processor(images=[test_image(spec.image_size)], return_tensors="pt"))
     text = spec.expand(image)
     image = {k: v for k, v in image.items() if k not in spec.consumed}
     return {**AutoTokenizer.from_pretrained(directory)(text, return_tensors="pt"), **image}
