@@ -81,7 +81,7 @@ def chat_template(image: str) -> str:
             "{% endif %}{% endfor %}{% endif %} {% endfor %}{% if add_generation_prompt %}w9{% endif %}")
 
 
-def test_image(size: int = IMAGE, seed: int = 0):
+def sample_image(size: int = IMAGE, seed: int = 0):
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -374,11 +374,11 @@ def image_inputs(spec: Spec, directory: Path) -> dict:
         return dict(AutoTokenizer.from_pretrained(directory)("w5 w6 w7", return_tensors="pt"))
     if spec.processor is not None:
         processor = AutoProcessor.from_pretrained(directory)
-        inputs = processor(images=[test_image(spec.image_size)], text=[f"{spec.placeholder} w5 w6".strip()],
+        inputs = processor(images=[sample_image(spec.image_size)], text=[f"{spec.placeholder} w5 w6".strip()],
                            return_tensors="pt")
         return {k: v for k, v in inputs.items() if k != "labels"}
     image_processor = AutoImageProcessor.from_pretrained(directory)
-    image = dict(image_processor(images=[test_image(spec.image_size)], return_tensors="pt"))
+    image = dict(image_processor(images=[sample_image(spec.image_size)], return_tensors="pt"))
     text = spec.expand(image)
     image = {k: v for k, v in image.items() if k not in spec.consumed}
     return {**AutoTokenizer.from_pretrained(directory)(text, return_tensors="pt"), **image}

@@ -386,7 +386,7 @@ def test_lfm_compare_items_file(family_zoo, tmp_path, row):
 
     from transformers import AutoProcessor
 
-    from families_support import test_image
+    from families_support import sample_image
     from lfm.evaluate.compare import neuron_fusion_stages
 
     base_dir, tuned_dir = family_zoo.base(row), family_zoo.tuned(row, SAVED)
@@ -394,7 +394,7 @@ def test_lfm_compare_items_file(family_zoo, tmp_path, row):
     items.mkdir()
     with open(items / "items.jsonl", "w") as f:
         for i in range(3):
-            test_image(seed=i).save(items / f"{i}.png")
+            sample_image(seed=i).save(items / f"{i}.png")
             f.write(json.dumps({"id": f"q{i}", "question": "w5 w6", "choices": ["w7", "w8"], "answer": "w7",
                                 "image": f"{i}.png", "prompt": "w5 w6 w7"}) + "\n")
     done = subprocess.run([sys.executable, "-m", "lfm.cli", "compare", "--base", str(base_dir), "--tuned",
@@ -414,7 +414,7 @@ def test_lfm_compare_items_file(family_zoo, tmp_path, row):
         lfm.merge(base_dir, tuned_dir, out, recipe, progress=False, log=lambda *a: None)
         model = load(SPECS[row], out)
         for i, r in enumerate(table):
-            enc = processor(text=[turn], images=[[test_image(seed=i)]], return_tensors="pt")
+            enc = processor(text=[turn], images=[[sample_image(seed=i)]], return_tensors="pt")
             with torch.no_grad():
                 gen = model.generate(**enc, max_new_tokens=4, do_sample=False, num_beams=1,
                                      pad_token_id=processor.tokenizer.pad_token_id,
