@@ -50,6 +50,7 @@ CHECKS = {
     "explorer": "the explorer's live source opens the pair; its neuron curve is C(i) = sum |delta| of the tensors",
     "compare": "`lfm compare --items FILE.jsonl` answers are the stage merges' own greedy answers (processor + chat "
                "template from the tuned directory)",
+    "notebooks": "notebooks 01 (neuron changes) and 04 (FFN key-value memories) run on the pair, their checks passing",
 }
 
 FIELDS = ("name", "model_types", "classes", "lm_types", "base_types", "layouts", "tied", "vocab", "match",
@@ -164,7 +165,7 @@ FAMILY_ROWS: tuple[dict, ...] = (
          vocab="<fake_token_around_image>, <image>, <end_of_utterance> (and row/column tokens): extra rows",
          match=_LLAVA_MATCH, may_differ=ROPE + ("rms_norm_eps",), notes="Llama LM at model.text_model",
          examples=("HuggingFaceM4/Idefics3-8B-Llama3 on meta-llama/Llama-3.1-8B-Instruct",),
-         verified=_ALL_CHECKS + ("explorer",),
+         verified=_ALL_CHECKS + ("explorer", "notebooks"),
          refuse=None),
     dict(name="SmolVLM", model_types=("smolvlm",), classes=("SmolVLMForConditionalGeneration",), lm_types=(),
          base_types={}, layouts=_IDEFICS, tied=False,

@@ -286,7 +286,8 @@ def test_every_supported_row_is_proven_here():
         spec = SPECS[f.name]
         proven = set(CHECKS) - (set() if spec.processor else {"processor"}) - \
             (set() if has_image_path(spec) else {"image"}) - \
-            (set() if f.name in EXPLORER_ROWS else {"explorer"}) - (set() if f.name in COMPARE_ROWS else {"compare"})
+            (set() if f.name in EXPLORER_ROWS else {"explorer"}) - (set() if f.name in COMPARE_ROWS else {"compare"}) - \
+            (set() if f.name in NOTEBOOK_ROWS else {"notebooks"})
         assert set(f.verified) == proven, f.name
         assert {writer_of(layout.name) for layout in f.layouts} == set(spec.layouts), f.name
 
@@ -342,7 +343,7 @@ def test_hub_ids_resolve_through_an_offline_hub_cache(family_zoo, tmp_path):
 
 # ------------------------------------------------------------------------------------------ the explorer, live
 
-EXPLORER_ROWS, COMPARE_ROWS = ("Qwen2-VL", "Idefics3"), ("Gemma 3",)
+EXPLORER_ROWS, COMPARE_ROWS, NOTEBOOK_ROWS = ("Qwen2-VL", "Idefics3"), ("Gemma 3",), ("Idefics3",)
 
 
 @pytest.mark.parametrize("row", EXPLORER_ROWS)
@@ -377,9 +378,9 @@ def test_explorer_opens_a_non_llava_pair_live(family_zoo, row):
 
 @pytest.mark.parametrize("row", COMPARE_ROWS)
 def test_lfm_compare_items_file(family_zoo, tmp_path, row):
-    """`lfm compare --items FILE.jsonl` on Gemma 3 (its processor and chat template, saved with the tuned model):
-    each stage's answers are what the stage's `lfm merge` output, loaded with Gemma3ForConditionalGeneration, says
-    greedily to the same chat turn built by AutoProcessor from the tuned directory."""
+    """`lfm compare --items FILE.jsonl` on a non-LLaVA family (its processor and chat template, saved with the tuned
+    model): each stage's answers are what the stage's `lfm merge` output, loaded with the tuned class, says greedily
+    to the same chat turn built by AutoProcessor from the tuned directory."""
     import csv
     import subprocess
     import sys
@@ -390,15 +391,9 @@ def test_lfm_compare_items_file(family_zoo, tmp_path, row):
     from lfm.evaluate.compare import neuron_fusion_stages
 
     base_dir, tuned_dir = family_zoo.base(row), family_zoo.tuned(row, SAVED)
-    items = tmp_path / "items"
-    items.mkdir()
-    with open(items / "items.jsonl", "w") as f:
-        for i in range(3):
-            sample_image(seed=i).save(items / f"{i}.png")
-            f.write(json.dumps({"id": f"q{i}", "question": "w5 w6", "choices": ["w7", "w8"], "answer": "w7",
-                                "image": f"{i}.png", "prompt": "w5 w6 w7"}) + "\n")
+    items = write_items(tmp_path / "items", SPECS[row].image_size, prompt="w5 w6 w7")
     done = subprocess.run([sys.executable, "-m", "lfm.cli", "compare", "--base", str(base_dir), "--tuned",
-                           str(tuned_dir), "--items", str(items / "items.jsonl"), "--out", str(tmp_path / "out"),
+                           str(tuned_dir), "--items", str(items), "--out", str(tmp_path / "out"),
                            "--max-new-tokens", "4", "--quiet"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     table = list(csv.DictReader(open(tmp_path / "out" / "items.csv")))
@@ -414,10 +409,38 @@ def test_lfm_compare_items_file(family_zoo, tmp_path, row):
         lfm.merge(base_dir, tuned_dir, out, recipe, progress=False, log=lambda *a: None)
         model = load(SPECS[row], out)
         for i, r in enumerate(table):
-            enc = processor(text=[turn], images=[[sample_image(seed=i)]], return_tensors="pt")
+            enc = processor(text=[turn], images=[[sample_image(SPECS[row].image_size, seed=i)]], return_tensors="pt")
             with torch.no_grad():
                 gen = model.generate(**enc, max_new_tokens=4, do_sample=False, num_beams=1,
                                      pad_token_id=processor.tokenizer.pad_token_id,
                                      eos_token_id=processor.tokenizer.eos_token_id)
             said = processor.tokenizer.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
             assert r[f"{stage}_generated"] == said, (stage, r["id"])
+
+
+# ------------------------------------------------------------------------------------------ notebooks
+
+def write_items(folder: Path, image_size: int, prompt: str | None = None) -> Path:
+    """A three-item JSONL items file (lfm.evaluate.compare.read_items_file) with its images."""
+    from families_support import sample_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "items.jsonl", "w") as f:
+        for i in range(3):
+            sample_image(image_size, seed=i).save(folder / f"{i}.png")
+            f.write(json.dumps({"id": f"q{i}", "question": "w5 w6", "choices": ["w7", "w8"], "answer": "w7",
+                                "image": f"{i}.png", **({"prompt": prompt} if prompt else {})}) + "\n")
+    return folder / "items.jsonl"
+
+
+@pytest.mark.parametrize("row", NOTEBOOK_ROWS)
+@pytest.mark.parametrize("name", ["01_neuron_changes.ipynb", "04_ffn_key_value_memories.ipynb"])
+def test_notebooks_run_on_a_non_llava_family(family_zoo, tmp_path, row, name):
+    """The teaching notebooks as a user runs them on their own pair (papermill -p base -p tuned [-p items]), with
+    tests/test_notebooks.py's checks: every cell ran, the asserting cell's CHECK lines printed, figures, summary."""
+    from test_notebooks import PARAMS, check_run
+
+    params = {"base": str(family_zoo.base(row)), "tuned": str(family_zoo.tuned(row, SAVED)), **PARAMS[name]}
+    if name.startswith("04"):
+        params["items"] = str(write_items(tmp_path / "items", SPECS[row].image_size))
+    check_run(name, tmp_path, params, tag=f"family-{row}")
