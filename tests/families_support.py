@@ -171,6 +171,29 @@ def _idefics3_processor(tok):
     return transformers.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=1)
 
 
+def _idefics2_processor(tok):
+    import transformers
+
+    ip = transformers.Idefics2ImageProcessorPil(do_image_splitting=False, size={"longest_edge": IMAGE,
+                                                                               "shortest_edge": IMAGE})
+    return transformers.Idefics2Processor(image_processor=ip, tokenizer=tok, image_seq_len=4)
+
+
+def _aya_processor(tok):
+    import transformers
+
+    ip = transformers.GotOcr2ImageProcessorPil(size={"height": IMAGE, "width": IMAGE}, crop_to_patches=False)
+    return transformers.AyaVisionProcessor(image_processor=ip, tokenizer=tok, patch_size=14, img_size=IMAGE,
+                                           downsample_factor=2)
+
+
+def _deepseek_vl_processor(tok):
+    import transformers
+
+    ip = transformers.DeepseekVLImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    return transformers.DeepseekVLProcessor(image_processor=ip, tokenizer=tok, num_image_tokens=(IMAGE // 14) ** 2)
+
+
 def _gemma3_processor(tok):
     import transformers
 
@@ -257,9 +280,11 @@ SPECS: dict[str, Spec] = {s.row: s for s in (
          lambda ids: dict(vision_config=IDEFICS_VISION, image_token_id=ids["<image>"],
                           perceiver_config=dict(resampler_n_latents=4, resampler_depth=1, resampler_n_heads=2,
                                                 resampler_head_dim=8, num_key_value_heads=1, hidden_size=H)),
-         "", layouts=(SAVED,)),
-    Spec("Aya Vision", "aya_vision", "cohere2", ("<image>",),
-         lambda ids: dict(vision_config=SIGLIP, downsample_factor=2, image_token_index=ids["<image>"]), "",
+         "<image>", processor=_idefics2_processor, layouts=(SAVED,)),
+    Spec("Aya Vision", "aya_vision", "cohere2",
+         ("<image>", "<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>"),
+         lambda ids: dict(vision_config=SIGLIP, downsample_factor=2, image_token_index=ids["<|IMG_PATCH|>"]), "<image>",
+         processor=_aya_processor,
          base_kw=dict(head_dim=8, tie_word_embeddings=True), tied=True),
     Spec("GOT-OCR2", "got_ocr2", "qwen2", ("<imgpad>",),
          lambda ids: dict(vision_config=dict(hidden_size=16, output_channels=8, num_hidden_layers=1,
@@ -267,8 +292,8 @@ SPECS: dict[str, Spec] = {s.row: s for s in (
                                              global_attn_indexes=[0], mlp_dim=32, window_size=2),
                           image_token_index=ids["<imgpad>"]), "", base_kw=dict(tie_word_embeddings=True), tied=True),
     Spec("DeepSeek-VL", "deepseek_vl", "llama", ("<image_placeholder>",),
-         lambda ids: dict(vision_config=SIGLIP, image_token_id=ids["<image_placeholder>"]), "",
-         layouts=(SAVED,)),
+         lambda ids: dict(vision_config=SIGLIP, image_token_id=ids["<image_placeholder>"]), "<image_placeholder>",
+         processor=_deepseek_vl_processor, roles={"image_token": "<image_placeholder>"}, layouts=(SAVED,)),
     Spec("Cohere2-Vision", "cohere2_vision", "cohere2", ("<image>",),
          lambda ids: dict(vision_config=SIGLIP, downsample_factor=2, image_token_id=ids["<image>"]), "",
          base_kw=dict(head_dim=8, tie_word_embeddings=True), tied=True, layouts=(SAVED,)),
