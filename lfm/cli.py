@@ -25,7 +25,7 @@ from lfm.names import ALIASES, LOCATE_MODES, METHOD_ROWS, RESCALES, RESTORES, SU
 
 # Subcommand groups living in other packages; each module has register(subparsers). Building the parser
 # imports only these modules and lfm.names: torch, transformers and panel load when a command runs.
-PLUGINS = ("lfm.organism.cli", "lfm.evaluate.cli", "lfm.explorer.cli", "lfm.lab", "lfm.realpair.cli")
+PLUGINS = ("lfm.organism.cli", "lfm.evaluate.cli", "lfm.explorer.cli", "lfm.lab", "lfm.realpair.cli", "lfm.pair_cli")
 RECIPE_FLAGS = ("density", "neurons", "suppress", "restore", "alpha", "gamma", "epsilon", "rescale",
                 "locate", "seed", "others", "keep_base", "keep_tuned")
 RUN_KEYS = ("base", "tuned", "out", "device", "dtype")

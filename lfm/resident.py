@@ -42,7 +42,7 @@ from lfm.kernels import select
 from lfm.methods import (METHODS, Recipe, kth_largest, make_recipe, merge_tensor, rescale_ratio, source_of,
                          suppressed_delta, tensor_generator, top_k_counts)
 from lfm.neurons import locate, neuron_axis, neuron_scores
-from lfm.pair import Pair, loaded_key, open_pair
+from lfm.pair import Pair, open_pair
 from lfm.topk import KEY_BLOCK, OrderKey, TopK, order_key_blocks, top_k_sets
 
 
@@ -464,7 +464,7 @@ class ResidentPair:
         state = dict(model.state_dict(keep_vars=True))
         out = {}
         for _, key, _, _ in self.entries:
-            found = loaded_key(key, state)
+            found = self.pair.loaded_key(key, state)
             if found is None:
                 raise KeyError(f"checkpoint tensor {key!r} has no counterpart in the model's state_dict "
                                f"({type(model).__name__}); load the model from the tuned directory")
