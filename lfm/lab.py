@@ -9,7 +9,7 @@ for, are switched off.
 
 The token (lfm.access: --token, else $LFM_TOKEN, else a fresh random one) reaches JupyterLab through its
 environment (JUPYTER_TOKEN), never its command line, which every user of the machine can read (`ps`);
-JupyterLab prints the URL with it. `--token ''` (Jupyter's "no authentication") is refused: that takes
+`lfm lab` prints the URL to open, with it. `--token ''` (Jupyter's "no authentication") is refused: that takes
 `--no-token`, which prints who can then run code as you.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlencode
 
 from lfm.access import add_token_args, choose_token, no_token_warning
 
@@ -65,6 +66,8 @@ def cmd_lab(args) -> int:
     cmd = lab_command(args.dir, port=args.port, no_token=token is None, open_browser=args.open)
     if token is None:
         print(no_token_warning(f"127.0.0.1:{args.port}"), file=sys.stderr, flush=True)
+    else:  # JupyterLab prints '?token=...' for a token from its environment: the URL to open is printed here
+        print(f"lfm lab: open http://127.0.0.1:{args.port}/lab?{urlencode({'token': token})}", flush=True)
     os.execve(cmd[0], cmd, lab_environment(token))  # JupyterLab takes over the process: Ctrl-C stops it as usual
 
 

@@ -45,7 +45,8 @@ def serve_explorer(*app_args: str):
 
 @pytest.fixture(scope="module")
 def server(organism):
-    with serve_explorer("--base", str(organism[0]), "--tuned", str(organism[1]), "--per-task", "2", "--no-sweep") as url:
+    with serve_explorer("--base", str(organism[0]), "--tuned", str(organism[1]), "--per-task", "2",
+                        "--no-sweep") as url:
         yield url
 
 

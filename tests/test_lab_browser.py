@@ -49,7 +49,8 @@ def lab(tmp_path_factory):
     tracker.write_text('{"windowingMode": "none"}')
     port, token = free_port(), secrets.token_hex(16)
     ARTIFACTS.mkdir(exist_ok=True)
-    env = lab_environment(token, {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(folder / ".jupyter-config"),
+    env = lab_environment(token, {**os.environ, "HF_HUB_OFFLINE": "1",
+                                  "JUPYTER_CONFIG_DIR": str(folder / ".jupyter-config"),
                                   "JUPYTERLAB_SETTINGS_DIR": str(folder / ".lab-settings"),
                                   "JUPYTERLAB_WORKSPACES_DIR": str(folder / ".lab-workspaces")})
     with local_server(lab_command(folder, port=port), f"http://127.0.0.1:{port}/api/status?token={token}",
