@@ -119,14 +119,15 @@ def page(*, results: str | None = None, base: str | None = None, tuned: str | No
     box, no loading).
     """
     serve_resources_from_here()
-    address = client_address()
-    if address is not None and not serving():
+    doc = pn.state.curdoc
+    if doc is not None and doc.session_context is not None and not serving():  # a served session, no gate
         log.warning("refused a session: this server has no token gate (plain `panel serve`); start the explorer "
                     "with `lfm explore`")
         return pn.pane.Alert("This explorer was started without its token (a plain `panel serve "
                              "apps/explorer.py`), so any user of this machine could open it and run code as its "
                              "owner. Start it with `lfm explore` (or `make demo`, `python apps/explorer.py`): it "
                              "prints the URL to open, with its token.", alert_type="danger")
+    address = client_address()
     if address is not None and not is_loopback(address):
         if not remote_allowed():
             log.warning("refused a session from %s: the explorer serves this machine only (set %s=1 to allow "

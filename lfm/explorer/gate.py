@@ -17,8 +17,11 @@ nothing else: no session, no state, no evaluation, whatever page or `<img>` tag 
 
 A plain `panel serve apps/explorer.py` runs no lfm code before it makes a session (the script itself runs per
 session), so no gate can stand in front of it: there, `app.page` builds a refusal instead of the explorer
-(it checks `serving()`, true only in a process whose server was built with a gate), and `make demo` runs
-`lfm explore`.
+(it checks `serving()`, true only in a process whose server was built with a gate: every session such a
+server makes passed it), and `make demo` runs `lfm explore`. Bokeh's `--auth-module` could put a gate in
+front of `panel serve` too, but only when the user remembers the flag, and without the port the URL and the
+cookie need; one command that always has the gate, and a page that refuses to exist without one, leave no
+way to a working server without a token.
 
     >>> page_url("0.0.0.0", 5006, "s3cret")
     'http://127.0.0.1:5006/explorer?token=s3cret'
