@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine:  `make demo` (the explorer on the embedded organism)
+# Two entry points for a fresh machine:  `make demo` (the explorer on the embedded organism; open the URL it prints)
 # and `make test` (the full test suite). Both create .venv and install everything first, from the lock.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -62,8 +62,9 @@ lock:
 	$(COMPILE) --overrides requirements/torch-cuda.txt -c $(LOCK_VENV)/cpu-lock-pins.txt \
 		--custom-compile-command "make lock TORCH=cuda" -o $(LOCK_cuda)
 
+# prints the URL to open, with this start's token (lfm.explorer.gate; `LFM_TOKEN=... make demo` for your own)
 demo: install
-	$(VENV)/bin/panel serve apps/explorer.py --address 127.0.0.1 --port $(PORT) --allow-websocket-origin 127.0.0.1:$(PORT) --allow-websocket-origin localhost:$(PORT)
+	$(VENV)/bin/lfm explore --port $(PORT)
 
 lab: install
 	$(VENV)/bin/lfm lab notebooks --port $(LAB_PORT)

@@ -22,6 +22,7 @@ stored; see `lfm.neurons` for which axis is a neuron.
 """
 
 import math
+import numbers
 import re
 import zlib
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -37,6 +38,9 @@ from lfm.neurons import extra_vocab_rows, locate, module_of, neuron_axis, neuron
 # ----------------------------------------------------------------------------------------------
 # The recipe: every knob of a merge, validated once.
 
+SEED_MAX = 2**63 - 1  # the largest seed: a 64-bit signed integer, as a link, a form or a YAML file can hold it
+
+
 @dataclass(frozen=True)
 class Recipe:
     """One merge, fully described. Defaults are the paper's good settings (K=0.2, M=0.3, alpha=1)."""
@@ -51,7 +55,7 @@ class Recipe:
     epsilon: float = 0.1  # della: keep probabilities span K-eps .. K+eps
     rescale: str = "inverse"  # dare/della: 1/p (the papers) or l1 (match the l1 norm, as mergekit >= 0.1.0)
     locate: str = "top"  # which neurons to restore: top C(i) (the paper), random or bottom (controls)
-    seed: int = 0  # for dare, della and locate=random; same seed => same bytes
+    seed: int = 0  # for dare, della and locate=random; same seed => same bytes; 0 .. SEED_MAX
     others: str = "method"  # non-linear LM tensors (norms, embeddings, lm_head): method | tuned | base
     keep_base: tuple[str, ...] = ()  # regexes on canonical names that take the base weight
     keep_tuned: tuple[str, ...] = ()  # regexes on canonical names that take the tuned weight
@@ -71,6 +75,10 @@ class Recipe:
             raise ValueError(f"density K must be in (0, 1], got {self.density}")
         if not 0.0 <= self.neurons <= 1.0:
             raise ValueError(f"neurons M must be in [0, 1] (M=0 is the suppress-only stage), got {self.neurons}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed <= SEED_MAX:
+            too_big = isinstance(self.seed, numbers.Integral) and abs(self.seed) > SEED_MAX  # its digits could be many
+            got = f"a {int(self.seed).bit_length()}-bit integer" if too_big else repr(self.seed)
+            raise ValueError(f"seed must be an integer from 0 to {SEED_MAX} (2**63-1), got {got}")
         if not math.isfinite(self.alpha):
             raise ValueError(f"alpha must be a finite number, got {self.alpha}")
         if not 0.0 <= self.gamma < 1.0:
@@ -861,8 +869,9 @@ def merge_delta(delta: torch.Tensor, recipe: Recipe, *, neuron_axis: int | None 
 
 def tensor_generator(recipe: Recipe, name: str) -> torch.Generator:
     """A CPU generator seeded from (seed, tensor name): the draw for a tensor does not depend on
-    the order tensors are visited or on the device (crc32, not Python's salted hash)."""
-    return torch.Generator().manual_seed(recipe.seed * 1_000_003 + zlib.crc32(name.encode()))
+    the order tensors are visited or on the device (crc32, not Python's salted hash). Taken modulo 2**64, the
+    range torch accepts: the same number as before for every seed below ~1.8e13, and no overflow above."""
+    return torch.Generator().manual_seed((recipe.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**64)
 
 
 def source_of(name: str, recipe: Recipe) -> str:

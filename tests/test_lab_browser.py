@@ -17,8 +17,8 @@ from urllib.parse import urlparse
 import nbformat
 import pytest
 
-from app_support import ROOT, local_server
-from test_app_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, free_port, wait_for
+from app_support import ROOT, free_port, local_server
+from test_app_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, wait_for
 from test_notebooks import PARAMS
 
 pytestmark = pytest.mark.browser
@@ -39,7 +39,7 @@ def notebook_copy(folder: Path) -> Path:
 def lab(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
-    from lfm.lab import lab_command
+    from lfm.lab import lab_command, lab_environment
 
     folder = tmp_path_factory.mktemp("lab")
     notebook_copy(folder)
@@ -49,10 +49,11 @@ def lab(tmp_path_factory):
     tracker.write_text('{"windowingMode": "none"}')
     port, token = free_port(), secrets.token_hex(16)
     ARTIFACTS.mkdir(exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(folder / ".jupyter-config"),
-           "JUPYTERLAB_SETTINGS_DIR": str(folder / ".lab-settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(folder / ".lab-workspaces")}
-    with local_server(lab_command(folder, port=port, token=token), f"http://127.0.0.1:{port}/api/status?token={token}",
+    env = lab_environment(token, {**os.environ, "HF_HUB_OFFLINE": "1",
+                                  "JUPYTER_CONFIG_DIR": str(folder / ".jupyter-config"),
+                                  "JUPYTERLAB_SETTINGS_DIR": str(folder / ".lab-settings"),
+                                  "JUPYTERLAB_WORKSPACES_DIR": str(folder / ".lab-workspaces")})
+    with local_server(lab_command(folder, port=port), f"http://127.0.0.1:{port}/api/status?token={token}",
                       ARTIFACTS / "jupyter-lab.log", env=env, cwd=folder, timeout=90):
         yield f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK}?token={token}"
 

@@ -9,6 +9,8 @@ With `background=False` (tests, notebooks) everything runs inline.
 
 from __future__ import annotations
 
+import math
+import re
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +21,7 @@ import panel as pn
 import param
 
 from lfm.checkpoint import is_hub_id
-from lfm.methods import Recipe
+from lfm.methods import SEED_MAX, Recipe
 
 from . import compute
 from .figures import METRICS
@@ -36,6 +38,8 @@ SOURCES = ("organism", "pair", "results")
 URL_PARAMS = {"method": "method", "density": "K", "neurons": "M", "alpha": "alpha", "gamma": "gamma",
               "epsilon": "epsilon", "restore": "restore", "locate": "locate", "others": "others", "seed": "seed",
               "metric": "metric", "layer": "layer", "module": "module", "per_task": "per_task"}
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")  # ASCII digits only ('²'.isdigit() is True), at most int64's 19
+_NUMBER = re.compile(r"[+-]?([0-9]{1,20}(\.[0-9]{0,20})?|\.[0-9]{1,20})([eE][+-]?[0-9]{1,3})?")
 
 
 class SessionClosed(BaseException):
@@ -43,6 +47,39 @@ class SessionClosed(BaseException):
 
     A BaseException (like GeneratorExit) so that the jobs' `except Exception` error reporting, which
     would hand an error back to the closed page, lets it through."""
+
+
+def clean_query(query: dict[str, str]) -> dict[str, str]:
+    """A link's settings as the page may apply them: the keys of URL_PARAMS only, each value parsed by its own
+    parameter (a number within its bounds, clamped to them; a choice among its options); anything else is
+    dropped. Idempotent: a clean query comes back unchanged (the gate redirects a page URL to its clean form).
+
+        >>> clean_query({"K": "0.3", "M": "7", "seed": "99999999999999999999999", "foo": "\u00b2", "method": "x"})
+        {'K': '0.3', 'M': '1.0'}
+    """
+    names = {key: name for name, key in URL_PARAMS.items()}
+    clean = {}
+    for key, text in query.items():
+        p = ExplorerState.param[names[key]] if key in names else None
+        if isinstance(p, param.Selector):
+            if text in p.objects:
+                clean[key] = text
+            continue
+        if isinstance(p, param.Integer):
+            if not _INTEGER.fullmatch(text):
+                continue
+            value = int(text)
+        elif isinstance(p, param.Number):
+            if not _NUMBER.fullmatch(text) or not math.isfinite(float(text)):
+                continue
+            value = float(text)
+        else:  # an unknown key: ignored
+            continue
+        low, high = p.bounds or (None, None)
+        clamped = max(value, low) if low is not None else value
+        clamped = min(clamped, high) if high is not None else clamped
+        clean[key] = str(clamped)  # as the page writes its own links (K=0.3, seed=5): those come back unchanged
+    return clean
 
 
 def organism_paths() -> tuple[str, str]:
@@ -77,7 +114,7 @@ class ExplorerState(param.Parameterized):
     restore = param.Selector(default="rescale", objects=["rescale", "replace"])
     locate = param.Selector(default="top", objects=["top", "random", "bottom"])
     others = param.Selector(default="method", objects=["method", "tuned", "base"])
-    seed = param.Integer(default=0)
+    seed = param.Integer(default=0, bounds=(0, SEED_MAX))
     recipe = param.ClassSelector(class_=Recipe, default=Recipe())
 
     # -- what is looked at --------------------------------------------------------------------

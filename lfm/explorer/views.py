@@ -51,6 +51,22 @@ def _italic(text: str) -> str:
 TASK_COLUMNS = ["kind", "task", "correct", "n", "accuracy", "lo", "hi"]
 CHANGED_COLUMNS = ["id", "task", "question", "answer", "pin 1", "pin 2"]
 NO_SORT = {"columnDefaults": {"headerSort": False}}  # sort arrows take header room; these tables are short
+# the most rows a table sends to the page (a 100k-row generations.csv sent 63 MB over every page's websocket);
+# a note under the filters says how many more there are and where they are
+TABLE_ROWS = 200
+
+
+def first_rows(table: pd.DataFrame, rest: str) -> tuple[pd.DataFrame, str]:
+    """The first TABLE_ROWS rows of `table`, and the note that says so ('' when it has no more); `rest` says where
+    the others are.
+
+        >>> shown, note = first_rows(pd.DataFrame({"a": range(1000)}), "narrow them with the filters")
+        >>> len(shown), note
+        (200, '*showing the first 200 of 1000 rows: narrow them with the filters*')
+    """
+    if len(table) <= TABLE_ROWS:
+        return table, ""
+    return table.head(TABLE_ROWS), f"*showing the first {TABLE_ROWS} of {len(table)} rows: {rest}*"
 
 
 class RowsTable:
@@ -370,6 +386,7 @@ class GenerationsView(View):
             layout="fit_columns", widths={"image": 64, "task": 90, "answer": 100}, titles={"image": "image"},
             header_filters=False, selectable=1, configuration=NO_SORT)
         self.placeholder = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self.more = pn.pane.Markdown("", sizing_mode="stretch_width")  # rows beyond TABLE_ROWS
         self.summary = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.stages = pn.pane.Markdown(pn.bind(self._stages, s.param.generations_recipe, s.param.pending,
                                                s.param.answers_note, s.param.recipe), sizing_mode="stretch_width")
@@ -425,14 +442,16 @@ class GenerationsView(View):
             self.placeholder.object = ("*answers: evaluated live (the organism, or a pair with its suite), or read "
                                        "from a results folder's generations.csv*")
             self.table.value = self._shown(pd.DataFrame(columns=GENERATION_COLUMNS))
-            self.summary.object = ""
+            self.summary.object = self.more.object = ""
             self.transitions.value = pd.DataFrame(columns=["at suppress", "at restore", "items"])
             return
         self.placeholder.object = ""
         tasks = ["all"] + sorted(table["task"].unique())
         if self.task.options != tasks:
             self.task.options = tasks
-        self.table.value = self._shown(self.filtered())
+        shown, self.more.object = first_rows(self.filtered(), "narrow them with the filters above; the generations "
+                                                              "CSV export holds them all")
+        self.table.value = self._shown(shown)
         n = len(table)
         counts = {s: int((table[f"{s}_category"] == "correct").sum()) for s in STAGES}
         self.summary.object = (f"**{n} items** · correct: hard {counts['hard']}, suppress {counts['suppress']}, "
@@ -457,7 +476,7 @@ class GenerationsView(View):
         return pn.Column("### Generations: hard-merge → suppress (M=0) → restore (M)",
                          self.stages,
                          pn.Row(self.task, self.stage, self.category), self.changed, self.summary, self.placeholder,
-                         self.table, "**item detail**", self.detail,
+                         self.more, self.table, "**item detail**", self.detail,
                          "**suppress → restore transitions**", self.transitions, sizing_mode="stretch_width")
 
 
@@ -557,11 +576,13 @@ class CompareView(View):
             self.changed.value = pd.DataFrame(columns=CHANGED_COLUMNS)
             return
         changed = analysis.changed_items(first["generations"], second["generations"])
+        shown, more = first_rows(changed, "narrow the generations with its filters to see the others")
         self.note.object = (f"**{len(changed)} items** change restore-stage category between pin 1 "
-                            f"({first['recipe'].label}) and pin 2 ({second['recipe'].label})")
-        changed = changed.assign(**{"pin 1": changed["first"] + " (" + changed["first_category"] + ")",
-                                    "pin 2": changed["second"] + " (" + changed["second_category"] + ")"})
-        self.changed.value = changed.reindex(columns=CHANGED_COLUMNS).reset_index(drop=True)
+                            f"({first['recipe'].label}) and pin 2 ({second['recipe'].label})"
+                            + (f"  \n{more}" if more else ""))
+        shown = shown.assign(**{"pin 1": shown["first"] + " (" + shown["first_category"] + ")",
+                                "pin 2": shown["second"] + " (" + shown["second_category"] + ")"})
+        self.changed.value = shown.reindex(columns=CHANGED_COLUMNS).reset_index(drop=True)
 
     @staticmethod
     def comparison(pins: list[dict]) -> pd.DataFrame:
