@@ -1,3 +1,3 @@
-"""The package version (its own module so that lfm.merge can record it without importing lfm first)."""
+"""The package version (its own module so that lfm.stream can record it without importing lfm first)."""
 
 __version__ = "0.1.0"

@@ -22,7 +22,7 @@ from lfm.explorer.app import ExplorerApp, extension
 from lfm.explorer.compute import module_view
 from lfm.explorer.results import ResultsFolder
 from lfm.explorer.state import ExplorerState
-from lfm.merge import merged_state_dict
+from lfm.stream import merged_state_dict
 from lfm.methods import STAGES, Recipe, stage_recipes
 from lfm.neurons import neuron_scores
 from lfm.pair import open_pair

@@ -63,7 +63,7 @@ class OrganismEvaluator:
         self.pair = MergeablePair(resident, tuned)
         if not hasattr(self.pair.processor, "image_processor"):
             raise ValueError(f"{tuned} is not a LLaVA with a processor")
-        resident._model_objects(self.pair.model)  # every LM tensor has a place in the model
+        resident.check_model(self.pair.model)  # every LM tensor has a place in the model
         self.images = {r["id"]: r["image"] for r in scienceqa_records()}
 
     def items(self, per_task: int) -> dict:

@@ -35,12 +35,15 @@ from lfm._version import __version__
 from lfm.checkpoint import contained_path
 from lfm.explorer import DEFAULT_DENSITIES, DEFAULT_NEURONS
 from lfm.methods import Recipe, suppress, tensor_generator
+from lfm.methods.registry import METHODS, NEURON_FUSION
 from lfm.neurons import neuron_scores
 from lfm.pair import open_pair, text_config
-from lfm.resident import TensorView, final_scores
+from lfm.methods.math import final_scores
+from lfm.resident import TensorView
 from lfm.score import linear_deltas, save_scores, summary_rows
 
 FORMAT = "lfm-results/1"
+SUPPRESSOR = "ties"  # the suppressor whose C'(i) a results folder stores (the paper's main one)
 GRID_TOLERANCE = 1e-6  # a setting is precomputed when its K, M and alpha match a grid row this closely
 SWEEP_COLUMNS = ("curve", "label", "method", "suppress", "restore", "density", "neurons", "alpha", "LA", "VA", "OA")
 
@@ -62,7 +65,7 @@ def write_scores(base, tuned, out: Path, densities=DEFAULT_DENSITIES, *, device=
         scores[e.name] = neuron_scores(delta, axis).cpu()
         sorted_abs = torch.sort(delta.abs().flatten(), descending=True).values
         for k in densities:
-            s, _ = suppress(delta, Recipe(method="neuron_fusion", suppress="ties", density=k), sorted_abs)
+            s, _ = suppress(delta, Recipe(method=NEURON_FUSION, suppress=SUPPRESSOR, density=k), sorted_abs)
             suppressed[f"{_k_key(k)}/{e.name}"] = neuron_scores(s, axis).cpu()
         del delta, sorted_abs
     n_heads = cfg.get("num_attention_heads")
@@ -217,13 +220,13 @@ class ResultsFolder:
         """C(i), C'(i) at the nearest grid K, located neurons and C_final for TIES-based recipes."""
         from lfm.neurons import locate
 
-        if recipe.sub_method != "ties":
+        if recipe.sub_method != SUPPRESSOR:
             raise ValueError(f"this results folder holds TIES suppression only; pick TIES or Neu-*-TIES "
                              f"(got {recipe.label})")
         scores = self.scores[name]
         k = self.nearest_density(recipe.density)
         after = self.suppressed[f"{_k_key(k)}/{name}"]
-        if recipe.method == "neuron_fusion" and recipe.neurons > 0:
+        if METHODS[recipe.method].restores_neurons and recipe.neurons > 0:
             located = locate(scores, recipe.neurons, recipe.locate,
                              tensor_generator(recipe, name) if recipe.is_random else None)
         else:
@@ -250,7 +253,7 @@ class ResultsFolder:
         rows = df[(df["method"] == recipe.method) & (df["curve"] != "reference")]
         if self.unrecorded(recipe):
             rows = rows.iloc[0:0]
-        if recipe.method == "neuron_fusion":
+        if METHODS[recipe.method].restores_neurons:
             rows = rows[(rows["suppress"] == recipe.suppress) & (rows["restore"] == recipe.restore)]
             if recipe.locate != "top":  # the precompute sweep locates top-M only
                 rows = rows.iloc[0:0]

@@ -19,23 +19,32 @@ import panel as pn
 import param
 
 from lfm.checkpoint import is_hub_id
-from lfm.methods import Recipe
+from lfm.methods.recipe import Recipe
+from lfm.methods.registry import METHODS, SETTINGS
+from lfm.neurons import LINEAR_MODULES
 
 from . import compute
 from .figures import METRICS
 
-# display name -> Recipe.from_name alias (lfm.methods.ALIASES)
-METHOD_CHOICES = {
-    "Neu-S-TIES": "neu-s-ties", "Neu-P-TIES": "neu-p-ties", "Neu-S-Bread": "neu-s-bread",
-    "Neu-P-Bread": "neu-p-bread", "Neu-S-TaskA": "neu-s-taska", "Neu-P-TaskA": "neu-p-taska",
-    "TIES": "ties", "Breadcrumbs": "bread", "TaskA": "ta", "DARE": "dare", "DELLA": "della", "hard-merge": "hard",
-}
 SOURCES = ("organism", "pair", "results")
+# the recipe settings the page holds: those with a URL key in the registry's settings table
+RECIPE_PARAMS = tuple(name for name, setting in SETTINGS.items() if setting.url and name != "method")
 # state parameter -> URL query key (shareable links: ?method=Neu-P-TIES&K=0.3&M=0.2&locate=random ...); the
 # exported recipe carries the same settings as `explorer_view` and `explorer_link`
-URL_PARAMS = {"method": "method", "density": "K", "neurons": "M", "alpha": "alpha", "gamma": "gamma",
-              "epsilon": "epsilon", "restore": "restore", "locate": "locate", "others": "others", "seed": "seed",
+URL_PARAMS = {"method": "method", **{name: SETTINGS[name].url for name in RECIPE_PARAMS},
               "metric": "metric", "layer": "layer", "module": "module", "per_task": "per_task"}
+
+
+def setting_param(name: str) -> param.Parameter:
+    """The state parameter of recipe setting ``name``: its default (Recipe), choices or slider range (SETTINGS)."""
+    setting, default = SETTINGS[name], getattr(Recipe(), name)
+    if setting.options() is not None:
+        return param.Selector(default=default, objects=list(setting.options()), doc=setting.help)
+    if setting.kind is int:
+        return param.Integer(default=default, doc=setting.help)
+    widget = setting.widget
+    return param.Number(default=default, bounds=widget.bounds if widget else None, step=widget.step if widget else None,
+                        doc=setting.help)
 
 
 class SessionClosed(BaseException):
@@ -49,6 +58,11 @@ def organism_paths() -> tuple[str, str]:
     from lfm.organism import ORGANISM_DIR
 
     return str(ORGANISM_DIR / "base"), str(ORGANISM_DIR / "tuned")
+
+
+def _rounded(value):
+    """A slider's value without its float noise (0.30000000000000004 -> 0.3): labels and links stay short."""
+    return round(value, 4) if isinstance(value, float) else value
 
 
 class ExplorerState(param.Parameterized):
@@ -67,24 +81,23 @@ class ExplorerState(param.Parameterized):
     status = param.String(default="")
     error = param.String(default="", doc="the last error, shown in the page")
 
-    # -- the merge ----------------------------------------------------------------------------
-    method = param.Selector(default="Neu-S-TIES", objects=list(METHOD_CHOICES))
-    density = param.Number(default=0.2, bounds=(0.01, 1.0), step=0.01, doc="K")
-    neurons = param.Number(default=0.3, bounds=(0.0, 1.0), step=0.01, doc="M")
-    alpha = param.Number(default=1.0, bounds=(0.0, 2.0), step=0.05)
-    gamma = param.Number(default=0.01, bounds=(0.0, 0.2), step=0.005)
-    epsilon = param.Number(default=0.1, bounds=(0.0, 0.5), step=0.01)
-    restore = param.Selector(default="rescale", objects=["rescale", "replace"])
-    locate = param.Selector(default="top", objects=["top", "random", "bottom"])
-    others = param.Selector(default="method", objects=["method", "tuned", "base"])
-    seed = param.Integer(default=0)
+    # -- the merge: a method list entry (registry.METHODS.menu) and one parameter per RECIPE_PARAMS -----
+    method = param.Selector(default="Neu-S-TIES", objects=list(METHODS.menu()), doc="an entry of the method list")
+    density = setting_param("density")
+    neurons = setting_param("neurons")
+    restore = setting_param("restore")
+    locate = setting_param("locate")
+    alpha = setting_param("alpha")
+    gamma = setting_param("gamma")
+    epsilon = setting_param("epsilon")
+    seed = setting_param("seed")
+    others = setting_param("others")
     recipe = param.ClassSelector(class_=Recipe, default=Recipe())
 
     # -- what is looked at --------------------------------------------------------------------
     metric = param.Selector(default="top1_lift", objects=list(METRICS))
     layer = param.Integer(default=0, bounds=(0, None))
-    module = param.Selector(default="up_proj", objects=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                         "up_proj", "down_proj"])
+    module = param.Selector(default="up_proj", objects=list(LINEAR_MODULES))
     per_task = param.Integer(default=8, bounds=(0, None), doc="evaluation items per task (0 = all)")
 
     # -- evaluation results (organism live, or a results folder) ------------------------------
@@ -115,6 +128,7 @@ class ExplorerState(param.Parameterized):
         self._session = self._doc.session_context if self._doc is not None else None  # None: no server
         if self._session is not None and background:
             self._doc.on_session_destroyed(self._session_destroyed)
+        self.param.method.objects = list(METHODS.menu())  # methods registered since this module was imported
         self._update_recipe()
 
     def _session_destroyed(self, session_context):
@@ -125,29 +139,32 @@ class ExplorerState(param.Parameterized):
 
     # -- recipe ------------------------------------------------------------------------------
 
+    # A method list entry that names a restore mode ('Neu-P-TIES') and the restore buttons show one choice:
+    # either one moves the other.
+
     @param.depends("method", watch=True)
     def _method_sets_restore(self):
-        alias = METHOD_CHOICES[self.method]
-        if alias.startswith("neu-"):
-            self.restore = "replace" if alias.startswith("neu-p") else "rescale"
+        preset = METHODS.menu()[self.method]
+        if "restore" in preset:
+            self.restore = preset["restore"]
 
     @param.depends("restore", watch=True)
     def _restore_sets_method(self):
-        if self.method.startswith("Neu-"):
-            tag = "P" if self.restore == "replace" else "S"
-            self.method = f"Neu-{tag}-{self.method.split('-', 2)[2]}"
+        menu = METHODS.menu()
+        if "restore" in menu[self.method]:
+            wanted = {**menu[self.method], "restore": self.restore}
+            self.method = next(entry for entry, preset in menu.items() if preset == wanted)
 
-    @param.depends("method", "density", "neurons", "alpha", "gamma", "epsilon", "restore", "locate", "others",
-                   "seed", watch=True)
+    @param.depends("method", *RECIPE_PARAMS, watch=True)
     def _update_recipe(self):
-        alias = METHOD_CHOICES[self.method]
-        fields = dict(density=round(self.density, 4), alpha=round(self.alpha, 4), gamma=self.gamma,
-                      epsilon=self.epsilon, locate=self.locate, others=self.others, seed=self.seed,
-                      neurons=round(self.neurons, 4))
-        if alias.startswith("neu-"):
-            fields["restore"] = self.restore
+        menu = METHODS.menu()
+        preset = menu[self.method]
+        decided_by_entry = {key for entry in menu.values() for key in entry}  # method, suppress, restore
+        fields = {name: _rounded(getattr(self, name)) for name in RECIPE_PARAMS if name not in decided_by_entry}
+        # an entry's own restore comes from the restore buttons (kept in sync with it, above)
+        fields.update({name: getattr(self, name) for name in preset if name in RECIPE_PARAMS})
         try:
-            recipe = Recipe.from_name(alias, **fields)
+            recipe = Recipe.from_dict({**preset, **fields})
         except ValueError as e:
             self.error = f"invalid setting: {e}"
             return
