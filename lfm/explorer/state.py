@@ -1,21 +1,16 @@
 """ExplorerState: what the page is looking at (the pair, the merge knobs, the selection) and the
 results that depend on it. Views read it and set it; they hold no data of their own.
 
-Loading a pair and evaluating merges can take seconds: with `background=True` (the served app) they
-run on worker threads and their results are handed back to the page's document on its own thread
-(`Document.add_next_tick_callback`, Bokeh's thread-safe entry point), so the page never freezes.
-With `background=False` (tests, notebooks) everything runs inline.
+Loading a pair and evaluating merges can take seconds: they run on the page's worker threads
+(`session.PageSession`; inline with `background=False`, for tests and notebooks).
 """
 
 from __future__ import annotations
 
-import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-import panel as pn
 import param
 
 from lfm.checkpoint import is_hub_id
@@ -25,6 +20,7 @@ from lfm.neurons import LINEAR_MODULES
 
 from . import compute
 from .figures import METRICS
+from .session import PageSession, SessionClosed  # noqa: F401 (SessionClosed: what a closed page's work raises)
 
 SOURCES = ("organism", "pair", "results")
 # the recipe settings the page holds: those with a URL key in the registry's settings table
@@ -45,13 +41,6 @@ def setting_param(name: str) -> param.Parameter:
     widget = setting.widget
     return param.Number(default=default, bounds=widget.bounds if widget else None, step=widget.step if widget else None,
                         doc=setting.help)
-
-
-class SessionClosed(BaseException):
-    """Raised in a worker thread whose page's session is gone, to stop its job.
-
-    A BaseException (like GeneratorExit) so that the jobs' `except Exception` error reporting, which
-    would hand an error back to the closed page, lets it through."""
 
 
 def organism_paths() -> tuple[str, str]:
@@ -117,25 +106,10 @@ class ExplorerState(param.Parameterized):
 
     def __init__(self, *, background: bool = True, auto_sweep: bool = True, **params):
         super().__init__(**params)
-        self.background = background
         self.auto_sweep = auto_sweep
-        self._doc = pn.state.curdoc
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lfm-explorer") if background else None
-        self._sweep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lfm-sweep") if background else None
-        self._token = 0
-        self._lock = threading.Lock()
-        self._closed = False
-        self._session = self._doc.session_context if self._doc is not None else None  # None: no server
-        if self._session is not None and background:
-            self._doc.on_session_destroyed(self._session_destroyed)
+        self.session = PageSession(background)
         self.param.method.objects = list(METHODS.menu())  # methods registered since this module was imported
         self._update_recipe()
-
-    def _session_destroyed(self, session_context):
-        """The browser left: drop queued work; running jobs stop at their next hand-back (`SessionClosed`)."""
-        self._closed = True
-        for pool in (self._pool, self._sweep_pool):
-            pool.shutdown(wait=False, cancel_futures=True)
 
     # -- recipe ------------------------------------------------------------------------------
 
@@ -219,11 +193,7 @@ class ExplorerState(param.Parameterized):
             self.error = str(e)
             return
         self.error, self.loading, self.progress, self.status = "", True, 0, f"loading {args[1]} ..."
-        progress = compute.Progress(self._progress)
-        if self.background:
-            self._pool.submit(self._load_job, args, progress)
-        else:
-            self._load_job(args, progress)
+        self.session.run(self._load_job, args, compute.Progress(self._progress))
 
     def _progress(self, done, total, message):
         try:
@@ -244,21 +214,13 @@ class ExplorerState(param.Parameterized):
         self._set(loading=False, progress=100, status="", _source=source)
 
     def _set(self, _source=None, **values):
-        """Set parameters on the document's thread (or inline when there is no document / no thread)."""
+        """Set parameters (and install a loaded source) on the page's thread."""
         def apply():
             if _source is not None:
                 self._install(_source)
             if values:
                 self.param.update(**values)
-        if self._doc is not None and self.background and threading.current_thread() is not threading.main_thread():
-            if self._closed or (self._session is not None and self._session.destroyed):
-                raise SessionClosed()
-            try:
-                self._doc.add_next_tick_callback(apply)
-            except AttributeError as e:  # Bokeh tore the document down between the check and the call
-                raise SessionClosed() from e
-        else:
-            apply()
+        self.session.hand_back(apply)
 
     def _install(self, source):
         layers = sorted({compute.layer_of(n) for n in source.names})
@@ -283,20 +245,15 @@ class ExplorerState(param.Parameterized):
         source = self.source
         if source is None:
             return
-        if source.kind == "live" and not source.can_evaluate:
-            self.eval_status = f"evaluation off: {source.eval_error}"
+        if source.evaluation_off:
+            self.eval_status = f"evaluation off: {source.evaluation_off}"
             return
-        with self._lock:
-            self._token += 1
-            token = self._token
+        ticket = self.session.new_request()
         self.param.update(pending=self.recipe.label, eval_status=f"evaluating {self.recipe.label} ...")
-        if self.background:
-            self._pool.submit(self._evaluate_job, source, self.recipe, self.per_task, token)
-        else:
-            self._evaluate_job(source, self.recipe, self.per_task, token)
+        self.session.run(self._evaluate_job, source, self.recipe, self.per_task, ticket)
 
-    def _evaluate_job(self, source, recipe, per_task, token):
-        if token != self._token:
+    def _evaluate_job(self, source, recipe, per_task, ticket):
+        if not self.session.is_latest(ticket):
             return  # a newer setting was requested meanwhile
         try:
             refs = compute.reference_points(source, per_task)
@@ -306,7 +263,7 @@ class ExplorerState(param.Parameterized):
             traceback.print_exc()
             self._set(error=f"evaluation failed: {e}", eval_status="", pending="")
             return
-        if token != self._token:
+        if not self.session.is_latest(ticket):
             return
         missing = compute.not_precomputed(source, recipe) if current is None else ""
         answers_note = compute.answers_not_precomputed(source, recipe) if gens is None else ""
@@ -337,7 +294,7 @@ class ExplorerState(param.Parameterized):
 
     def run_sweep(self):
         source = self.source
-        if source is None or (source.kind == "live" and not source.sweeps_live):
+        if source is None or not source.draws_curves:
             return
 
         def job():
@@ -350,7 +307,4 @@ class ExplorerState(param.Parameterized):
                 return
             if self.source is source:
                 self._set(sweep=table, eval_status="")
-        if self.background:
-            self._sweep_pool.submit(job)
-        else:
-            job()
+        self.session.run(job, sweep=True)
