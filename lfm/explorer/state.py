@@ -161,7 +161,8 @@ class ExplorerState(param.Parameterized):
     # -- loading -----------------------------------------------------------------------------
 
     def source_args(self) -> tuple[str, str, str, str]:
-        """(kind, first, second, suite): the arguments of `compute.open_source`."""
+        """(kind, path, tuned, suite): the arguments of `compute.open_source` (path: the base model's directory,
+        or the results folder)."""
         if self.source_kind == "organism":
             base, tuned = organism_paths()
             return "pair", base, tuned, ""

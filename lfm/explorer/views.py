@@ -551,14 +551,14 @@ class CompareView(View):
                                 "pin again: they are compared here*")
             self.changed.value = pd.DataFrame(columns=CHANGED_COLUMNS)
             return
-        first, second = pins[0], pins[1]
-        if first["generations"] is None or second["generations"] is None:
+        pin1, pin2 = pins[0], pins[1]
+        if pin1["generations"] is None or pin2["generations"] is None:
             self.note.object = "*no per-item answers for one of the first two pins (DARE, DELLA, hard-merge)*"
             self.changed.value = pd.DataFrame(columns=CHANGED_COLUMNS)
             return
-        changed = analysis.changed_items(first["generations"], second["generations"])
+        changed = analysis.changed_items(pin1["generations"], pin2["generations"])
         self.note.object = (f"**{len(changed)} items** change restore-stage category between pin 1 "
-                            f"({first['recipe'].label}) and pin 2 ({second['recipe'].label})")
+                            f"({pin1['recipe'].label}) and pin 2 ({pin2['recipe'].label})")
         changed = changed.assign(**{"pin 1": changed["first"] + " (" + changed["first_category"] + ")",
                                     "pin 2": changed["second"] + " (" + changed["second_category"] + ")"})
         self.changed.value = changed.reindex(columns=CHANGED_COLUMNS).reset_index(drop=True)
