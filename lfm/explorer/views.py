@@ -312,9 +312,9 @@ class TradeoffView(View):
                 lo, hi = analysis.wilson_interval(k, n)
                 parts.append(f"{name} {current[name]:.3f} ({k}/{n} items, 95% Wilson {lo:.2f}–{hi:.2f})")
         per_task = current.get("per_task", 0)
-        why = (f"Evaluated on {per_task} items per task ('eval items per task'); the README's numbers use all "
-               "held-out items (set it to 0), so they differ." if per_task else
-               "Evaluated on all held-out items, as the README.")
+        why = (f"Evaluated on {per_task} items per task ('eval items per task'); the organism report's numbers "
+               "(docs/organism.md) use all held-out items (set it to 0), so they differ." if per_task else
+               "Evaluated on all held-out items, as the organism report (docs/organism.md).")
         return f"**{recipe.label}**: " + " · ".join(parts) + f"  \n{why} LA / VA are means of per-task accuracies."
 
     def _tasks(self, *events):

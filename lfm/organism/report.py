@@ -1,11 +1,11 @@
-"""Measure every number the README states about the organism, check the issue's requirements, write them.
+"""Measure every number docs/organism.md states about the organism, check the issue's requirements, write them.
 
 ``report()`` evaluates, for each tuning seed (seed 0 = the shipped ``tuned/``; other seeds are tuned from
 the shipped base into a work folder on first use), the tuned model, hard-merge, the suppress-only stage
 (Neuron-Fusion with M=0), the restore stage (M>0, top / random / bottom located neurons) and a few
 baselines, all merged in memory by the engine (``lfm.methods``) and scored by ``evaluate``. It also
 compares the per-module heavy tail of the change scores C(i) with a shuffled-delta null. Results go to
-``results.json`` and ``results.md`` (a README-ready table); requirement checks are reported as measured,
+``results.json`` and ``results.md`` (the table docs/organism.md quotes); requirement checks are reported as measured,
 pass or fail.
 """
 
@@ -156,7 +156,7 @@ def report(out_dir: str | Path = ORGANISM_DIR, work_dir: str | Path | None = Non
 
 
 def to_markdown(res: dict) -> str:
-    """README-ready tables: LA/VA/OA mean ± sd over seeds, hard-merge failures, tails, requirement checks."""
+    """The tables docs/organism.md quotes: LA/VA/OA mean ± sd over seeds, hard-merge failures, tails, requirement checks."""
     n = len(res["seeds"])
     f = lambda d: f"{d['mean']:.2f} ± {d['sd']:.2f}"  # noqa: E731
     lines = [f"Organism, held-out items, {n} tuning seeds (mean ± sd); base LA {res['base']['LA']:.2f}.", "",
