@@ -130,8 +130,8 @@ class Method:
         interpolates: Sub keeps every entry and F is alpha * delta: the merge is one lerp of base and tuned
             (and as Neuron-Fusion's suppressor, alpha is the suppression).
         row_blocked: Sub and F act on each row alone: big tensors are merged a block of rows at a time.
-        restores_neurons: Neuron-Fusion: Sub is the recipe's ``suppress`` row's, F restores located neurons;
-            its settings include its suppressor's.
+        restores_neurons: Neuron-Fusion: Sub is the recipe's ``suppress`` row's, F is ``math.restore`` (the
+            blocked engine and ResidentPair reproduce it); its settings include its suppressor's.
         suppressor: may be Neuron-Fusion's ``suppress`` (Sub a mask, or every entry; F alpha * the kept delta).
         copies_base: the merge is the base model itself (hard-merge).
         fast_in_memory: ``ResidentPair.apply`` writes it at alpha = 1 from cached top-k masks (needs ``top_k``,
@@ -239,7 +239,10 @@ class Registry(Mapping):
             if not isinstance(row, Method):
                 raise ValueError(f"method plug-in {point.name!r} ({point.value}) is a {type(row).__name__}, "
                                  f"not an lfm.methods.registry.Method")
-            self.register(row)
+            try:
+                self.register(row)
+            except ValueError as e:
+                raise ValueError(f"method plug-in {point.name!r} ({point.value}): {e}") from e
 
     def __getitem__(self, name: str) -> Method:
         self._read_plugins()

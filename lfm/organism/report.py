@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..methods import Recipe
+from ..methods.registry import METHODS
 from ..neurons import module_of, tail_stats
 from . import ORGANISM_DIR, base_dir, load_items, tuned_dir
 from .evaluate import evaluate
@@ -89,7 +90,7 @@ def requirement_checks(res: dict, tail: dict, base: dict, rec: dict, k: float, m
     supp, rest = f"suppress (TIES K={k}, M=0)", f"Neu-S-TIES K={k} M={m} (top)"
     fail = res["hard"]["failures"]
     other_fail = max(v for c, v in fail.items() if c not in ("correct", "not_known"))
-    best = max((n for n in rec if n != "hard"), key=lambda n: res[n]["OA"])
+    best = max((n for n, r in rec.items() if not METHODS[r.method].copies_base), key=lambda n: res[n]["OA"])
     ref_oa = max(res["tuned"]["OA"], res["hard"]["OA"])
     gap = min(tail["delta"][mod] - tail["shuffled"][mod] for mod in tail["delta"])
     return {
