@@ -10,11 +10,11 @@ Torch-free, like the registry: the CLI and the explorer build recipes without lo
 
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import asdict, dataclass, fields, replace
 
-from lfm.methods.registry import (METHODS, NEURON_FUSION, SETTINGS, is_number, neuron_fusion_title, rows_of,
-                                  settings_in_effect, sub_row)
+from lfm.methods.registry import METHODS, NEURON_FUSION, SETTINGS, neuron_fusion_title, rows_of, settings_in_effect, sub_row
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,12 @@ class Recipe:
         return "seed" in settings_in_effect(self)
 
 
+def _is_number(value, kind: type) -> bool:
+    """``value`` is of a number setting's ``kind`` (an int for a float; never a bool)."""
+    wanted = numbers.Integral if kind is int else numbers.Real
+    return isinstance(value, wanted) and not isinstance(value, bool)
+
+
 def _checked(setting, value):
     """``value`` of ``setting`` if valid (a list of regexes becomes a tuple), else ValueError saying why."""
     what = setting.what or setting.name
@@ -126,7 +132,7 @@ def _checked(setting, value):
         if isinstance(value, str) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"{what} must be a list of regexes, got {value!r}")
         return tuple(value)
-    if setting.kind in (int, float) and not is_number(value, setting.kind):
+    if setting.kind in (int, float) and not _is_number(value, setting.kind):
         raise ValueError(f"{what} must be {'an integer' if setting.kind is int else 'a number'}, got {value!r}")
     choices = setting.options()
     if choices is not None and value not in choices:

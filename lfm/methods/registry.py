@@ -19,7 +19,6 @@ is a `Method`); see docs/extending.md.
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -297,7 +296,7 @@ class Registry(Mapping):
             if row.restores_neurons:
                 out.update({neuron_fusion_title(sup, restore): {"method": row.name, "suppress": sup.name,
                                                                 "restore": restore}
-                            for sup in self.values() if sup.suppressor for restore in ("rescale", "replace")})
+                            for sup in self.values() if sup.suppressor for restore in ("rescale", "replace")})  # S first
         return out | {row.title: {"method": row.name} for row in self.values() if not row.restores_neurons}
 
 
@@ -369,8 +368,3 @@ def alpha_is_the_suppression(recipe: Recipe) -> bool:
     row, sub = rows_of(recipe)[0], sub_row(recipe)
     return row.restores_neurons and sub.interpolates
 
-
-def is_number(value, kind: type) -> bool:
-    """``value`` is of a number setting's ``kind`` (an int for a float; never a bool)."""
-    wanted = numbers.Integral if kind is int else numbers.Real
-    return isinstance(value, wanted) and not isinstance(value, bool)
