@@ -1,4 +1,4 @@
-"""The package version (its own module so that lfm.merge can record it without importing lfm first).
+"""The package version (its own module so that lfm.stream can record it without importing lfm first).
 
 ``__version__`` is the one home of the number: pyproject.toml reads it from here when a wheel is built.
 """

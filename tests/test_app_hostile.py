@@ -139,7 +139,7 @@ def test_closed_session_stops_its_worker_threads(zoo):
     for callback in callbacks:  # ... then it runs the hooks
         callback(context)
     with pytest.raises(RuntimeError, match="shutdown"):
-        state._sweep_pool.submit(print)
+        state.session.sweeps.submit(print)
 
 
 def local_non_loopback_address() -> str | None:

@@ -255,7 +255,8 @@ def test_a_seed_is_checked_when_parsed_and_any_allowed_one_merges(tmp_path):
     the evaluation ('Overflow when unpacking long long'). Now a seed is 0 .. 2**63-1 when it is parsed (the
     link, the page's state, a Recipe), and the page evaluates at the largest one."""
     from lfm.explorer.state import ExplorerState, clean_query
-    from lfm.methods import SEED_MAX, Recipe
+    from lfm.methods import Recipe
+    from lfm.methods.registry import SEED_MAX
 
     assert clean_query({"seed": str(SEED_MAX + 1)}) == {"seed": str(SEED_MAX)}
     assert clean_query({"seed": "99999999999999999999999"}) == {} and clean_query({"seed": "-4"}) == {"seed": "0"}

@@ -14,7 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lfm.names import RESTORES, SUPPRESSORS
+from lfm.cli import add_recipe_args
+from lfm.methods.recipe import Recipe
+from lfm.methods.registry import METHODS, SETTINGS
+
+# the settings a sweep holds fixed (its grid varies method, density and neurons)
+SWEEP_FIXED = tuple(name for name in SETTINGS if name not in ("method", "density", "neurons"))
 
 
 def register(subparsers) -> None:
@@ -36,14 +41,7 @@ def register(subparsers) -> None:
                    "(default neu-s-ties)")
     p.add_argument("--density", "-K", default="0.2", help="K values: start:stop:step or a comma list (default 0.2)")
     p.add_argument("--neurons", "-M", default="0.3", help="M values: start:stop:step or a comma list (default 0.3)")
-    p.add_argument("--suppress", choices=SUPPRESSORS)
-    p.add_argument("--restore", choices=RESTORES)
-    p.add_argument("--alpha", type=float)
-    p.add_argument("--gamma", type=float)
-    p.add_argument("--epsilon", type=float)
-    p.add_argument("--locate", choices=("top", "random", "bottom"))
-    p.add_argument("--seed", type=int)
-    p.add_argument("--others", choices=("method", "tuned", "base"))
+    add_recipe_args(p, SWEEP_FIXED)
     p.add_argument("--suite", default="organism", help="paper | organism | a suite YAML file")
     p.add_argument("--out", required=True, help="results folder (results.csv, results.json, points.jsonl)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
@@ -63,8 +61,9 @@ def register(subparsers) -> None:
     p.add_argument("--tuned", help="tuned MLLM directory")
     p.add_argument("--density", "-K", type=float, default=0.2)
     p.add_argument("--neurons", "-M", type=float, default=0.3)
-    p.add_argument("--suppress", choices=SUPPRESSORS, default="ties")
-    p.add_argument("--restore", choices=RESTORES, default="rescale")
+    p.add_argument("--suppress", choices=METHODS.suppressors(), default=Recipe.suppress, help=SETTINGS["suppress"].help)
+    p.add_argument("--restore", choices=SETTINGS["restore"].options(), default=Recipe.restore,
+                   help=SETTINGS["restore"].help)
     p.add_argument("--items", default="organism", help="organism (offline) | scienceqa (ScienceQA-IMG, needs the hub) "
                    "| FILE.jsonl: one item a line {id, question, choices, answer, image (relative to the file), "
                    "prompt (optional)}, e.g. the real pair's <root>/suite/items/visual.jsonl")
@@ -111,8 +110,7 @@ def cmd_sweep(args) -> int:
     if not args.base or not args.tuned:
         raise ValueError("--base and --tuned are required to run a sweep (or use --report --out DIR alone)")
     methods = [m.strip() for spec in (args.method or ["neu-s-ties"]) for m in spec.split(",") if m.strip()]
-    fields = {k: getattr(args, k) for k in ("suppress", "restore", "alpha", "gamma", "epsilon", "locate", "seed",
-                                            "others") if getattr(args, k) is not None}
+    fields = {k: getattr(args, k) for k in SWEEP_FIXED if getattr(args, k) is not None}
     recipes = grid(methods, parse_values(args.density), parse_values(args.neurons), **fields)
     df = run_sweep(args.base, args.tuned, recipes, suite=args.suite, out_dir=args.out, executor=args.executor,
                    resume=args.resume, limit=args.limit, references=not args.no_references, device=args.device,

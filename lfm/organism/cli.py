@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     e.add_argument("--answers", action="store_true", help="with --json, include every generated answer")
     e.set_defaults(func=_eval)
 
-    r = sub.add_parser("report", help="measure every README number into results.json / results.md")
+    r = sub.add_parser("report", help="measure every number of docs/organism.md into results.json / results.md")
     r.add_argument("--out", default=str(ORGANISM_DIR), help="where results.json / results.md go")
     r.add_argument("--work", default=None, help="folder for the extra tuning seeds (default $TMPDIR/lfm-organism-seeds)")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
