@@ -5,7 +5,9 @@
 JupyterLab ships its JavaScript and the lab extensions lfm's notebooks use (ipywidgets, plotly,
 anywidget, Panel's comms) inside their wheels, so nothing is fetched when the page loads. The news feed
 the update check and the extension manager's PyPI search, the things JupyterLab itself would ask the internet
-for, are switched off.
+for, are switched off, and so is the "get notified about official Jupyter news?" prompt: lfm's default
+settings (lfm/data/lab/labconfig/default_setting_overrides.json, through `lab_env`) answer it with "no" and
+turn the update check off. They are defaults: a user's own JupyterLab settings still win.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+
+from lfm.package_data import LAB_CONFIG_DIR
 
 
 def lab_command(notebook_dir: str | os.PathLike, *, port: int = 8888, token: str | None = None,
@@ -44,9 +48,23 @@ def lab_command(notebook_dir: str | os.PathLike, *, port: int = 8888, token: str
     return cmd
 
 
+def lab_env(environ=None) -> dict[str, str]:
+    """The environment to run `lab_command` in: `environ` (default: this process's) with lfm's Jupyter config
+    directory first on JUPYTER_CONFIG_PATH, where JupyterLab reads default settings
+    (labconfig/default_setting_overrides.json: no news prompt, no update check).
+
+    Example:
+        >>> lab_env({"JUPYTER_CONFIG_PATH": "/etc/mine"})["JUPYTER_CONFIG_PATH"].split(os.pathsep)[1]
+        '/etc/mine'
+    """
+    environ = dict(os.environ if environ is None else environ)
+    paths = [str(LAB_CONFIG_DIR)] + [p for p in environ.get("JUPYTER_CONFIG_PATH", "").split(os.pathsep) if p]
+    return {**environ, "JUPYTER_CONFIG_PATH": os.pathsep.join(paths)}
+
+
 def cmd_lab(args) -> int:
     cmd = lab_command(args.dir, port=args.port, token=args.token, open_browser=args.open)
-    os.execv(cmd[0], cmd)  # JupyterLab takes over the process: Ctrl-C stops it as usual
+    os.execve(cmd[0], cmd, lab_env())  # JupyterLab takes over the process: Ctrl-C stops it as usual
 
 
 def register(subparsers) -> None:

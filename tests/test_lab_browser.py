@@ -3,16 +3,18 @@
 A copy of notebook 02 (with the smaller sweeps of tests/test_notebooks.py injected after its parameters
 cell, as papermill would) is opened in JupyterLab, run with "Run All Cells", and must show a rendered
 plotly figure and a live ipywidgets slider whose value moves under the keyboard, with no request leaving
-127.0.0.1. The copy lives in a temporary folder so JupyterLab's autosave never touches notebooks/.
+127.0.0.1 and no "official Jupyter news?" prompt (the settings `lfm lab` serves say no to it). The copy lives in a temporary folder so JupyterLab's autosave never touches notebooks/.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
+from urllib.request import urlopen
 
 import nbformat
 import pytest
@@ -39,7 +41,7 @@ def notebook_copy(folder: Path) -> Path:
 def lab(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
-    from lfm.lab import lab_command
+    from lfm.lab import lab_command, lab_env
 
     folder = tmp_path_factory.mktemp("lab")
     notebook_copy(folder)
@@ -49,12 +51,25 @@ def lab(tmp_path_factory):
     tracker.write_text('{"windowingMode": "none"}')
     port, token = free_port(), secrets.token_hex(16)
     ARTIFACTS.mkdir(exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(folder / ".jupyter-config"),
-           "JUPYTERLAB_SETTINGS_DIR": str(folder / ".lab-settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(folder / ".lab-workspaces")}
+    env = lab_env({**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(folder / ".jupyter-config"),
+                   "JUPYTERLAB_SETTINGS_DIR": str(folder / ".lab-settings"),
+                   "JUPYTERLAB_WORKSPACES_DIR": str(folder / ".lab-workspaces")})  # as `lfm lab` runs it
     with local_server(lab_command(folder, port=port, token=token), f"http://127.0.0.1:{port}/api/status?token={token}",
                       ARTIFACTS / "jupyter-lab.log", env=env, cwd=folder, timeout=90):
         yield f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK}?token={token}"
+
+
+NEWS_PROMPT = "Would you like to get notified about official Jupyter news?"  # JupyterLab 4's startup toast
+
+
+def test_lab_serves_settings_without_news_prompt_or_update_check(lab):
+    """The notification plugin's settings, as the server hands them to the page: news fetching is "false"
+    (Never; "none" would ask with a toast) and the update check is off."""
+    root, query = lab.split("/lab/tree/")[0], lab.split("?")[1]
+    with urlopen(f"{root}/lab/api/settings/@jupyterlab/apputils-extension:notification?{query}", timeout=30) as r:
+        settings = json.load(r)
+    defaults = {k: v.get("default") for k, v in settings["schema"]["properties"].items()}
+    assert defaults["fetchNews"] == "false" and defaults["checkForUpdates"] is False, defaults
 
 
 def test_lab_runs_notebook_02_with_plotly_and_live_slider(lab):
@@ -97,6 +112,8 @@ def test_lab_runs_notebook_02_with_plotly_and_live_slider(lab):
             wait_for(lambda: readout.inner_text() != before, timeout=30, what="the K slider to move")
             assert float(readout.inner_text()) > float(before)
             page.screenshot(path=str(ARTIFACTS / "jupyterlab-02.png"), full_page=False)
+            # JupyterLab asks at start-up (a toast) unless its settings answer; minutes have passed by now
+            assert page.get_by_text(NEWS_PROMPT).count() == 0, "JupyterLab's news prompt is showing"
         finally:
             browser.close()
 
