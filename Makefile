@@ -28,7 +28,7 @@ UPGRADE ?=
 # uv lives in its own venv, so that .venv holds exactly the lock
 LOCK_VENV := .venv-lock
 
-.PHONY: install lock demo lab test test-fast bench realpair realpair-study clean
+.PHONY: install lock demo lab notebooks test test-fast bench realpair realpair-study clean
 
 install: $(STAMP)
 
@@ -68,6 +68,11 @@ demo: install
 
 lab: install
 	$(VENV)/bin/lfm lab notebooks --port $(LAB_PORT)
+
+# run the four notebooks on the embedded organism and write them back executed, outputs and figures included
+# (notebooks/execute.py; tests/test_notebooks.py re-runs them and compares). After editing a notebook: run this.
+notebooks: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) notebooks/execute.py
 
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q

@@ -5,7 +5,9 @@
 JupyterLab ships its JavaScript and the lab extensions lfm's notebooks use (ipywidgets, plotly,
 anywidget, Panel's comms) inside their wheels, so nothing is fetched when the page loads. The news feed
 the update check and the extension manager's PyPI search, the things JupyterLab itself would ask the internet
-for, are switched off.
+for, are switched off, and so is the "get notified about official Jupyter news?" prompt: lfm's default
+settings (lfm/data/lab/labconfig/default_setting_overrides.json, through `lab_environment`) answer it with "no" and
+turn the update check off. They are defaults: a user's own JupyterLab settings still win.
 
 The token (lfm.access: --token, else $LFM_TOKEN, else a fresh random one) reaches JupyterLab through its
 environment (JUPYTER_TOKEN), never its command line, which every user of the machine can read (`ps`);
@@ -21,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from lfm.access import add_token_args, choose_token, no_token_warning
+from lfm.package_data import LAB_CONFIG_DIR
 
 
 def lab_command(notebook_dir: str | os.PathLike, *, port: int = 8888, no_token: bool = False,
@@ -53,12 +56,20 @@ def lab_command(notebook_dir: str | os.PathLike, *, port: int = 8888, no_token: 
 
 def lab_environment(token: str | None, environ: dict | None = None) -> dict[str, str]:
     """The environment JupyterLab runs in: `environ` (default os.environ) with JUPYTER_TOKEN set to `token`
-    (None: `--no-token`, none set)."""
+    (None: `--no-token`, none set), and lfm's Jupyter config directory first on JUPYTER_CONFIG_PATH, where
+    JupyterLab reads default settings (labconfig/default_setting_overrides.json: no news prompt, no update check).
+
+    Example:
+        >>> env = lab_environment("t", {"JUPYTER_CONFIG_PATH": "/etc/mine"})
+        >>> env["JUPYTER_TOKEN"], env["JUPYTER_CONFIG_PATH"].split(os.pathsep)[1]
+        ('t', '/etc/mine')
+    """
     env = dict(os.environ if environ is None else environ)
     env.pop("JUPYTER_TOKEN", None)
     if token is not None:
         env["JUPYTER_TOKEN"] = token
-    return env
+    paths = [str(LAB_CONFIG_DIR)] + [p for p in env.get("JUPYTER_CONFIG_PATH", "").split(os.pathsep) if p]
+    return {**env, "JUPYTER_CONFIG_PATH": os.pathsep.join(paths)}
 
 
 def cmd_lab(args) -> int:
