@@ -13,7 +13,9 @@ executed notebook is then tidied so that it stays small and its diff shows only 
   with their template cut to the parts that style what the figure draws: the template's per-trace-type
   defaults for trace types the figure has no trace of, and its 3D / polar / ternary / geo / map axes, are
   dropped (~7 KB of the ~9 KB of a small figure). plotly.js applies exactly those parts and no others, so
-  the figure renders the same.
+  the figure renders the same;
+* the folder lfm is installed in (a checkout's path: /home/you/lfm/lfm/...) is written `<lfm>`, so the committed
+  outputs say nothing of the machine that ran them and a run in another checkout compares equal.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ NB_DIR = Path(__file__).resolve().parent
 NOTEBOOKS = ("01_neuron_changes.ipynb", "02_merge_tradeoffs.ipynb", "03_generation_failures.ipynb",
              "04_ffn_key_value_memories.ipynb")
 TIMEOUT_S = 600  # per cell
+START_TIMEOUT_S = 300  # the kernel's start (papermill's default 60 s is too short on a busy 2-core machine)
 PLOTLY = "application/vnd.plotly.v1+json"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = ("[live widgets: run this cell (JupyterLab: `make lab`) to use them; widget state is not saved in "
@@ -46,7 +49,8 @@ def execute(name: str, out: Path, parameters: dict | None = None) -> nbformat.No
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     papermill.execute_notebook(str(NB_DIR / name), str(out), parameters=parameters or None, kernel_name="python3",
-                               cwd=str(NB_DIR), progress_bar=False, execution_timeout=TIMEOUT_S)
+                               cwd=str(NB_DIR), progress_bar=False, execution_timeout=TIMEOUT_S,
+                               start_timeout=START_TIMEOUT_S)
     return nbformat.read(out, as_version=4)
 
 
@@ -64,8 +68,21 @@ def trim_template(fig: dict) -> dict:
     return fig
 
 
+def without_install_path(text: str) -> str:
+    """`text` with the folder lfm is installed in written `<lfm>` (module docstring).
+
+        >>> import lfm
+        >>> without_install_path(str(Path(lfm.__file__).parent / "data" / "organism"))
+        '<lfm>/data/organism'
+    """
+    import lfm
+
+    return text.replace(str(Path(lfm.__file__).resolve().parent), "<lfm>")
+
+
 def tidy(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Drop run metadata and widget state, shrink plotly templates (module docstring); in place."""
+    """Drop run metadata and widget state, shrink plotly templates, hide the install path (module docstring);
+    in place."""
     nb.metadata.pop("papermill", None)
     nb.metadata.pop("widgets", None)
     nb.metadata["language_info"] = {"name": "python"}
@@ -75,7 +92,12 @@ def tidy(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         if cell.metadata.get("tags") == []:
             del cell.metadata["tags"]
         for output in cell.get("outputs", []):
+            if "text" in output:  # a stream
+                output["text"] = without_install_path(output["text"])
             data = output.get("data", {})
+            for kind in ("text/plain", "text/html", "text/markdown"):
+                if isinstance(data.get(kind), str):
+                    data[kind] = without_install_path(data[kind])
             if WIDGET in data:
                 output["data"] = {"text/plain": WIDGET_NOTE}
             if PLOTLY in data:
