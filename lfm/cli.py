@@ -98,6 +98,22 @@ def size_option(text: str) -> str:
     return text
 
 
+def device_option(text: str) -> str:
+    """A device torch knows and this machine has (`lfm.device.resolve_device`), checked while the command line is
+    parsed; 'cpu' (every command's default) is taken without importing torch."""
+    if text.strip() == "cpu":
+        return text
+    from lfm.device import resolve_device
+
+    try:
+        resolve_device(text.strip())
+    except ValueError as e:  # ours: says what to do
+        raise argparse.ArgumentTypeError(str(e)) from None
+    except RuntimeError:  # torch's: a device type it does not know
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda, cuda:N or auto") from None
+    return text.strip()
+
+
 def add_strict_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="refuse (exit 2) instead of warning when a setting does "
                                                          "nothing for the method or the merge copies tuned")
@@ -117,7 +133,7 @@ def check_no_ops(args, recipe: Recipe, given) -> Recipe:
 def add_pair_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--base", required=required, help="base LLM directory (Hugging Face, safetensors)")
     p.add_argument("--tuned", required=required, help="tuned MLLM (or LLM) directory")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: cuda when available, else cpu)")
+    p.add_argument("--device", type=device_option, help="cpu, cuda, cuda:N or auto (default: cuda when available, else cpu)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept pickle .bin weights (loaded with torch.load(weights_only=True))")
 

@@ -72,6 +72,16 @@ def test_yaml_bad_value_is_one_line_naming_field_and_file(tmp_path, line, needle
     assert not (tmp_path / "out").exists()
 
 
+def test_sweep_grids_read_numbers_as_flags_do():
+    from lfm.evaluate.sweep import parse_values
+
+    assert parse_values("10%,20%") == parse_values("0.1,0.2") == [0.1, 0.2]
+    assert parse_values("5%:20%:5%") == parse_values("0.05:0.2:0.05") == [0.05, 0.1, 0.15, 0.2]
+    for bad in ("nan", "0.1,high", "²"):
+        with pytest.raises(ValueError, match="cannot read"):
+            parse_values(bad)
+
+
 # ---------------------------------------------------------------------------------------------- no-ops
 
 def test_setting_that_does_nothing_is_warned_not_recorded_and_refused_when_strict(zoo, tmp_path):
@@ -143,6 +153,9 @@ MISSING = "/nonexistent/lfm-model"
     (["precompute", "--base", MISSING, "--tuned", MISSING, "--out", "o", "--per-task", "-3"], "--per-task"),
     (["explore", "--base", MISSING, "--tuned", MISSING, "--port", "99999", "--no-token"], "--port"),
     (["explore", "--base", MISSING, "--tuned", MISSING, "--per-task", "-1", "--no-token"], "--per-task"),
+    (["compare", "--base", MISSING, "--tuned", MISSING, "--out", "o", "--device", "gpu0"], "unknown device 'gpu0'"),
+    (["eval", MISSING, "--device", "gpu0"], "unknown device 'gpu0'"),
+    (["precompute", "--base", MISSING, "--tuned", MISSING, "--out", "o", "--device", "gpu0"], "unknown device"),
 ])
 def test_a_bad_argument_is_the_first_error_before_any_model_is_opened(tmp_path, args, needle):
     """The models do not exist: had any been opened first, its path would be the error."""

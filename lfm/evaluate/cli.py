@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lfm.cli import add_recipe_args, add_strict_arg, check_no_ops, count_option
+from lfm.cli import add_recipe_args, add_strict_arg, check_no_ops, count_option, device_option
 from lfm.methods.recipe import Recipe, stage_recipes
 from lfm.methods.registry import NEURON_FUSION, SETTINGS, settings_in_effect
 
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--suite", default="organism", help="paper | organism | a suite YAML file (default organism)")
     p.add_argument("--out", help="write the results JSON here")
     p.add_argument("--limit", type=count_option(1), help="items per task (quick checks)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--batch-size", type=count_option(1), default=32, help="prompts per forward pass (default 32)")
     p.add_argument("--samples", action="store_true", help="include every generation in the JSON")
     p.set_defaults(func=cmd_eval)
@@ -52,7 +52,7 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue a sweep in --out; finished points are kept")
     p.add_argument("--limit", type=count_option(1), help="items per task")
     p.add_argument("--no-references", action="store_true", help="skip the base / tuned / hard-merge rows")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--batch-size", type=count_option(1), default=32, help="prompts per forward pass (default 32)")
     p.add_argument("--report", action="store_true", help="print the best-OA point and the (LA, VA) Pareto front "
                    "(alone with --out: report a finished sweep without running anything)")
@@ -70,7 +70,7 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=count_option(1), help="visual items (default all)")
     p.add_argument("--max-new-tokens", type=count_option(1), default=16,
                    help="tokens generated per answer (default 16)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--out", required=True, help="folder for items.csv and transitions.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_strict_arg(p)

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from lfm.access import add_token_args, choose_token
-from lfm.cli import count_option, number_option, port_option
+from lfm.cli import count_option, device_option, number_option, port_option
 
 from . import DEFAULT_DENSITIES, DEFAULT_NEURONS
 
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
                    help="K grid for C'(i) and the sweep (default %(default)s)")
     p.add_argument("--neurons", type=_values_of("neurons"), default=DEFAULT_NEURONS,
                    help="M grid for the sweep and the generations (default %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for scoring")
+    p.add_argument("--device", default="cpu", type=device_option, help="cpu or cuda[:N] for scoring")
     p.add_argument("--no-eval", action="store_true", help="scores only: no sweep, no generations")
     p.add_argument("--suite", help="the pair's evaluation suite: a suite YAML, 'organism' or 'paper' (the organism "
                                    "needs none)")

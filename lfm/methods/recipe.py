@@ -130,24 +130,34 @@ _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")  # 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
-def parse_number(setting, value):
-    """A number setting's value as a flag or a file writes it: 0.2, "0.2", or a percent "20%" (0.2; not for an
-    integer setting); anything else is left for ``_checked`` to refuse. The one home of reading numbers from
-    text: `lfm` flags and recipe YAML files both come through here.
+def read_number(text: str, kind: type = float):
+    """The number ``text`` writes: '0.2' -> 0.2, a percent '20%' -> 0.2 (not for ``kind`` int), '7' -> 7; None
+    when it writes none. The one home of reading numbers from text (flags, YAML files, sweep grids).
 
-    >>> [parse_number(SETTINGS["density"], v) for v in (0.2, "0.2", "20%", " 5 % ", "1e-1")]
-    [0.2, 0.2, 0.2, 0.05, 0.1]
-    >>> parse_number(SETTINGS["seed"], "7"), parse_number(SETTINGS["seed"], "7%")
-    (7, '7%')
+    >>> [read_number(t) for t in ("0.2", "20%", " 5 % ", "1e-1", "abc", "nan")]
+    [0.2, 0.2, 0.05, 0.1, None, None]
+    >>> read_number("7", int), read_number("7%", int)
+    (7, None)
+    """
+    text = text.strip()
+    if kind is int:
+        return int(text) if _INTEGER.fullmatch(text) else None
+    if text.endswith("%") and _NUMBER.fullmatch(text[:-1].strip()):
+        return float(text[:-1].strip()) / 100  # '23%' -> 0.23, as a user reads it (23 * 0.01 is 0.23000000000000001)
+    return float(text) if _NUMBER.fullmatch(text) else None
+
+
+def parse_number(setting, value):
+    """A number setting's value as a flag or a file writes it: 0.2, "0.2" or "20%" (``read_number``); anything
+    else is left for ``_checked`` to refuse.
+
+    >>> [parse_number(SETTINGS["density"], v) for v in (0.2, "0.2", "20%", "high")]
+    [0.2, 0.2, 0.2, 'high']
     """
     if setting.kind not in (int, float) or not isinstance(value, str):
         return value
-    text = value.strip()
-    if setting.kind is int:
-        return int(text) if _INTEGER.fullmatch(text) else value
-    if text.endswith("%") and _NUMBER.fullmatch(text[:-1].strip()):
-        return float(text[:-1].strip()) / 100  # '23%' -> 0.23, as a user reads it (23 * 0.01 is 0.23000000000000001)
-    return float(text) if _NUMBER.fullmatch(text) else value
+    number = read_number(value, setting.kind)
+    return value if number is None else number
 
 
 def setting_value(name: str, value):
