@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lfm._version import installed_version
-from lfm.methods.recipe import Recipe, _check_keys, idle_settings, no_ops, setting_value, without
+from lfm.methods.recipe import Recipe, check_keys, idle_settings, no_ops, setting_value, without
 from lfm.methods.registry import METHODS, SETTINGS
 
 # Subcommand groups living in other packages; each module has register(subparsers). Building the parser
@@ -133,7 +133,8 @@ def check_no_ops(args, recipe: Recipe, given) -> Recipe:
 def add_pair_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--base", required=required, help="base LLM directory (Hugging Face, safetensors)")
     p.add_argument("--tuned", required=required, help="tuned MLLM (or LLM) directory")
-    p.add_argument("--device", type=device_option, help="cpu, cuda, cuda:N or auto (default: cuda when available, else cpu)")
+    p.add_argument("--device", type=device_option,
+                   help="cpu, cuda, cuda:N or auto (default: cuda when available, else cpu)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept pickle .bin weights (loaded with torch.load(weights_only=True))")
 
@@ -177,7 +178,7 @@ def recipe_from_args(args: argparse.Namespace):
     for key in ("label", "explorer_view", "explorer_link"):  # exported by the explorer for humans / its URL
         config.pop(key, None)
     try:
-        _check_keys(config)
+        check_keys(config)
         config = {k: v if k == "method" else setting_value(k, v) for k, v in config.items()}
         if "method" in config:
             Recipe.from_name(str(config["method"]))

@@ -39,8 +39,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="evaluate a K/M grid of merges into one results table")
     p.add_argument("--base", help="base LLM directory")
     p.add_argument("--tuned", help="tuned MLLM directory")
-    p.add_argument("--method", action="append", metavar="METHOD", help="method or paper alias; repeat or comma-separate "
-                   "(default neu-s-ties)")
+    p.add_argument("--method", action="append", metavar="METHOD",
+                   help="method or paper alias; repeat or comma-separate (default neu-s-ties)")
     p.add_argument("--density", "-K", help="K values: start:stop:step or a comma list (default 0.2)")
     p.add_argument("--neurons", "-M", help="M values: start:stop:step or a comma list (default 0.3)")
     add_recipe_args(p, SWEEP_FIXED)

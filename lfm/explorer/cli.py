@@ -63,7 +63,8 @@ def register(subparsers) -> None:
     e.add_argument("--tuned", help="tuned MLLM directory (with --base)")
     e.add_argument("--suite", help="the pair's evaluation suite (a suite YAML, 'organism' or 'paper'); the organism "
                                    "needs none")
-    e.add_argument("--per-task", type=count_option(0), default=8, help="items per task in live evaluations (default 8; 0 = all)")
+    e.add_argument("--per-task", type=count_option(0), default=8,
+                   help="items per task in live evaluations (default 8; 0 = all)")
     e.add_argument("--port", type=port_option, default=5006, help="port to serve on (default 5006)")
     e.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     e.add_argument("--allow-remote", action="store_true",

@@ -40,8 +40,9 @@ class Recipe:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}{did_you_mean(self.method, [*METHODS, *METHODS.aliases()])}"
-                             f"; choose one of {sorted(METHODS)} or a paper alias {sorted(METHODS.aliases())}")
+            hint = did_you_mean(self.method, [*METHODS, *METHODS.aliases()])
+            raise ValueError(f"unknown method {self.method!r}{hint}; choose one of {sorted(METHODS)} "
+                             f"or a paper alias {sorted(METHODS.aliases())}")
         for setting in SETTINGS.values():
             if setting.name != "method":
                 object.__setattr__(self, setting.name, _checked(setting, getattr(self, setting.name)))
@@ -57,7 +58,7 @@ class Recipe:
     @classmethod
     def from_name(cls, name: str, **overrides) -> Recipe:
         """Build a recipe from a method name or a paper alias ('neu-p-ties', 'neu-s-bread', 'ta', ...)."""
-        _check_keys(overrides)
+        check_keys(overrides)
         key = name.strip().lower()
         preset = dict(METHODS.aliases().get(key, {"method": key.replace("-", "_")}))
         preset.update({k: v for k, v in overrides.items() if v is not None})
@@ -66,7 +67,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
         """Strict: an unknown key is an error (a typo must not silently become a default)."""
-        _check_keys(data)
+        check_keys(data)
         data = dict(data)
         method = data.pop("method", NEURON_FUSION)
         return cls.from_name(method, **data)
@@ -195,7 +196,7 @@ if {f.name for f in fields(Recipe)} != set(SETTINGS):  # one field per row of th
     raise ImportError(f"Recipe fields and registry.SETTINGS differ: {sorted({f.name for f in fields(Recipe)} ^ set(SETTINGS))}")
 
 
-def _check_keys(data: dict) -> None:
+def check_keys(data: dict) -> None:
     known = {f.name for f in fields(Recipe)}
     unknown = sorted(set(data) - known)
     if unknown:
