@@ -141,6 +141,8 @@ MISSING = "/nonexistent/lfm-model"
     (["compare", "--base", MISSING, "--tuned", MISSING, "--out", "o", "-K", "1.5"], "density K must be in (0, 1]"),
     (["compare", "--base", MISSING, "--tuned", MISSING, "--out", "o", "-M", "0"], "the restore stage needs M > 0"),
     (["compare", "--base", MISSING, "--tuned", MISSING, "--out", "o", "--limit", "0"], "--limit"),
+    (["compare", "--base", MISSING, "--tuned", MISSING, "--out", "o", "--suppress", "task_arithmetic", "-K", "0.5",
+      "--alpha", "0.5", "--strict"], "density does nothing for Neu-S-TaskA a=0.5 M=0.3"),
     (["sweep", "--base", MISSING, "--tuned", MISSING, "--out", "o", "-K", "0.1,1.5"], "density K must be in (0, 1]"),
     (["sweep", "--base", MISSING, "--tuned", MISSING, "--out", "o", "--method", "ties", "--gamma", "0.1",
       "--strict"], "gamma does nothing for TIES"),
