@@ -8,12 +8,14 @@ the explorer's precompute step.
 
 import argparse
 import ctypes
+import difflib
 import errno
 import gc
 import importlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -21,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lfm._version import installed_version
-from lfm.methods.recipe import Recipe
+from lfm.methods.recipe import Recipe, check_keys, idle_settings, no_ops, setting_value, without
 from lfm.methods.registry import METHODS, SETTINGS
 
 # Subcommand groups living in other packages; each module has register(subparsers). Building the parser
@@ -32,10 +34,107 @@ RUN_KEYS = ("base", "tuned", "out", "device", "dtype")
 ATOMIC_COMMANDS = ("merge", "score", "precompute")  # their outputs appear whole or not at all
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with "did you mean" for a misspelt option or choice (every parser of `lfm` is one)."""
+
+    def _check_value(self, action, value):
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as e:
+            close = difflib.get_close_matches(str(value), [str(c) for c in action.choices or ()], n=1)
+            if not close:
+                raise
+            raise argparse.ArgumentError(action, f"{e.message}; did you mean {close[0]!r}?") from None
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:  # a command's own parser: it knows which options it has
+            options = [o for o in self._option_string_actions if o.startswith("--")]
+            hints = [close[0] for x in extras if x.startswith("-")
+                     for close in [difflib.get_close_matches(x.split("=")[0], options, n=1)] if close]
+            self.error(f"unrecognized arguments: {' '.join(extras)}"
+                       + (f"; did you mean {' '.join(hints)}?" if hints else ""))
+        return namespace, extras
+
+    def error(self, message):
+        """One line (no usage block above it): what is wrong, and where the options are listed."""
+        self.exit(2, f"{self.prog}: error: {message} (options: {self.prog} --help)\n")
+
+
+def number_option(name: str):
+    """The argparse ``type`` of a recipe setting's flag: read and checked as a YAML value is (``setting_value``),
+    so a bad value is refused while the command line is parsed, before anything is loaded."""
+    def read(text: str):
+        try:
+            return setting_value(name, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    read.__name__ = name
+    return read
+
+
+def count_option(minimum: int):
+    """The argparse ``type`` of a count: an integer >= ``minimum`` (checked while the command line is parsed)."""
+    def read(text: str) -> int:
+        if not re.fullmatch(r"[+-]?[0-9]+", text.strip()) or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return int(text)
+    read.__name__ = f"integer >= {minimum}"
+    return read
+
+
+def port_option(text: str) -> int:
+    """A TCP port, 1 .. 65535."""
+    if not re.fullmatch(r"[0-9]+", text.strip()) or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+def size_option(text: str) -> str:
+    """A shard size as `lfm.checkpoint.parse_size` reads it ('5GB', '500MB', 1000), checked here without torch."""
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*([KMG]?B)?", text.strip(), re.IGNORECASE) or float(
+            re.match(r"[0-9.]+", text.strip()).group()) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size such as 5GB, 500MB or 1000000 (bytes), got {text!r}")
+    return text
+
+
+def device_option(text: str) -> str:
+    """A device torch knows and this machine has (`lfm.device.resolve_device`), checked while the command line is
+    parsed; 'cpu' (every command's default) is taken without importing torch."""
+    if text.strip() == "cpu":
+        return text
+    from lfm.device import resolve_device
+
+    try:
+        resolve_device(text.strip())
+    except ValueError as e:  # ours: says what to do
+        raise argparse.ArgumentTypeError(str(e)) from None
+    except RuntimeError:  # torch's: a device type it does not know
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda, cuda:N or auto") from None
+    return text.strip()
+
+
+def add_strict_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strict", action="store_true", help="refuse (exit 2) instead of warning when a setting does "
+                                                         "nothing for the method or the merge copies tuned")
+
+
+def check_no_ops(args, recipe: Recipe, given) -> Recipe:
+    """Warn on stderr, one line each, about what in ``recipe`` does nothing (``no_ops``), or refuse under
+    --strict; returns the recipe without the settings that did nothing (it must not record them)."""
+    lines = no_ops(recipe, given)
+    if lines and getattr(args, "strict", False):
+        raise ValueError("; ".join(lines) + " (refused under --strict)")
+    for line in lines:
+        print(f"lfm {args.command}: warning: {line}", file=sys.stderr)
+    return without(recipe, idle_settings(recipe, given))
+
+
 def add_pair_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--base", required=required, help="base LLM directory (Hugging Face, safetensors)")
     p.add_argument("--tuned", required=required, help="tuned MLLM (or LLM) directory")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: cuda when available, else cpu)")
+    p.add_argument("--device", type=device_option,
+                   help="cpu, cuda, cuda:N or auto (default: cuda when available, else cpu)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept pickle .bin weights (loaded with torch.load(weights_only=True))")
 
@@ -58,12 +157,13 @@ def add_recipe_args(p: argparse.ArgumentParser, names=tuple(SETTINGS), *, defaul
         elif setting.options() is not None:
             options["choices"] = setting.options()
         else:
-            options["type"] = setting.kind
+            options["type"] = number_option(name)
         p.add_argument(*flags, **options)
 
 
 def recipe_from_args(args: argparse.Namespace):
-    """Merge `--config` YAML (if any) with flags (flags win). Returns (Recipe, run settings)."""
+    """Merge `--config` YAML (if any) with flags (flags win). Returns (Recipe, run settings). Every value is
+    checked here, a file's named with its file; what does nothing is said (``check_no_ops``)."""
     import yaml
 
     config = {}
@@ -77,6 +177,13 @@ def recipe_from_args(args: argparse.Namespace):
     run = {k: config.pop(k) for k in RUN_KEYS if k in config}
     for key in ("label", "explorer_view", "explorer_link"):  # exported by the explorer for humans / its URL
         config.pop(key, None)
+    try:
+        check_keys(config)
+        config = {k: v if k == "method" else setting_value(k, v) for k, v in config.items()}
+        if "method" in config:
+            Recipe.from_name(str(config["method"]))
+    except ValueError as e:
+        raise ValueError(f"--config {args.config}: {e}") from None
     for key in RUN_KEYS:
         value = getattr(args, key, None)
         if value is not None:
@@ -85,7 +192,7 @@ def recipe_from_args(args: argparse.Namespace):
     method = args.method or config.pop("method", Recipe.method)
     config.pop("method", None)
     recipe = Recipe.from_dict({**config, **fields, "method": method})
-    return recipe, run
+    return check_no_ops(args, recipe, {*config, *fields}), run
 
 
 @contextmanager
@@ -137,7 +244,7 @@ def cmd_score(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lfm", description=__doc__, epilog=methods_help(),
+    parser = Parser(prog="lfm", description=__doc__, epilog=methods_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"lfm {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="recipe YAML (keys: base, tuned, out, method, density, neurons, ...)")
     p.add_argument("--dtype", help="output dtype: bfloat16, float16, float32 (default: as tuned)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--shard-size", default="5GB", help="max output shard size (default 5GB)")
+    p.add_argument("--shard-size", default="5GB", type=size_option, help="max output shard size (default 5GB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_strict_arg(p)
     p.set_defaults(func=cmd_merge)
 
     for module in PLUGINS:

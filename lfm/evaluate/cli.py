@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lfm.cli import add_recipe_args
-from lfm.methods.recipe import Recipe
-from lfm.methods.registry import METHODS, SETTINGS
+from lfm.cli import add_recipe_args, add_strict_arg, check_no_ops, count_option, device_option
+from lfm.methods.recipe import Recipe, stage_recipes
+from lfm.methods.registry import NEURON_FUSION, SETTINGS, settings_in_effect
 
+# the settings of `lfm compare`'s Neuron-Fusion recipe (its stages: lfm.methods.recipe.stage_recipes)
+COMPARE_SETTINGS = ("density", "neurons", "suppress", "restore", "alpha")
 # the settings a sweep holds fixed (its grid varies method, density and neurons)
 SWEEP_FIXED = tuple(name for name in SETTINGS if name not in ("method", "density", "neurons"))
 
@@ -28,50 +30,50 @@ def register(subparsers) -> None:
                    "default: the embedded organism's tuned MLLM)")
     p.add_argument("--suite", default="organism", help="paper | organism | a suite YAML file (default organism)")
     p.add_argument("--out", help="write the results JSON here")
-    p.add_argument("--limit", type=int, help="items per task (quick checks)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=count_option(1), help="items per task (quick checks)")
+    p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--batch-size", type=count_option(1), default=32, help="prompts per forward pass (default 32)")
     p.add_argument("--samples", action="store_true", help="include every generation in the JSON")
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("sweep", help="evaluate a K/M grid of merges into one results table")
     p.add_argument("--base", help="base LLM directory")
     p.add_argument("--tuned", help="tuned MLLM directory")
-    p.add_argument("--method", action="append", help="method or paper alias; repeat or comma-separate "
-                   "(default neu-s-ties)")
-    p.add_argument("--density", "-K", default="0.2", help="K values: start:stop:step or a comma list (default 0.2)")
-    p.add_argument("--neurons", "-M", default="0.3", help="M values: start:stop:step or a comma list (default 0.3)")
+    p.add_argument("--method", action="append", metavar="METHOD",
+                   help="method or paper alias; repeat or comma-separate (default neu-s-ties)")
+    p.add_argument("--density", "-K", help="K values: start:stop:step or a comma list (default 0.2)")
+    p.add_argument("--neurons", "-M", help="M values: start:stop:step or a comma list (default 0.3)")
     add_recipe_args(p, SWEEP_FIXED)
     p.add_argument("--suite", default="organism", help="paper | organism | a suite YAML file")
     p.add_argument("--out", required=True, help="results folder (results.csv, results.json, points.jsonl)")
-    p.add_argument("--executor", choices=("local", "ray"), default="local")
-    p.add_argument("--workers", type=int, help="Ray CPU actors when no GPU is present (default 1)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: one process, point after point; ray: points on Ray actors (default local)")
+    p.add_argument("--workers", type=count_option(1), help="Ray CPU actors when no GPU is present (default 1)")
     p.add_argument("--resume", action="store_true", help="continue a sweep in --out; finished points are kept")
-    p.add_argument("--limit", type=int, help="items per task")
+    p.add_argument("--limit", type=count_option(1), help="items per task")
     p.add_argument("--no-references", action="store_true", help="skip the base / tuned / hard-merge rows")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--batch-size", type=count_option(1), default=32, help="prompts per forward pass (default 32)")
     p.add_argument("--report", action="store_true", help="print the best-OA point and the (LA, VA) Pareto front "
                    "(alone with --out: report a finished sweep without running anything)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_strict_arg(p)
     p.set_defaults(func=cmd_sweep)
 
     p = subparsers.add_parser("compare", help="hard-merge / suppress / restore generations + failure transitions")
     p.add_argument("--base", help="base LLM directory (default, with --tuned: the embedded organism's)")
     p.add_argument("--tuned", help="tuned MLLM directory")
-    p.add_argument("--density", "-K", type=float, default=0.2)
-    p.add_argument("--neurons", "-M", type=float, default=0.3)
-    p.add_argument("--suppress", choices=METHODS.suppressors(), default=Recipe.suppress, help=SETTINGS["suppress"].help)
-    p.add_argument("--restore", choices=SETTINGS["restore"].options(), default=Recipe.restore,
-                   help=SETTINGS["restore"].help)
+    add_recipe_args(p, COMPARE_SETTINGS)
     p.add_argument("--items", default="organism", help="organism (offline) | scienceqa (ScienceQA-IMG, needs the hub) "
                    "| FILE.jsonl: one item a line {id, question, choices, answer, image (relative to the file), "
                    "prompt (optional)}, e.g. the real pair's <root>/suite/items/visual.jsonl")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit", type=count_option(1), help="visual items (default all)")
+    p.add_argument("--max-new-tokens", type=count_option(1), default=16,
+                   help="tokens generated per answer (default 16)")
+    p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--out", required=True, help="folder for items.csv and transitions.json")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_strict_arg(p)
     p.set_defaults(func=cmd_compare)
 
 
@@ -111,7 +113,16 @@ def cmd_sweep(args) -> int:
         raise ValueError("--base and --tuned are required to run a sweep (or use --report --out DIR alone)")
     methods = [m.strip() for spec in (args.method or ["neu-s-ties"]) for m in spec.split(",") if m.strip()]
     fields = {k: getattr(args, k) for k in SWEEP_FIXED if getattr(args, k) is not None}
-    recipes = grid(methods, parse_values(args.density), parse_values(args.neurons), **fields)
+    densities, neurons = (parse_values(v if v is not None else getattr(Recipe, name))
+                          for name, v in (("density", args.density), ("neurons", args.neurons)))
+    recipes = grid(methods, densities, neurons, **fields)
+    # a setting is idle when no method of the grid uses it; each method's first point says so (or refuses)
+    in_any = {s for r in recipes for s in settings_in_effect(r)}
+    given = {*fields, *(name for name in ("density", "neurons") if getattr(args, name) is not None)} - in_any
+    firsts = {(r.method, r.suppress, r.restore): r for r in reversed(recipes)}
+    for recipe in reversed(list(firsts.values())):
+        check_no_ops(args, recipe, given)
+    recipes = grid(methods, densities, neurons, **{k: v for k, v in fields.items() if k not in given})
     df = run_sweep(args.base, args.tuned, recipes, suite=args.suite, out_dir=args.out, executor=args.executor,
                    resume=args.resume, limit=args.limit, references=not args.no_references, device=args.device,
                    workers=args.workers, batch_size=args.batch_size, progress=not args.quiet)
@@ -131,16 +142,17 @@ def cmd_compare(args) -> int:
 
     if (args.base is None) != (args.tuned is None):
         raise ValueError("--base and --tuned go together (give neither for the embedded organism)")
+    given = {name: getattr(args, name) for name in COMPARE_SETTINGS if getattr(args, name) is not None}
+    recipe = check_no_ops(args, Recipe(method=NEURON_FUSION, **given), given)
+    stages = stage_recipes(recipe)  # M > 0, checked before any model is loaded
     base, tuned = (args.base, args.tuned) if args.base else organism_pair()
     table = compare_stages(base, tuned, items=args.items, limit=args.limit, device=args.device,
-                           max_new_tokens=args.max_new_tokens, progress=not args.quiet, density=args.density,
-                           neurons=args.neurons, suppress=args.suppress, restore=args.restore)
+                           max_new_tokens=args.max_new_tokens, progress=not args.quiet, recipes=stages)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "items.csv", index=False)
     s = summary(table)
-    s["recipe"] = {"density": args.density, "neurons": args.neurons, "suppress": args.suppress,
-                   "restore": args.restore, "items": args.items}
+    s["recipe"] = {**{name: getattr(recipe, name) for name in COMPARE_SETTINGS}, "items": args.items}
     (out / "transitions.json").write_text(json.dumps(s, indent=2) + "\n")
     print(format_summary(s))
     print(f"wrote {out / 'items.csv'} and {out / 'transitions.json'}")

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from lfm.evaluate.quiet import bars_to_file
 from lfm.evaluate.suites import Suite, check_datasets, get_suite
-from lfm.methods.recipe import Recipe
+from lfm.methods.recipe import Recipe, read_number
 from lfm.methods.registry import settings_in_effect
 
 REFERENCES = ("base", "tuned", "hard")
@@ -43,21 +43,29 @@ REFERENCE_RECIPES = {"hard": Recipe(method="hard")}  # the references that are m
 # --------------------------------------------------------------------------------------- the grid
 
 def parse_values(spec: str | float | list) -> list[float]:
-    """'0.05:0.9:0.05' (start:stop:step, stop included) or '0.1,0.2,0.3' or a number/list -> sorted floats."""
+    """'0.05:0.9:0.05' (start:stop:step, stop included) or '0.1,0.2,0.3' (or '10%,20%') or a number/list ->
+    sorted floats."""
     if isinstance(spec, (int, float)):
         return [float(spec)]
     if isinstance(spec, (list, tuple)):
         return sorted({float(v) for v in spec})
     text = str(spec).strip()
+
+    def number(part: str) -> float:  # '0.2' or '20%', as a recipe's flags and YAML files read it
+        value = read_number(part)
+        if value is None:
+            raise ValueError
+        return value
+
     try:
         if ":" in text:
-            parts = [float(p) for p in text.split(":")]
+            parts = [number(p) for p in text.split(":")]
             if len(parts) != 3 or parts[2] <= 0 or parts[1] < parts[0]:
                 raise ValueError
             start, stop, step = parts
             n = int(math.floor((stop - start) / step + 1e-9)) + 1
             return [round(start + i * step, 10) for i in range(n)]
-        return sorted({float(p) for p in text.split(",") if p.strip()})
+        return sorted({number(p) for p in text.split(",") if p.strip()})
     except ValueError:
         raise ValueError(f"cannot read {spec!r} as values: use start:stop:step (e.g. 0.05:0.9:0.05) "
                          f"or a comma list (e.g. 0.1,0.2)") from None

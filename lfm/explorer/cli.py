@@ -19,18 +19,20 @@ import shutil
 from pathlib import Path
 
 from lfm.access import add_token_args, choose_token
+from lfm.cli import count_option, device_option, number_option, port_option
 
 from . import DEFAULT_DENSITIES, DEFAULT_NEURONS
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
+def _values_of(setting: str):
+    """The argparse ``type`` of a comma list of one recipe setting's values, each read and checked as its flag."""
+    def read(text: str) -> tuple[float, ...]:
+        values = tuple(number_option(setting)(v) for v in text.split(",") if v.strip())
+        if not values:
+            raise argparse.ArgumentTypeError("expected at least one number")
+        return values
+    read.__name__ = f"{setting} list"
+    return read
 
 
 def register(subparsers) -> None:
@@ -39,15 +41,15 @@ def register(subparsers) -> None:
     p.add_argument("--base", required=True, help="base LLM directory")
     p.add_argument("--tuned", required=True, help="tuned MLLM directory")
     p.add_argument("--out", required=True, help="results folder to write")
-    p.add_argument("--densities", type=_floats, default=DEFAULT_DENSITIES,
+    p.add_argument("--densities", type=_values_of("density"), default=DEFAULT_DENSITIES,
                    help="K grid for C'(i) and the sweep (default %(default)s)")
-    p.add_argument("--neurons", type=_floats, default=DEFAULT_NEURONS,
+    p.add_argument("--neurons", type=_values_of("neurons"), default=DEFAULT_NEURONS,
                    help="M grid for the sweep and the generations (default %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for scoring")
+    p.add_argument("--device", default="cpu", type=device_option, help="cpu or cuda[:N] for scoring")
     p.add_argument("--no-eval", action="store_true", help="scores only: no sweep, no generations")
     p.add_argument("--suite", help="the pair's evaluation suite: a suite YAML, 'organism' or 'paper' (the organism "
                                    "needs none)")
-    p.add_argument("--per-task", type=int, default=0, help="items per task for evaluations (0 = all)")
+    p.add_argument("--per-task", type=count_option(0), default=0, help="items per task for evaluations (0 = all)")
     p.add_argument("--sweep-table", help="a sweep table (CSV with density, neurons, method, LA, VA, OA), e.g. "
                                          "from `lfm sweep`, copied into the folder as sweep.csv")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out (the new folder is built beside "
@@ -57,12 +59,13 @@ def register(subparsers) -> None:
 
     e = subparsers.add_parser("explore", help="serve the explorer dashboard on 127.0.0.1")
     e.add_argument("--results", help="a results folder (default: the embedded organism)")
-    e.add_argument("--base")
-    e.add_argument("--tuned")
+    e.add_argument("--base", help="base LLM directory (with --tuned: evaluate this pair live)")
+    e.add_argument("--tuned", help="tuned MLLM directory (with --base)")
     e.add_argument("--suite", help="the pair's evaluation suite (a suite YAML, 'organism' or 'paper'); the organism "
                                    "needs none")
-    e.add_argument("--per-task", type=int, default=8, help="items per task in live evaluations (default 8; 0 = all)")
-    e.add_argument("--port", type=int, default=5006)
+    e.add_argument("--per-task", type=count_option(0), default=8,
+                   help="items per task in live evaluations (default 8; 0 = all)")
+    e.add_argument("--port", type=port_option, default=5006, help="port to serve on (default 5006)")
     e.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     e.add_argument("--allow-remote", action="store_true",
                    help="also serve browsers on other machines (sets LFM_ALLOW_REMOTE=1): they can open any "

@@ -17,7 +17,7 @@ import param
 
 from lfm.checkpoint import is_hub_id
 from lfm.methods.recipe import Recipe
-from lfm.methods.registry import METHODS, SEED_MAX, SETTINGS
+from lfm.methods.registry import METHODS, SEED_MAX, SETTINGS, settings_in_effect
 from lfm.neurons import LINEAR_MODULES
 
 from . import compute
@@ -183,15 +183,29 @@ class ExplorerState(param.Parameterized):
             self.error = ""
         self.recipe = recipe
 
+    @param.depends(*(name for name in RECIPE_PARAMS if SETTINGS[name].kind is float), watch=True)
+    def _round_sliders(self):
+        """A slider's float noise off the value itself (0.23000000000000004 -> 0.23): the URL the page syncs
+        and a shared link carry the number its label shows."""
+        for name in RECIPE_PARAMS:
+            value = getattr(self, name)
+            if _rounded(value) != value:
+                setattr(self, name, _rounded(value))
+
     def recipe_yaml(self) -> str:
-        """The current recipe as YAML, runnable with `lfm merge --config recipe.yaml --out OUT`."""
+        """The current recipe as YAML, runnable as exported: `lfm merge --config recipe.yaml` writes the merge
+        to its `out` (a folder named after the recipe, beside where it runs: edit it, or pass --out). Only the
+        settings that change this merge are written (`lfm merge` warns about the others)."""
         import yaml
 
         from urllib.parse import urlencode
 
-        view = {key: getattr(self, name) for name, key in URL_PARAMS.items()}
+        view = {key: _rounded(getattr(self, name)) for name, key in URL_PARAMS.items()}
+        in_effect = settings_in_effect(self.recipe)
+        fields = {k: v for k, v in self.recipe.to_dict().items() if k == "method" or k in in_effect}
+        out = "merged-" + re.sub(r"[^A-Za-z0-9.]+", "-", self.recipe.label).strip("-")
         data = {"base": self.source.base if self.source else "", "tuned": self.source.tuned if self.source else "",
-                "label": self.recipe.label, **self.recipe.to_dict(), "explorer_view": view,
+                "out": out, "label": self.recipe.label, **fields, "explorer_view": view,
                 "explorer_link": "/explorer?" + urlencode(view)}
         return yaml.safe_dump(data, sort_keys=False)
 

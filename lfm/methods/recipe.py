@@ -10,6 +10,7 @@ Torch-free, like the registry: the CLI and the explorer build recipes without lo
 
 from __future__ import annotations
 
+import difflib
 import numbers
 import re
 from dataclasses import asdict, dataclass, fields, replace
@@ -39,7 +40,8 @@ class Recipe:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(METHODS)} "
+            hint = did_you_mean(self.method, [*METHODS, *METHODS.aliases()])
+            raise ValueError(f"unknown method {self.method!r}{hint}; choose one of {sorted(METHODS)} "
                              f"or a paper alias {sorted(METHODS.aliases())}")
         for setting in SETTINGS.values():
             if setting.name != "method":
@@ -56,7 +58,7 @@ class Recipe:
     @classmethod
     def from_name(cls, name: str, **overrides) -> Recipe:
         """Build a recipe from a method name or a paper alias ('neu-p-ties', 'neu-s-bread', 'ta', ...)."""
-        _check_keys(overrides)
+        check_keys(overrides)
         key = name.strip().lower()
         preset = dict(METHODS.aliases().get(key, {"method": key.replace("-", "_")}))
         preset.update({k: v for k, v in overrides.items() if v is not None})
@@ -65,7 +67,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
         """Strict: an unknown key is an error (a typo must not silently become a default)."""
-        _check_keys(data)
+        check_keys(data)
         data = dict(data)
         method = data.pop("method", NEURON_FUSION)
         return cls.from_name(method, **data)
@@ -125,6 +127,52 @@ def _is_number(value, kind: type) -> bool:
     return isinstance(value, wanted) and not isinstance(value, bool)
 
 
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")  # ASCII digits only
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def read_number(text: str, kind: type = float):
+    """The number ``text`` writes: '0.2' -> 0.2, a percent '20%' -> 0.2 (not for ``kind`` int), '7' -> 7; None
+    when it writes none. The one home of reading numbers from text (flags, YAML files, sweep grids).
+
+    >>> [read_number(t) for t in ("0.2", "20%", " 5 % ", "1e-1", "abc", "nan")]
+    [0.2, 0.2, 0.05, 0.1, None, None]
+    >>> read_number("7", int), read_number("7%", int)
+    (7, None)
+    """
+    text = text.strip()
+    if kind is int:
+        return int(text) if _INTEGER.fullmatch(text) else None
+    if text.endswith("%") and _NUMBER.fullmatch(text[:-1].strip()):
+        return float(text[:-1].strip()) / 100  # '23%' -> 0.23, as a user reads it (23 * 0.01 is 0.23000000000000001)
+    return float(text) if _NUMBER.fullmatch(text) else None
+
+
+def parse_number(setting, value):
+    """A number setting's value as a flag or a file writes it: 0.2, "0.2" or "20%" (``read_number``); anything
+    else is left for ``_checked`` to refuse.
+
+    >>> [parse_number(SETTINGS["density"], v) for v in (0.2, "0.2", "20%", "high")]
+    [0.2, 0.2, 0.2, 'high']
+    """
+    if setting.kind not in (int, float) or not isinstance(value, str):
+        return value
+    number = read_number(value, setting.kind)
+    return value if number is None else number
+
+
+def setting_value(name: str, value):
+    """``value`` of setting ``name`` read (``parse_number``) and checked (``_checked``): ValueError saying why."""
+    setting = SETTINGS[name]
+    return _checked(setting, parse_number(setting, value))
+
+
+def did_you_mean(word: str, known) -> str:
+    """' (did you mean 'ties'?)' for a misspelt name close to one of ``known``, else ''."""
+    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _checked(setting, value):
     """``value`` of ``setting`` if valid (a list of regexes becomes a tuple), else ValueError saying why."""
     what = setting.what or setting.name
@@ -133,10 +181,12 @@ def _checked(setting, value):
             raise ValueError(f"{what} must be a list of regexes, got {value!r}")
         return tuple(value)
     if setting.kind in (int, float) and not _is_number(value, setting.kind):
-        raise ValueError(f"{what} must be {'an integer' if setting.kind is int else 'a number'}, got {value!r}")
+        if setting.kind is int:
+            raise ValueError(f"{what} must be an integer, got {value!r}")
+        raise ValueError(f"{what} must be a number, got {value!r} (write it 0.2, \"0.2\" or \"20%\")")
     choices = setting.options()
     if choices is not None and value not in choices:
-        raise ValueError(f"{what} must be one of {list(choices)}, got {value!r}")
+        raise ValueError(f"{what} must be one of {list(choices)}, got {value!r}{did_you_mean(value, choices)}")
     if setting.valid is not None and not setting.valid(value):
         raise ValueError(f"{what} must {setting.must}, got {value}")
     return value
@@ -146,11 +196,12 @@ if {f.name for f in fields(Recipe)} != set(SETTINGS):  # one field per row of th
     raise ImportError(f"Recipe fields and registry.SETTINGS differ: {sorted({f.name for f in fields(Recipe)} ^ set(SETTINGS))}")
 
 
-def _check_keys(data: dict) -> None:
+def check_keys(data: dict) -> None:
     known = {f.name for f in fields(Recipe)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown recipe keys {unknown}; valid keys: {sorted(known)}")
+        hints = "".join(did_you_mean(key, known) for key in unknown)
+        raise ValueError(f"unknown recipe keys {unknown}{hints}; valid keys: {sorted(known)}")
 
 
 def make_recipe(recipe: Recipe | dict | str | None = None, **fields) -> Recipe:
@@ -161,7 +212,7 @@ def make_recipe(recipe: Recipe | dict | str | None = None, **fields) -> Recipe:
     >>> make_recipe("ties", densty=0.3)
     Traceback (most recent call last):
     ...
-    ValueError: unknown recipe keys ['densty']; valid keys: ['alpha', 'density', 'epsilon', 'gamma', 'keep_base', 'keep_tuned', 'locate', 'method', 'neurons', 'others', 'rescale', 'restore', 'seed', 'suppress']
+    ValueError: unknown recipe keys ['densty'] (did you mean 'density'?); valid keys: ['alpha', 'density', 'epsilon', 'gamma', 'keep_base', 'keep_tuned', 'locate', 'method', 'neurons', 'others', 'rescale', 'restore', 'seed', 'suppress']
     """
     if isinstance(recipe, Recipe):
         return Recipe.from_dict({**recipe.to_dict(), **fields}) if fields else recipe
@@ -169,6 +220,46 @@ def make_recipe(recipe: Recipe | dict | str | None = None, **fields) -> Recipe:
         return Recipe.from_dict({**recipe, **fields})
     method = recipe or fields.pop("method", NEURON_FUSION)
     return Recipe.from_name(method, **fields)
+
+
+def idle_settings(recipe: Recipe, given) -> tuple[str, ...]:
+    """The settings among ``given`` (names a user set) that change nothing in ``recipe``'s merge, table order.
+
+    >>> idle_settings(make_recipe("ties", neurons=0.5), {"density", "neurons"})
+    ('neurons',)
+    """
+    in_effect = settings_in_effect(recipe)
+    return tuple(s for s in SETTINGS if s in given and s != "method" and s not in in_effect)
+
+
+def copies_tuned(recipe: Recipe) -> bool:
+    """Whether the merge is the tuned model itself: a Sub keeping every entry (TaskA, alone or as Neuron-Fusion's
+    suppressor) at alpha = 1 adds the whole delta back, and no tensor policy takes a base weight."""
+    return sub_row(recipe).interpolates and recipe.alpha == 1 and recipe.others != "base" and not recipe.keep_base
+
+
+def no_ops(recipe: Recipe, given) -> list[str]:
+    """What a user asked for that does nothing, one line each (`lfm` warns, or refuses under --strict).
+
+    >>> no_ops(make_recipe("ta"), {"method"})
+    ['TaskA a=1 is an exact copy of the tuned model (alpha=1 adds the whole delta back); set alpha below 1, e.g. 0.5']
+    """
+    lines = []
+    idle = idle_settings(recipe, given)
+    if idle:
+        lines.append(f"{', '.join(idle)} {'does' if len(idle) == 1 else 'do'} nothing for {recipe.label} "
+                     f"(not recorded in its recipe); drop {'it' if len(idle) == 1 else 'them'} or pick a method "
+                     f"that uses {'it' if len(idle) == 1 else 'them'}")
+    if copies_tuned(recipe):
+        lines.append(f"{recipe.label} is an exact copy of the tuned model (alpha=1 adds the whole delta back); "
+                     f"set alpha below 1, e.g. 0.5")
+    return lines
+
+
+def without(recipe: Recipe, names) -> Recipe:
+    """``recipe`` with the settings ``names`` at their defaults: what it records when they did nothing."""
+    default = Recipe()
+    return replace(recipe, **{name: getattr(default, name) for name in names})
 
 
 STAGES = ("hard", "suppress", "restore")

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="organism_cmd", required=True)
 
     t = sub.add_parser("train", help="regenerate base/ and tuned/ (and the held-out items) deterministically")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="training seed (default 0: the shipped organism)")
     t.add_argument("--out", default=str(ORGANISM_DIR), help="output folder (gets base/, tuned/, items/)")
     t.add_argument("--steps", type=int, default=None, help="base pretraining steps (default: the recipe's)")
     t.add_argument("--tune-steps", type=int, default=None, help="visual tuning steps (default: the recipe's)")
@@ -33,7 +33,8 @@ def register(subparsers) -> None:
     r = sub.add_parser("report", help="measure every number of docs/organism.md into results.json / results.md")
     r.add_argument("--out", default=str(ORGANISM_DIR), help="where results.json / results.md go")
     r.add_argument("--work", default=None, help="folder for the extra tuning seeds (default $TMPDIR/lfm-organism-seeds)")
-    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="tuning seeds whose spread the report measures (default 0 1 2)")
     r.set_defaults(func=_report)
 
 
