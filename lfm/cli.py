@@ -228,6 +228,13 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
+def stop_helper_threads() -> None:
+    """Stop and join lfm.pipeline's read-ahead, merging and writing threads, if that module was loaded."""
+    pipeline = sys.modules.get("lfm.pipeline")
+    if pipeline is not None:
+        pipeline.stop_all()
+
+
 def main(argv: list[str] | None = None) -> int:
     let_idle_threads_sleep()
     keep_freed_memory_for_reuse()
@@ -236,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        return args.func(args)
+        try:
+            return args.func(args)
+        finally:  # before the one line and the exit: no helper thread may be left inside torch (lfm.pipeline)
+            stop_helper_threads()
     except (ValueError, RuntimeError, OSError) as e:
         print(f"lfm {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2

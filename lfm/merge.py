@@ -124,8 +124,9 @@ def merged_state_dict(base, tuned, recipe: Recipe | dict | str | None = None, *,
     """
     pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
     recipe = make_recipe(recipe, **fields)
-    return {key: t for key, t, _ in iter_merged(pair, recipe, device=device, dtype=parse_dtype(dtype)
-                                                 if isinstance(dtype, str) else dtype, progress=progress)}
+    with closing(iter_merged(pair, recipe, device=device, dtype=parse_dtype(dtype) if isinstance(dtype, str)
+                             else dtype, progress=progress)) as merged:  # an error stops its threads now
+        return {key: t for key, t, _ in merged}
 
 
 def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device: str | None = "cpu",
@@ -170,8 +171,11 @@ def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device
     with atomic_output_dir(out, force=force, log=log) as tmp:
         writer = StreamingShardWriter(tmp, plan, parse_size(max_shard_size))
         # writes go to a helper thread too, with at most WRITE_BEHIND_BYTES of merged tensors waiting
-        with WriteBehind(writer.write, WRITE_BEHIND_BYTES) as writing:
-            for key, tensor, info in iter_merged(pair, recipe, device=dev, dtype=out_dtype, progress=progress):
+        # closing: an error or a signal here stops the reader and the merging threads at once, not when the
+        # generator is collected (perhaps after the interpreter began to exit, aborting inside torch)
+        with WriteBehind(writer.write, WRITE_BEHIND_BYTES) as writing, \
+                closing(iter_merged(pair, recipe, device=dev, dtype=out_dtype, progress=progress)) as merged:
+            for key, tensor, info in merged:
                 writing.submit(key, tensor, tensor.numel() * tensor.element_size())
                 del tensor
                 if info["stats"] is not None:
