@@ -20,7 +20,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from lfm.names import ALIASES, LOCATE_MODES, METHOD_ROWS, RESCALES, RESTORES, SUPPRESSORS
+from lfm.names import ALIASES, LOCATE_MODES, METHOD_ROWS, RESCALES, RESTORES, SEED_MAX, SUPPRESSORS, seed_arg
 
 # Subcommand groups living in other packages; each module has register(subparsers). Building the parser
 # imports only these modules and lfm.names: torch, transformers and panel load when a command runs.
@@ -51,7 +51,7 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=float, help="della probability spread (default 0.1)")
     p.add_argument("--rescale", choices=RESCALES, help="dare/della rescale: inverse (1/p) or l1")
     p.add_argument("--locate", choices=LOCATE_MODES, help="restore top (default), random or bottom M%% neurons")
-    p.add_argument("--seed", type=int, help="seed for dare, della, locate=random")
+    p.add_argument("--seed", type=seed_arg, help=f"seed for dare, della, locate=random (0 to {SEED_MAX})")
     p.add_argument("--others", choices=("method", "tuned", "base"),
                    help="norms, embeddings, lm_head: through the method (default), or from tuned/base")
     p.add_argument("--keep-base", action="append", dest="keep_base", metavar="REGEX",

@@ -30,7 +30,7 @@ import torch
 
 from lfm.kernels import (count_true, equal, greater, greater_equal, keep_where, kth_smallest, less, masked_values,
                          ranks_of_magnitude, select, true_positions)
-from lfm.names import ALIASES, LOCATE_MODES, METHOD_ROWS, OTHERS, RESCALES, RESTORES, SUPPRESSORS
+from lfm.names import ALIASES, LOCATE_MODES, METHOD_ROWS, OTHERS, RESCALES, RESTORES, SUPPRESSORS, parse_seed
 from lfm.neurons import extra_vocab_rows, locate, module_of, neuron_axis, neuron_scores
 
 
@@ -75,6 +75,7 @@ class Recipe:
             raise ValueError(f"alpha must be a finite number, got {self.alpha}")
         if not 0.0 <= self.gamma < 1.0:
             raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
+        parse_seed(self.seed)  # lfm.names: one rule for every seed
         if self.method == "della" and self.density < 1.0 and not (
                 self.density - self.epsilon > 0 and self.density + self.epsilon <= 1):
             raise ValueError(f"della needs 0 < K-epsilon and K+epsilon <= 1, got K={self.density}, "

@@ -6,7 +6,11 @@ math, so that `lfm --help` can list them without importing torch. `lfm.methods` 
     True
     >>> ALIASES["neu-s-ties"]
     {'method': 'neuron_fusion', 'suppress': 'ties', 'restore': 'rescale'}
+    >>> parse_seed("7"), parse_seed(7)
+    (7, 7)
 """
+
+import argparse
 
 SUPPRESSORS = ("ties", "breadcrumbs", "task_arithmetic")
 RESTORES = ("replace", "rescale")
@@ -36,3 +40,27 @@ ALIASES: dict[str, dict] = {
        for short, sup in (("ties", "ties"), ("bread", "breadcrumbs"), ("breadcrumbs", "breadcrumbs"),
                           ("taska", "task_arithmetic"), ("ta", "task_arithmetic"))},
 }
+
+# Seeds (``--seed`` of every command, a recipe's ``seed``, the explorer's ``seed=`` query): whole numbers in
+# [0, SEED_MAX], numpy's range. A merge seeds each tensor's generator with seed * 1_000_003 + crc32(name), which
+# must fit in torch's 64 bits: a bigger seed failed late, inside the merge ("Overflow when unpacking long long").
+SEED_MAX = 2**32 - 1
+
+
+def parse_seed(value) -> int:
+    """A seed from a flag, a query string or a recipe: a whole number in [0, SEED_MAX]; ValueError otherwise (the
+    text is not converted when longer than any seed, so a 5000-digit value costs nothing)."""
+    if isinstance(value, str) and len(value.strip()) <= len(str(SEED_MAX)) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ValueError(f"seed must be a whole number from 0 to {SEED_MAX}, got {shown}")
+    return value
+
+
+def seed_arg(text: str) -> int:
+    """``parse_seed`` as an argparse type: a bad ``--seed`` is refused while the command line is read."""
+    try:
+        return parse_seed(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

@@ -12,7 +12,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lfm.names import RESTORES, SUPPRESSORS
+from lfm.names import RESTORES, SEED_MAX, SUPPRESSORS, seed_arg
+
+# what --trust-suite-code means (lfm eval, lfm sweep, lfm precompute; never the explorer's page)
+TRUST_SUITE_CODE_HELP = ("run the Python code the suite's task files name (lm-eval / lmms-eval '!function' hooks, "
+                         "e.g. a utils.py in the task folder) inside this process, as you. Without it such a suite "
+                         "is refused: a suite is data. Only for a suite you wrote or trust; the shipped suites "
+                         "(organism, the real pair's) need no such code")
+
+
+def add_trust_suite_code(p) -> None:
+    p.add_argument("--trust-suite-code", action="store_true", help=TRUST_SUITE_CODE_HELP)
 
 
 def register(subparsers) -> None:
@@ -24,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--samples", action="store_true", help="include every generation in the JSON")
+    add_trust_suite_code(p)
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("sweep", help="evaluate a K/M grid of merges into one results table")
@@ -39,7 +50,7 @@ def register(subparsers) -> None:
     p.add_argument("--gamma", type=float)
     p.add_argument("--epsilon", type=float)
     p.add_argument("--locate", choices=("top", "random", "bottom"))
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed_arg, help=f"seed for dare, della, locate=random (0 to {SEED_MAX})")
     p.add_argument("--others", choices=("method", "tuned", "base"))
     p.add_argument("--suite", default="organism", help="paper | organism | a suite YAML file")
     p.add_argument("--out", required=True, help="results folder (results.csv, results.json, points.jsonl)")
@@ -53,6 +64,7 @@ def register(subparsers) -> None:
     p.add_argument("--report", action="store_true", help="print the best-OA point and the (LA, VA) Pareto front "
                    "(alone with --out: report a finished sweep without running anything)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_trust_suite_code(p)
     p.set_defaults(func=cmd_sweep)
 
     p = subparsers.add_parser("compare", help="hard-merge / suppress / restore generations + failure transitions")
@@ -75,8 +87,10 @@ def register(subparsers) -> None:
 
 def cmd_eval(args) -> int:
     from lfm.evaluate.harness import evaluate, format_table
+    from lfm.evaluate.suites import get_suite
 
-    res = evaluate(args.model_dir, args.suite, limit=args.limit, device=args.device, batch_size=args.batch_size,
+    suite = get_suite(args.suite, trust_code=args.trust_suite_code)  # refused here, before any model loads
+    res = evaluate(args.model_dir, suite, limit=args.limit, device=args.device, batch_size=args.batch_size,
                    log_samples=args.samples)
     res["model"] = str(Path(args.model_dir).resolve())
     if not args.samples:
@@ -92,6 +106,7 @@ def cmd_eval(args) -> int:
 
 def cmd_sweep(args) -> int:
     from lfm.evaluate.pareto import report
+    from lfm.evaluate.suites import get_suite
     from lfm.evaluate.sweep import grid, load_results, parse_values, run_sweep
 
     if args.report and not args.base and not args.tuned:
@@ -103,7 +118,8 @@ def cmd_sweep(args) -> int:
     fields = {k: getattr(args, k) for k in ("suppress", "restore", "alpha", "gamma", "epsilon", "locate", "seed",
                                             "others") if getattr(args, k) is not None}
     recipes = grid(methods, parse_values(args.density), parse_values(args.neurons), **fields)
-    df = run_sweep(args.base, args.tuned, recipes, suite=args.suite, out_dir=args.out, executor=args.executor,
+    suite = get_suite(args.suite, trust_code=args.trust_suite_code)
+    df = run_sweep(args.base, args.tuned, recipes, suite=suite, out_dir=args.out, executor=args.executor,
                    resume=args.resume, limit=args.limit, references=not args.no_references, device=args.device,
                    workers=args.workers, batch_size=args.batch_size, progress=not args.quiet)
     cols = [c for c in ("label", "LA", "VA", "OA") if c in df.columns]

@@ -14,6 +14,8 @@ import argparse
 import shutil
 from pathlib import Path
 
+from lfm.evaluate.cli import add_trust_suite_code
+
 from . import DEFAULT_DENSITIES, DEFAULT_NEURONS
 
 
@@ -47,6 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="replace a non-empty --out (the new folder is built beside "
                                                         "it and swapped in when complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_trust_suite_code(p)
     p.set_defaults(func=cmd_precompute)
 
     e = subparsers.add_parser("explore", help="serve the explorer dashboard on 127.0.0.1")
@@ -71,7 +74,7 @@ def cmd_precompute(args) -> int:
 
     from .results import write_scores
 
-    _check_suite(args.suite)
+    args.suite = _check_suite(args.suite, trust_code=args.trust_suite_code)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} is not empty; pass --force to replace it")
@@ -118,9 +121,11 @@ def cmd_explore(args) -> int:
     return 0
 
 
-def _check_suite(suite: str | None) -> None:
-    """A --suite that cannot be read fails here, in one line, before any model is read or server started."""
+def _check_suite(suite: str | None, trust_code: bool = False):
+    """A --suite that cannot be read, or whose task files name code (without --trust-suite-code), fails here, in
+    one line, before any model is read or server started. Returns the Suite (None without --suite)."""
     if suite:
         from lfm.evaluate.suites import get_suite
 
-        get_suite(suite)
+        return get_suite(suite, trust_code=trust_code)
+    return None

@@ -133,7 +133,7 @@ class LivePair:
         self.evaluator, self.eval_error = self._load_evaluator(suite, device)
         if self.evaluator is not None:
             what = "the organism's held-out items" if self.evaluator.kind == "organism" else \
-                f"suite {self.evaluator.runner.suite.name!r} ({suite})"
+                f"suite {self.evaluator.runner.suite.name!r}" + (f" ({suite})" if isinstance(suite, (str, Path)) else "")
             self.description += f"\nevaluation: {what}"
 
     def view(self, name: str, recipe: Recipe) -> TensorView:

@@ -100,7 +100,7 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
 
     # the evaluation suite
     suite = root / "suite"
-    suite_cfg = _stage_config("suite", cfg, source)
+    suite_cfg = {**_stage_config("suite", cfg, source), "hooks": tasks.HOOKS}  # a suite of older task files: rewritten
     if not _done(suite, suite_cfg):
         # written in place (its task files name the items folder by absolute path); the stamp comes last
         log(f"writing the evaluation suite -> {suite}")

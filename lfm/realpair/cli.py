@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from lfm.names import seed_arg
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("realpair", help="SmolLM2-135M-Instruct (PyPI) + a LLaVA tuned from it on CPU")
@@ -41,7 +43,7 @@ def register(subparsers) -> None:
 
 def _common(p) -> None:
     p.add_argument("--out", help="cache folder (default ~/.cache/lfm/realpair or $LFM_REALPAIR_HOME)")
-    p.add_argument("--seed", type=int, default=0, help="tuning seed (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="tuning seed (default 0)")
 
 
 def cmd_build(args) -> int:
