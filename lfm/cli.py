@@ -212,7 +212,8 @@ OS_ERROR_FIXES = {errno.ENOSPC: "free space on that disk or choose another --out
 
 
 def error_line(e: BaseException) -> str:
-    """One line for a refusal: our own errors say what and how to fix; an OSError gets the file and a fix."""
+    """One line for a refusal: our own errors say what and how to fix (a MemoryError: bytes needed vs available,
+    lfm.memory); an OSError gets the file and a fix."""
     if isinstance(e, OSError) and e.strerror:
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror} (errno {errno.errorcode.get(e.errno, e.errno)}); " \
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
         finally:  # before the one line and the exit: no helper thread may be left inside torch (lfm.pipeline)
             stop_helper_threads()
-    except (ValueError, RuntimeError, OSError) as e:
+    except (ValueError, RuntimeError, OSError, MemoryError) as e:
         print(f"lfm {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

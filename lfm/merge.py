@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 
 from lfm._version import __version__
 from lfm.checkpoint import (PlannedTensor, StreamingShardWriter, atomic_output_dir, check_output_path,
-                            copy_non_weight_files, parse_dtype, parse_size)
+                            copy_non_weight_files, non_weight_files, parse_dtype, parse_size)
 from lfm.device import resolve_device
+from lfm.memory import MEMORY_FIX, check_fits, describe, merge_bytes
 from lfm.methods import Recipe, make_recipe, merge_tensor
 from lfm.neurons import layer_of, module_of
 from lfm.pair import Pair, open_pair
@@ -159,6 +160,10 @@ def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device
     inputs = [base.base.path, base.tuned.path] if isinstance(base, Pair) else [Path(base), Path(tuned)]
     check_output_path(out, inputs, force)
     pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
+    non_weight_files(pair.tuned.path)  # checked before any tensor is read: only the directory's own files
+    needed, largest = merge_bytes(pair, recipe, dev, out_dtype, READ_AHEAD_BYTES + WRITE_BEHIND_BYTES)
+    check_fits(f"merging {pair.tuned.path} (its largest tensor {describe(pair.tuned, largest)})", needed, dev,
+               MEMORY_FIX)
     log(pair.describe())
 
     plan = []
