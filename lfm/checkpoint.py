@@ -531,6 +531,21 @@ def copy_non_weight_files(src: Path, dst: Path) -> list[str]:
     return copied
 
 
+def save_small_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    """Write a safetensors file of small tensors (scores: one vector per weight) through Python's own file writes:
+    a full disk or a file size limit is then an OSError naming the file (safetensors' own writer reports it as a
+    SafetensorError, which ended `lfm score` and `lfm precompute` in a traceback). Model weights are written by
+    ``StreamingShardWriter``."""
+    from safetensors.torch import save
+
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
 def check_output_path(out: Path, inputs: list[Path], force: bool) -> None:
     """Refuse an output that is an input, lies inside one, or contains one; or is non-empty without force."""
     out = Path(out).resolve()

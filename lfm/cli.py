@@ -70,7 +70,7 @@ def recipe_from_args(args: argparse.Namespace):
     if getattr(args, "config", None):
         try:
             config = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: e.g. a number of over 4300 digits
             raise ValueError(f"--config {args.config}: cannot be read as YAML ({e})") from e
         if not isinstance(config, dict):
             raise ValueError(f"--config {args.config}: expected a mapping of recipe keys")
@@ -207,6 +207,8 @@ def keep_freed_memory_for_reuse() -> None:
 OS_ERROR_FIXES = {errno.ENOSPC: "free space on that disk or choose another --out",
                   errno.EDQUOT: "free space on that disk or choose another --out",
                   errno.EROFS: "choose another --out",
+                  errno.EFBIG: "the file size limit (ulimit -f) or the file system's stopped it; raise the limit "
+                               "or choose another --out",
                   errno.EACCES: "choose a path you may write to (or read, for inputs)",
                   errno.EPERM: "choose a path you may write to (or read, for inputs)"}
 

@@ -8,11 +8,12 @@ resident pair (`lfm.resident.ResidentPair`) needs, against what the device has f
 A streaming merge holds one big tensor at a time (lfm.pipeline: a tensor bigger than the byte bounds is read,
 merged and written alone), so its working set is the largest tensor's: its inputs (mapped pages, resident while it
 is merged) + the float32 work and output of its merge + the bounded read-ahead and write-behind queues (``queued``).
-The float32 work per entry, measured as the peak RSS growth of one 16.7M-entry merge (tests/test_hostile_engine.py
-measures it again for every method): at most 4.14 float32 copies (Neu-S-Breadcrumbs, incl. the output) where a
-tensor is merged whole, at most 2.41 (DELLA) where it is merged block by block (lfm.methods.merge_tensor's
-``in_blocks``: TIES masks, DARE / DELLA rows, Neuron-Fusion rows), at most 1.05 for task arithmetic's lerp. A score
-pass holds one linear weight's two float32 copies, its delta and |delta|.
+The float32 work per entry, measured as the peak RSS growth of merging one 16.7M-entry tensor (float32 and bfloat16, a
+linear weight and an embedding; tests/test_hostile_engine.py measures it again and checks it stays below these): at
+most 3.51 float32 copies, output included, where a tensor is merged whole (Neu-P-Breadcrumbs), at most 1.49 where it
+is merged block by block (DELLA; lfm.methods.merge_tensor's ``in_blocks``: TIES masks, DARE / DELLA rows,
+Neuron-Fusion rows), 1.0 for task arithmetic's lerp. A score pass holds one linear weight's two float32 copies, its
+delta and |delta|.
 
 Shards can declare anything: two sparse files of 2 MB declaring a [16777216, 96] float32 embedding and head would
 otherwise be mapped (MAP_POPULATE) and merged until the kernel kills the process.
@@ -26,9 +27,9 @@ import torch
 
 from lfm.device import available_bytes, gib
 
-WHOLE_COPIES = 4.5  # float32 copies of a tensor merged whole (measured <= 4.14)
-BLOCK_COPIES = 2.5  # ... merged block by block (measured <= 2.41)
-LERP_COPIES = 1.1  # ... by task arithmetic's lerp in the storage dtype (measured <= 1.05)
+WHOLE_COPIES = 4.0  # float32 copies of a tensor merged whole (measured <= 3.51)
+BLOCK_COPIES = 2.0  # ... merged block by block (measured <= 1.49)
+LERP_COPIES = 1.1  # ... by task arithmetic's lerp in the storage dtype (measured 1.0)
 MEMORY_FIX = ("free memory or use a machine with more; if that tensor is not meant to be this big, the checkpoint "
               "is damaged: restore it")
 SCORE_COPIES = 4.0  # lfm score: tuned and base as float32, their delta, |delta|
@@ -52,8 +53,6 @@ def _nbytes(checkpoint, key: str) -> tuple[int, int]:
 def merge_bytes(pair, recipe, device, dtype: torch.dtype | None = None, queued: int = 0) -> tuple[int, str]:
     """(bytes, tuned key): the working set of ``lfm.merge.merge`` on ``pair`` (module docstring), the largest
     tensor's inputs, float32 work and output plus ``queued`` bytes of read-ahead and write-behind, and that tensor."""
-    from lfm.methods import BLOCKED_FROM, source_of, streams_neurons, streams_rows, streams_top_k
-
     by_key = {e.tuned_key: e for e in pair.entries}
     largest = (0, "")
     for key in pair.tuned.keys():
@@ -62,19 +61,25 @@ def merge_bytes(pair, recipe, device, dtype: torch.dtype | None = None, queued: 
         if entry is None:  # passthrough: mapped, cast to the output dtype
             largest = max(largest, (tuned_bytes + n * (dtype or torch.float32).itemsize, key))
             continue
-        n_base, base_bytes = _nbytes(pair.base, entry.base_key)
-        (shape, base_dtype), tuned_dtype = pair.base.meta(entry.base_key), pair.tuned.meta(key)[1]
-        like = torch.empty((0,) * len(shape), device=device)  # what merge_tensor's choice reads: dim and device
-        merged = source_of(entry.name, recipe) == "method"
-        if merged and n_base >= BLOCKED_FROM and (streams_top_k(recipe, entry.name) or streams_rows(recipe, like)
-                                                  or streams_neurons(recipe, entry.name, like)):
-            copies = BLOCK_COPIES
-        elif merged and recipe.method == "task_arithmetic" and base_dtype == tuned_dtype:
-            copies = LERP_COPIES
-        else:
-            copies = WHOLE_COPIES
-        largest = max(largest, (base_bytes + tuned_bytes + int(copies * 4 * n), key))
+        shape, base_dtype = pair.base.meta(entry.base_key)
+        copies = float32_copies(recipe, entry.name, shape, base_dtype, pair.tuned.meta(key)[1], device)
+        largest = max(largest, (_nbytes(pair.base, entry.base_key)[1] + tuned_bytes + int(copies * 4 * n), key))
     return largest[0] + queued, largest[1]
+
+
+def float32_copies(recipe, name: str, shape, base_dtype: torch.dtype, tuned_dtype: torch.dtype, device) -> float:
+    """The float32 copies of one tensor (output included) that ``lfm.methods.merge_tensor`` holds while it merges
+    it: as merge_tensor chooses, block by block (its ``in_blocks``), one lerp, or whole."""
+    from lfm.methods import BLOCKED_FROM, source_of, streams_neurons, streams_rows, streams_top_k
+
+    like = torch.empty((0,) * len(shape), device=device)  # what merge_tensor's choice reads: dim and device
+    merged = source_of(name, recipe) == "method"
+    if merged and math.prod(shape) >= BLOCKED_FROM and (
+            streams_top_k(recipe, name) or streams_rows(recipe, like) or streams_neurons(recipe, name, like)):
+        return BLOCK_COPIES
+    if merged and recipe.method == "task_arithmetic" and base_dtype == tuned_dtype:
+        return LERP_COPIES
+    return WHOLE_COPIES
 
 
 def score_bytes(pair) -> tuple[int, str]:

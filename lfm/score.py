@@ -9,10 +9,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from lfm.checkpoint import scratch_path
+from lfm.checkpoint import save_small_tensors, scratch_path
 from lfm.device import resolve_device
 from lfm.memory import MEMORY_FIX, check_fits, describe, score_bytes
 from lfm.neurons import layer_of, module_of, neuron_axis, tail_stats
@@ -77,7 +76,7 @@ def save_scores(scores: dict[str, torch.Tensor], path, metadata: dict | None = N
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = scratch_path(path, "lfm-tmp")  # renamed into place when complete: never a half-written file
     try:
-        save_file({k: v.contiguous() for k, v in scores.items()}, str(tmp), metadata=meta)
+        save_small_tensors(scores, tmp, meta)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -86,10 +86,10 @@ def register(subparsers) -> None:
 
 
 def cmd_eval(args) -> int:
-    from lfm.evaluate.harness import evaluate, format_table
     from lfm.evaluate.suites import get_suite
 
-    suite = get_suite(args.suite, trust_code=args.trust_suite_code)  # refused here, before any model loads
+    suite = get_suite(args.suite, trust_code=args.trust_suite_code)  # refused here, before the harnesses load
+    from lfm.evaluate.harness import evaluate, format_table
     res = evaluate(args.model_dir, suite, limit=args.limit, device=args.device, batch_size=args.batch_size,
                    log_samples=args.samples)
     res["model"] = str(Path(args.model_dir).resolve())
@@ -105,20 +105,22 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from lfm.evaluate.pareto import report
     from lfm.evaluate.suites import get_suite
+
+    report_only = args.report and not args.base and not args.tuned
+    if not report_only and (not args.base or not args.tuned):
+        raise ValueError("--base and --tuned are required to run a sweep (or use --report --out DIR alone)")
+    suite = None if report_only else get_suite(args.suite, trust_code=args.trust_suite_code)  # before torch loads
+    from lfm.evaluate.pareto import report
     from lfm.evaluate.sweep import grid, load_results, parse_values, run_sweep
 
-    if args.report and not args.base and not args.tuned:
+    if report_only:
         print(report(load_results(args.out)))
         return 0
-    if not args.base or not args.tuned:
-        raise ValueError("--base and --tuned are required to run a sweep (or use --report --out DIR alone)")
     methods = [m.strip() for spec in (args.method or ["neu-s-ties"]) for m in spec.split(",") if m.strip()]
     fields = {k: getattr(args, k) for k in ("suppress", "restore", "alpha", "gamma", "epsilon", "locate", "seed",
                                             "others") if getattr(args, k) is not None}
     recipes = grid(methods, parse_values(args.density), parse_values(args.neurons), **fields)
-    suite = get_suite(args.suite, trust_code=args.trust_suite_code)
     df = run_sweep(args.base, args.tuned, recipes, suite=suite, out_dir=args.out, executor=args.executor,
                    resume=args.resume, limit=args.limit, references=not args.no_references, device=args.device,
                    workers=args.workers, batch_size=args.batch_size, progress=not args.quiet)
@@ -132,6 +134,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_compare(args) -> int:
     from lfm.evaluate.compare import compare_stages, format_summary, read_items_file, summary
+    from lfm.spreadsheet import csv_text
 
     if args.items not in ("organism", "scienceqa"):
         read_items_file(args.items)  # every line checked before any model is loaded
@@ -141,7 +144,7 @@ def cmd_compare(args) -> int:
                            neurons=args.neurons, suppress=args.suppress, restore=args.restore)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "items.csv", index=False)
+    (out / "items.csv").write_text(csv_text(table))  # formula cells neutralised: it is opened in spreadsheets
     s = summary(table)
     s["recipe"] = {"density": args.density, "neurons": args.neurons, "suppress": args.suppress,
                    "restore": args.restore, "items": args.items}

@@ -70,11 +70,11 @@ def register(subparsers) -> None:
 def cmd_precompute(args) -> int:
     """Write the results folder into a temporary sibling and rename it into place at the end (as `lfm merge`
     does): an error or an interrupt leaves no half-written folder, and a --force run replaces the old one."""
+    args.suite = _check_suite(args.suite, trust_code=args.trust_suite_code)  # before torch loads
     from lfm.checkpoint import atomic_output_dir
 
     from .results import write_scores
 
-    args.suite = _check_suite(args.suite, trust_code=args.trust_suite_code)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} is not empty; pass --force to replace it")
@@ -110,9 +110,9 @@ def _evaluations(args, tmp: Path, meta: dict) -> str:
 
 
 def cmd_explore(args) -> int:
+    _check_suite(args.suite)  # the page checks it again: it never runs a suite's code
     from .app import extension, serve
 
-    _check_suite(args.suite)
     if args.suite and not (args.base and args.tuned):
         raise ValueError("--suite evaluates a pair: pass it with --base and --tuned")
     extension()
