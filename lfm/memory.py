@@ -12,7 +12,8 @@ The float32 work per entry, measured as the peak RSS growth of merging one 16.7M
 linear weight and an embedding; tests/test_hostile_engine.py measures it again and checks it stays below these): at
 most 3.51 float32 copies, output included, where a tensor is merged whole (Neu-P-Breadcrumbs), at most 1.49 where it
 is merged block by block (DELLA; lfm.methods.merge_tensor's ``in_blocks``: TIES masks, DARE / DELLA rows,
-Neuron-Fusion rows), 1.0 for task arithmetic's lerp. A score pass holds one linear weight's two float32 copies, its
+Neuron-Fusion rows; about 1.1 copies and 33 MB of block scratch, from 4.2M and 16.7M entries), 1.0 for task
+arithmetic's lerp. A score pass holds one linear weight's two float32 copies, its
 delta and |delta|.
 
 Shards can declare anything: two sparse files of 2 MB declaring a [16777216, 96] float32 embedding and head would
@@ -28,7 +29,8 @@ import torch
 from lfm.device import available_bytes, gib
 
 WHOLE_COPIES = 4.0  # float32 copies of a tensor merged whole (measured <= 3.51)
-BLOCK_COPIES = 2.0  # ... merged block by block (measured <= 1.49)
+BLOCK_COPIES = 2.0  # ... merged block by block (measured <= 1.49 at 16.7M entries, <= 1.14 per entry beyond scratch)
+BLOCK_SCRATCH = 12 * 4 * 2**20  # the blocks' float32 scratch, whatever the tensor's size (measured <= 33 MB)
 LERP_COPIES = 1.1  # ... by task arithmetic's lerp in the storage dtype (measured 1.0)
 MEMORY_FIX = ("free memory or use a machine with more; if that tensor is not meant to be this big, the checkpoint "
               "is damaged: restore it")
@@ -62,24 +64,26 @@ def merge_bytes(pair, recipe, device, dtype: torch.dtype | None = None, queued: 
             largest = max(largest, (tuned_bytes + n * (dtype or torch.float32).itemsize, key))
             continue
         shape, base_dtype = pair.base.meta(entry.base_key)
-        copies = float32_copies(recipe, entry.name, shape, base_dtype, pair.tuned.meta(key)[1], device)
-        largest = max(largest, (_nbytes(pair.base, entry.base_key)[1] + tuned_bytes + int(copies * 4 * n), key))
+        work = work_bytes(recipe, entry.name, shape, base_dtype, pair.tuned.meta(key)[1], device)
+        largest = max(largest, (_nbytes(pair.base, entry.base_key)[1] + tuned_bytes + work, key))
     return largest[0] + queued, largest[1]
 
 
-def float32_copies(recipe, name: str, shape, base_dtype: torch.dtype, tuned_dtype: torch.dtype, device) -> float:
-    """The float32 copies of one tensor (output included) that ``lfm.methods.merge_tensor`` holds while it merges
-    it: as merge_tensor chooses, block by block (its ``in_blocks``), one lerp, or whole."""
+def work_bytes(recipe, name: str, shape, base_dtype: torch.dtype, tuned_dtype: torch.dtype, device) -> int:
+    """The memory ``lfm.methods.merge_tensor`` allocates (output included) while it merges one tensor of ``shape``,
+    as it chooses to merge it: block by block (its ``in_blocks``: float32 copies + the blocks' scratch), by one
+    lerp, or whole."""
     from lfm.methods import BLOCKED_FROM, source_of, streams_neurons, streams_rows, streams_top_k
 
+    n = math.prod(shape)
     like = torch.empty((0,) * len(shape), device=device)  # what merge_tensor's choice reads: dim and device
     merged = source_of(name, recipe) == "method"
-    if merged and math.prod(shape) >= BLOCKED_FROM and (
+    if merged and n >= BLOCKED_FROM and (
             streams_top_k(recipe, name) or streams_rows(recipe, like) or streams_neurons(recipe, name, like)):
-        return BLOCK_COPIES
+        return int(BLOCK_COPIES * 4 * n) + BLOCK_SCRATCH
     if merged and recipe.method == "task_arithmetic" and base_dtype == tuned_dtype:
-        return LERP_COPIES
-    return WHOLE_COPIES
+        return int(LERP_COPIES * 4 * n)
+    return int(WHOLE_COPIES * 4 * n)
 
 
 def score_bytes(pair) -> tuple[int, str]:
