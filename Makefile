@@ -1,24 +1,34 @@
-# Two entry points for a fresh machine:  `make demo` (the explorer on the embedded organism)
+# Two entry points for a fresh machine:  `make demo` (the explorer on the embedded organism; open the URL it prints)
 # and `make test` (the full test suite). Both create .venv and install everything first, from the lock.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 PORT   ?= 5006
 LAB_PORT ?= 8888
-STAMP  := $(VENV)/.installed
-LOCK   := requirements/lock.txt
 NODEPS := requirements/no-deps.txt
+# Which torch build the venv gets: cpu (default: requirements/lock.txt, torch 2.13.0+cpu) or cuda
+# (requirements/lock-cuda.txt: the same pins with PyPI's torch 2.13.0, a CUDA 13 build, and the nvidia-*
+# libraries it pulls in). `make lock` writes both; tests/test_install.py checks they differ only there.
+TORCH ?= cpu
+LOCK_cpu  := requirements/lock.txt
+LOCK_cuda := requirements/lock-cuda.txt
+LOCK   := $(or $(LOCK_$(TORCH)),$(error TORCH=$(TORCH): choose TORCH=cpu or TORCH=cuda))
+STAMP  := $(VENV)/.installed-$(TORCH)
 # Tools of the install itself, pinned here (not in the lock: they install the lock).
 PIP_VERSION := 26.3
 UV_VERSION  := 0.13.9
-# Where the CPU torch wheel is found (this project's machines keep it on local disk). Elsewhere, point it
-# at PyTorch's CPU wheel index: make lock TORCH_WHEELS="--extra-index-url <that index>".
-TORCH_WHEELS ?= --find-links /opt/wheels
+# The CPU torch (2.13.0+cpu) is not on PyPI: it comes from a local wheel directory when there is one (this
+# project's machines keep it in /opt/wheels), else from PyTorch's CPU wheel index. Override either, or the
+# whole source: make install TORCH_WHEELS="--find-links DIR". PyPI's own torch is the CUDA build.
+TORCH_WHEEL_DIR ?= /opt/wheels
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+CPU_TORCH_SOURCE := $(if $(wildcard $(TORCH_WHEEL_DIR)/torch-*.whl),--find-links $(TORCH_WHEEL_DIR),--extra-index-url $(TORCH_CPU_INDEX))
+TORCH_WHEELS ?= $(if $(filter cpu,$(TORCH)),$(CPU_TORCH_SOURCE))
 UPGRADE ?=
 # uv lives in its own venv, so that .venv holds exactly the lock
 LOCK_VENV := .venv-lock
 
-.PHONY: install lock demo lab test test-fast bench realpair realpair-study clean
+.PHONY: install lock demo lab notebooks test test-fast bench realpair realpair-study clean
 
 install: $(STAMP)
 
@@ -38,20 +48,31 @@ $(STAMP): pyproject.toml $(LOCK) $(NODEPS) Makefile
 		(apt-get update -qq && apt-get install -y -qq miscfiles wordnet-base >/dev/null)
 	touch $(STAMP)
 
-# Re-resolve the lock from pyproject.toml's extras + requirements/extra.in. Pins already in the lock are kept;
+# Re-resolve both locks from pyproject.toml's extras + requirements/extra.in. Pins already in a lock are kept;
 # to upgrade one on purpose: make lock UPGRADE="--upgrade-package panel" (or UPGRADE=--upgrade for all).
+# The CUDA lock is the CPU lock's pins (as constraints) with torch replaced by PyPI's (requirements/torch-cuda.txt);
+# it needs only PyPI, the CPU lock also the CPU torch's source (CPU_TORCH_SOURCE).
+COMPILE = $(LOCK_VENV)/bin/uv pip compile pyproject.toml requirements/extra.in --extra all --generate-hashes \
+	--python-version 3.11 --python-platform x86_64-manylinux_2_28 $(UPGRADE) --quiet
 lock:
 	test -x $(LOCK_VENV)/bin/python || python3.11 -m venv $(LOCK_VENV) || python3 -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip -q install uv==$(UV_VERSION)
-	$(LOCK_VENV)/bin/uv pip compile pyproject.toml requirements/extra.in --extra all --generate-hashes \
-		--python-version 3.11 --python-platform x86_64-manylinux_2_28 $(TORCH_WHEELS) $(UPGRADE) \
-		--custom-compile-command "make lock" --quiet -o $(LOCK)
+	$(COMPILE) $(CPU_TORCH_SOURCE) --custom-compile-command "make lock" -o $(LOCK_cpu)
+	grep -oE '^[A-Za-z0-9][A-Za-z0-9_.-]*==[^ ]+' $(LOCK_cpu) | grep -v '^torch==' > $(LOCK_VENV)/cpu-lock-pins.txt
+	$(COMPILE) --overrides requirements/torch-cuda.txt -c $(LOCK_VENV)/cpu-lock-pins.txt \
+		--custom-compile-command "make lock TORCH=cuda" -o $(LOCK_cuda)
 
+# prints the URL to open, with this start's token (lfm.explorer.gate; `LFM_TOKEN=... make demo` for your own)
 demo: install
-	$(VENV)/bin/panel serve apps/explorer.py --address 127.0.0.1 --port $(PORT) --allow-websocket-origin 127.0.0.1:$(PORT) --allow-websocket-origin localhost:$(PORT)
+	$(VENV)/bin/lfm explore --port $(PORT)
 
 lab: install
 	$(VENV)/bin/lfm lab notebooks --port $(LAB_PORT)
+
+# run the four notebooks on the embedded organism and write them back executed, outputs and figures included
+# (notebooks/execute.py; tests/test_notebooks.py re-runs them and compares). After editing a notebook: run this.
+notebooks: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) notebooks/execute.py
 
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
@@ -66,7 +87,7 @@ REALPAIR_SEED ?= 0
 realpair: install
 	$(VENV)/bin/lfm realpair build --seed $(REALPAIR_SEED) $(if $(REALPAIR_OUT),--out $(REALPAIR_OUT))
 
-# the paper's study on it -> data/realpair/results.{json,md} (resumable; hours of CPU for every point)
+# the paper's study on it -> lfm/data/realpair/results.{json,md} (resumable; hours of CPU for every point)
 realpair-study: realpair
 	HF_HUB_OFFLINE=1 $(VENV)/bin/lfm realpair study --seed $(REALPAIR_SEED) $(if $(REALPAIR_OUT),--out $(REALPAIR_OUT))
 

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_app_browser import CHROMIUM, CHROMIUM_ARGS, panel_serve  # noqa: E402 (the tests' server fixture)
+from test_app_browser import CHROMIUM, CHROMIUM_ARGS, serve_explorer  # noqa: E402 (the tests' server fixture)
 
 
 def main() -> int:
@@ -35,7 +35,7 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     neuron, evals = [], []
-    with panel_serve("--per-task", str(args.per_task), "--no-sweep") as url, sync_playwright() as pw:
+    with serve_explorer("--per-task", str(args.per_task), "--no-sweep") as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
         page.set_default_timeout(120_000)

@@ -92,8 +92,8 @@ def main(argv=None) -> int:
     resident = source.resident
     peak_open = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     rss_open = rss_mib()
-    lm_bytes = sum(t.numel() * t.element_size() for _, _, _, t in resident.entries)
-    n_params = sum(t.numel() for _, _, _, t in resident.entries)
+    lm_bytes = sum(e.tuned.numel() * e.tuned.element_size() for e in resident.entries)
+    n_params = sum(e.tuned.numel() for e in resident.entries)
     print(f"open: {t_open:.1f}s, peak RSS {peak_open / 2**30:.2f} GiB (LM bf16 {lm_bytes / 2**30:.2f} GiB), "
           f"evaluation: {source.eval_error or 'on'}", flush=True)
 

@@ -27,7 +27,7 @@ average before and after each size is recorded (the machine may be shared).
     python benchmarks/merge_speed.py --size tiny       # seconds: checks the harness
     python benchmarks/merge_speed.py --device cuda     # the same runs, lfm and mergekit on the GPU
     python benchmarks/merge_speed.py --device cuda --size 8b --skip-mergekit   # Llama-3-8B-shaped, LLM pair
-    python benchmarks/merge_speed.py --table           # the README's table from the recorded results
+    python benchmarks/merge_speed.py --table           # the table of docs/benchmarks.md from the recorded results
 """
 from __future__ import annotations
 
@@ -440,7 +440,7 @@ def run_size(size: str, args) -> dict:
             "loadavg": load, "runs": rows, "ratios": ratios, "targets": targets}
 
 
-README_ROWS = [  # README row -> the runs it shows, as "a / b"
+README_ROWS = [  # a row of docs/benchmarks.md's table -> the runs it shows, as "a / b"
     ("copy floor (safetensors load + save), LLM / LLaVA pair", ["copy floor (llm)", "copy floor (llava)"]),
     ("lfm TIES K=0.2, LLM / LLaVA pair", ["lfm TIES K=0.2 (llm)", "lfm TIES K=0.2 (llava)"]),
     ("lfm task arithmetic", ["lfm TA (llm)"]),
@@ -452,7 +452,7 @@ README_ROWS = [  # README row -> the runs it shows, as "a / b"
 
 
 def readme_table(results=RESULTS) -> str:
-    """The README's speed table (Markdown) from the recorded results/merge_speed_0.4b.json and merge_speed.json."""
+    """The speed table of docs/benchmarks.md (Markdown) from the recorded results/merge_speed_0.4b.json and merge_speed.json."""
     sizes = [json.loads((results / name).read_text()) for name in ("merge_speed_0.4b.json", "merge_speed.json")]
     by_size = [{r["label"]: r for r in d["runs"]} for d in sizes]
     lines = ["| run (bf16, cpu, median of 3; mergekit once) | 0.4B seconds | 0.4B peak RSS MiB | 1.03B seconds "
@@ -474,7 +474,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-outputs", action="store_true", help="keep merged outputs under _work/<size>/out")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each lfm merge and copy floor (median kept)")
     ap.add_argument("--mergekit-repeat", type=int, default=1, help="runs of each mergekit merge (median kept)")
-    ap.add_argument("--table", action="store_true", help="print the README's table from the recorded results, run nothing")
+    ap.add_argument("--table", action="store_true", help="print the table of docs/benchmarks.md from the recorded results, run nothing")
     args = ap.parse_args(argv)
     if args.table:
         print(readme_table())

@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     exact = bool(torch.equal(ours, ref[key]))
 
     res = {"size": args.size, "method": args.method, "fast_path": not args.no_fast, "recipe_at_0.2": recipe(0.2).label, "ks": list(KS),
-           "lm_parameters": sum(b.numel() for _, _, b, _ in cache.entries),
+           "lm_parameters": sum(e.base.numel() for e in cache.entries),
            "one_merge_disk_s": round(one_disk, 2), "one_merge_memory_s": round(one_memory, 2),
            "sweep_s": round(sweep, 2), "sweep_setup_s (cache + model load + prepare)": round(t_setup, 2), "cache_build_s": round(t_cache, 2),
            "per_point_s": [round(x, 2) for x in per_point],

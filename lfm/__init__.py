@@ -9,20 +9,20 @@ visual instruction tuning.
 
 Every function taking ``base, tuned`` also takes an opened pair as ``base`` (``lfm.open_pair``), and a recipe as a
 ``Recipe``, a dict, a method name / paper alias, or keyword fields (a misspelt field names the valid ones).
+A method of your own: ``lfm.register_method`` (docs/extending.md).
 """
 
 import importlib
-import sys
-import types
 
 from lfm._version import __version__
 
 # public name -> the module defining it; imported on first use (PEP 562), so that `import lfm` (and with it
 # every `lfm` command's start-up) does not load torch until a tensor is needed
-_HOMES = {"METHODS": "lfm.methods", "Recipe": "lfm.methods", "make_recipe": "lfm.methods",
-          "merge_delta": "lfm.methods", "merge_tensor": "lfm.methods", "open_pair": "lfm.pair",
-          "neuron_scores": "lfm.score", "merge": "lfm.merge", "merged_state_dict": "lfm.merge",
-          "ResidentPair": "lfm.resident"}
+_HOMES = {"METHODS": "lfm.methods.registry", "register_method": "lfm.methods.registry",
+          "unregister_method": "lfm.methods.registry", "Recipe": "lfm.methods.recipe",
+          "make_recipe": "lfm.methods.recipe", "merge_delta": "lfm.methods.math", "merge_tensor": "lfm.methods.tensor",
+          "open_pair": "lfm.pair", "neuron_scores": "lfm.score", "merge": "lfm.stream",
+          "merged_state_dict": "lfm.stream", "ResidentPair": "lfm.resident"}
 
 __all__ = sorted([*_HOMES, "__version__"])
 
@@ -37,15 +37,3 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted({*globals(), *_HOMES})
-
-
-class _Package(types.ModuleType):
-    """``lfm`` itself. Importing the submodule ``lfm.merge`` binds it as the package's attribute ``merge``;
-    the public name is the function, so that binding is ignored (``__getattr__`` then finds the function)."""
-
-    def __setattr__(self, name, value):
-        if not (name in _HOMES and isinstance(value, types.ModuleType)):
-            super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -306,8 +306,12 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
         return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
                                                              "*.jinja", "*.tiktoken"]))
     except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        where = (" (HF_HUB_OFFLINE is set: only the local hub cache was searched, HF_HUB_CACHE or ~/.cache/"
+                 "huggingface/hub; download it there while online, or unset HF_HUB_OFFLINE)") if offline else ""
         raise CheckpointError(f"{text}: not a local directory, and downloading it from the Hugging Face hub "
-                              f"failed ({type(e).__name__}: {e}); pass a local model directory") from e
+                              f"failed ({type(e).__name__}: {' '.join(str(e).split())}){where}; pass a local model "
+                              f"directory") from e
 
 
 def is_hub_id(path: str | os.PathLike) -> bool:

@@ -20,13 +20,14 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from lfm.names import ALIASES, LOCATE_MODES, METHOD_ROWS, RESCALES, RESTORES, SEED_MAX, SUPPRESSORS, seed_arg
+from lfm._version import installed_version
+from lfm.methods.recipe import Recipe, parse_setting
+from lfm.methods.registry import METHODS, SETTINGS
 
 # Subcommand groups living in other packages; each module has register(subparsers). Building the parser
-# imports only these modules and lfm.names: torch, transformers and panel load when a command runs.
-PLUGINS = ("lfm.organism.cli", "lfm.evaluate.cli", "lfm.explorer.cli", "lfm.lab", "lfm.realpair.cli")
-RECIPE_FLAGS = ("density", "neurons", "suppress", "restore", "alpha", "gamma", "epsilon", "rescale",
-                "locate", "seed", "others", "keep_base", "keep_tuned")
+# imports only these modules and the (torch-free) registry: torch, transformers and panel load when a command runs.
+PLUGINS = ("lfm.organism.cli", "lfm.evaluate.cli", "lfm.explorer.cli", "lfm.lab", "lfm.realpair.cli", "lfm.pair_cli")
+RECIPE_FLAGS = tuple(name for name in SETTINGS if name != "method")
 RUN_KEYS = ("base", "tuned", "out", "device", "dtype")
 ATOMIC_COMMANDS = ("merge", "score", "precompute")  # their outputs appear whole or not at all
 
@@ -39,32 +40,45 @@ def add_pair_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="accept pickle .bin weights (loaded with torch.load(weights_only=True))")
 
 
-def add_recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", help=f"one of {sorted(METHOD_ROWS)} or a paper alias ({', '.join(sorted(ALIASES))})",
-                   metavar="METHOD")
-    p.add_argument("--density", "-K", type=float, help="K in (0,1]: fraction of delta entries kept (default 0.2)")
-    p.add_argument("--neurons", "-M", type=float, help="M in [0,1]: fraction of neurons restored (default 0.3)")
-    p.add_argument("--suppress", choices=SUPPRESSORS, help="Neuron-Fusion suppressor (default ties)")
-    p.add_argument("--restore", choices=RESTORES, help="replace (Neu-P) or rescale (Neu-S, default)")
-    p.add_argument("--alpha", type=float, help="scale of the final delta (default 1)")
-    p.add_argument("--gamma", type=float, help="breadcrumbs outlier fraction (default 0.01)")
-    p.add_argument("--epsilon", type=float, help="della probability spread (default 0.1)")
-    p.add_argument("--rescale", choices=RESCALES, help="dare/della rescale: inverse (1/p) or l1")
-    p.add_argument("--locate", choices=LOCATE_MODES, help="restore top (default), random or bottom M%% neurons")
-    p.add_argument("--seed", type=seed_arg, help=f"seed for dare, della, locate=random (0 to {SEED_MAX})")
-    p.add_argument("--others", choices=("method", "tuned", "base"),
-                   help="norms, embeddings, lm_head: through the method (default), or from tuned/base")
-    p.add_argument("--keep-base", action="append", dest="keep_base", metavar="REGEX",
-                   help="tensors whose canonical name matches take the base weight (repeatable)")
-    p.add_argument("--keep-tuned", action="append", dest="keep_tuned", metavar="REGEX",
-                   help="tensors whose canonical name matches take the tuned weight (repeatable)")
+def add_recipe_args(p: argparse.ArgumentParser, names=tuple(SETTINGS), *, defaults: bool = False) -> None:
+    """One option per recipe setting in ``names`` (the registry's settings table: type, choices, help), unset
+    unless given (``defaults``: set to the recipe's default)."""
+    default = Recipe()
+    for name in names:
+        setting = SETTINGS[name]
+        if name == "method":
+            p.add_argument("--method", metavar="METHOD", help=f"one of {sorted(METHODS)} or a paper alias "
+                                                              f"({', '.join(sorted(METHODS.aliases()))})")
+            continue
+        flags = [f"--{name.replace('_', '-')}", *([setting.flag] if setting.flag else [])]
+        value = getattr(default, name)
+        options = dict(dest=name, help=f"{setting.help} (default {value})", default=value if defaults else None)
+        if setting.kind is tuple:
+            options.update(action="append", metavar="REGEX", help=f"{setting.help} (repeatable)", default=None)
+        elif setting.options() is not None:
+            options["choices"] = setting.options()
+        else:
+            options["type"] = setting_arg(name)
+        p.add_argument(*flags, **options)
+
+
+def setting_arg(name: str):
+    """An argparse type for the recipe setting ``name``: the text read and checked as the recipe checks it
+    (``lfm.methods.recipe.parse_setting``), so that `--seed 99999999999999999999999` or `-K 2` is refused while the
+    command line is read, not late, inside the merge."""
+    def parse(text: str):
+        try:
+            return parse_setting(name, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = name  # argparse names the type in its own messages
+    return parse
 
 
 def recipe_from_args(args: argparse.Namespace):
     """Merge `--config` YAML (if any) with flags (flags win). Returns (Recipe, run settings)."""
     import yaml
-
-    from lfm.methods import Recipe
 
     config = {}
     if getattr(args, "config", None):
@@ -82,7 +96,7 @@ def recipe_from_args(args: argparse.Namespace):
         if value is not None:
             run[key] = value
     fields = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}
-    method = args.method or config.pop("method", "neuron_fusion")
+    method = args.method or config.pop("method", Recipe.method)
     config.pop("method", None)
     recipe = Recipe.from_dict({**config, **fields, "method": method})
     return recipe, run
@@ -107,7 +121,7 @@ def imports_without_collection():
 
 def cmd_merge(args) -> int:
     with imports_without_collection():
-        from lfm.merge import merge
+        from lfm.stream import merge
 
     recipe, run = recipe_from_args(args)
     for key in ("base", "tuned", "out"):
@@ -137,8 +151,9 @@ def cmd_score(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lfm", description=__doc__,
+    parser = argparse.ArgumentParser(prog="lfm", description=__doc__, epilog=methods_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"lfm {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="neuron change scores C(i) per module + a summary table")
@@ -164,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         if importlib.util.find_spec(package) is not None and importlib.util.find_spec(module) is not None:
             importlib.import_module(module).register(sub)
     return parser
+
+
+def methods_help() -> str:
+    """The registry's methods, one a line, for `lfm --help` (plug-ins included)."""
+    rows = [f"  {name:<18}{row.title}" + (f" ({', '.join(row.aliases)})" if row.aliases else "")
+            for name, row in METHODS.items()]
+    return "merge methods (--method; paper aliases such as neu-s-ties, neu-p-bread):\n" + "\n".join(rows)
 
 
 def let_idle_threads_sleep() -> None:
@@ -241,7 +263,11 @@ def stop_helper_threads() -> None:
 def main(argv: list[str] | None = None) -> int:
     let_idle_threads_sleep()
     keep_freed_memory_for_reuse()
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ValueError as e:  # a method plug-in that cannot be loaded (lfm.methods.registry)
+        print(f"lfm: error: {error_line(e)}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupted)

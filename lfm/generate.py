@@ -36,9 +36,9 @@ def greedy_answers(model, processor, texts: list[str], images: list[list] | None
     out: list[str] = []
     for s in tqdm(range(0, len(texts), batch_size), desc="generating", disable=not progress, unit="batch"):
         batch = texts[s:s + batch_size]
-        pil = [im for group in (images[s:s + batch_size] if images is not None else []) for im in group]
-        if pil:
-            enc = processor(text=batch, images=pil, padding=True, return_tensors="pt")
+        groups = [list(group) for group in images[s:s + batch_size]] if images is not None else []
+        if any(groups):  # nested, one list per text: processors that batch (Gemma 3, Idefics3) need to know whose
+            enc = processor(text=batch, images=groups, padding=True, return_tensors="pt")
         else:
             enc = tok(batch, padding=True, return_tensors="pt")
         enc = {k: (v.to(model.device, model.dtype) if v.is_floating_point() else v.to(model.device))

@@ -11,7 +11,7 @@ is merged) + the float32 work and output of its merge + the bounded read-ahead a
 The float32 work per entry, measured as the peak RSS growth of merging one 16.7M-entry tensor (float32 and bfloat16, a
 linear weight and an embedding; tests/test_hostile_engine.py measures it again and checks it stays below these): at
 most 3.51 float32 copies, output included, where a tensor is merged whole (Neu-P-Breadcrumbs), at most 1.49 where it
-is merged block by block (DELLA; lfm.methods.merge_tensor's ``in_blocks``: TIES masks, DARE / DELLA rows,
+is merged block by block (DELLA; lfm.methods.tensor.merge_tensor's ``in_blocks``: TIES masks, DARE / DELLA rows,
 Neuron-Fusion rows; about 1.1 copies and 33 MB of block scratch, from 4.2M and 16.7M entries), 1.0 for task
 arithmetic's lerp. A score pass holds one linear weight's two float32 copies, its
 delta and |delta|.
@@ -31,7 +31,7 @@ from lfm.device import available_bytes, gib
 WHOLE_COPIES = 4.0  # float32 copies of a tensor merged whole (measured <= 3.51)
 BLOCK_COPIES = 2.0  # ... merged block by block (measured <= 1.49 at 16.7M entries, <= 1.14 per entry beyond scratch)
 BLOCK_SCRATCH = 12 * 4 * 2**20  # the blocks' float32 scratch, whatever the tensor's size (measured <= 33 MB)
-LERP_COPIES = 1.1  # ... by task arithmetic's lerp in the storage dtype (measured 1.0)
+LERP_COPIES = 1.1  # ... by one lerp in the storage dtype (a row that ``interpolates``) (measured 1.0)
 MEMORY_FIX = ("free memory or use a machine with more; if that tensor is not meant to be this big, the checkpoint "
               "is damaged: restore it")
 SCORE_COPIES = 4.0  # lfm score: tuned and base as float32, their delta, |delta|
@@ -70,10 +70,12 @@ def merge_bytes(pair, recipe, device, dtype: torch.dtype | None = None, queued: 
 
 
 def work_bytes(recipe, name: str, shape, base_dtype: torch.dtype, tuned_dtype: torch.dtype, device) -> int:
-    """The memory ``lfm.methods.merge_tensor`` allocates (output included) while it merges one tensor of ``shape``,
+    """The memory ``lfm.methods.tensor.merge_tensor`` allocates (output included) while it merges one tensor of ``shape``,
     as it chooses to merge it: block by block (its ``in_blocks``: float32 copies + the blocks' scratch), by one
     lerp, or whole."""
-    from lfm.methods import BLOCKED_FROM, source_of, streams_neurons, streams_rows, streams_top_k
+    from lfm.methods.blocked import streams_neurons, streams_rows, streams_top_k
+    from lfm.methods.registry import METHODS
+    from lfm.methods.tensor import BLOCKED_FROM, source_of
 
     n = math.prod(shape)
     like = torch.empty((0,) * len(shape), device=device)  # what merge_tensor's choice reads: dim and device
@@ -81,7 +83,7 @@ def work_bytes(recipe, name: str, shape, base_dtype: torch.dtype, tuned_dtype: t
     if merged and n >= BLOCKED_FROM and (
             streams_top_k(recipe, name) or streams_rows(recipe, like) or streams_neurons(recipe, name, like)):
         return int(BLOCK_COPIES * 4 * n) + BLOCK_SCRATCH
-    if merged and recipe.method == "task_arithmetic" and base_dtype == tuned_dtype:
+    if merged and METHODS[recipe.method].interpolates and base_dtype == tuned_dtype:
         return int(LERP_COPIES * 4 * n)
     return int(WHOLE_COPIES * 4 * n)
 

@@ -20,7 +20,7 @@ import re
 
 import torch
 
-from lfm.names import LOCATE_MODES
+from lfm.methods.registry import LOCATE_MODES
 
 ROW_MODULES = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
 COLUMN_MODULES = ("o_proj", "down_proj")

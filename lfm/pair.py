@@ -1,33 +1,27 @@
 """Align a base LLM with the language model inside a tuned MLLM (or a tuned LLM of its family).
 
 Every tensor is named by its *canonical* name, the base causal LM's key ('model.layers.3.mlp.up_proj.weight',
-'lm_head.weight'). Tuned keys map to canonical names by these rules:
+'lm_head.weight'). A tuned MLLM's keys map to canonical names through its family's row in ``lfm.families``
+(found by the tuned config's model_type): the layout its keys use says which prefix holds the LM
+(``language_model.model.`` for LLaVA as ``save_pretrained`` writes it, ``model.text_model.`` for Idefics3,
+``model.`` for Qwen2-VL, ...); every other tensor is passthrough, copied from tuned (vision tower, projector,
+connector, image_newline). A tuned causal LM maps by identity (LLM-to-LLM merges).
 
-    language_model.model.X     -> model.X        LLaVA / LLaVA-Next as `save_pretrained` writes them
-    language_model.lm_head.X   -> lm_head.X
-    model.language_model.X     -> model.X        the other layout in the wild (+ a top-level lm_head)
-    lm_head.X                  -> lm_head.X
-    anything else in an MLLM   -> passthrough    vision tower, projector, image_newline: copied from tuned
-    a tuned causal LM          -> identity       LLM-to-LLM merges
-
-Everything is checked from the configs and safetensors headers before any tensor is read: the
-architecture (model type, hidden size, layers, heads, FFN size), the key sets in both directions,
-each shape, and the vocabulary (the tuned one may be larger: the extra rows stay tuned).
+Everything is checked from the configs and safetensors headers before any tensor is read: the family and the
+base it pairs with (model types), the fields that must match (hidden size, layers, heads, FFN size, ...), the key
+sets in both directions, each shape, and the vocabulary (the tuned one may be larger: the extra rows stay tuned).
 """
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from lfm.checkpoint import Checkpoint, CheckpointError
+from lfm.families import BASE_TIED_BY_DEFAULT, SHAPES, Family, Layout, family_of, nearest_family
 from lfm.neurons import extra_vocab_rows
-
-ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
-               "num_key_value_heads")
-LM_PREFIXES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
-               ("model.language_model.", "model."), ("lm_head.", "lm_head."))
 
 
 class PairError(ValueError):
@@ -52,31 +46,22 @@ def text_config(config: dict) -> dict:
     return config.get("text_config", config)
 
 
-def canonical_name(key: str, multimodal: bool) -> str | None:
-    """Canonical LM name of a tuned key, or None if the key is not part of the language model."""
-    if not multimodal:
-        return key
-    for prefix, replacement in LM_PREFIXES:
-        if key.startswith(prefix):
-            return replacement + key[len(prefix):]
-    return None
-
-
-def loaded_key(tuned_key: str, model_keys) -> str | None:
+def loaded_key(tuned_key: str, model_keys, family: Family | None = None) -> str | None:
     """The key a tuned checkpoint tensor has in a model loaded from it (its ``state_dict``), or None.
 
-    transformers renames LLaVA keys on load (``language_model.model.X`` is ``model.language_model.X`` in
-    recent versions, ``language_model.lm_head.X`` is ``lm_head.X``): every layout of ``LM_PREFIXES`` with
-    the same canonical name is tried, the checkpoint's own first.
+    transformers renames keys on load (LLaVA's ``language_model.model.X`` is ``model.language_model.X`` in
+    memory, Qwen2-VL's ``model.X`` too): every layout of the family (LLaVA's by default) that gives the tensor
+    the same canonical name is tried, the checkpoint's own key first.
 
     >>> loaded_key("language_model.model.norm.weight", {"model.language_model.norm.weight"})
     'model.language_model.norm.weight'
     """
+    family = family or family_of({"model_type": "llava"})
     candidates = [tuned_key]
-    name = canonical_name(tuned_key, multimodal=True)
-    if name is not None:
-        candidates += [prefix + name[len(canonical):] for prefix, canonical in LM_PREFIXES
-                       if name.startswith(canonical)]
+    for layout in family.layouts:
+        name = layout.canonical(tuned_key)
+        if name is not None:
+            candidates += family.loaded_keys(name)
     return next((c for c in candidates if c in model_keys), None)
 
 
@@ -87,10 +72,27 @@ class Pair:
     entries: list[Entry]
     passthrough: list[str]  # tuned keys copied unchanged (vision tower, projector, ...)
     extra_vocab: dict[str, int] = field(default_factory=dict)  # canonical name -> extra tuned rows
+    family: Family | None = None  # the tuned MLLM's row of lfm.families (None: a tuned causal LM)
+    layout: Layout | None = None  # the family's layout the tuned keys use
+    differences: dict[str, tuple] = field(default_factory=dict)  # may-differ field -> (base value, tuned value)
 
     @property
     def multimodal(self) -> bool:
-        return is_multimodal(self.tuned.config)
+        return self.family is not None
+
+    def loaded_key(self, tuned_key: str, model_keys) -> str | None:
+        """The key a tuned tensor has in a model loaded from the tuned checkpoint (see ``loaded_key``)."""
+        if self.family is None:
+            return tuned_key if tuned_key in model_keys else None
+        return loaded_key(tuned_key, model_keys, self.family)
+
+    def lm_prefixes(self) -> list[str]:
+        """The prefixes under which the tuned checkpoint holds its LM tensors ('model.text_model.', 'lm_head.')."""
+        return sorted({self.layout.lm_prefix(e.tuned_key) for e in self.entries}) if self.layout else []
+
+    def parts(self) -> dict[str, int]:
+        """Passthrough tensor counts by part ('vision tower': 23, 'projector': 4, ...), in tuned order."""
+        return dict(Counter(self.layout.part(k) for k in self.passthrough)) if self.layout else {}
 
     def iter_lm(self, device: str | torch.device = "cpu", *, mapped: bool = False):
         """Yield (entry, base_tensor, tuned_tensor), one pair in memory at a time.
@@ -108,8 +110,17 @@ class Pair:
     def describe(self) -> str:
         kind = type_name(self.tuned.config)
         lines = [f"base  {self.base.path} ({type_name(self.base.config)})",
-                 f"tuned {self.tuned.path} ({kind})",
-                 f"{len(self.entries)} language-model tensors aligned, {len(self.passthrough)} copied from tuned"]
+                 f"tuned {self.tuned.path} ({kind})"]
+        if self.family is not None:
+            lm_type, base_type = text_config(self.tuned.config).get("model_type"), self.base.config.get("model_type")
+            lines.append(f"family {self.family.name} (layout: {self.layout.name}; LM at "
+                         f"{', '.join(self.lm_prefixes())}; {lm_type} <-> base {base_type})")
+            lines.append("copied from tuned: " + (", ".join(f"{part} {n}" for part, n in self.parts().items())
+                                                  or "nothing"))
+        for name, (b, t) in self.differences.items():
+            lines.append(f"{name} differs: base {b}, tuned {t} (the merged model keeps tuned's; the weights mean "
+                         f"the same)")
+        lines.append(f"{len(self.entries)} language-model tensors aligned, {len(self.passthrough)} copied from tuned")
         for name, rows in self.extra_vocab.items():
             lines.append(f"{name}: tuned has {rows} extra vocabulary rows; shared rows merged, extra rows kept from tuned")
         return "\n".join(lines)
@@ -118,6 +129,32 @@ class Pair:
 def type_name(config: dict) -> str:
     archs = config.get("architectures") or [config.get("model_type", "?")]
     return archs[0]
+
+
+def tuned_family(tuned: Checkpoint, base_names) -> Family | None:
+    """The tuned checkpoint's row of the family table; None for a causal LM. A refused row, or an MLLM the table
+    does not know, is a PairError saying why / naming the nearest supported row."""
+    family = family_of(tuned.config)
+    if family is not None and not family.supported:
+        raise PairError(f"{tuned.path}: {type_name(tuned.config)} ({family.name}) cannot be merged with a base LLM: "
+                        f"{family.refuse}")
+    if family is None and is_multimodal(tuned.config):
+        lm_type = text_config(tuned.config).get("model_type")
+        nearest, why = nearest_family(tuned.keys(), base_names, lm_type)
+        raise PairError(f"{tuned.path}: {type_name(tuned.config)} (model_type "
+                        f"{tuned.config.get('model_type')!r}) is not in lfm's family table; nearest supported "
+                        f"family: {nearest.name} ({why}); add a row for it to FAMILY_ROWS in lfm/families.py "
+                        f"(docs/families.md says what a row holds)")
+    return family
+
+
+def base_tensor_names(base: Checkpoint) -> dict[str, str]:
+    """canonical name -> the base's key; a tied base's lm_head is its embedding."""
+    names = {k: k for k in base.keys()}
+    tied = base.config.get("tie_word_embeddings", base.config.get("model_type") in BASE_TIED_BY_DEFAULT)
+    if "lm_head.weight" not in names and "model.embed_tokens.weight" in names and tied is True:
+        names["lm_head.weight"] = "model.embed_tokens.weight"  # a tied head is the embedding
+    return names
 
 
 def open_pair(base: str | Path, tuned: str | Path, *, allow_pickle: bool = False) -> Pair:
@@ -136,17 +173,14 @@ def open_pair(base: str | Path, tuned: str | Path, *, allow_pickle: bool = False
     tuned_ckpt = Checkpoint(tuned, allow_pickle=allow_pickle)
     if is_multimodal(base_ckpt.config):
         raise PairError(f"{base_ckpt.path}: the base must be a causal LLM, got {type_name(base_ckpt.config)}")
-    check_architectures(base_ckpt, tuned_ckpt)
+    base_names = base_tensor_names(base_ckpt)
+    family = tuned_family(tuned_ckpt, base_names)
+    differences = check_architectures(base_ckpt, tuned_ckpt, family)
 
-    multimodal = is_multimodal(tuned_ckpt.config)
-    base_names = {canonical_name(k, multimodal=False): k for k in base_ckpt.keys()}
-    if "lm_head.weight" not in base_names and "model.embed_tokens.weight" in base_names and \
-            base_ckpt.config.get("tie_word_embeddings", False):
-        base_names["lm_head.weight"] = "model.embed_tokens.weight"  # a tied head is the embedding
-
+    layout = family.layout_of(tuned_ckpt.keys(), base_names) if family else None
     entries, passthrough, seen = [], [], set()
     for key in tuned_ckpt.keys():
-        name = canonical_name(key, multimodal)
+        name = layout.canonical(key) if layout else key
         if name is None:
             passthrough.append(key)
             continue
@@ -160,8 +194,9 @@ def open_pair(base: str | Path, tuned: str | Path, *, allow_pickle: bool = False
     missing = sorted(n for n, k in base_names.items() if n not in seen and not (
         n == "lm_head.weight" and k == "model.embed_tokens.weight"))
     if missing:
+        where = f" (family {family.name}, layout {layout.name}: LM under {', '.join(layout.lm)})" if family else ""
         raise PairError(f"base tensor {base_names[missing[0]]!r} is missing from the tuned language model "
-                        f"{tuned_ckpt.path} ({len(missing)} missing in all)")
+                        f"{tuned_ckpt.path}{where} ({len(missing)} missing in all)")
     if not entries:
         raise PairError(f"no language-model tensors found in {tuned_ckpt.path}")
 
@@ -183,7 +218,7 @@ def open_pair(base: str | Path, tuned: str | Path, *, allow_pickle: bool = False
         extra_vocab[e.name] = rows
     check_config_shapes(base_ckpt, {e.name: e.base_key for e in entries})
     check_config_shapes(tuned_ckpt, {e.name: e.tuned_key for e in entries})
-    return Pair(base_ckpt, tuned_ckpt, entries, passthrough, extra_vocab)
+    return Pair(base_ckpt, tuned_ckpt, entries, passthrough, extra_vocab, family, layout, differences)
 
 
 def expected_shapes(config: dict) -> dict[str, tuple[tuple[str, object], tuple[str, object]]]:
@@ -234,18 +269,32 @@ def check_config_shapes(ckpt: Checkpoint, names: dict[str, str]) -> None:
                         f"layers; restore the config.json that came with them")
 
 
-def check_architectures(base: Checkpoint, tuned: Checkpoint) -> None:
+def check_architectures(base: Checkpoint, tuned: Checkpoint, family: Family | None = None) -> dict[str, tuple]:
+    """The base must be the kind of LLM the tuned LM is (its family's base model_type; the same model_type for
+    an LLM-to-LLM pair), with equal values of the fields that must match (the shapes, and the family's ``match``:
+    checked where both configs state them). Returns the family's may-differ fields that do differ."""
     b, t = text_config(base.config), text_config(tuned.config)
-    if b.get("model_type") and t.get("model_type") and b["model_type"] != t["model_type"]:
-        raise PairError(f"architecture mismatch: base model_type {b['model_type']!r} vs tuned language model "
-                        f"{t['model_type']!r}")
-    for key in ARCH_FIELDS:
+    b_type, t_type = b.get("model_type"), t.get("model_type")
+    if family is not None and family.lm_types and isinstance(t_type, str) and t_type not in family.lm_types:
+        raise PairError(f"{tuned.path}: {family.name}'s language model is {' or '.join(family.lm_types)}, but its "
+                        f"text_config has model_type {t_type!r}; restore the model's config.json")
+    if isinstance(b_type, str) and isinstance(t_type, str):
+        wanted = family.bases_for(t_type) if family else (t_type,)
+        if b_type not in wanted:
+            pairs_with = f" ({family.name}'s {t_type} pairs with a {' or '.join(wanted)} base)" if family else ""
+            raise PairError(f"architecture mismatch: base model_type {b_type!r} vs tuned language model "
+                            f"{t_type!r}{pairs_with}")
+    elif b_type and t_type and b_type != t_type:
+        raise PairError(f"architecture mismatch: base model_type {b_type!r} vs tuned language model {t_type!r}")
+    for key in dict.fromkeys(SHAPES + (family.match if family else ())):
         if key in b and key in t and b[key] != t[key]:
             raise PairError(f"architecture mismatch: {key} is {b[key]} in the base ({base.path}) but {t[key]} "
                             f"in the tuned language model ({tuned.path})")
     bv, tv = b.get("vocab_size"), t.get("vocab_size")
     if bv and tv and tv < bv:
         raise PairError(f"vocab mismatch: the tuned vocabulary ({tv}) is smaller than the base's ({bv})")
+    return {key: (b[key], t[key]) for key in (family.may_differ if family else ())
+            if key in b and key in t and b[key] != t[key]}
 
 
-__all__ = ["Entry", "Pair", "PairError", "CheckpointError", "open_pair", "canonical_name", "loaded_key", "text_config"]
+__all__ = ["Entry", "Pair", "PairError", "CheckpointError", "open_pair", "loaded_key", "text_config"]

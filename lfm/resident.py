@@ -31,19 +31,23 @@ from __future__ import annotations
 import functools
 import math
 import threading
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
-from dataclasses import dataclass, replace
-
 from lfm.device import resolve_device
 from lfm.kernels import select
 from lfm.memory import check_fits
-from lfm.methods import (METHODS, Recipe, kth_largest, make_recipe, merge_tensor, rescale_ratio, source_of,
-                         suppressed_delta, tensor_generator, top_k_counts)
+from lfm.methods.math import (along, final_scores, rescale_ratio, suppressed_delta, tensor_generator,
+                              top_k_counts)
+from lfm.methods.recipe import Recipe, make_recipe
+from lfm.methods.registry import METHODS, alpha_is_the_suppression, rows_of
+from lfm.methods.select import kth_largest
+from lfm.methods.tensor import merge_tensor, source_of
 from lfm.neurons import locate, neuron_axis, neuron_scores
-from lfm.pair import Pair, loaded_key, open_pair
+from lfm.pair import Pair, open_pair
 from lfm.topk import KEY_BLOCK, OrderKey, TopK, order_key_blocks, top_k_sets
 
 
@@ -68,11 +72,23 @@ def needed_ks(recipe: Recipe, numel: int) -> list[int]:
     return [k for k in top_k_counts(recipe, numel) if 0 < k < numel]
 
 
+def from_masks(recipe: Recipe) -> bool:
+    """Whether every row the recipe runs is written from cached top-k masks (its rows' ``fast_in_memory``)."""
+    return all(row.fast_in_memory for row in rows_of(recipe))
+
+
 def is_fast(recipe: Recipe) -> bool:
     """Can ``ResidentPair.apply`` take the fast path for this recipe (alpha = 1, a masking method)?"""
-    if recipe.alpha != 1.0:
-        return False
-    return recipe.method in ("task_arithmetic", "hard") or recipe.sub_method in ("ties", "breadcrumbs")
+    return recipe.alpha == 1.0 and from_masks(recipe)
+
+
+class Entry(NamedTuple):
+    """One LM tensor of the pair, held in memory."""
+
+    name: str  # canonical name (lfm.pair)
+    tuned_key: str  # its key in the tuned checkpoint (and the model's state_dict, up to transformers' renames)
+    base: torch.Tensor  # [n_base, ...] as stored
+    tuned: torch.Tensor  # [n_tuned, ...]; n_tuned > n_base only for extra vocabulary rows
 
 
 class _Scratch:
@@ -161,7 +177,7 @@ class ResidentPair:
         fast: keep a 2-byte order key per parameter (fast top-k sets for apply and view).
     Attributes:
         pair: the validated Pair (lfm.pair.open_pair).
-        entries: [(canonical name, tuned_key, base tensor, tuned tensor)] in checkpoint order.
+        entries: [Entry(name, tuned_key, base, tuned)] in checkpoint order.
         scores: {name: C [n_neurons]} for the seven linear modules (computed at construction).
         names: the names of ``scores`` (the tensors ``view`` draws), in checkpoint order.
     Raises:
@@ -175,7 +191,7 @@ class ResidentPair:
         self.pair: Pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
         self.device = resolve_device(device)
         check_memory(self.pair, self.device, fast)
-        self.entries = []
+        self.entries: list[Entry] = []
         self.scores: dict[str, torch.Tensor] = {}
         self._keys: dict[str, OrderKey] = {}  # {name: lfm.topk.order_key of |delta|} (fast path)
         self._non_finite: set[str] = set()  # tensors whose delta has NaN/Inf: the engine's error when merged
@@ -193,7 +209,7 @@ class ResidentPair:
                                 unit="tensor", disable=not progress or report is not None):
             if report is not None:
                 report(len(self.entries), total, f"reading {entry.name}")
-            self.entries.append((entry.name, entry.tuned_key, b, t))
+            self.entries.append(Entry(entry.name, entry.tuned_key, b, t))
             n = b.shape[0]
             axis = neuron_axis(entry.name)
             if axis is not None:
@@ -218,33 +234,34 @@ class ResidentPair:
             self._thresholds[entry.name] = Thresholds()
         self._work = work  # kept for apply (its large buffer is the largest linear module's size)
         self.names = list(self.scores)
-        self._index = {name: i for i, (name, _, _, _) in enumerate(self.entries)}
+        self._index = {e.name: i for i, e in enumerate(self.entries)}
 
     def _exact_abs(self, i: int):
         """flat indices -> |delta| float32 at those entries of entry ``i`` (the engine's values)."""
-        _, _, b, t = self.entries[i]
+        b, t = self.entries[i].base, self.entries[i].tuned
         base, tuned = b.reshape(-1), t[: b.shape[0]].reshape(-1)
         return lambda index: (tuned[index].float() - base[index]).abs_()
 
     def _fill(self, i: int, ks: list[int]) -> None:
         """Compute the top-k set and threshold of entry ``i`` for every k in ``ks`` (0 < k < numel)."""
-        name, _, b, t = self.entries[i]
-        th = self._thresholds[name]
+        entry = self.entries[i]
+        name, b, t = entry.name, entry.base, entry.tuned
+        thresholds = self._thresholds[name]
         if name in self._keys:
             for k, (top, threshold) in top_k_sets(self._keys[name], self._exact_abs(i), ks).items():
-                self._tops[name][k], th.values[k] = top, threshold
+                self._tops[name][k], thresholds.values[k] = top, threshold
             return
         # no key (fast=False): the engine's exact bracketed selection on a recomputed |delta|
         magnitude = (t[: b.shape[0]].float() - b).abs_().reshape(-1)
         for k in ks:
-            th.values[k] = kth_largest(magnitude, k)
+            thresholds.values[k] = kth_largest(magnitude, k)
 
     def _ensure(self, i: int, recipes) -> None:
-        name, _, b, _ = self.entries[i]
-        self._ensure_ks(i, {k for r in recipes if source_of(name, r) == "method" for k in needed_ks(r, b.numel())})
+        name, numel = self.entries[i].name, self.entries[i].base.numel()
+        self._ensure_ks(i, {k for r in recipes if source_of(name, r) == "method" for k in needed_ks(r, numel)})
 
     def _ensure_ks(self, i: int, wanted: set[int]) -> None:
-        name = self.entries[i][0]
+        name = self.entries[i].name
         done = self._tops[name] if name in self._keys else self._thresholds[name].values
         missing = sorted(wanted - set(done))
         if missing:
@@ -261,7 +278,8 @@ class ResidentPair:
     @one_at_a_time
     def merged_tensor(self, index: int, recipe: Recipe) -> torch.Tensor:
         """The merged tensor of entry ``index`` (same bytes as ``lfm.merge`` writes for it)."""
-        name, _, b, t = self.entries[index]
+        entry = self.entries[index]
+        name, b, t = entry.name, entry.base, entry.tuned
         sorted_abs = None
         if source_of(name, recipe) == "method":
             self._ensure(index, [recipe])
@@ -275,7 +293,7 @@ class ResidentPair:
     def merged(self, recipe: Recipe | dict | str | None = None, *, progress: bool = False, **fields) -> dict:
         """{tuned_key: merged tensor} for every LM tensor (like ``lfm.merged_state_dict`` without passthrough)."""
         recipe = make_recipe(recipe, **fields)
-        return {self.entries[i][1]: self.merged_tensor(i, recipe)
+        return {self.entries[i].tuned_key: self.merged_tensor(i, recipe)
                 for i in tqdm(range(len(self.entries)), desc="merging", disable=not progress)}
 
     @torch.no_grad()
@@ -292,8 +310,8 @@ class ResidentPair:
         params = self._model_tensors(model)
         fast = self.fast and is_fast(recipe)
         for i in tqdm(range(len(self.entries)), desc="applying", disable=not progress):
-            name, _, _, t = self.entries[i]
-            target = params[self.entries[i][1]]
+            entry = self.entries[i]
+            name, t, target = entry.name, entry.tuned, params[entry.tuned_key]
             if not (fast and target.dtype == t.dtype and name not in self._non_finite):
                 target.copy_(self.merged_tensor(i, recipe).to(target.device, target.dtype))
             elif target.device == self.device:
@@ -324,7 +342,8 @@ class ResidentPair:
     def _kept_values(self, i: int) -> torch.Tensor:
         """(base_f + delta).to(dtype) for entry ``i``, what the engine writes for a surviving entry: the tuned
         weights themselves (checked block by block) unless rounding differs somewhere."""
-        name, _, b, t = self.entries[i]
+        entry = self.entries[i]
+        name, b, t = entry.name, entry.base, entry.tuned
         kept = self._kept.get(name)
         if kept is None:
             n = b.shape[0]
@@ -340,7 +359,7 @@ class ResidentPair:
     def _dropped_values(self, i: int) -> torch.Tensor:
         """base_f + 0.0 for entry ``i``, what Neuron-Fusion writes for a dropped entry: the base weights,
         except that a -0.0 becomes +0.0 (copied only if the base holds a -0.0)."""
-        name, _, b, _ = self.entries[i]
+        name, b = self.entries[i].name, self.entries[i].base
         dropped = self._dropped.get(name)
         if dropped is None:
             zero = b == 0  # compare as values, then look at the sign bit of the few zeros
@@ -352,7 +371,7 @@ class ResidentPair:
 
     def _top(self, i: int, k: int) -> torch.Tensor:
         """[n] bool: the k largest |delta| of entry ``i`` (``top_k_mask``)."""
-        name, _, b, _ = self.entries[i]
+        name, b = self.entries[i].name, self.entries[i].base
         n = b.numel()
         if k >= n:
             return torch.ones(n, dtype=torch.bool, device=b.device)
@@ -364,24 +383,23 @@ class ResidentPair:
 
     def _mask(self, i: int, recipe: Recipe) -> torch.Tensor | None:
         """The engine's Sub mask for entry ``i`` (None = every entry kept), shaped like the base tensor."""
-        name, _, b, _ = self.entries[i]
-        sub = recipe.sub_method
-        if sub == "task_arithmetic":
-            return None
+        b = self.entries[i].base
         ks = top_k_counts(recipe, b.numel())
-        if sub == "ties":
-            return self._top(i, ks[0]).view(b.shape)
-        band = self._top(i, ks[0])  # breadcrumbs: the top (n_top + n_keep) minus the top n_top
-        band &= ~self._top(i, ks[1])
-        return band.view(b.shape)
+        if not ks:  # a fast row with no top-k set keeps every entry (TaskA)
+            return None
+        mask = self._top(i, ks[0])
+        if len(ks) == 2:  # a band (Breadcrumbs): the top (n_top + n_keep) minus the top n_top
+            mask &= ~self._top(i, ks[1])
+        return mask.view(b.shape)
 
     SUPPRESSED_CACHE = 4096  # C'(i) vectors kept (n_neurons floats each): every tensor at tens of K values
 
     def _suppressed_scores(self, i: int, recipe: Recipe, mask: torch.Tensor | None = None):
         """(C'(i) [n_neurons], kept fraction) of entry ``i`` under the recipe's TIES / Breadcrumbs Sub: the
-        neuron scores of the suppressed delta, as ``lfm.methods.neuron_scores(delta * mask)`` computes them.
+        neuron scores of the suppressed delta, as ``lfm.neurons.neuron_scores(delta * mask)`` computes them.
         They depend on K (and gamma) only, not on M, alpha or restore, so they are kept per K."""
-        name, _, b, t = self.entries[i]
+        entry = self.entries[i]
+        name, b, t = entry.name, entry.base, entry.tuned
         key = (name, recipe.sub_method, top_k_counts(recipe, b.numel()))
         hit = self._suppressed.get(key)
         if hit is None:
@@ -394,7 +412,8 @@ class ResidentPair:
 
     @torch.no_grad()
     def _apply_fast(self, i: int, recipe: Recipe, target: torch.Tensor) -> None:
-        name, _, b, t = self.entries[i]
+        entry = self.entries[i]
+        name, b, t = entry.name, entry.base, entry.tuned
         n = b.shape[0]
         if t.shape[0] > n:
             target[n:].copy_(t[n:])  # extra vocabulary rows stay tuned
@@ -403,20 +422,21 @@ class ResidentPair:
         if source != "method":
             out.copy_(t[:n] if source == "tuned" else b)
             return
+        row = METHODS[recipe.method]
         mask = self._mask(i, recipe)
         if mask is None:
-            # task arithmetic is a lerp in the engine: at alpha = 1 exactly the tuned weights
-            out.copy_(t[:n] if recipe.method == "task_arithmetic" else self._kept_values(i))
+            # an interpolating row is a lerp in the engine: at alpha = 1 exactly the tuned weights
+            out.copy_(t[:n] if row.interpolates else self._kept_values(i))
             return
         axis = neuron_axis(name)
         located = None
-        if recipe.method == "neuron_fusion" and axis is not None and recipe.neurons > 0:
+        if row.restores_neurons and axis is not None and recipe.neurons > 0:
             gen = tensor_generator(recipe, name) if recipe.is_random else None
             located = locate(self.scores[name], recipe.neurons, recipe.locate, gen)
         if located is None or recipe.restore == "replace":
             if located is not None:
-                mask |= located.view(-1, 1) if axis == 0 else located.view(1, -1)
-            if recipe.method in ("ties", "breadcrumbs"):  # the engine selects tuned/base directly (alpha = 1)
+                mask |= along(located, axis)
+            if row.masks:  # the engine selects tuned/base directly (alpha = 1)
                 select(mask, t[:n], b, out=out)
             else:  # the engine writes base_f + masked delta
                 select(mask, self._kept_values(i), self._dropped_values(i), out=out)
@@ -424,12 +444,12 @@ class ResidentPair:
         # Neuron-Rescale. C'(i) exactly as the engine computes it: neuron_scores of the suppressed delta
         after, _ = self._suppressed_scores(i, recipe, mask)
         ratio, empty = rescale_ratio(self.scores[name], after, located)  # empty: restored by replace
-        mask |= empty.view(-1, 1) if axis == 0 else empty.view(1, -1)
+        mask |= along(empty, axis)
         # base_f + delta * ratio for surviving entries (ratio 1 outside the rescaled neurons, which is
         # exactly the kept value), the dropped value elsewhere; row block by row block, in cache
         dropped = self._dropped_values(i)
         for r0, r1, values, widened in self._work.widened_rows(b, t[:n]):
-            values.sub_(widened).mul_(ratio[r0:r1].view(-1, 1) if axis == 0 else ratio.view(1, -1)).add_(widened)
+            values.sub_(widened).mul_(along(ratio[r0:r1] if axis == 0 else ratio, axis)).add_(widened)
             select(mask[r0:r1], values.to(t.dtype), dropped[r0:r1], out=out[r0:r1])
 
     @torch.no_grad()
@@ -437,8 +457,8 @@ class ResidentPair:
     def restore_tuned(self, model: torch.nn.Module) -> torch.nn.Module:
         """Copy the tuned LM tensors back into ``model`` (undoes every ``apply``); returns it."""
         params = self._model_tensors(model)
-        for _, key, _, t in self.entries:
-            params[key].copy_(t.to(params[key].device, params[key].dtype))
+        for entry in self.entries:
+            params[entry.tuned_key].copy_(entry.tuned.to(params[entry.tuned_key].device, params[entry.tuned_key].dtype))
         return model
 
     def _own_storage(self, model: torch.nn.Module) -> None:
@@ -448,12 +468,17 @@ class ResidentPair:
         page by page from the file (measured ~5 s for 2 GB on a VM); one copy from the resident tuned tensors
         into fresh tensors is a plain memcpy. Parameters keep their identity (tied weights stay tied).
         """
-        for (_, _, _, t), param in zip(self.entries, self._model_objects(model).values()):
+        for t, param in zip((e.tuned for e in self.entries), self._model_objects(model).values()):
             if isinstance(param, torch.nn.Parameter) and param.data_ptr() not in self._owned \
                     and (param.dtype, param.shape, param.device) == (t.dtype, t.shape, t.device):
                 fresh = torch.empty_like(t, memory_format=torch.contiguous_format).copy_(t)
                 param.data = fresh
                 self._owned.add(fresh.data_ptr())
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Raise KeyError naming an LM tensor of the pair that ``model`` has no place for (before any merge is
+        written into it)."""
+        self._model_objects(model)
 
     def _model_tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """{tuned checkpoint key: the model's parameter/buffer tensor} (transformers may rename keys on load)."""
@@ -464,8 +489,8 @@ class ResidentPair:
         """{tuned checkpoint key: the model's Parameter or buffer}, in entry order."""
         state = dict(model.state_dict(keep_vars=True))
         out = {}
-        for _, key, _, _ in self.entries:
-            found = loaded_key(key, state)
+        for key in (e.tuned_key for e in self.entries):
+            found = self.pair.loaded_key(key, state)
             if found is None:
                 raise KeyError(f"checkpoint tensor {key!r} has no counterpart in the model's state_dict "
                                f"({type(model).__name__}); load the model from the tuned directory")
@@ -489,22 +514,21 @@ class ResidentPair:
         if name in self._non_finite:
             raise ValueError(f"the delta of tensor {name!r} holds NaN/Inf: one of the checkpoints holds "
                              f"non-finite weights; fix or re-download it")
-        _, _, b, t = self.entries[i]
+        b, t = self.entries[i].base, self.entries[i].tuned
         scores = self.scores[name]
-        if name in self._keys and (recipe.sub_method in ("ties", "breadcrumbs", "task_arithmetic")
-                                   or recipe.method == "hard"):
+        row = METHODS[recipe.method]
+        if name in self._keys and from_masks(recipe):
             # masking methods, from the cached order key without a float32 delta: C'(i) of the engine's Sub
-            # mask (cached per K), and C_final by what F does to a neuron: a located neuron gets its C(i) back
-            # (Replace: its full delta; Rescale: times C(i)/C'(i)), the others keep C'(i); then |alpha|
-            if recipe.method == "hard":
+            # mask (cached per K), and C_final by what F does to a neuron (``final_scores``)
+            if row.copies_base:
                 after, kept = torch.zeros_like(scores), 0.0
-            elif recipe.sub_method == "task_arithmetic":
-                after = scores * abs(recipe.alpha) if recipe.method == "neuron_fusion" else scores
+            elif not top_k_counts(recipe, b.numel()):  # every entry kept: C'(i) is C(i), alpha in if it suppressed
+                after = scores * abs(recipe.alpha) if alpha_is_the_suppression(recipe) else scores
                 kept = 1.0
             else:
                 after, kept = self._suppressed_scores(i, recipe)
             located = torch.zeros_like(scores, dtype=torch.bool)
-            if recipe.method == "neuron_fusion" and recipe.neurons > 0:
+            if row.restores_neurons and recipe.neurons > 0:
                 located = locate(scores, recipe.neurons, recipe.locate,
                                  tensor_generator(recipe, name) if recipe.is_random else None)
             return TensorView(name, scores, after, located, final_scores(scores, after, located, recipe), kept)
@@ -551,7 +575,7 @@ def tensor_view(name: str, delta: torch.Tensor, recipe: Recipe, *, sorted_abs=No
     mask, keep_prob = method.sub(delta, recipe, generator, sorted_abs)
     kept = 1.0 if mask is None else int(torch.count_nonzero(mask)) / max(mask.numel(), 1)
     restored = None  # Neuron-Locate, as merge_delta runs it
-    if "neurons" in method.uses:
+    if method.restores_neurons:
         if recipe.neurons > 0:
             restored = locate(scores, recipe.neurons, recipe.locate, generator)
         after = neuron_scores(suppressed_delta(delta, mask, recipe), axis)
@@ -560,20 +584,6 @@ def tensor_view(name: str, delta: torch.Tensor, recipe: Recipe, *, sorted_abs=No
     new_delta, _ = method.f(delta, mask, keep_prob, recipe, restored, axis)
     located = torch.zeros_like(scores, dtype=torch.bool) if restored is None else restored
     return TensorView(name, scores, after, located, neuron_scores(new_delta, axis), kept)
-
-
-def final_scores(scores: torch.Tensor, suppressed: torch.Tensor, located: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-    """C_final(i) of a masking recipe from C(i), C'(i) and the located neurons, by what F does to a neuron: a
-    located neuron gets its C(i) back (Replace: its full delta; Rescale: times C(i)/C'(i)), the others keep
-    C'(i); then |alpha| (not again for the task_arithmetic suppressor, whose C'(i) has it already).
-
-    >>> final_scores(torch.tensor([4., 2.]), torch.tensor([1., 1.]), torch.tensor([True, False]), Recipe(alpha=0.5))
-    tensor([2.0000, 0.5000])
-    """
-    final = torch.where(located, scores, suppressed)
-    if recipe.method == "hard" or (recipe.method == "neuron_fusion" and recipe.sub_method == "task_arithmetic"):
-        return final
-    return final * abs(recipe.alpha)
 
 
 # ---- memory, checked before anything is read ---------------------------------------------------------
@@ -600,5 +610,5 @@ def check_memory(pair: Pair, device: torch.device, fast: bool = True) -> None:
                "folder with `lfm precompute` for the explorer)")
 
 
-__all__ = ["ResidentPair", "TensorView", "Thresholds", "check_memory", "final_scores", "is_fast", "memory_needed",
+__all__ = ["Entry", "ResidentPair", "TensorView", "Thresholds", "check_memory", "is_fast", "memory_needed",
            "needed_ks", "tensor_view"]

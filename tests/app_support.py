@@ -1,17 +1,26 @@
 """Shared by the explorer tests: an evaluable organism pair (the shipped one, or a few-step one trained
-into a temporary folder when data/organism has no checkpoints yet)."""
+into a temporary folder when lfm/data/organism has no checkpoints yet), and the served explorer behind its token.
+
+A test opens a page with the URL `explorer_server` yields (`http://127.0.0.1:PORT/explorer?token=T`): the server
+answers with its cookie (`lfm-explorer-PORT`) and a redirect to the URL without the token, so `page.url` has
+none; to open such a URL in a fresh browser context, `with_token(page.url, token_of(url))`."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from lfm.package_data import ORGANISM_DIR as SHIPPED
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "data" / "organism"
 
 
 def organism_pair(tmp_root: Path) -> tuple[Path, Path]:
@@ -53,3 +62,33 @@ def local_server(cmd: list[str], probe_url: str, log_path: Path, *, env: dict, c
             proc.kill()
             proc.wait(timeout=10)
         log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_token(url: str, token: str) -> str:
+    """`url` with ?token=TOKEN (replacing any token it has, keeping its other settings)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "token"] + [("token", token)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def token_of(url: str) -> str:
+    return dict(parse_qsl(urlsplit(url).query))["token"]
+
+
+@contextlib.contextmanager
+def explorer_server(*app_args: str, log_dir: Path, timeout: float = 60):
+    """`python apps/explorer.py APP_ARGS` on a free 127.0.0.1 port, behind a fresh token (given in $LFM_TOKEN, as a
+    user may); yields the page URL with the token. Probes a static file: a probe of the page would need the token,
+    and each session it made would load a pair and evaluate beside the test's page."""
+    port, token = free_port(), secrets.token_urlsafe(16)
+    cmd = [sys.executable, str(ROOT / "apps" / "explorer.py"), "--port", str(port), *app_args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LFM_TOKEN": token}
+    with local_server(cmd, f"http://127.0.0.1:{port}/static/js/bokeh.min.js", log_dir / f"explorer-{port}.log",
+                      env=env, cwd=ROOT, timeout=timeout):
+        yield with_token(f"http://127.0.0.1:{port}/explorer", token)

@@ -22,7 +22,7 @@ from lfm.explorer.app import ExplorerApp, extension
 from lfm.explorer.compute import module_view
 from lfm.explorer.results import ResultsFolder
 from lfm.explorer.state import ExplorerState
-from lfm.merge import merged_state_dict
+from lfm.stream import merged_state_dict
 from lfm.methods import STAGES, Recipe, stage_recipes
 from lfm.neurons import neuron_scores
 from lfm.pair import open_pair
@@ -366,7 +366,7 @@ def test_slider_title_never_shows_numbers_of_another_recipe(organism):
     for label, la, va in shown:
         truth = live.evaluate(labels.get(label, Recipe()), organism_items(2))
         assert (float(la), float(va)) == (round(truth["LA"], 3), round(truth["VA"], 3)), label
-    state._pool.shutdown(wait=True)
+    state.session.work.shutdown(wait=True)
 
 
 @pytest.mark.parametrize("mode", ["top", "random", "bottom"])

@@ -1,16 +1,14 @@
-"""The explorer in a real headless Chromium (Debian `chromium` + Playwright), served by `panel serve`.
+"""The explorer in a real headless Chromium (Debian `chromium` + Playwright), served by `python apps/explorer.py`.
 
-The server fixture starts `panel serve apps/explorer.py` on a free 127.0.0.1 port and always stops it
-(terminate, then kill, in `finally`), so pytest never hangs on it. Screenshots go to test-artifacts/.
+The server fixture starts it on a free 127.0.0.1 port behind a token (app_support.explorer_server: pages open
+the URL with the token) and always stops it (terminate, then kill, in `finally`), so pytest never hangs on it.
+Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import socket
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,7 +17,7 @@ import pytest
 import torch
 from playwright.sync_api import Error as PlaywrightError
 
-from app_support import ROOT, local_server, organism_pair
+from app_support import ROOT, explorer_server, organism_pair, token_of, with_token
 
 pytestmark = pytest.mark.browser
 
@@ -29,38 +27,26 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def organism(tmp_path_factory):
     return organism_pair(tmp_path_factory.mktemp("org"))
 
 
 @contextlib.contextmanager
-def panel_serve(*app_args: str):
-    """`panel serve apps/explorer.py --args APP_ARGS` on a free 127.0.0.1 port; yields the page URL, always stops."""
+def serve_explorer(*app_args: str):
+    """The explorer (`python apps/explorer.py APP_ARGS`, behind its token) on a free 127.0.0.1 port; yields the
+    page URL with the token, always stops."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
-    port = free_port()
-    panel = Path(sys.executable).parent / "panel"
-    cmd = [str(panel), "serve", str(ROOT / "apps" / "explorer.py"), "--address", "127.0.0.1", "--port", str(port),
-           "--allow-websocket-origin", f"127.0.0.1:{port}", "--num-procs", "1", "--args", *app_args]
     ARTIFACTS.mkdir(exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BOKEH_LOG_LEVEL": "info"}
-    # probe a static file: a probe of the page itself opens a session (a pair load and an evaluation) each time,
-    # and under load each timed-out probe left one more running beside the test's page
-    probe = f"http://127.0.0.1:{port}/static/js/bokeh.min.js"
-    with local_server(cmd, probe, ARTIFACTS / f"panel-serve-{port}.log", env=env, cwd=ROOT):
-        yield f"http://127.0.0.1:{port}/explorer"
+    with explorer_server(*app_args, log_dir=ARTIFACTS) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def server(organism):
-    with panel_serve("--base", str(organism[0]), "--tuned", str(organism[1]), "--per-task", "2", "--no-sweep") as url:
+    with serve_explorer("--base", str(organism[0]), "--tuned", str(organism[1]), "--per-task", "2",
+                        "--no-sweep") as url:
         yield url
 
 
@@ -194,7 +180,7 @@ def test_a_100m_parameter_pair_opens_live_and_a_slider_moves(browser, big_pair):
     pair = open_pair(*big_pair)
     n_params = sum(torch.Size(pair.tuned.meta(e.tuned_key)[0]).numel() for e in pair.entries)
     assert n_params >= 100_000_000, n_params
-    with panel_serve("--base", str(big_pair[0]), "--tuned", str(big_pair[1]), "--no-sweep") as url:
+    with serve_explorer("--base", str(big_pair[0]), "--tuned", str(big_pair[1]), "--no-sweep") as url:
         context = browser.new_context(viewport={"width": 1500, "height": 1900})
         page = context.new_page()
         page.set_default_timeout(120_000)
@@ -366,7 +352,7 @@ def test_scripted_session_every_control(browser, server, organism):
         # shareable: the URL holds the settings; opening it gives the same recipe
         wait_for(lambda: "module=k_proj" in page.url and "others=tuned" in page.url, what="the settings in the URL")
         label = curve_title(page, "sorted C(i)").split("neurons", 1)[1]
-        shared, page2 = open_page(browser, page.url, 1400)
+        shared, page2 = open_page(browser, with_token(page.url, token_of(server)), 1400)  # a fresh context: no cookie
         try:
             assert label in curve_title(page2, "k_proj")
             assert page2.errors == [], page2.errors
@@ -402,7 +388,7 @@ def test_real_pair_with_its_suite_evaluates_live(browser, smoke_pair, tmp_path):
 
     _, res = smoke_pair
     base, tuned, suite = str(res["base"]), str(res["tuned"]), str(res["suite"])
-    with panel_serve("--base", base, "--tuned", tuned, "--suite", suite, "--per-task", "1", "--no-sweep") as url:
+    with serve_explorer("--base", base, "--tuned", tuned, "--suite", suite, "--per-task", "1", "--no-sweep") as url:
         context, page = open_page(browser, url, 1400, 1400)
         try:
             trade = page.locator(".gtitle", has_text="Trade-off").first

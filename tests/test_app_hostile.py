@@ -1,6 +1,7 @@
 """The explorer against hostile files and clients: strings from files are text (as Panel renders them for
 the browser), results-folder images stay inside the folder, hub downloads need the user's tick, a closed
-session's worker threads stop, and a served page refuses browsers on other machines."""
+session's worker threads stop, and a served page refuses browsers on other machines (the token gate and the
+other server cases: tests/test_hostile_server.py)."""
 
 from __future__ import annotations
 
@@ -138,7 +139,7 @@ def test_closed_session_stops_its_worker_threads(zoo):
     for callback in callbacks:  # ... then it runs the hooks
         callback(context)
     with pytest.raises(RuntimeError, match="shutdown"):
-        state._sweep_pool.submit(print)
+        state.session.sweeps.submit(print)
 
 
 def local_non_loopback_address() -> str | None:
@@ -151,15 +152,14 @@ def local_non_loopback_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
-def serve(port: int, env: dict) -> subprocess.Popen:
-    panel = Path(sys.executable).parent / "panel"
-    cmd = [str(panel), "serve", str(ROOT / "apps" / "explorer.py"), "--port", str(port),
-           "--allow-websocket-origin", "*", "--num-procs", "1", "--args", "--no-sweep"]
+def serve(port: int, token: str, *flags: str) -> subprocess.Popen:
+    """`lfm explore` on every interface of this machine, behind `token`."""
+    cmd = [sys.executable, "-m", "lfm.cli", "explore", "--address", "0.0.0.0", "--port", str(port), *flags]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "LFM_TOKEN": token})
 
 
-def page(url: str, proc: subprocess.Popen) -> str:
+def page(url: str, token: str, proc: subprocess.Popen) -> str:
     """The text of every model of the session's document, as a Bokeh client (like a browser) receives it."""
     from bokeh.client import pull_session
 
@@ -167,30 +167,31 @@ def page(url: str, proc: subprocess.Popen) -> str:
     while True:
         assert proc.poll() is None, proc.stdout.read()
         try:
-            urllib.request.urlopen(url, timeout=60).read()
+            urllib.request.urlopen(url.rsplit("/", 1)[0] + "/static/js/bokeh.min.js", timeout=60).read()
             break
         except OSError:
             assert time.time() < deadline, f"no answer from {url}"
             time.sleep(0.5)
-    with pull_session(url=url) as session:
+    with pull_session(url=url, arguments={"token": token}) as session:
         return "\n".join(str(v) for model in session.document.models
                          for v in model.properties_with_values(include_defaults=False).values())
 
 
 @pytest.mark.parametrize("allow", [False, True])
-def test_plain_panel_serve_refuses_other_machines(allow):
-    """`panel serve apps/explorer.py` with no --address listens everywhere; the app itself refuses a
-    browser that is not on this machine, unless LFM_ALLOW_REMOTE=1."""
+def test_served_explorer_refuses_other_machines(allow):
+    """`lfm explore --address 0.0.0.0` listens everywhere; the app itself refuses a browser that is not on this
+    machine (even one holding the token), unless --allow-remote (LFM_ALLOW_REMOTE=1)."""
     address = local_non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback address to connect from")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = serve(port, {"LFM_ALLOW_REMOTE": "1"} if allow else {})
+    token = "remote-test-token"
+    proc = serve(port, token, *(["--allow-remote"] if allow else []))
     try:
-        remote = page(f"http://{address}:{port}/explorer", proc)
-        local = page(f"http://127.0.0.1:{port}/explorer", proc)
+        remote = page(f"http://{address}:{port}/explorer", token, proc)
+        local = page(f"http://127.0.0.1:{port}/explorer", token, proc)
     finally:
         proc.terminate()
         try:

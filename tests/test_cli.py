@@ -38,6 +38,11 @@ def fails(proc, *needles):
     return proc
 
 
+def test_version_is_the_packages():
+    """`lfm --version`: the installed distribution's version (tests/test_wheel.py checks an installed wheel's)."""
+    assert ok(cli("--version")).stdout.strip() == f"lfm {lfm.__version__}"
+
+
 def test_score_writes_scores_and_summary(zoo, tmp_path):
     out = tmp_path / "scores.safetensors"
     p = ok(cli("score", "--base", zoo.base, "--tuned", zoo.llava_wild, "--out", out, "--quiet", "--device", "cpu",
@@ -142,24 +147,24 @@ HEAVY_MODULES = ("torch", "transformers", "pandas", "panel", "safetensors")
 
 @pytest.mark.parametrize("args", [["--help"], ["merge", "--help"], ["eval", "--help"], ["precompute", "--help"]])
 def test_help_does_not_import_heavy_modules(args):
-    """`lfm --help` (and each command's) builds the whole parser, plugins included, from lfm.names alone:
+    """`lfm --help` (and each command's) builds the whole parser, plugins included, from the torch-free registry alone:
     python -X importtime lists every module the process imported."""
     proc = ok(subprocess.run([sys.executable, "-X", "importtime", "-m", "lfm.cli", *args], capture_output=True,
                              text=True, env=ENV, timeout=120))
     assert "usage: lfm" in proc.stdout
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert {"lfm", "lfm.names", "lfm.organism", "lfm.explorer"} <= imported  # the listing is real
+    assert {"lfm", "lfm.methods.registry", "lfm.organism", "lfm.explorer"} <= imported  # the listing is real
     assert not [m for m in imported if m.split(".")[0] in HEAVY_MODULES]
 
 
 def test_import_lfm_is_lazy_and_public_names_resolve():
-    code = ("import sys, lfm; before = 'torch' in sys.modules; import lfm.merge, lfm.score; "
+    code = ("import sys, lfm; before = 'torch' in sys.modules; import lfm.stream, lfm.score; "
             "names = [getattr(lfm, n) for n in lfm.__all__]; "
             "print(before, 'torch' in sys.modules, lfm.merge.__module__, lfm.ResidentPair.__module__, "
             "callable(lfm.merge))")
     proc = ok(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120))
     # lfm.merge is the function even after the submodule of that name was imported
-    assert proc.stdout.split() == ["False", "True", "lfm.merge", "lfm.resident", "True"]
+    assert proc.stdout.split() == ["False", "True", "lfm.stream", "lfm.resident", "True"]
     proc = subprocess.run([sys.executable, "-c", "import lfm; lfm.no_such_name"], capture_output=True, text=True,
                           env=ENV, timeout=120)
     assert "AttributeError: module 'lfm' has no attribute 'no_such_name'" in proc.stderr

@@ -93,3 +93,11 @@ def test_scienceqa_items_fail_clearly_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(DatasetsUnavailable, match="ScienceQA"):
         stage_items("scienceqa", limit=2)
+
+
+def test_compare_needs_both_of_a_pair_or_neither(tmp_path, capsys):
+    """Neither --base nor --tuned: the embedded organism (tests/test_wheel.py runs it installed); one alone: exit 2."""
+    from lfm.cli import main
+
+    assert main(["compare", "--tuned", str(ORG / "tuned"), "--out", str(tmp_path / "cmp")]) == 2
+    assert "--base and --tuned go together" in capsys.readouterr().err and not (tmp_path / "cmp").exists()

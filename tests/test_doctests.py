@@ -21,5 +21,5 @@ def test_docstring_examples_run(module):
 
 def test_the_examples_cover_the_engine():
     attempted = {m: doctest.testmod(importlib.import_module(m), optionflags=doctest.ELLIPSIS).attempted
-                 for m in ("lfm.methods", "lfm.resident", "lfm.merge", "lfm.pair", "lfm.neurons", "lfm.device")}
+                 for m in ("lfm.methods.recipe", "lfm.resident", "lfm.stream", "lfm.pair", "lfm.neurons", "lfm.device")}
     assert all(attempted.values()), attempted

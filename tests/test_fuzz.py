@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from fixtures import read_state
 from hostile_probe import leftovers, set_header_dtype
-from lfm.merge import merge
+from lfm.stream import merge
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

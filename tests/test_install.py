@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock.txt"
+CUDA_LOCK = ROOT / "requirements" / "lock-cuda.txt"  # `make install TORCH=cuda`
 NODEPS = ROOT / "requirements" / "no-deps.txt"
 # installed by the Makefile's own steps, not from the lock: the installer, lfm itself
 INSTALLER = {"pip", "lfm"}
@@ -38,7 +39,8 @@ def test_venv_is_exactly_the_lock():
     if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
         pytest.skip(f"not running in the project's .venv ({sys.prefix}); `make test` runs there")
     installed = {normalize(d.metadata["Name"]): d.version for d in distributions()}
-    wanted = {**pins(LOCK), **pins(NODEPS)}
+    lock = LOCK if installed["torch"].endswith("+cpu") else CUDA_LOCK
+    wanted = {**pins(lock), **pins(NODEPS)}
     extra = sorted(set(installed) - set(wanted) - INSTALLER)
     missing = sorted(set(wanted) - set(installed))
     differ = {n: (wanted[n], installed[n]) for n in set(wanted) & set(installed) if wanted[n] != installed[n]}
@@ -68,6 +70,43 @@ def test_lock_pins_cpu_torch_and_filelock_3():
     assert int(lock["filelock"].split(".")[0]) < 4, "lmms-eval imports filelock._api, removed in filelock 4"
     assert not [n for n in lock if n.startswith(("nvidia-", "triton"))], "a CUDA build slipped into the lock"
     assert "lmms-eval" not in lock, "lmms-eval belongs in requirements/no-deps.txt (installed --no-deps)"
+
+
+def test_cuda_lock_is_the_cpu_lock_with_pypis_torch():
+    """`make lock` writes both locks: the CUDA one has the CPU one's pins, PyPI's torch of the same version, and
+    only what that torch pulls in (CUDA libraries) beside them."""
+    cpu, cuda = pins(LOCK), pins(CUDA_LOCK)
+    assert cuda["torch"] == cpu["torch"].removesuffix("+cpu"), (cpu["torch"], cuda["torch"])
+    differ = {n: (cpu[n], cuda[n]) for n in set(cpu) & set(cuda) - {"torch"} if cpu[n] != cuda[n]}
+    assert not differ, f"the locks pin these differently (cpu, cuda): {differ}; run `make lock`"
+    assert not set(cpu) - set(cuda), f"missing from the CUDA lock: {sorted(set(cpu) - set(cuda))}; run `make lock`"
+    cuda_only = sorted(set(cuda) - set(cpu))
+    assert cuda_only and all(n.startswith(("nvidia-", "cuda-", "triton")) for n in cuda_only), cuda_only
+    assert "make lock TORCH=cuda" in CUDA_LOCK.read_text().split("\n", 3)[1]
+
+
+def make_install_commands(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """What `make install` would run for a fresh venv in tmp_path (make -n: nothing runs)."""
+    return subprocess.run(["make", "-n", "install", f"VENV={tmp_path / 'venv'}", *args], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+def lock_install_line(out: str) -> str:
+    return next(line for line in out.splitlines() if "--require-hashes" in line and "no-deps.txt" not in line)
+
+
+def test_make_install_finds_torch_in_the_wheel_dir_else_on_the_cpu_index_or_pypi_for_cuda(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").touch()  # what `make` looks for
+    local = lock_install_line(make_install_commands(tmp_path, f"TORCH_WHEEL_DIR={wheels}").stdout)
+    assert f"--find-links {wheels} -r requirements/lock.txt" in local, local
+    index = lock_install_line(make_install_commands(tmp_path, f"TORCH_WHEEL_DIR={tmp_path / 'none'}").stdout)
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu -r requirements/lock.txt" in index, index
+    cuda = lock_install_line(make_install_commands(tmp_path, "TORCH=cuda", f"TORCH_WHEEL_DIR={wheels}").stdout)
+    assert "-r requirements/lock-cuda.txt" in cuda and "--find-links" not in cuda and "--extra-index-url" not in cuda, cuda
+    wrong = make_install_commands(tmp_path, "TORCH=rocm")
+    assert wrong.returncode == 2 and "TORCH=rocm: choose TORCH=cpu or TORCH=cuda" in wrong.stderr, wrong.stderr
 
 
 def test_lmms_eval_evaluator_imports():

@@ -310,7 +310,8 @@ def test_recipe_json_fallback_count_matches_reference(zoo, tmp_path):
 
 
 def _weights(out):
-    return {k: v for k, v in tree_bytes(out).items() if k != "lfm_recipe.json"}
+    """The output's files but the two that describe its inputs (lfm_recipe.json, the README.md model card)."""
+    return {k: v for k, v in tree_bytes(out).items() if k not in ("lfm_recipe.json", "README.md")}
 
 
 @pytest.mark.parametrize("method,kw", [("dare", {}), ("della", {}), ("neuron_fusion", {"locate": "random"}),
@@ -458,17 +459,17 @@ def test_seed_gives_byte_identical_recipe_file_too(zoo, tmp_path):
 def test_bytes_do_not_depend_on_threads_or_workers(zoo, tmp_path, monkeypatch, method):
     """One tensor at a time on one thread, or several at once (one thread each, the bigger ones alone on
     every thread): the same files. Small blocks so that the block-by-block paths run on the tiny pair."""
-    monkeypatch.setattr("lfm.methods.MERGE_BLOCK", 1000)
-    monkeypatch.setattr("lfm.methods.BLOCKED_FROM", 500)
-    monkeypatch.setattr("lfm.methods.EXACT_SELECT_MAX", 300)
-    monkeypatch.setattr("lfm.methods.SAMPLE_SIZE", 200)
+    monkeypatch.setattr("lfm.methods.blocked.MERGE_BLOCK", 1000)
+    monkeypatch.setattr("lfm.methods.tensor.BLOCKED_FROM", 500)
+    monkeypatch.setattr("lfm.methods.select.EXACT_SELECT_MAX", 300)
+    monkeypatch.setattr("lfm.methods.select.SAMPLE_SIZE", 200)
     pair = (zoo.base, zoo.llava)
     previous = torch.get_num_threads()
     outputs = []
     try:
         for threads, parallel_bytes in ((1, 2**40), (2, 2**40), (2, 20_000), (3, 2**40)):
             torch.set_num_threads(threads)
-            monkeypatch.setattr(importlib.import_module("lfm.merge"), "PARALLEL_BYTES", parallel_bytes)
+            monkeypatch.setattr(importlib.import_module("lfm.stream"), "PARALLEL_BYTES", parallel_bytes)
             outputs.append(tmp_path / f"out-{threads}-{parallel_bytes}")
             merge(pair, outputs[-1], method)
             assert torch.get_num_threads() == threads  # put back as it was

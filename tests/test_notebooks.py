@@ -1,31 +1,42 @@
-"""The four teaching notebooks: committed clean, executed top to bottom on the organism and on the real pair
+"""The four teaching notebooks: committed executed (`make notebooks`, notebooks/execute.py), re-run top to
+bottom on the organism and compared with their committed outputs (a regression check), and run on the real pair
 (lfm.realpair's smoke build, tests/conftest.py `smoke_pair`, evaluated on its own suite), checks and key outputs.
 
 Each notebook is run with papermill (the same way a user runs it on a real pair: `papermill NB OUT -p base
-... -p tuned ...`) with smaller sweeps where the notebook offers them. A notebook passes when every cell ran
-without error, its asserting cell printed the expected ``CHECK passed:`` lines, and its final
-``application/json`` summary holds consistent key numbers.
+... -p tuned ...`). On the organism it runs with its own defaults, as `make notebooks` ran it; elsewhere with
+smaller sweeps where the notebook offers them. A notebook passes when every cell ran without error, its
+asserting cell printed the expected ``CHECK passed:`` lines, and its final ``application/json`` summary holds
+consistent key numbers.
 
 The pair defaults to the embedded organism; set LFM_NOTEBOOK_BASE / LFM_NOTEBOOK_TUNED to run the notebooks
-on another (organism-like) pair.
+on another (organism-like) pair (the comparison with the committed outputs, which are the organism's, is then
+skipped).
 """
 from __future__ import annotations
 
+import base64
+import copy
 import json
 import os
+import re
+import sys
 import time
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
-NOTEBOOKS = ("01_neuron_changes.ipynb", "02_merge_tradeoffs.ipynb", "03_generation_failures.ipynb",
-             "04_ffn_key_value_memories.ipynb")
-TIMEOUT_S = 600  # per cell
+sys.path.insert(0, str(NB_DIR))
+import execute as nbexec  # noqa: E402  notebooks/execute.py: how `make notebooks` runs and tidies them
 
-# smaller sweeps for the tests; the defaults in the notebooks are the full ones
+NOTEBOOKS = nbexec.NOTEBOOKS
+TIMEOUT_S = nbexec.TIMEOUT_S
+SIZE_LIMIT = 250_000  # bytes per committed notebook (today 60-160 KB; plotly JSON with trimmed templates)
+
+# smaller sweeps for the real pair and the JupyterLab test; the organism runs the notebooks' defaults
 PARAMS = {
     "01_neuron_changes.ipynb": {"n_null": 2},
     "02_merge_tradeoffs.ipynb": {"K_grid": [0.1, 0.5], "M_grid": [0.0, 0.3],
@@ -88,16 +99,15 @@ _RUNS: dict[tuple[str, str], tuple[nbformat.NotebookNode, float, dict]] = {}
 def execute(name: str, tmp_dir: Path, params: dict | None = None, tag: str = "organism"
             ) -> tuple[nbformat.NotebookNode, float, dict]:
     """Run notebook ``name`` with papermill once per session and pair (`tag`); returns (executed notebook,
-    seconds, params). Default params: the organism (or LFM_NOTEBOOK_BASE/TUNED) with PARAMS[name]."""
+    seconds, params). Default params: the organism with the notebook's own defaults, exactly as `make notebooks`
+    runs it (or LFM_NOTEBOOK_BASE/TUNED with the smaller sweeps of PARAMS)."""
     if (name, tag) not in _RUNS:
-        import papermill
-
-        params = params if params is not None else {**_pair_params(), **PARAMS[name]}
-        out = tmp_dir / f"{tag}-{name}"
+        if params is None:
+            pair = _pair_params()
+            params = {**pair, **PARAMS[name]} if pair else {}
         started = time.perf_counter()
-        papermill.execute_notebook(str(NB_DIR / name), str(out), parameters=params, kernel_name="python3",
-                                   cwd=str(NB_DIR), progress_bar=False, execution_timeout=TIMEOUT_S)
-        _RUNS[name, tag] = (nbformat.read(out, as_version=4), time.perf_counter() - started, params)
+        nb = nbexec.execute(name, tmp_dir / f"{tag}-{name}", params)
+        _RUNS[name, tag] = (nb, time.perf_counter() - started, params)
     return _RUNS[name, tag]
 
 
@@ -140,21 +150,50 @@ def check_run(name: str, run_dir: Path, params: dict | None = None, tag: str = "
 # ------------------------------------------------------------------------------------ committed state
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_committed_notebook_is_clean_and_parameterized(name):
-    """No outputs, execution counts or widget state are committed; a papermill `parameters` cell takes the pair."""
+def test_committed_notebook_is_executed_tidy_and_parameterized(name):
+    """Committed as `make notebooks` writes it: every code cell run once, top to bottom, without error; no run
+    metadata (timestamps), no widget state, plotly templates trimmed, small; a papermill `parameters` cell
+    with its defaults (no injected parameters: the outputs are the defaults', i.e. the organism's)."""
     nb = nbformat.read(NB_DIR / name, as_version=4)
     nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), \
+        f"{name}: not executed top to bottom once; run `make notebooks`"
+    assert not [o for o in outputs(nb) if o.output_type == "error"], f"{name}: committed with an error"
+    assert nb.metadata.keys() == {"kernelspec", "language_info"} and nb.metadata["kernelspec"]["name"] == "python3", \
+        f"{name}: run metadata or widget state committed; run `make notebooks`"
     for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, f"{name}: strip outputs before committing"
-    assert "widgets" not in nb.metadata, f"{name}: widget state must not be committed"
-    assert nb.metadata["kernelspec"]["name"] == "python3"
+        assert not {"papermill", "execution"} & set(cell.metadata), f"{name}: run metadata in a cell"
+        assert "injected-parameters" not in cell.metadata.get("tags", []), f"{name}: executed with -p parameters"
+    figures = [o["data"][nbexec.PLOTLY] for o in outputs(nb) if nbexec.PLOTLY in o.get("data", {})]
+    assert len(figures) >= 2, f"{name}: committed without its figures"
+    for fig in figures:
+        template = fig["layout"].get("template", {})
+        assert set(template.get("data", {})) <= {t.get("type", "scatter") for t in fig["data"]}, "template not trimmed"
+    assert not [o for o in outputs(nb) if nbexec.WIDGET in o.get("data", {})], f"{name}: widget view without state"
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, f"{name}: exactly one cell tagged 'parameters'"
     src = params[0].source
     for key in ("base = None", "tuned = None", "threads ="):
         assert key in src, f"{name}: parameters cell lacks {key!r}"
-    assert (NB_DIR / name).stat().st_size < 100_000, f"{name}: unexpectedly large for a stripped notebook"
+    assert (NB_DIR / name).stat().st_size < SIZE_LIMIT, f"{name}: {(NB_DIR / name).stat().st_size} bytes"
+
+
+# numbers in the prose that are references or definitions, not results (a result is printed by a cell)
+REFERENCES = re.compile(r"\$\$.*?\$\$|\$[^$]*\$|`[^`]*`|^#+ [^\n]*|^\s*\d+\. |"
+                        r"(?:Eqs?\.|Figures?|Tables?|§|arXiv|notebook|et al\. \(?|the paper's layer) ?[\d./, and]+|"
+                        r"Llama-?3(?:-8B)?|8B|top-10%|10%|0\.10|M ?= ?0|1 for Replace|\(LA \+ VA\) / 2", re.S | re.M)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_markdown_states_no_measured_numbers(name):
+    """Every number in a markdown cell is a reference (Eq. 2, Figure 5, §4.2) or a definition (top-10%); what a
+    cell measures is printed by the cell (a Markdown output), so it is never stale or hand-copied."""
+    nb = nbformat.read(NB_DIR / name, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            left = REFERENCES.sub(" ", cell.source)
+            assert not re.search(r"\d", left), f"{name} cell {i}: a number in the prose: {left.strip()[:300]!r}"
 
 
 # ------------------------------------------------------------------------------------ executed
@@ -186,6 +225,13 @@ def test_02_merge_tradeoffs(run_dir):
             assert s["restore_VA"] > s["suppress_VA"], "the organism's report shows restore beating suppress"
     widget_views = [o for o in outputs(nb) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert widget_views, "the sliders should render (a widget view output)"
+    # the trade-off plot labels its points readably: no text next to the markers (several merges land on nearly
+    # the same LA and VA, and their labels overlapped); each method is one legend entry with its (LA, VA)
+    tradeoff = next(o["data"][nbexec.PLOTLY] for o in outputs(nb) if nbexec.PLOTLY in o.get("data", {})
+                    and o["data"][nbexec.PLOTLY]["layout"]["title"]["text"].startswith("Trade-off at"))
+    points = [t for t in tradeoff["data"] if t.get("showlegend", True)]
+    assert not [t for t in tradeoff["data"] if "text" in t.get("mode", "") or t.get("text")], "text labels on markers"
+    assert sorted(t["name"].rsplit(" (", 1)[0] for t in points) == sorted(table), [t["name"] for t in points]
 
 
 def test_03_generation_failures(run_dir):
@@ -207,6 +253,88 @@ def test_04_ffn_key_value_memories(run_dir):
     assert 0.0 <= s["shrunk_fraction"] <= 1.0
     assert set(s["p_answer"]) == {"tuned", "hard", "suppress", "replace", "rescale"}
     assert all(0.0 <= p <= 1.0 for p in s["p_answer"].values())
+
+
+# ------------------------------------------------------------------------------------ regression: committed outputs
+
+# What may legitimately differ between the committed run and a fresh one (on this or another machine):
+# * wall-clock times a cell prints ("took 3.9 s", a summary's "seconds") and object addresses in reprs: masked;
+# * the last printed digit of a number (its float inputs come from sums whose order depends on the CPU's
+#   kernels and threads): +-1 unit of the last digit printed; measured float rounding errors printed in
+#   e-notation (1e-5 and below: "2.1e-07") only have to stay that small;
+# * figure arrays and JSON numbers: relative 1e-4 (absolute 1e-5 of the array's largest value), far above
+#   float32 reordering noise, far below any change of method, data or plot.
+# Everything else (texts, labels, counts, structure, discrete results such as accuracies) must match exactly.
+TIMES = re.compile(r"\b\d+(?:\.\d+)? s\b|0x[0-9a-f]+")
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?%?")
+TIME_KEYS = {"seconds", "mean_eval_seconds"}
+
+
+def same_numbers_in_text(committed: str, fresh: str, where: str) -> None:
+    a, b = TIMES.sub("<time>", committed), TIMES.sub("<time>", fresh)
+    assert NUMBER.split(a) == NUMBER.split(b), f"{where}: text differs:\n{a[:600]}\n---\n{b[:600]}"
+    for x, y in zip(NUMBER.findall(a), NUMBER.findall(b)):
+        if x == y:
+            continue
+        vx, vy = float(x.rstrip("%")), float(y.rstrip("%"))
+        if "e-" in x and max(abs(vx), abs(vy)) <= 1e-5:
+            continue  # a measured float rounding error
+        digits = x.rstrip("%").partition("e")[0].partition(".")[2]
+        if not digits and not x.endswith("%"):
+            raise AssertionError(f"{where}: count {x} is now {y}")
+        unit = 10.0 ** -len(digits) * (10.0 ** int(x.partition("e")[2]) if "e" in x else 1.0)
+        assert abs(vx - vy) <= unit * 1.000001, f"{where}: {x} is now {y}"
+
+
+def decoded(value):
+    """plotly's typed arrays ({"dtype": "f8", "bdata": base64, "shape": ...}) as numpy arrays."""
+    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
+        a = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        return a.reshape([int(n) for n in str(value["shape"]).split(",")]) if "shape" in value else a
+    return value
+
+
+def assert_same(committed, fresh, where: str) -> None:
+    committed, fresh = decoded(committed), decoded(fresh)
+    if isinstance(committed, np.ndarray) or isinstance(fresh, np.ndarray):
+        a, b = np.asarray(committed, dtype=float), np.asarray(fresh, dtype=float)
+        assert a.shape == b.shape, f"{where}: shape {a.shape} is now {b.shape}"
+        scale = float(np.nanmax(np.abs(a))) if a.size and not np.isnan(a).all() else 0.0
+        assert np.allclose(a, b, rtol=1e-4, atol=1e-5 * scale, equal_nan=True), \
+            f"{where}: max difference {np.nanmax(np.abs(a - b))} (largest value {scale})"
+    elif isinstance(committed, dict):
+        assert isinstance(fresh, dict) and committed.keys() == fresh.keys(), \
+            f"{where}: keys {sorted(committed)} are now {sorted(fresh) if isinstance(fresh, dict) else fresh}"
+        for key in committed:
+            if key not in TIME_KEYS:
+                assert_same(committed[key], fresh[key], f"{where}.{key}")
+    elif isinstance(committed, list):
+        assert isinstance(fresh, list) and len(committed) == len(fresh), f"{where}: length differs"
+        for i, (x, y) in enumerate(zip(committed, fresh)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(committed, str):
+        assert isinstance(fresh, str), f"{where}: {committed!r} is now {fresh!r}"
+        same_numbers_in_text(committed, fresh, where)
+    elif isinstance(committed, float) or isinstance(fresh, float):
+        assert fresh == pytest.approx(committed, rel=1e-4, abs=1e-6), f"{where}: {committed} is now {fresh}"
+    else:
+        assert committed == fresh, f"{where}: {committed!r} is now {fresh!r}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_regression_notebooks_reproduce_committed_outputs(name, run_dir):
+    """A fresh run of the committed notebook (as `make notebooks` runs it) reproduces its committed outputs:
+    every figure's data, every printed number and table, the summary; within the tolerances above only."""
+    if _pair_params():
+        pytest.skip("the committed outputs are the organism's; LFM_NOTEBOOK_BASE/TUNED run another pair")
+    committed = nbformat.read(NB_DIR / name, as_version=4)
+    fresh = nbexec.tidy(copy.deepcopy(execute(name, run_dir)[0]))
+    assert [c.source for c in fresh.cells] == [c.source for c in committed.cells]
+    for i, (c, f) in enumerate(zip(committed.cells, fresh.cells)):
+        if c.cell_type == "code":
+            assert len(c.outputs) == len(f.outputs), f"{name} cell {i}: {len(c.outputs)} outputs, now {len(f.outputs)}"
+            for j, (co, fo) in enumerate(zip(c.outputs, f.outputs)):
+                assert_same(dict(co), dict(fo), f"{name} cell {i} output {j}")
 
 
 # ------------------------------------------------------------------------------------ on the real pair

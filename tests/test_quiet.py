@@ -15,7 +15,7 @@ from pathlib import Path
 from lfm.evaluate.quiet import HARMLESS
 
 ROOT = Path(__file__).resolve().parents[1]
-ORGANISM = ROOT / "data" / "organism"
+ORGANISM = ROOT / "lfm" / "data" / "organism"
 LFM = [sys.executable, "-c", "import sys; from lfm.cli import main; sys.exit(main())"]
 NOISE = ["fatal: not a git repository", *[m for messages in HARMLESS.values() for m in messages]]
 

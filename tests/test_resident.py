@@ -26,7 +26,7 @@ RECIPES = [Recipe(method="ties", density=0.3), Recipe(), Recipe(neurons=0.0),
 
 def test_merged_tensors_are_exactly_the_streaming_merge(organism):
     from lfm.resident import ResidentPair
-    from lfm.merge import merged_state_dict
+    from lfm.stream import merged_state_dict
 
     resident = ResidentPair(*organism, progress=False)
     for recipe in RECIPES + RECIPES[:2]:  # second pass: thresholds come from the resident
@@ -47,7 +47,7 @@ def test_merged_tensors_are_exactly_the_streaming_merge(organism):
 def test_apply_and_restore_in_place(organism):
     from lfm.resident import ResidentPair
     from lfm.evaluate.models import load_eval_model
-    from lfm.merge import merged_state_dict
+    from lfm.stream import merged_state_dict
 
     em = load_eval_model(organism[1])
     before = {k: v.clone() for k, v in em.model.state_dict().items()}
@@ -72,7 +72,7 @@ def test_apply_writes_exactly_the_engine_merge(organism, fast):
     """apply() (fast path: residentd |delta| masks + where; or merge_tensor) == lfm.merged_state_dict, bit for bit."""
     from lfm.resident import ResidentPair, is_fast
     from lfm.evaluate.models import load_eval_model
-    from lfm.merge import merged_state_dict
+    from lfm.stream import merged_state_dict
 
     em = load_eval_model(organism[1])
     resident = ResidentPair(*organism, progress=False, fast=fast)
@@ -95,7 +95,7 @@ def test_fast_apply_exact_on_zoo_variants(zoo, variant):
     from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
 
     from lfm.resident import ResidentPair
-    from lfm.merge import merged_state_dict
+    from lfm.stream import merged_state_dict
 
     base = zoo.base_bf16 if variant == "llava_bf16" else zoo.base
     tuned = getattr(zoo, variant)
@@ -116,7 +116,7 @@ def test_fast_apply_negative_zeros_and_non_finite(zoo, tmp_path):
 
     from fixtures import copy_dir, rewrite_single
     from lfm.resident import ResidentPair
-    from lfm.merge import merged_state_dict
+    from lfm.stream import merged_state_dict
 
     base = copy_dir(zoo.base_bf16, tmp_path / "base")
     key = next(k for k in __import__("fixtures").read_state(base) if k.endswith("layers.0.mlp.down_proj.weight"))
@@ -149,7 +149,7 @@ def test_apply_to_a_model_on_another_device(zoo):
     from transformers import LlavaForConditionalGeneration
 
     from lfm.resident import ResidentPair
-    from lfm.merge import merged_state_dict
+    from lfm.stream import merged_state_dict
 
     model = LlavaForConditionalGeneration.from_pretrained(zoo.llava_bf16)
     resident = ResidentPair(zoo.base_bf16, zoo.llava_bf16, progress=False, device="cpu:0")
@@ -228,7 +228,8 @@ def test_memory_is_checked_before_anything_is_read(organism, monkeypatch):
 
 def test_neuron_fusion_is_a_registry_row():
     """Sub = the suppressor's Sub, F = restore: merge_delta runs it like any other row (no special case)."""
-    from lfm.methods import METHODS, keep_suppressed, merge_delta, restore
+    from lfm.methods import METHODS, merge_delta
+    from lfm.methods.math import keep_suppressed, restore
 
     row = METHODS["neuron_fusion"]
     assert (row.sub, row.f) == (keep_suppressed, restore)
@@ -277,7 +278,7 @@ OTHER_MERGE = [  # each setting that changes the merge: another label
 def test_a_label_names_exactly_one_merge(organism):
     """The explorer and the reports show numbers under a recipe's label: recipes that merge to the same bytes
     share it, and recipes whose merges differ never do (checked on the merged tensors, not on the label code)."""
-    from lfm.merge import merged_state_dict
+    from lfm.stream import merged_state_dict
 
     def bits(recipe):
         return {k: v.contiguous().view(-1).view(torch.uint8) for k, v in merged_state_dict(*organism, recipe).items()}

@@ -119,10 +119,11 @@ def test_merge_tensor_in_blocks_equals_the_whole_tensor_formula(kind, recipe, mo
     """The block-by-block TIES merge (|delta| never whole; blocks much smaller than the tensor, so the
     threshold's ties straddle blocks) gives the bytes of the formula on the whole tensor, with extra
     vocabulary rows kept from tuned."""
-    from lfm.methods import Recipe, merge_tensor, streams_top_k
+    from lfm.methods import Recipe, merge_tensor
+    from lfm.methods.blocked import streams_top_k
 
-    monkeypatch.setattr("lfm.methods.MERGE_BLOCK", 7777)
-    monkeypatch.setattr("lfm.methods.BLOCKED_FROM", 100)
+    monkeypatch.setattr("lfm.methods.blocked.MERGE_BLOCK", 7777)
+    monkeypatch.setattr("lfm.methods.tensor.BLOCKED_FROM", 100)
     recipe = Recipe(**recipe)
     if kind == "strided":  # the sample (every n // 65536-th entry) sees only outliers: the bracket misses
         base, tuned = _pair("fp32", 400_000)
@@ -155,7 +156,8 @@ def test_dare_della_in_row_blocks(kind, recipe, monkeypatch):
     """DARE / DELLA merged a block of rows at a time (blocks of 7 rows, 1003 rows) give the bytes of the
     whole-tensor path; DARE also equals its formula written out here (keep each entry with probability K
     from the tensor's seeded generator, rescale the kept by 1/K), with extra vocabulary rows kept from tuned."""
-    from lfm.methods import Recipe, merge_tensor, streams_rows, tensor_generator
+    from lfm.methods import Recipe, merge_tensor, tensor_generator
+    from lfm.methods.blocked import streams_rows
 
     recipe = Recipe(**recipe)
     base, tuned = _pair(kind, 1003 * 400)
@@ -163,8 +165,8 @@ def test_dare_della_in_row_blocks(kind, recipe, monkeypatch):
     extra = torch.randn(2, 400).to(tuned.dtype)
     name = "model.embed_tokens.weight"
     whole, whole_stats, _ = merge_tensor(base, torch.cat([tuned, extra]), recipe, name=name)
-    monkeypatch.setattr("lfm.methods.MERGE_BLOCK", 7 * 400)
-    monkeypatch.setattr("lfm.methods.BLOCKED_FROM", 100)
+    monkeypatch.setattr("lfm.methods.blocked.MERGE_BLOCK", 7 * 400)
+    monkeypatch.setattr("lfm.methods.tensor.BLOCKED_FROM", 100)
     assert streams_rows(recipe, base)
     blocked, stats, _ = merge_tensor(base, torch.cat([tuned, extra]), recipe, name=name)
     bits = lambda t: t.reshape(-1).view(torch.uint8)  # noqa: E731
@@ -187,8 +189,8 @@ def test_block_merges_refuse_a_non_finite_delta(recipe, name, where, monkeypatch
     """A NaN anywhere (first or last block) stops every block-by-block merge with the tensor named."""
     from lfm.methods import Recipe, merge_tensor
 
-    monkeypatch.setattr("lfm.methods.MERGE_BLOCK", 7 * 400)
-    monkeypatch.setattr("lfm.methods.BLOCKED_FROM", 100)
+    monkeypatch.setattr("lfm.methods.blocked.MERGE_BLOCK", 7 * 400)
+    monkeypatch.setattr("lfm.methods.tensor.BLOCKED_FROM", 100)
     base, tuned = _pair("fp32", 1000 * 400)
     tuned[where] = float("nan")
     with pytest.raises(ValueError, match=f"NaN in the delta of tensor '{name}'"):
@@ -231,7 +233,8 @@ def test_neuron_fusion_in_row_blocks(kind, module, recipe, monkeypatch):
     ties straddle blocks) give the bytes of the whole-tensor path and of the formula written out here, for
     row neurons (gate) and column neurons (down), with the located neurons that lost every entry (the sparse
     pair) restored by replace."""
-    from lfm.methods import Recipe, merge_tensor, streams_neurons
+    from lfm.methods import Recipe, merge_tensor
+    from lfm.methods.blocked import streams_neurons
 
     recipe = Recipe(method="neuron_fusion", suppress="ties", neurons=recipe.pop("neurons", 0.3),
                     density=recipe.pop("density", 0.2), **recipe)
@@ -239,8 +242,8 @@ def test_neuron_fusion_in_row_blocks(kind, module, recipe, monkeypatch):
     base, tuned = base.reshape(1003, 401), tuned.reshape(1003, 401)
     name = f"model.layers.0.{module}.weight"
     whole, whole_stats, _ = merge_tensor(base, tuned, recipe, name=name)
-    monkeypatch.setattr("lfm.methods.MERGE_BLOCK", 7 * 401)
-    monkeypatch.setattr("lfm.methods.BLOCKED_FROM", 100)
+    monkeypatch.setattr("lfm.methods.blocked.MERGE_BLOCK", 7 * 401)
+    monkeypatch.setattr("lfm.methods.tensor.BLOCKED_FROM", 100)
     assert streams_neurons(recipe, name, base)
     blocked, stats, _ = merge_tensor(base, tuned, recipe, name=name)
     expected, n_fallback = _neuron_fusion_reference(base, tuned, recipe, axis=0 if "gate" in module else 1)
@@ -273,7 +276,7 @@ def test_one_pass_ties_finds_the_threshold_inside_a_huge_tie_group(levels):
     """Coarse deltas (|delta| takes only `levels` values, so the k-th largest sits in a tie group holding a
     large share of the entries, as in bf16 checkpoints): the one-pass TIES still finds the threshold in its
     band (no fall back to two passes) and gives the top-k set's bytes."""
-    from lfm.methods import select_top_k_one_pass
+    from lfm.methods.blocked import select_top_k_one_pass
 
     g = torch.Generator().manual_seed(levels)
     n = 600_000

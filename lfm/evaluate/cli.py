@@ -1,10 +1,12 @@
 """`lfm eval`, `lfm sweep`, `lfm compare` (registered into the `lfm` command by lfm/cli.py).
 
-    lfm eval MODEL_DIR --suite organism|paper|suite.yaml [--out results.json] [--limit N]
+    lfm eval [MODEL_DIR] --suite organism|paper|suite.yaml [--out results.json] [--limit N]
     lfm sweep --base B --tuned T --method neu-s-ties,ties --density 0.05:0.9:0.05 --neurons 0:0.5:0.1 \
               --suite organism --out sweeps/run1 [--executor ray] [--resume] [--report]
     lfm sweep --report --out sweeps/run1            # best OA point + (LA, VA) Pareto front of a finished sweep
-    lfm compare --base B --tuned T --density 0.2 --neurons 0.3 [--items organism|scienceqa|FILE.jsonl] --out DIR
+    lfm compare [--base B --tuned T] --density 0.2 --neurons 0.3 [--items organism|scienceqa|FILE.jsonl] --out DIR
+
+Without a model (eval) or a pair (compare), they run on the embedded organism (shipped in the package).
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lfm.names import RESTORES, SEED_MAX, SUPPRESSORS, seed_arg
+from lfm.cli import add_recipe_args
+from lfm.methods.recipe import Recipe
+from lfm.methods.registry import METHODS, SETTINGS
+
+# the settings a sweep holds fixed (its grid varies method, density and neurons)
+SWEEP_FIXED = tuple(name for name in SETTINGS if name not in ("method", "density", "neurons"))
 
 # what --trust-suite-code means (lfm eval, lfm sweep, lfm precompute; never the explorer's page)
 TRUST_SUITE_CODE_HELP = ("run the Python code the suite's task files name (lm-eval / lmms-eval '!function' hooks, "
@@ -27,7 +34,8 @@ def add_trust_suite_code(p) -> None:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="LA / VA / OA of a model through lm-eval and lmms-eval")
-    p.add_argument("model_dir", help="model directory (an MLLM, or a plain LLM: language tasks only)")
+    p.add_argument("model_dir", nargs="?", help="model directory (an MLLM, or a plain LLM: language tasks only; "
+                   "default: the embedded organism's tuned MLLM)")
     p.add_argument("--suite", default="organism", help="paper | organism | a suite YAML file (default organism)")
     p.add_argument("--out", help="write the results JSON here")
     p.add_argument("--limit", type=int, help="items per task (quick checks)")
@@ -44,14 +52,7 @@ def register(subparsers) -> None:
                    "(default neu-s-ties)")
     p.add_argument("--density", "-K", default="0.2", help="K values: start:stop:step or a comma list (default 0.2)")
     p.add_argument("--neurons", "-M", default="0.3", help="M values: start:stop:step or a comma list (default 0.3)")
-    p.add_argument("--suppress", choices=SUPPRESSORS)
-    p.add_argument("--restore", choices=RESTORES)
-    p.add_argument("--alpha", type=float)
-    p.add_argument("--gamma", type=float)
-    p.add_argument("--epsilon", type=float)
-    p.add_argument("--locate", choices=("top", "random", "bottom"))
-    p.add_argument("--seed", type=seed_arg, help=f"seed for dare, della, locate=random (0 to {SEED_MAX})")
-    p.add_argument("--others", choices=("method", "tuned", "base"))
+    add_recipe_args(p, SWEEP_FIXED)
     p.add_argument("--suite", default="organism", help="paper | organism | a suite YAML file")
     p.add_argument("--out", required=True, help="results folder (results.csv, results.json, points.jsonl)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
@@ -68,12 +69,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_sweep)
 
     p = subparsers.add_parser("compare", help="hard-merge / suppress / restore generations + failure transitions")
-    p.add_argument("--base", required=True)
-    p.add_argument("--tuned", required=True)
+    p.add_argument("--base", help="base LLM directory (default, with --tuned: the embedded organism's)")
+    p.add_argument("--tuned", help="tuned MLLM directory")
     p.add_argument("--density", "-K", type=float, default=0.2)
     p.add_argument("--neurons", "-M", type=float, default=0.3)
-    p.add_argument("--suppress", choices=SUPPRESSORS, default="ties")
-    p.add_argument("--restore", choices=RESTORES, default="rescale")
+    p.add_argument("--suppress", choices=METHODS.suppressors(), default=Recipe.suppress, help=SETTINGS["suppress"].help)
+    p.add_argument("--restore", choices=SETTINGS["restore"].options(), default=Recipe.restore,
+                   help=SETTINGS["restore"].help)
     p.add_argument("--items", default="organism", help="organism (offline) | scienceqa (ScienceQA-IMG, needs the hub) "
                    "| FILE.jsonl: one item a line {id, question, choices, answer, image (relative to the file), "
                    "prompt (optional)}, e.g. the real pair's <root>/suite/items/visual.jsonl")
@@ -85,14 +87,23 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def organism_pair() -> tuple[str, str]:
+    """The embedded organism's (base, tuned) directories: the default model of `lfm eval` / pair of `lfm compare`."""
+    from lfm.organism import base_dir, tuned_dir
+
+    return str(base_dir()), str(tuned_dir())
+
+
 def cmd_eval(args) -> int:
     from lfm.evaluate.suites import get_suite
 
     suite = get_suite(args.suite, trust_code=args.trust_suite_code)  # refused here, before the harnesses load
     from lfm.evaluate.harness import evaluate, format_table
-    res = evaluate(args.model_dir, suite, limit=args.limit, device=args.device, batch_size=args.batch_size,
+
+    model_dir = args.model_dir or organism_pair()[1]
+    res = evaluate(model_dir, suite, limit=args.limit, device=args.device, batch_size=args.batch_size,
                    log_samples=args.samples)
-    res["model"] = str(Path(args.model_dir).resolve())
+    res["model"] = str(Path(model_dir).resolve())
     if not args.samples:
         for key in ("samples", "answers", "language_answers"):
             res.pop(key, None)
@@ -118,8 +129,7 @@ def cmd_sweep(args) -> int:
         print(report(load_results(args.out)))
         return 0
     methods = [m.strip() for spec in (args.method or ["neu-s-ties"]) for m in spec.split(",") if m.strip()]
-    fields = {k: getattr(args, k) for k in ("suppress", "restore", "alpha", "gamma", "epsilon", "locate", "seed",
-                                            "others") if getattr(args, k) is not None}
+    fields = {k: getattr(args, k) for k in SWEEP_FIXED if getattr(args, k) is not None}
     recipes = grid(methods, parse_values(args.density), parse_values(args.neurons), **fields)
     df = run_sweep(args.base, args.tuned, recipes, suite=suite, out_dir=args.out, executor=args.executor,
                    resume=args.resume, limit=args.limit, references=not args.no_references, device=args.device,
@@ -139,7 +149,10 @@ def cmd_compare(args) -> int:
     if args.items not in ("organism", "scienceqa"):
         read_items_file(args.items)  # every line checked before any model is loaded
 
-    table = compare_stages(args.base, args.tuned, items=args.items, limit=args.limit, device=args.device,
+    if (args.base is None) != (args.tuned is None):
+        raise ValueError("--base and --tuned go together (give neither for the embedded organism)")
+    base, tuned = (args.base, args.tuned) if args.base else organism_pair()
+    table = compare_stages(base, tuned, items=args.items, limit=args.limit, device=args.device,
                            max_new_tokens=args.max_new_tokens, progress=not args.quiet, density=args.density,
                            neurons=args.neurons, suppress=args.suppress, restore=args.restore)
     out = Path(args.out)

@@ -8,7 +8,7 @@ VA = mean of the visual accuracies, OA = (LA + VA) / 2 (the paper's Section 4.1)
     paper      the paper's 13 benchmarks (Section 4.1: "8-shot chain-of-thought for GSM8K, and
                zero-shot for other datasets"; lm-eval for language, lmms-eval for vision).
                Needs the Hugging Face hub datasets.
-    organism   the embedded organism's held-out items as local task YAMLs (data/organism/tasks/),
+    organism   the embedded organism's held-out items as local task YAMLs (lfm/data/organism/tasks/),
                fully offline.
     FILE.yaml  your own: {name, include_path: [dirs, relative to the file], language: [{task,
                num_fewshot, metric}], visual: [...], datasets: [hub ids to check first]}
@@ -32,9 +32,9 @@ from pathlib import Path
 import yaml
 
 from lfm.evaluate.task_files import check_task_files
+from lfm.package_data import ORGANISM_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TASKS_DIR = REPO_ROOT / "data" / "organism" / "tasks"
+TASKS_DIR = ORGANISM_DIR / "tasks"
 
 
 @dataclass(frozen=True)

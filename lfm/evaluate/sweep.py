@@ -33,9 +33,11 @@ from tqdm.auto import tqdm
 
 from lfm.evaluate.quiet import bars_to_file
 from lfm.evaluate.suites import Suite, check_datasets, get_suite
-from lfm.methods import METHODS, Recipe
+from lfm.methods.recipe import Recipe
+from lfm.methods.registry import settings_in_effect
 
 REFERENCES = ("base", "tuned", "hard")
+REFERENCE_RECIPES = {"hard": Recipe(method="hard")}  # the references that are merges (base and tuned are models)
 
 
 # --------------------------------------------------------------------------------------- the grid
@@ -62,7 +64,7 @@ def parse_values(spec: str | float | list) -> list[float]:
 
 
 def grid(methods: list[str], densities=(0.2,), neurons=(0.3,), **fields) -> list[Recipe]:
-    """Every (method, K, M) recipe; K only for methods that use it, M only for Neuron-Fusion. No duplicates.
+    """Every (method, K, M) recipe; K and M only for methods whose merge they change. No duplicates.
 
     Args:
         methods: method names or paper aliases ('neu-s-ties', 'ties', 'ta', 'hard', ...).
@@ -71,9 +73,9 @@ def grid(methods: list[str], densities=(0.2,), neurons=(0.3,), **fields) -> list
     out, seen = [], set()
     for m in methods:
         probe = Recipe.from_name(m, **fields)
-        uses = METHODS[probe.method].uses
-        ks = densities if "density" in uses and not (probe.method == "neuron_fusion" and probe.suppress == "task_arithmetic") else [probe.density]
-        ms = neurons if "neurons" in uses else [probe.neurons]
+        in_effect = settings_in_effect(probe)
+        ks = densities if "density" in in_effect else [probe.density]
+        ms = neurons if "neurons" in in_effect else [probe.neurons]
         for k in ks:
             for mm in ms:
                 r = Recipe.from_name(m, **{**fields, "density": k, "neurons": mm})
@@ -127,7 +129,7 @@ class PointRunner:
             if point == "tuned":
                 self.resident.restore_tuned(self.em.model)
             else:
-                self.resident.apply(self.em.model, Recipe(method="hard") if point == "hard" else point)
+                self.resident.apply(self.em.model, REFERENCE_RECIPES.get(point, point))
             return evaluate(self.em, self.suite, **kw)
 
     def run(self, point: Recipe | str) -> dict:

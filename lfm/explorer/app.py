@@ -5,9 +5,11 @@
     >>> type(app.__panel__()).__name__
     'Column'
 
-The page lets its user open any directory of the machine that serves it, so `page` serves only browsers
-on that machine (loopback addresses), whatever command started the server, unless LFM_ALLOW_REMOTE=1 is
-set (then every remote session is logged with a warning).
+The page lets its user open any directory and run any evaluation suite as the user who serves it, so
+`serve` puts a token gate in front of it (`gate.TokenGate`: no token, no session), and `page` builds a
+refusal instead of the explorer in a server without that gate (a plain `panel serve apps/explorer.py`) or
+for a browser on another machine (unless LFM_ALLOW_REMOTE=1 is set; then every remote session is logged
+with a warning).
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import sys
 
 import panel as pn
+from panel.io.resources import LOCAL_DIST
 
+from lfm.access import no_token_warning
+
+from .gate import TokenGate, page_url, serving
 from .state import URL_PARAMS, ExplorerState
 from .views import (CompareView, Controls, ExportView, GenerationsView, MergeView, NeuronView, PairPicker,
                     TradeoffView, as_text)
@@ -87,14 +94,39 @@ def client_address() -> str | None:
     return getattr(request, "remote_ip", None) if request is not None else None
 
 
+def serve_resources_from_here() -> None:
+    """Make this session's stylesheets (and the fonts they load) come from this server, never from Panel's CDN.
+
+    Panel points a model's stylesheets at the document's 'dist_url', which its page handler sets when it
+    renders the HTML; a document without one gets cdn.holoviz.org URLs. Bokeh discards a session whose browser
+    has not opened its websocket within 15 s and makes a new one when the websocket comes, without the page
+    handler: under load (9 pages at once on 2 cores) every page then loaded Panel's CSS and fonts from the
+    CDN. Called first thing in every session, before any model exists.
+    """
+    doc = pn.state.curdoc
+    if doc is not None and doc.session_context is not None:
+        rel = pn.state.rel_path
+        doc.template_variables.setdefault("dist_url", f"{rel}/{LOCAL_DIST}" if rel else LOCAL_DIST)
+
+
 def page(*, results: str | None = None, base: str | None = None, tuned: str | None = None,
          suite: str | None = None, per_task: int = 8, auto_sweep: bool = True) -> pn.viewable.Viewable:
     """The page of one browser session: a results folder, a live (base, tuned) pair (evaluated on `suite`,
     ``lfm.explorer.live``), or the embedded organism.
 
-    A browser on another machine gets a refusal instead, built before any state exists (no path box, no
-    loading), unless remote access was opted into.
+    A session of a server without lfm's token gate (`panel serve apps/explorer.py`), or of a browser on another
+    machine unless remote access was opted into, gets a refusal instead, built before any state exists (no path
+    box, no loading).
     """
+    serve_resources_from_here()
+    doc = pn.state.curdoc
+    if doc is not None and doc.session_context is not None and not serving():  # a served session, no gate
+        log.warning("refused a session: this server has no token gate (plain `panel serve`); start the explorer "
+                    "with `lfm explore`")
+        return pn.pane.Alert("This explorer was started without its token (a plain `panel serve "
+                             "apps/explorer.py`), so any user of this machine could open it and run code as its "
+                             "owner. Start it with `lfm explore` (or `make demo`, `python apps/explorer.py`): it "
+                             "prints the URL to open, with its token.", alert_type="danger")
     address = client_address()
     if address is not None and not is_loopback(address):
         if not remote_allowed():
@@ -117,13 +149,23 @@ def page(*, results: str | None = None, base: str | None = None, tuned: str | No
     return app.__panel__()
 
 
-def serve(*, address: str = "127.0.0.1", port: int = 5006, allow_remote: bool = False, **source) -> None:
-    """Serve `page(**source)` (a fresh state per session) until interrupted."""
+def serve(*, token: str | None, address: str = "127.0.0.1", port: int = 5006, allow_remote: bool = False,
+          **source) -> None:
+    """Serve `page(**source)` (a fresh state per session) behind a gate holding `token` (None: no token, said on
+    stderr) until interrupted; prints the URL to open, with the token, once the server listens."""
     origins = [f"127.0.0.1:{port}", f"localhost:{port}"]
     if allow_remote:
         os.environ[ALLOW_REMOTE_ENV] = "1"
         origins = ["*"]
-        print(f"warning: --allow-remote: any browser that reaches {address}:{port} can open any directory of "
-              f"this machine", flush=True)
-    pn.serve({"explorer": lambda: page(**source)}, address=address, port=port, show=False, title=TITLE,
-             websocket_origin=origins)
+        print(f"warning: --allow-remote: any browser that reaches {address}:{port} (and holds the token) can open "
+              f"any directory of this machine", flush=True)
+    gate = TokenGate(token, port=port)
+    # the cookie (and the header holding it) stay out of the session token Bokeh embeds in the page
+    server = pn.serve({"explorer": lambda: page(**source)}, address=address, port=port, show=False, title=TITLE,
+                      websocket_origin=origins, auth_provider=gate, exclude_cookies=[gate.cookie],
+                      exclude_headers=["Cookie"], start=False, verbose=False)
+    if token is None:
+        print(no_token_warning(f"{address}:{port}"), file=sys.stderr, flush=True)
+    print(f"lfm explorer: open {page_url(address, server.port, token)}", flush=True)
+    server.start()
+    server.io_loop.start()

@@ -3,6 +3,10 @@
     lfm precompute --base B --tuned T --out RESULTS [--suite S.yaml] [--densities 0.05,0.1,0.2,0.3,0.5]
                    [--neurons 0,0.1,0.3] [--device cuda] [--no-eval] [--per-task N] [--sweep-table SWEEP.csv]
     lfm explore [--results RESULTS | --base B --tuned T [--suite S.yaml]] [--per-task N] [--port 5006]
+                [--token TOKEN | --no-token]
+
+`lfm explore` prints the URL to open, with a fresh token (or --token / $LFM_TOKEN): without it the server
+answers 403 and makes no session (lfm.explorer.gate).
 
 A pair is evaluated on its suite (lfm.explorer.live): the organism needs none (its own held-out items),
 any other pair needs --suite (e.g. the real pair's <root>/suite/suite.yaml).
@@ -14,6 +18,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from lfm.access import add_token_args, choose_token
 from lfm.evaluate.cli import add_trust_suite_code
 
 from . import DEFAULT_DENSITIES, DEFAULT_NEURONS
@@ -64,6 +69,7 @@ def register(subparsers) -> None:
     e.add_argument("--allow-remote", action="store_true",
                    help="also serve browsers on other machines (sets LFM_ALLOW_REMOTE=1): they can open any "
                         "directory of this machine")
+    add_token_args(e)
     e.set_defaults(func=cmd_explore)
 
 
@@ -111,12 +117,13 @@ def _evaluations(args, tmp: Path, meta: dict) -> str:
 
 def cmd_explore(args) -> int:
     _check_suite(args.suite)  # the page checks it again: it never runs a suite's code
+    token = choose_token(args.token, args.no_token)
     from .app import extension, serve
 
     if args.suite and not (args.base and args.tuned):
         raise ValueError("--suite evaluates a pair: pass it with --base and --tuned")
     extension()
-    serve(address=args.address, port=args.port, allow_remote=args.allow_remote, results=args.results,
+    serve(token=token, address=args.address, port=args.port, allow_remote=args.allow_remote, results=args.results,
           base=args.base, tuned=args.tuned, suite=args.suite, per_task=args.per_task)
     return 0
 

@@ -1,7 +1,7 @@
 """The explorer's heavy work: @pn.cache functions whose every input is an argument.
 
-A source (a `LivePair` or a `ResultsFolder`) is hashed by identity: the cache lives as long as the
-loaded pair. A `Recipe` is hashed by its fields, so moving a slider back to a previous value is a
+A source (`lfm.explorer.source.Source`: a `LivePair` or a `ResultsFolder`) is hashed by identity: the cache
+lives as long as the loaded pair. Nothing here asks which kind of source it holds. A `Recipe` is hashed by its fields, so moving a slider back to a previous value is a
 cache hit. Nothing here draws; `figures.py` turns these tables into plots.
 """
 
@@ -24,7 +24,8 @@ from lfm.evaluate.compare import transition_counts, transitions  # noqa: F401 (t
 
 from .analysis import located_ratio, outcome_row
 from .live import LivePair, organism_items  # noqa: F401 (organism_items: precompute's, the tests')
-from .results import ResultsFolder, sweep_recipes, sweep_row
+from .results import ResultsFolder
+from .source import REFERENCES
 
 
 class Progress:
@@ -48,23 +49,26 @@ HASH = {Recipe: _recipe_hash, Progress: lambda p: b"progress"}
 _OPENING = threading.Lock()
 
 
-def open_source(kind: str, first: str, second: str = "", suite: str = "", progress: Progress | None = None):
-    """kind 'pair': LivePair(base=first, tuned=second, suite=suite or None); kind 'results': ResultsFolder(first).
+def open_source(kind: str, path: str, tuned: str = "", suite: str = "", progress: Progress | None = None):
+    """kind 'pair': LivePair(base=path, tuned=tuned, suite=suite or None); kind 'results': ResultsFolder(path).
 
     One source opens at a time per process: a second session asking for the same source waits and gets the
     first's (cached), and models are never loaded from two threads at once (transformers' loading is not
     thread-safe: concurrent loads fail with 'Cannot copy out of meta tensor')."""
     with _OPENING:
-        return _open_source(kind, first, second, suite, progress)
+        return _open_source(kind, path, tuned, suite, progress)
+
+
+# kind -> how it opens (path, tuned, suite, progress): every one a `lfm.explorer.source.Source`
+OPENERS = {"pair": lambda path, tuned, suite, progress: LivePair(path, tuned, suite=suite or None, progress=progress),
+           "results": lambda path, tuned, suite, progress: ResultsFolder(path, progress=progress)}
 
 
 @pn.cache(max_items=4, hash_funcs=HASH)
-def _open_source(kind: str, first: str, second: str, suite: str, progress: Progress | None):
-    if kind == "pair":
-        return LivePair(first, second, suite=suite or None, progress=progress)
-    if kind == "results":
-        return ResultsFolder(first, progress=progress)
-    raise ValueError(f"unknown source kind {kind!r}; expected 'pair' or 'results'")
+def _open_source(kind: str, path: str, tuned: str, suite: str, progress: Progress | None):
+    if kind not in OPENERS:
+        raise ValueError(f"unknown source kind {kind!r}; expected one of {list(OPENERS)}")
+    return OPENERS[kind](path, tuned, suite, progress)
 
 
 @pn.cache(max_items=8)
@@ -93,39 +97,18 @@ def merge_outcome(source, recipe: Recipe) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def view_note(source, recipe: Recipe) -> str:
-    """'' for a live pair; for a results folder whose K grid lacks recipe's K, which K its C'(i) are from."""
-    if not isinstance(source, ResultsFolder):
-        return ""
-    k = source.nearest_density(recipe.density)
-    return "" if abs(k - recipe.density) < 1e-6 else f"C'(i) not precomputed at K={recipe.density:g}: nearest is K={k:g}"
+    """'' when the view draws exactly `recipe`; else what it draws (a results folder's nearest K)."""
+    return source.view_note(recipe)
 
 
 def not_precomputed(source, recipe: Recipe) -> str:
-    """Why a results folder has no LA/VA for `recipe`: 'not precomputed: nearest is <label>' ('' when live)."""
-    if not isinstance(source, ResultsFolder):
-        return ""
-    if source.sweep is None:
-        return "not precomputed: this results folder has no sweep.csv"
-    unrecorded = source.unrecorded(recipe)
-    if unrecorded:
-        return f"not precomputed: `lfm precompute` evaluates {unrecorded[0].split('=')[0]} at its default only"
-    nearest = source.nearest(recipe)
-    return f"not precomputed: nearest is {nearest}" if nearest else f"not precomputed: no {recipe.label.split()[0]} rows"
+    """Why the source has no LA/VA for `recipe` ('not precomputed: nearest is <label>'; '' when it has)."""
+    return source.missing_note(recipe)
 
 
 def answers_not_precomputed(source, recipe: Recipe) -> str:
-    """Why a results folder has no per-item answers for `recipe`'s stages ('' when live or when it has them)."""
-    if not isinstance(source, ResultsFolder):
-        return ""
-    try:
-        stage_recipes(recipe)
-    except ValueError:
-        return ""  # no stages at all: the stage line says why
-    unrecorded = source.unrecorded(recipe)
-    if unrecorded:
-        return f"answers not precomputed: `lfm precompute` answers at the default {unrecorded[0].split('=')[0]} only"
-    nearest = source.nearest_stage(recipe)
-    return f"answers not precomputed: nearest is {nearest}" if nearest else "no generations.csv in this folder"
+    """Why the source has no per-item answers for `recipe`'s stages ('' when it has them)."""
+    return source.answers_note(recipe)
 
 
 def modules_present(source) -> list[str]:
@@ -141,58 +124,27 @@ def tensor_name(source, layer: int, module: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation (a live pair's evaluator: lfm.explorer.live; a results folder by lookup)
+# Evaluation (a live pair evaluates, a results folder looks up)
 
 
 @pn.cache(max_items=256, hash_funcs=HASH)
 def evaluation(source, recipe: Recipe | None, per_task: int) -> dict | None:
     """LA / VA / OA (+ answers when live) of `recipe` (None = the tuned model); None if unavailable."""
-    if isinstance(source, ResultsFolder):
-        return source.lookup(recipe) if recipe is not None else source.lookup(None, label="tuned")
-    if not source.can_evaluate:
-        return None
-    return source.evaluate(recipe, source.eval_items(per_task))
+    return source.evaluation(recipe, per_task)
 
 
 @pn.cache(max_items=8)
 def reference_points(source, per_task: int) -> pd.DataFrame:
-    """Rows label, LA, VA, OA for base, tuned and hard-merge (empty when the source cannot evaluate)."""
-    if isinstance(source, ResultsFolder):
-        rows = [source.lookup(None, label=lab) for lab in ("base", "tuned", "hard-merge")]
-        return pd.DataFrame([r for r in rows if r], columns=["label", "LA", "VA", "OA"])
-    if not source.can_evaluate:
-        return pd.DataFrame(columns=["label", "LA", "VA", "OA"])
-    base = source.evaluate_base(source.eval_items(per_task))
-    tuned = evaluation(source, None, per_task)
-    hard = evaluation(source, Recipe(method="hard"), per_task)
-    return pd.DataFrame([{"label": "base", "LA": base["LA"], "VA": base["VA"], "OA": base["OA"]},
-                         {"label": "tuned", "LA": tuned["LA"], "VA": tuned["VA"], "OA": tuned["OA"]},
-                         {"label": "hard-merge", "LA": hard["LA"], "VA": hard["VA"], "OA": hard["OA"]}])
-
-
-LIVE_SWEEP = dict(densities=(0.05, 0.1, 0.2, 0.4, 0.7), neurons=(0.0, 0.1, 0.3, 0.5))
-
-
-def live_sweep_points() -> list[tuple[str, Recipe]]:
-    return sweep_recipes(LIVE_SWEEP["densities"], LIVE_SWEEP["neurons"], alphas=(0.3, 0.5, 0.7))
+    """Rows label, LA, VA, OA for base, tuned and hard-merge (those the source has)."""
+    rows = [(label, source.reference(label, per_task)) for label in REFERENCES]
+    return pd.DataFrame([{"label": label, "LA": r["LA"], "VA": r["VA"], "OA": r["OA"]} for label, r in rows if r],
+                        columns=["label", "LA", "VA", "OA"])
 
 
 @pn.cache(max_items=8)
 def sweep_table(source, per_task: int, progress: Progress | None = None) -> pd.DataFrame | None:
-    """The trade-off curves: the results folder's sweep.csv, or (live) a small sweep evaluated here."""
-    if isinstance(source, ResultsFolder):
-        return None if source.sweep is None else source.sweep[source.sweep["curve"] != "reference"]
-    if not source.can_evaluate:
-        return None
-    points = live_sweep_points()
-    rows = []
-    for i, (curve, recipe) in enumerate(points):
-        if progress:
-            progress(i, len(points), f"sweep: {recipe.label}")
-        rows.append(sweep_row(curve, recipe, evaluation(source, recipe, per_task)))
-    if progress:
-        progress(len(points), len(points), "sweep done")
-    return pd.DataFrame(rows)
+    """The trade-off curves: a results folder's sweep.csv, or (live) a small sweep evaluated here."""
+    return source.curves(per_task, progress)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,11 +173,7 @@ def generations(source, recipe: Recipe, per_task: int) -> pd.DataFrame | None:
         return None
     per_stage = {}
     for stage, r in stages.items():
-        if isinstance(source, ResultsFolder):
-            answers = source.stage_answers(stage, r)
-        else:
-            result = evaluation(source, r, per_task)
-            answers = None if result is None else result["answers"]
+        answers = source.stage_answers(stage, r, per_task)
         if answers is None:
             return None
         per_stage[stage] = {a["id"]: a for a in answers}

@@ -29,6 +29,23 @@ PIN_COLOURS = ("#9467bd", "#17becf", "#8c564b", "#e377c2")
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=70, b=50), font=dict(size=12))
 
 
+def decade_log_axis(values) -> dict:
+    """Axis settings for a log axis labelled at powers of ten only: plotly's own log ticks label 2 and 5 between
+    decades ("1, 5, 2, 0.1, 5, 2"), which reads as a jumble. The range spans whole decades around the positive
+    `values` (at least one), so at least two labels always show, plus a 0.05-decade margin so a point on a
+    decade (rank 1) is not cut in half; unlabelled minor ticks mark 2..9.
+
+    Example:
+        >>> decade_log_axis([0.03, 2.5])["range"], decade_log_axis([0.03, 2.5])["dtick"]
+        ([-2.05, 1.05], 1)
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    lo, hi = (int(np.floor(np.log10(v.min()))), int(np.ceil(np.log10(v.max())))) if v.size else (0, 1)
+    return dict(type="log", range=[lo - 0.05, max(hi, lo + 1) + 0.05], dtick=1, exponentformat="power",
+                minor=dict(ticks="outside", ticklen=3, dtick="D1"))
+
+
 def two_line_title(head: str, detail: str = "") -> dict:
     """A short head line and a smaller detail line (a long single title is cut at narrow widths)."""
     text = head if not detail else f"{head}<br><span style='font-size:11px'>{detail}</span>"
@@ -106,8 +123,9 @@ def rank_curve(view: TensorView, module: str, layer: int, recipe_label: str, *, 
         gqa = f" · GQA: {n_kv_heads} kv heads × {head_dim}, each shared by {n_heads // n_kv_heads} query heads"
     detail = recipe_label + (f" · {note}" if note else "") + gqa
     fig.update_layout(title=two_line_title(f"Layer {layer} {module}: sorted C(i), {len(scores)} neurons", detail),
-                      xaxis=dict(type="log", title="rank of neuron (by C(i))"),
-                      yaxis=dict(type="log", title="change score"), **LAYOUT)
+                      xaxis=dict(decade_log_axis(rank), title="rank of neuron (by C(i))"),
+                      yaxis=dict(decade_log_axis(np.concatenate([scores, after] + [o.suppressed.numpy() for _, o in overlays])),
+                                 title="change score"), **LAYOUT)
     fig.update_layout(legend=dict(font=dict(size=10), orientation="h", y=-0.2, x=0), margin=dict(b=110))
     return fig
 

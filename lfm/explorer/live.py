@@ -23,6 +23,8 @@ Which evaluator (explicit, never a fallback):
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +32,10 @@ from lfm.methods import Recipe
 from lfm.pair import open_pair, text_config
 from lfm.resident import ResidentPair, TensorView
 
+from .results import sweep_recipes, sweep_row
+
+LIVE_SWEEP = dict(densities=(0.05, 0.1, 0.2, 0.4, 0.7), neurons=(0.0, 0.1, 0.3, 0.5), alphas=(0.3, 0.5, 0.7))
+REFERENCE_RECIPES = {"tuned": None, "hard-merge": Recipe(method="hard")}  # the merges among the references
 NEEDS_SUITE = ("evaluation needs a suite for this pair: pass --suite SUITE.yaml (the real pair's is "
                "<root>/suite/suite.yaml) or enter it in 'evaluation suite' and load again")
 
@@ -63,7 +69,7 @@ class OrganismEvaluator:
         self.pair = MergeablePair(resident, tuned)
         if not hasattr(self.pair.processor, "image_processor"):
             raise ValueError(f"{tuned} is not a LLaVA with a processor")
-        resident._model_objects(self.pair.model)  # every LM tensor has a place in the model
+        resident.check_model(self.pair.model)  # every LM tensor has a place in the model
         self.images = {r["id"]: r["image"] for r in scienceqa_records()}
 
     def items(self, per_task: int) -> dict:
@@ -107,14 +113,15 @@ class SuiteEvaluator:
 
 
 class LivePair:
-    """A pair held in memory for the explorer. `progress(done, total, message)` is called while loading.
+    """A pair held in memory for the explorer (an ``lfm.explorer.source.Source``). `progress(done, total,
+    message)` is called while loading.
 
     Args:
         suite: 'organism', 'paper' or a suite YAML (``lfm.evaluate.suites.get_suite``); None: the organism's
             own evaluator for an organism, no evaluation otherwise (module docstring).
     """
 
-    kind = "live"
+    EVALUATIONS_KEPT = 256  # (recipe, per_task) results remembered: moving back to a setting costs nothing
 
     def __init__(self, base_dir: str | Path, tuned_dir: str | Path, *, suite: str | Path | None = None,
                  progress=None, device: str = "cpu"):
@@ -131,6 +138,8 @@ class LivePair:
         if progress:
             progress(len(pair.entries), len(pair.entries), "loading the tuned model for evaluation")
         self.evaluator, self.eval_error = self._load_evaluator(suite, device)
+        self._evaluations: OrderedDict[tuple, dict] = OrderedDict()
+        self._evaluations_lock = threading.Lock()
         if self.evaluator is not None:
             what = "the organism's held-out items" if self.evaluator.kind == "organism" else \
                 f"suite {self.evaluator.runner.suite.name!r}" + (f" ({suite})" if isinstance(suite, (str, Path))
@@ -139,6 +148,69 @@ class LivePair:
 
     def view(self, name: str, recipe: Recipe) -> TensorView:
         return self.resident.view(name, recipe)
+
+    def view_note(self, recipe: Recipe) -> str:
+        return ""  # the view of exactly this recipe, computed now
+
+    # -- numbers (the Source operations) ---------------------------------------------------------
+
+    @property
+    def evaluation_off(self) -> str:
+        return "" if self.can_evaluate else self.eval_error
+
+    @property
+    def draws_curves(self) -> bool:
+        return self.sweeps_live
+
+    def evaluation(self, recipe: Recipe | None, per_task: int) -> dict | None:
+        """``evaluate`` on ``per_task`` items per task, once per (recipe, per_task): the stages, the references
+        and the live sweep share the evaluations of the recipes they have in common."""
+        if not self.can_evaluate:
+            return None
+        key = (recipe, per_task)
+        with self._evaluations_lock:
+            if key in self._evaluations:
+                self._evaluations.move_to_end(key)
+                return self._evaluations[key]
+        result = self.evaluate(recipe, self.eval_items(per_task))
+        with self._evaluations_lock:
+            self._evaluations[key] = result
+            if len(self._evaluations) > self.EVALUATIONS_KEPT:
+                self._evaluations.popitem(last=False)
+        return result
+
+    def missing_note(self, recipe: Recipe) -> str:
+        return ""
+
+    def reference(self, label: str, per_task: int) -> dict | None:
+        if not self.can_evaluate:
+            return None
+        if label == "base":
+            return self.evaluate_base(self.eval_items(per_task))
+        return self.evaluation(REFERENCE_RECIPES[label], per_task)
+
+    def curves(self, per_task: int, progress=None):
+        """The trade-off curves of a small sweep (``LIVE_SWEEP``), evaluated now; None without evaluation."""
+        import pandas as pd
+
+        if not self.can_evaluate:
+            return None
+        points = sweep_recipes(LIVE_SWEEP["densities"], LIVE_SWEEP["neurons"], alphas=LIVE_SWEEP["alphas"])
+        rows = []
+        for i, (curve, recipe) in enumerate(points):
+            if progress:
+                progress(i, len(points), f"sweep: {recipe.label}")
+            rows.append(sweep_row(curve, recipe, self.evaluation(recipe, per_task)))
+        if progress:
+            progress(len(points), len(points), "sweep done")
+        return pd.DataFrame(rows)
+
+    def stage_answers(self, stage: str, recipe: Recipe, per_task: int) -> list[dict] | None:
+        result = self.evaluation(recipe, per_task)
+        return None if result is None else result["answers"]
+
+    def answers_note(self, recipe: Recipe) -> str:
+        return ""
 
     # -- evaluation --------------------------------------------------------------------------
 

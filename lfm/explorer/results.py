@@ -34,13 +34,16 @@ from tqdm.auto import tqdm
 from lfm._version import __version__
 from lfm.checkpoint import contained_path, save_small_tensors
 from lfm.explorer import DEFAULT_DENSITIES, DEFAULT_NEURONS
-from lfm.methods import Recipe, suppress, tensor_generator
+from lfm.methods import Recipe, stage_recipes, suppress, tensor_generator
+from lfm.methods.registry import METHODS, NEURON_FUSION
 from lfm.neurons import neuron_scores
 from lfm.pair import open_pair, text_config
-from lfm.resident import TensorView, final_scores
+from lfm.methods.math import final_scores
+from lfm.resident import TensorView
 from lfm.score import linear_deltas, save_scores, summary_rows
 
 FORMAT = "lfm-results/1"
+SUPPRESSOR = "ties"  # the suppressor whose C'(i) a results folder stores (the paper's main one)
 GRID_TOLERANCE = 1e-6  # a setting is precomputed when its K, M and alpha match a grid row this closely
 SWEEP_COLUMNS = ("curve", "label", "method", "suppress", "restore", "density", "neurons", "alpha", "LA", "VA", "OA")
 
@@ -62,7 +65,7 @@ def write_scores(base, tuned, out: Path, densities=DEFAULT_DENSITIES, *, device=
         scores[e.name] = neuron_scores(delta, axis).cpu()
         sorted_abs = torch.sort(delta.abs().flatten(), descending=True).values
         for k in densities:
-            s, _ = suppress(delta, Recipe(method="neuron_fusion", suppress="ties", density=k), sorted_abs)
+            s, _ = suppress(delta, Recipe(method=NEURON_FUSION, suppress=SUPPRESSOR, density=k), sorted_abs)
             suppressed[f"{_k_key(k)}/{e.name}"] = neuron_scores(s, axis).cpu()
         del delta, sorted_abs
     n_heads = cfg.get("num_attention_heads")
@@ -174,10 +177,12 @@ def write_evaluations(live, out: Path, densities=DEFAULT_DENSITIES, neurons=DEFA
 # Reading
 
 class ResultsFolder:
-    """A results folder, read with the same interface as `lfm.explorer.live.LivePair` for the neuron views."""
+    """A results folder, read as an ``lfm.explorer.source.Source`` (as `lfm.explorer.live.LivePair` is): its
+    numbers are looked up, never computed."""
 
-    kind = "results"
-    can_evaluate = False
+    can_evaluate = False  # nothing is evaluated here
+    evaluation_off = ""  # ... but its numbers are shown
+    draws_curves = True  # its sweep.csv
 
     def __init__(self, path: str | Path, *, progress=None):
         self.path = Path(path)
@@ -217,13 +222,13 @@ class ResultsFolder:
         """C(i), C'(i) at the nearest grid K, located neurons and C_final for TIES-based recipes."""
         from lfm.neurons import locate
 
-        if recipe.sub_method != "ties":
+        if recipe.sub_method != SUPPRESSOR:
             raise ValueError(f"this results folder holds TIES suppression only; pick TIES or Neu-*-TIES "
                              f"(got {recipe.label})")
         scores = self.scores[name]
         k = self.nearest_density(recipe.density)
         after = self.suppressed[f"{_k_key(k)}/{name}"]
-        if recipe.method == "neuron_fusion" and recipe.neurons > 0:
+        if METHODS[recipe.method].restores_neurons and recipe.neurons > 0:
             located = locate(scores, recipe.neurons, recipe.locate,
                              tensor_generator(recipe, name) if recipe.is_random else None)
         else:
@@ -250,7 +255,7 @@ class ResultsFolder:
         rows = df[(df["method"] == recipe.method) & (df["curve"] != "reference")]
         if self.unrecorded(recipe):
             rows = rows.iloc[0:0]
-        if recipe.method == "neuron_fusion":
+        if METHODS[recipe.method].restores_neurons:
             rows = rows[(rows["suppress"] == recipe.suppress) & (rows["restore"] == recipe.restore)]
             if recipe.locate != "top":  # the precompute sweep locates top-M only
                 rows = rows.iloc[0:0]
@@ -302,7 +307,47 @@ class ResultsFolder:
         except (TypeError, ValueError):
             return None
 
-    def stage_answers(self, stage: str, recipe: Recipe) -> list[dict] | None:
+    # -- the Source operations (lfm.explorer.source) ----------------------------------------------
+
+    def view_note(self, recipe: Recipe) -> str:
+        """'' when the K grid holds recipe's K; else which K its C'(i) are from."""
+        k = self.nearest_density(recipe.density)
+        return "" if abs(k - recipe.density) < 1e-6 else f"C'(i) not precomputed at K={recipe.density:g}: nearest is K={k:g}"
+
+    def evaluation(self, recipe: Recipe | None, per_task: int = 0) -> dict | None:
+        """The sweep row of exactly ``recipe`` (None: the tuned model's); the folder's item count, whatever
+        ``per_task``."""
+        return self.lookup(recipe) if recipe is not None else self.lookup(None, label="tuned")
+
+    def missing_note(self, recipe: Recipe) -> str:
+        """'not precomputed: nearest is <label>', or what else keeps ``recipe`` out of the folder."""
+        if self.sweep is None:
+            return "not precomputed: this results folder has no sweep.csv"
+        unrecorded = self.unrecorded(recipe)
+        if unrecorded:
+            return f"not precomputed: `lfm precompute` evaluates {unrecorded[0].split('=')[0]} at its default only"
+        nearest = self.nearest(recipe)
+        return f"not precomputed: nearest is {nearest}" if nearest else f"not precomputed: no {recipe.label.split()[0]} rows"
+
+    def reference(self, label: str, per_task: int = 0) -> dict | None:
+        return self.lookup(None, label=label)
+
+    def curves(self, per_task: int = 0, progress=None) -> pd.DataFrame | None:
+        return None if self.sweep is None else self.sweep[self.sweep["curve"] != "reference"]
+
+    def answers_note(self, recipe: Recipe) -> str:
+        """Why the folder has no per-item answers for ``recipe``'s stages ('' when it has them)."""
+        try:
+            stage_recipes(recipe)
+        except ValueError:
+            return ""  # no stages at all: the stage line says why
+        unrecorded = self.unrecorded(recipe)
+        if unrecorded:
+            return f"answers not precomputed: `lfm precompute` answers at the default {unrecorded[0].split('=')[0]} only"
+        nearest = self.nearest_stage(recipe)
+        return f"answers not precomputed: nearest is {nearest}" if nearest else "no generations.csv in this folder"
+
+    def stage_answers(self, stage: str, recipe: Recipe, per_task: int = 0) -> list[dict] | None:
         """Stored answers of `stage` at exactly recipe's K (and M for 'restore'); None if not precomputed."""
         if self.generations is None:
             return None

@@ -1,54 +1,94 @@
 """ExplorerState: what the page is looking at (the pair, the merge knobs, the selection) and the
 results that depend on it. Views read it and set it; they hold no data of their own.
 
-Loading a pair and evaluating merges can take seconds: with `background=True` (the served app) they
-run on worker threads and their results are handed back to the page's document on its own thread
-(`Document.add_next_tick_callback`, Bokeh's thread-safe entry point), so the page never freezes.
-With `background=False` (tests, notebooks) everything runs inline.
+Loading a pair and evaluating merges can take seconds: they run on the page's worker threads
+(`session.PageSession`; inline with `background=False`, for tests and notebooks).
 """
 
 from __future__ import annotations
 
-import threading
+import math
+import re
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-import panel as pn
 import param
 
 from lfm.checkpoint import is_hub_id
-from lfm.methods import Recipe
+from lfm.methods.recipe import Recipe
+from lfm.methods.registry import METHODS, SEED_MAX, SETTINGS
+from lfm.neurons import LINEAR_MODULES
 
 from . import compute
 from .figures import METRICS
+from .session import PageSession, SessionClosed  # noqa: F401 (SessionClosed: what a closed page's work raises)
 
-# display name -> Recipe.from_name alias (lfm.methods.ALIASES)
-METHOD_CHOICES = {
-    "Neu-S-TIES": "neu-s-ties", "Neu-P-TIES": "neu-p-ties", "Neu-S-Bread": "neu-s-bread",
-    "Neu-P-Bread": "neu-p-bread", "Neu-S-TaskA": "neu-s-taska", "Neu-P-TaskA": "neu-p-taska",
-    "TIES": "ties", "Breadcrumbs": "bread", "TaskA": "ta", "DARE": "dare", "DELLA": "della", "hard-merge": "hard",
-}
 SOURCES = ("organism", "pair", "results")
+# the recipe settings the page holds: those with a URL key in the registry's settings table
+RECIPE_PARAMS = tuple(name for name, setting in SETTINGS.items() if setting.url and name != "method")
 # state parameter -> URL query key (shareable links: ?method=Neu-P-TIES&K=0.3&M=0.2&locate=random ...); the
 # exported recipe carries the same settings as `explorer_view` and `explorer_link`
-URL_PARAMS = {"method": "method", "density": "K", "neurons": "M", "alpha": "alpha", "gamma": "gamma",
-              "epsilon": "epsilon", "restore": "restore", "locate": "locate", "others": "others", "seed": "seed",
+URL_PARAMS = {"method": "method", **{name: SETTINGS[name].url for name in RECIPE_PARAMS},
               "metric": "metric", "layer": "layer", "module": "module", "per_task": "per_task"}
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")  # ASCII digits only ('²'.isdigit() is True), at most int64's 19
+_NUMBER = re.compile(r"[+-]?([0-9]{1,20}(\.[0-9]{0,20})?|\.[0-9]{1,20})([eE][+-]?[0-9]{1,3})?")
 
 
-class SessionClosed(BaseException):
-    """Raised in a worker thread whose page's session is gone, to stop its job.
+def setting_param(name: str) -> param.Parameter:
+    """The state parameter of recipe setting ``name``: its default (Recipe), choices or slider range (SETTINGS)."""
+    setting, default = SETTINGS[name], getattr(Recipe(), name)
+    if setting.options() is not None:
+        return param.Selector(default=default, objects=list(setting.options()), doc=setting.help)
+    if setting.kind is int:  # the seed: a link holds any number of digits, the page takes 0 .. SEED_MAX
+        return param.Integer(default=default, bounds=(0, SEED_MAX), doc=setting.help)
+    widget = setting.widget
+    return param.Number(default=default, bounds=widget.bounds if widget else None, step=widget.step if widget else None,
+                        doc=setting.help)
 
-    A BaseException (like GeneratorExit) so that the jobs' `except Exception` error reporting, which
-    would hand an error back to the closed page, lets it through."""
+
+def clean_query(query: dict[str, str]) -> dict[str, str]:
+    """A link's settings as the page may apply them: the keys of URL_PARAMS only, each value parsed by its own
+    parameter (a number within its bounds, clamped to them; a choice among its options); anything else is
+    dropped. Idempotent: a clean query comes back unchanged (the gate redirects a page URL to its clean form).
+
+        >>> clean_query({"K": "0.3", "M": "7", "seed": "99999999999999999999999", "foo": "\u00b2", "method": "x"})
+        {'K': '0.3', 'M': '1.0'}
+    """
+    names = {key: name for name, key in URL_PARAMS.items()}
+    clean = {}
+    for key, text in query.items():
+        p = ExplorerState.param[names[key]] if key in names else None
+        if isinstance(p, param.Selector):
+            if text in p.objects:
+                clean[key] = text
+            continue
+        if isinstance(p, param.Integer):
+            if not _INTEGER.fullmatch(text):
+                continue
+            value = int(text)
+        elif isinstance(p, param.Number):
+            if not _NUMBER.fullmatch(text) or not math.isfinite(float(text)):
+                continue
+            value = float(text)
+        else:  # an unknown key: ignored
+            continue
+        low, high = p.bounds or (None, None)
+        clamped = max(value, low) if low is not None else value
+        clamped = min(clamped, high) if high is not None else clamped
+        clean[key] = str(clamped)  # as the page writes its own links (K=0.3, seed=5): those come back unchanged
+    return clean
 
 
 def organism_paths() -> tuple[str, str]:
     from lfm.organism import ORGANISM_DIR
 
     return str(ORGANISM_DIR / "base"), str(ORGANISM_DIR / "tuned")
+
+
+def _rounded(value):
+    """A slider's value without its float noise (0.30000000000000004 -> 0.3): labels and links stay short."""
+    return round(value, 4) if isinstance(value, float) else value
 
 
 class ExplorerState(param.Parameterized):
@@ -67,24 +107,23 @@ class ExplorerState(param.Parameterized):
     status = param.String(default="")
     error = param.String(default="", doc="the last error, shown in the page")
 
-    # -- the merge ----------------------------------------------------------------------------
-    method = param.Selector(default="Neu-S-TIES", objects=list(METHOD_CHOICES))
-    density = param.Number(default=0.2, bounds=(0.01, 1.0), step=0.01, doc="K")
-    neurons = param.Number(default=0.3, bounds=(0.0, 1.0), step=0.01, doc="M")
-    alpha = param.Number(default=1.0, bounds=(0.0, 2.0), step=0.05)
-    gamma = param.Number(default=0.01, bounds=(0.0, 0.2), step=0.005)
-    epsilon = param.Number(default=0.1, bounds=(0.0, 0.5), step=0.01)
-    restore = param.Selector(default="rescale", objects=["rescale", "replace"])
-    locate = param.Selector(default="top", objects=["top", "random", "bottom"])
-    others = param.Selector(default="method", objects=["method", "tuned", "base"])
-    seed = param.Integer(default=0)
+    # -- the merge: a method list entry (registry.METHODS.menu) and one parameter per RECIPE_PARAMS -----
+    method = param.Selector(default="Neu-S-TIES", objects=list(METHODS.menu()), doc="an entry of the method list")
+    density = setting_param("density")
+    neurons = setting_param("neurons")
+    restore = setting_param("restore")
+    locate = setting_param("locate")
+    alpha = setting_param("alpha")
+    gamma = setting_param("gamma")
+    epsilon = setting_param("epsilon")
+    seed = setting_param("seed")
+    others = setting_param("others")
     recipe = param.ClassSelector(class_=Recipe, default=Recipe())
 
     # -- what is looked at --------------------------------------------------------------------
     metric = param.Selector(default="top1_lift", objects=list(METRICS))
     layer = param.Integer(default=0, bounds=(0, None))
-    module = param.Selector(default="up_proj", objects=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                         "up_proj", "down_proj"])
+    module = param.Selector(default="up_proj", objects=list(LINEAR_MODULES))
     per_task = param.Integer(default=8, bounds=(0, None), doc="evaluation items per task (0 = all)")
 
     # -- evaluation results (organism live, or a results folder) ------------------------------
@@ -104,50 +143,39 @@ class ExplorerState(param.Parameterized):
 
     def __init__(self, *, background: bool = True, auto_sweep: bool = True, **params):
         super().__init__(**params)
-        self.background = background
         self.auto_sweep = auto_sweep
-        self._doc = pn.state.curdoc
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lfm-explorer") if background else None
-        self._sweep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lfm-sweep") if background else None
-        self._token = 0
-        self._lock = threading.Lock()
-        self._closed = False
-        self._session = self._doc.session_context if self._doc is not None else None  # None: no server
-        if self._session is not None and background:
-            self._doc.on_session_destroyed(self._session_destroyed)
+        self.session = PageSession(background)
+        self.param.method.objects = list(METHODS.menu())  # methods registered since this module was imported
         self._update_recipe()
-
-    def _session_destroyed(self, session_context):
-        """The browser left: drop queued work; running jobs stop at their next hand-back (`SessionClosed`)."""
-        self._closed = True
-        for pool in (self._pool, self._sweep_pool):
-            pool.shutdown(wait=False, cancel_futures=True)
 
     # -- recipe ------------------------------------------------------------------------------
 
+    # A method list entry that names a restore mode ('Neu-P-TIES') and the restore buttons show one choice:
+    # either one moves the other.
+
     @param.depends("method", watch=True)
     def _method_sets_restore(self):
-        alias = METHOD_CHOICES[self.method]
-        if alias.startswith("neu-"):
-            self.restore = "replace" if alias.startswith("neu-p") else "rescale"
+        preset = METHODS.menu()[self.method]
+        if "restore" in preset:
+            self.restore = preset["restore"]
 
     @param.depends("restore", watch=True)
     def _restore_sets_method(self):
-        if self.method.startswith("Neu-"):
-            tag = "P" if self.restore == "replace" else "S"
-            self.method = f"Neu-{tag}-{self.method.split('-', 2)[2]}"
+        menu = METHODS.menu()
+        if "restore" in menu[self.method]:
+            wanted = {**menu[self.method], "restore": self.restore}
+            self.method = next(entry for entry, preset in menu.items() if preset == wanted)
 
-    @param.depends("method", "density", "neurons", "alpha", "gamma", "epsilon", "restore", "locate", "others",
-                   "seed", watch=True)
+    @param.depends("method", *RECIPE_PARAMS, watch=True)
     def _update_recipe(self):
-        alias = METHOD_CHOICES[self.method]
-        fields = dict(density=round(self.density, 4), alpha=round(self.alpha, 4), gamma=self.gamma,
-                      epsilon=self.epsilon, locate=self.locate, others=self.others, seed=self.seed,
-                      neurons=round(self.neurons, 4))
-        if alias.startswith("neu-"):
-            fields["restore"] = self.restore
+        menu = METHODS.menu()
+        preset = menu[self.method]
+        decided_by_entry = {key for entry in menu.values() for key in entry}  # method, suppress, restore
+        fields = {name: _rounded(getattr(self, name)) for name in RECIPE_PARAMS if name not in decided_by_entry}
+        # an entry's own restore comes from the restore buttons (kept in sync with it, above)
+        fields.update({name: getattr(self, name) for name in preset if name in RECIPE_PARAMS})
         try:
-            recipe = Recipe.from_name(alias, **fields)
+            recipe = Recipe.from_dict({**preset, **fields})
         except ValueError as e:
             self.error = f"invalid setting: {e}"
             return
@@ -170,7 +198,8 @@ class ExplorerState(param.Parameterized):
     # -- loading -----------------------------------------------------------------------------
 
     def source_args(self) -> tuple[str, str, str, str]:
-        """(kind, first, second, suite): the arguments of `compute.open_source`."""
+        """(kind, path, tuned, suite): the arguments of `compute.open_source` (path: the base model's directory,
+        or the results folder)."""
         if self.source_kind == "organism":
             base, tuned = organism_paths()
             return "pair", base, tuned, ""
@@ -202,11 +231,7 @@ class ExplorerState(param.Parameterized):
             self.error = str(e)
             return
         self.error, self.loading, self.progress, self.status = "", True, 0, f"loading {args[1]} ..."
-        progress = compute.Progress(self._progress)
-        if self.background:
-            self._pool.submit(self._load_job, args, progress)
-        else:
-            self._load_job(args, progress)
+        self.session.run(self._load_job, args, compute.Progress(self._progress))
 
     def _progress(self, done, total, message):
         try:
@@ -227,21 +252,13 @@ class ExplorerState(param.Parameterized):
         self._set(loading=False, progress=100, status="", _source=source)
 
     def _set(self, _source=None, **values):
-        """Set parameters on the document's thread (or inline when there is no document / no thread)."""
+        """Set parameters (and install a loaded source) on the page's thread."""
         def apply():
             if _source is not None:
                 self._install(_source)
             if values:
                 self.param.update(**values)
-        if self._doc is not None and self.background and threading.current_thread() is not threading.main_thread():
-            if self._closed or (self._session is not None and self._session.destroyed):
-                raise SessionClosed()
-            try:
-                self._doc.add_next_tick_callback(apply)
-            except AttributeError as e:  # Bokeh tore the document down between the check and the call
-                raise SessionClosed() from e
-        else:
-            apply()
+        self.session.hand_back(apply)
 
     def _install(self, source):
         layers = sorted({compute.layer_of(n) for n in source.names})
@@ -266,20 +283,15 @@ class ExplorerState(param.Parameterized):
         source = self.source
         if source is None:
             return
-        if source.kind == "live" and not source.can_evaluate:
-            self.eval_status = f"evaluation off: {source.eval_error}"
+        if source.evaluation_off:
+            self.eval_status = f"evaluation off: {source.evaluation_off}"
             return
-        with self._lock:
-            self._token += 1
-            token = self._token
+        ticket = self.session.new_request()
         self.param.update(pending=self.recipe.label, eval_status=f"evaluating {self.recipe.label} ...")
-        if self.background:
-            self._pool.submit(self._evaluate_job, source, self.recipe, self.per_task, token)
-        else:
-            self._evaluate_job(source, self.recipe, self.per_task, token)
+        self.session.run(self._evaluate_job, source, self.recipe, self.per_task, ticket)
 
-    def _evaluate_job(self, source, recipe, per_task, token):
-        if token != self._token:
+    def _evaluate_job(self, source, recipe, per_task, ticket):
+        if not self.session.is_latest(ticket):
             return  # a newer setting was requested meanwhile
         try:
             refs = compute.reference_points(source, per_task)
@@ -289,7 +301,7 @@ class ExplorerState(param.Parameterized):
             traceback.print_exc()
             self._set(error=f"evaluation failed: {e}", eval_status="", pending="")
             return
-        if token != self._token:
+        if not self.session.is_latest(ticket):
             return
         missing = compute.not_precomputed(source, recipe) if current is None else ""
         answers_note = compute.answers_not_precomputed(source, recipe) if gens is None else ""
@@ -320,7 +332,7 @@ class ExplorerState(param.Parameterized):
 
     def run_sweep(self):
         source = self.source
-        if source is None or (source.kind == "live" and not source.sweeps_live):
+        if source is None or not source.draws_curves:
             return
 
         def job():
@@ -333,7 +345,4 @@ class ExplorerState(param.Parameterized):
                 return
             if self.source is source:
                 self._set(sweep=table, eval_status="")
-        if self.background:
-            self._sweep_pool.submit(job)
-        else:
-            job()
+        self.session.run(job, sweep=True)

@@ -23,7 +23,8 @@ import pandas as pd
 import panel as pn
 import param
 
-from lfm.methods import METHODS, STAGES, stage_recipes
+from lfm.methods.recipe import STAGES, stage_recipes
+from lfm.methods.registry import METHODS, SETTINGS, widgets_of
 from lfm.spreadsheet import csv_text
 
 from . import analysis, compute, figures
@@ -52,6 +53,22 @@ def _italic(text: str) -> str:
 TASK_COLUMNS = ["kind", "task", "correct", "n", "accuracy", "lo", "hi"]
 CHANGED_COLUMNS = ["id", "task", "question", "answer", "pin 1", "pin 2"]
 NO_SORT = {"columnDefaults": {"headerSort": False}}  # sort arrows take header room; these tables are short
+# the most rows a table sends to the page (a 100k-row generations.csv sent 63 MB over every page's websocket);
+# a note under the filters says how many more there are and where they are
+TABLE_ROWS = 200
+
+
+def first_rows(table: pd.DataFrame, rest: str) -> tuple[pd.DataFrame, str]:
+    """The first TABLE_ROWS rows of `table`, and the note that says so ('' when it has no more); `rest` says where
+    the others are.
+
+        >>> shown, note = first_rows(pd.DataFrame({"a": range(1000)}), "narrow them with the filters")
+        >>> len(shown), note
+        (200, '*showing the first 200 of 1000 rows: narrow them with the filters*')
+    """
+    if len(table) <= TABLE_ROWS:
+        return table, ""
+    return table.head(TABLE_ROWS), f"*showing the first {TABLE_ROWS} of {len(table)} rows: {rest}*"
 
 
 class RowsTable:
@@ -155,40 +172,39 @@ class Controls(View):
         super().__init__(state, **params)
         s = state
         self.method = pn.widgets.Select.from_param(s.param.method, label="method")
-        self.density = pn.widgets.FloatSlider.from_param(s.param.density, label="K (density: Δ entries kept)")
-        self.neurons = pn.widgets.FloatSlider.from_param(s.param.neurons, label="M (neurons restored)")
-        self.alpha = pn.widgets.FloatSlider.from_param(s.param.alpha, label="α")
-        self.gamma = pn.widgets.FloatSlider.from_param(s.param.gamma, label="γ (breadcrumbs outliers)")
-        self.epsilon = pn.widgets.FloatSlider.from_param(s.param.epsilon, label="ε (DELLA spread)")
-        self.restore = pn.widgets.RadioButtonGroup.from_param(s.param.restore, label="restore located neurons by")
-        self.locate = pn.widgets.Select.from_param(s.param.locate, label="locate neurons")
-        self.others = pn.widgets.Select.from_param(s.param.others, label="norms / embeddings / lm_head")
+        # one widget per recipe setting with a widget in the registry's settings table, in its order
+        self.settings = {name: self._widget(name) for name, setting in SETTINGS.items() if setting.widget}
+        for name, widget in self.settings.items():
+            setattr(self, name, widget[-1])  # controls.density, controls.restore, ...: the input itself
         self.per_task = pn.widgets.IntInput.from_param(s.param.per_task, label="eval items per task (0 = all)")
         self.reference = pn.pane.Markdown(pn.bind(self._reference, s.param.recipe), styles={"font-size": "11px"})
-        self.restore_label = pn.pane.Markdown("restore located neurons by", margin=(0, 10, -12, 10))
         s.param.watch(self._visibility, "recipe")
         self._visibility()
 
+    def _widget(self, name: str) -> tuple:
+        """(input,) for a slider or a list; (its label, input) for buttons, which show no label of their own."""
+        spec, parameter = SETTINGS[name].widget, self.state.param[name]
+        if spec.bounds is not None:
+            return (pn.widgets.FloatSlider.from_param(parameter, label=spec.label),)
+        if spec.buttons:
+            return (pn.pane.Markdown(spec.label, margin=(0, 10, -12, 10)),
+                    pn.widgets.RadioButtonGroup.from_param(parameter, label=spec.label))
+        return (pn.widgets.Select.from_param(parameter, label=spec.label),)
+
     def _visibility(self, *events):
-        r = self.state.recipe
-        uses = set(METHODS[r.method].uses)
-        nf = r.method == "neuron_fusion"
-        self.density.visible = "density" in uses and not (nf and r.suppress == "task_arithmetic")
-        self.neurons.visible = self.restore.visible = self.locate.visible = nf
-        self.restore_label.visible = nf
-        self.gamma.visible = "gamma" in uses and (not nf or r.suppress == "breadcrumbs")
-        self.epsilon.visible = "epsilon" in uses
-        self.alpha.visible = r.method != "hard"
+        """The widgets of the settings the current method (and its suppressor) reads (``widgets_of``)."""
+        shown = widgets_of(self.state.recipe)
+        for name, widgets in self.settings.items():
+            for widget in widgets:
+                widget.visible = name in shown
 
     @staticmethod
     def _reference(recipe):
         return f"**{recipe.label}** · [{METHODS[recipe.method].title}]({METHODS[recipe.method].reference})"
 
     def __panel__(self):
-        return pn.Column("### Merge", self.method, self.density, self.neurons, self.restore_label, self.restore,
-                         self.locate, self.alpha,
-                         self.gamma, self.epsilon, self.others, self.per_task, self.reference,
-                         sizing_mode="stretch_width")
+        return pn.Column("### Merge", self.method, *(w for widgets in self.settings.values() for w in widgets),
+                         self.per_task, self.reference, sizing_mode="stretch_width")
 
 
 class NeuronView(View):
@@ -313,9 +329,9 @@ class TradeoffView(View):
                 lo, hi = analysis.wilson_interval(k, n)
                 parts.append(f"{name} {current[name]:.3f} ({k}/{n} items, 95% Wilson {lo:.2f}–{hi:.2f})")
         per_task = current.get("per_task", 0)
-        why = (f"Evaluated on {per_task} items per task ('eval items per task'); the README's numbers use all "
-               "held-out items (set it to 0), so they differ." if per_task else
-               "Evaluated on all held-out items, as the README.")
+        why = (f"Evaluated on {per_task} items per task ('eval items per task'); the organism report's numbers "
+               "(docs/organism.md) use all held-out items (set it to 0), so they differ." if per_task else
+               "Evaluated on all held-out items, as the organism report (docs/organism.md).")
         return f"**{recipe.label}**: " + " · ".join(parts) + f"  \n{why} LA / VA are means of per-task accuracies."
 
     def _tasks(self, *events):
@@ -371,6 +387,7 @@ class GenerationsView(View):
             layout="fit_columns", widths={"image": 64, "task": 90, "answer": 100}, titles={"image": "image"},
             header_filters=False, selectable=1, configuration=NO_SORT)
         self.placeholder = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self.more = pn.pane.Markdown("", sizing_mode="stretch_width")  # rows beyond TABLE_ROWS
         self.summary = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.stages = pn.pane.Markdown(pn.bind(self._stages, s.param.generations_recipe, s.param.pending,
                                                s.param.answers_note, s.param.recipe), sizing_mode="stretch_width")
@@ -426,14 +443,16 @@ class GenerationsView(View):
             self.placeholder.object = ("*answers: evaluated live (the organism, or a pair with its suite), or read "
                                        "from a results folder's generations.csv*")
             self.table.value = self._shown(pd.DataFrame(columns=GENERATION_COLUMNS))
-            self.summary.object = ""
+            self.summary.object = self.more.object = ""
             self.transitions.value = pd.DataFrame(columns=["at suppress", "at restore", "items"])
             return
         self.placeholder.object = ""
         tasks = ["all"] + sorted(table["task"].unique())
         if self.task.options != tasks:
             self.task.options = tasks
-        self.table.value = self._shown(self.filtered())
+        shown, self.more.object = first_rows(self.filtered(), "narrow them with the filters above; the generations "
+                                                              "CSV export holds them all")
+        self.table.value = self._shown(shown)
         n = len(table)
         counts = {s: int((table[f"{s}_category"] == "correct").sum()) for s in STAGES}
         self.summary.object = (f"**{n} items** · correct: hard {counts['hard']}, suppress {counts['suppress']}, "
@@ -458,7 +477,7 @@ class GenerationsView(View):
         return pn.Column("### Generations: hard-merge → suppress (M=0) → restore (M)",
                          self.stages,
                          pn.Row(self.task, self.stage, self.category), self.changed, self.summary, self.placeholder,
-                         self.table, "**item detail**", self.detail,
+                         self.more, self.table, "**item detail**", self.detail,
                          "**suppress → restore transitions**", self.transitions, sizing_mode="stretch_width")
 
 
@@ -552,17 +571,19 @@ class CompareView(View):
                                 "pin again: they are compared here*")
             self.changed.value = pd.DataFrame(columns=CHANGED_COLUMNS)
             return
-        first, second = pins[0], pins[1]
-        if first["generations"] is None or second["generations"] is None:
+        pin1, pin2 = pins[0], pins[1]
+        if pin1["generations"] is None or pin2["generations"] is None:
             self.note.object = "*no per-item answers for one of the first two pins (DARE, DELLA, hard-merge)*"
             self.changed.value = pd.DataFrame(columns=CHANGED_COLUMNS)
             return
-        changed = analysis.changed_items(first["generations"], second["generations"])
+        changed = analysis.changed_items(pin1["generations"], pin2["generations"])
+        shown, more = first_rows(changed, "narrow the generations with its filters to see the others")
         self.note.object = (f"**{len(changed)} items** change restore-stage category between pin 1 "
-                            f"({first['recipe'].label}) and pin 2 ({second['recipe'].label})")
-        changed = changed.assign(**{"pin 1": changed["first"] + " (" + changed["first_category"] + ")",
-                                    "pin 2": changed["second"] + " (" + changed["second_category"] + ")"})
-        self.changed.value = changed.reindex(columns=CHANGED_COLUMNS).reset_index(drop=True)
+                            f"({pin1['recipe'].label}) and pin 2 ({pin2['recipe'].label})"
+                            + (f"  \n{more}" if more else ""))
+        shown = shown.assign(**{"pin 1": shown["first"] + " (" + shown["first_category"] + ")",
+                                "pin 2": shown["second"] + " (" + shown["second_category"] + ")"})
+        self.changed.value = shown.reindex(columns=CHANGED_COLUMNS).reset_index(drop=True)
 
     @staticmethod
     def comparison(pins: list[dict]) -> pd.DataFrame:

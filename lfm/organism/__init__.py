@@ -1,6 +1,6 @@
-"""The embedded model organism: a tiny base LLM and the LLaVA visually tuned from it, shipped in data/organism.
+"""The embedded model organism: a tiny base LLM and the LLaVA visually tuned from it, shipped in lfm/data/organism.
 
-Layout of ``ORGANISM_DIR`` (data/organism):
+Layout of ``ORGANISM_DIR`` (lfm/data/organism, package data: ``lfm.package_data``):
     base/            LlamaForCausalLM + tokenizer           (``base_dir()``)
     tuned/           LlavaForConditionalGeneration + processor (``tuned_dir()``)
     items/language.jsonl   {id, task, question, prompt, answer, choices}        (held-out language items)
@@ -23,11 +23,11 @@ import numpy as np
 from PIL import Image
 
 from lfm.images import open_rgb
+from lfm.package_data import ORGANISM_DIR
 
 from . import world
 from .world import Item, format_chat, format_prompt
 
-ORGANISM_DIR = Path(__file__).resolve().parents[2] / "data" / "organism"
 ITEMS_DIR = ORGANISM_DIR / "items"
 
 __all__ = ["ORGANISM_DIR", "ITEMS_DIR", "Item", "base_dir", "tuned_dir", "load_items", "export_items",

@@ -6,9 +6,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from lfm.names import seed_arg
+from lfm.cli import setting_arg
 
-from . import ORGANISM_DIR, export_items
+from . import ORGANISM_DIR, export_items, tuned_dir
 
 
 def register(subparsers) -> None:
@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="organism_cmd", required=True)
 
     t = sub.add_parser("train", help="regenerate base/ and tuned/ (and the held-out items) deterministically")
-    t.add_argument("--seed", type=seed_arg, default=0)
+    t.add_argument("--seed", type=setting_arg("seed"), default=0)
     t.add_argument("--out", default=str(ORGANISM_DIR), help="output folder (gets base/, tuned/, items/)")
     t.add_argument("--steps", type=int, default=None, help="base pretraining steps (default: the recipe's)")
     t.add_argument("--tune-steps", type=int, default=None, help="visual tuning steps (default: the recipe's)")
@@ -27,12 +27,12 @@ def register(subparsers) -> None:
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="LA/VA/OA and the failure taxonomy of a model directory")
-    e.add_argument("model_dir")
+    e.add_argument("model_dir", nargs="?", help="model directory (default: the organism's tuned MLLM)")
     e.add_argument("--json", action="store_true", help="print one JSON object (LA, VA, OA, tasks, failures)")
     e.add_argument("--answers", action="store_true", help="with --json, include every generated answer")
     e.set_defaults(func=_eval)
 
-    r = sub.add_parser("report", help="measure every README number into results.json / results.md")
+    r = sub.add_parser("report", help="measure every number of docs/organism.md into results.json / results.md")
     r.add_argument("--out", default=str(ORGANISM_DIR), help="where results.json / results.md go")
     r.add_argument("--work", default=None, help="folder for the extra tuning seeds (default $TMPDIR/lfm-organism-seeds)")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -62,7 +62,7 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from .evaluate import evaluate
 
-    res = evaluate(args.model_dir)
+    res = evaluate(args.model_dir or tuned_dir())
     if args.json:
         keys = ["LA", "VA", "OA", "tasks", "failures"] + (["answers", "language_answers"] if args.answers else [])
         print(json.dumps({k: res[k] for k in keys}))

@@ -59,11 +59,11 @@ class MergeablePair:
             return dict(self.resident.scores)
         out = {}
         g = torch.Generator().manual_seed(shuffle_seed)
-        for name, _, b, t in self.resident.entries:
-            axis = neuron_axis(name)
+        for entry in self.resident.entries:
+            axis = neuron_axis(entry.name)
             if axis is None:
                 continue
-            delta = t.float() - b.float()
+            delta = entry.tuned.float() - entry.base.float()
             delta = delta.flatten()[torch.randperm(delta.numel(), generator=g)].view_as(delta)
-            out[name] = neuron_scores(delta, axis)
+            out[entry.name] = neuron_scores(delta, axis)
         return out

@@ -1,11 +1,11 @@
-"""Measure every number the README states about the organism, check the issue's requirements, write them.
+"""Measure every number docs/organism.md states about the organism, check the issue's requirements, write them.
 
 ``report()`` evaluates, for each tuning seed (seed 0 = the shipped ``tuned/``; other seeds are tuned from
 the shipped base into a work folder on first use), the tuned model, hard-merge, the suppress-only stage
 (Neuron-Fusion with M=0), the restore stage (M>0, top / random / bottom located neurons) and a few
 baselines, all merged in memory by the engine (``lfm.methods``) and scored by ``evaluate``. It also
 compares the per-module heavy tail of the change scores C(i) with a shuffled-delta null. Results go to
-``results.json`` and ``results.md`` (a README-ready table); requirement checks are reported as measured,
+``results.json`` and ``results.md`` (the table docs/organism.md quotes); requirement checks are reported as measured,
 pass or fail.
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..methods import Recipe
+from ..methods.registry import METHODS
 from ..neurons import module_of, tail_stats
 from . import ORGANISM_DIR, base_dir, load_items, tuned_dir
 from .evaluate import evaluate
@@ -89,7 +90,7 @@ def requirement_checks(res: dict, tail: dict, base: dict, rec: dict, k: float, m
     supp, rest = f"suppress (TIES K={k}, M=0)", f"Neu-S-TIES K={k} M={m} (top)"
     fail = res["hard"]["failures"]
     other_fail = max(v for c, v in fail.items() if c not in ("correct", "not_known"))
-    best = max((n for n in rec if n != "hard"), key=lambda n: res[n]["OA"])
+    best = max((n for n, r in rec.items() if not METHODS[r.method].copies_base), key=lambda n: res[n]["OA"])
     ref_oa = max(res["tuned"]["OA"], res["hard"]["OA"])
     gap = min(tail["delta"][mod] - tail["shuffled"][mod] for mod in tail["delta"])
     return {
@@ -156,7 +157,7 @@ def report(out_dir: str | Path = ORGANISM_DIR, work_dir: str | Path | None = Non
 
 
 def to_markdown(res: dict) -> str:
-    """README-ready tables: LA/VA/OA mean ± sd over seeds, hard-merge failures, tails, requirement checks."""
+    """The tables docs/organism.md quotes: LA/VA/OA mean ± sd over seeds, hard-merge failures, tails, requirement checks."""
     n = len(res["seeds"])
     f = lambda d: f"{d['mean']:.2f} ± {d['sd']:.2f}"  # noqa: E731
     lines = [f"Organism, held-out items, {n} tuning seeds (mean ± sd); base LA {res['base']['LA']:.2f}.", "",

@@ -1,4 +1,4 @@
-"""The Python hooks of the organism's harness tasks (data/organism/tasks/), in lfm's own package.
+"""The Python hooks of the organism's harness tasks (lfm/data/organism/tasks/), in lfm's own package.
 
 A suite's task folder is data (lfm.evaluate.task_files): its YAMLs may name, with ``!function``, only hooks of
 lfm's own task modules, such as these, never code from the folder itself. The items are the organism's

@@ -170,7 +170,7 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
 
 def pair_commands(res: dict) -> dict[str, str]:
     """The commands that run the explorer, `lfm compare`, `lfm eval` and the notebooks on a built pair
-    (``build``'s result): what `lfm realpair build` prints and the README shows.
+    (``build``'s result): what `lfm realpair build` prints and docs/realpair.md shows.
 
     >>> from pathlib import Path
     >>> r = {"base": Path("R/base"), "tuned": Path("R/seed0/tuned"), "suite": Path("R/suite/suite.yaml")}

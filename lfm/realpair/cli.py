@@ -3,7 +3,7 @@
     lfm realpair build [--out DIR] [--seed N] [--preset full|smoke] [--gguf FILE]
         ... the explore / compare / eval / notebook commands for the pair (build.pair_commands), then
         suite: FILE, and last:  base: DIR  /  tuned: DIR
-    lfm realpair study [--out DIR] [--seed 0] [--results data/realpair] [--limit N] [--stage-limit N]
+    lfm realpair study [--out DIR] [--seed 0] [--results lfm/data/realpair] [--limit N] [--stage-limit N]
                        [--core] [--seeds 0,1,2] [--report]
 """
 
@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from lfm.names import seed_arg
+from lfm.cli import setting_arg
+from lfm.package_data import REALPAIR_RESULTS_DIR
 
 
 def register(subparsers) -> None:
@@ -29,7 +30,8 @@ def register(subparsers) -> None:
 
     s = sub.add_parser("study", help="the paper's study on the pair -> results.{json,md}")
     _common(s)
-    s.add_argument("--results", default="data/realpair", help="folder for results.json / results.md")
+    s.add_argument("--results", default=str(REALPAIR_RESULTS_DIR),
+                   help="folder for results.json / results.md (default: the shipped lfm/data/realpair)")
     s.add_argument("--limit", type=int, help="items per task of the LA/VA suite (default all)")
     s.add_argument("--stage-limit", type=int, help="visual items per task for the stage transitions (default all)")
     s.add_argument("--core", action="store_true", help="only the paper's core rows (references, TaskA a=0.5, "
@@ -43,7 +45,7 @@ def register(subparsers) -> None:
 
 def _common(p) -> None:
     p.add_argument("--out", help="cache folder (default ~/.cache/lfm/realpair or $LFM_REALPAIR_HOME)")
-    p.add_argument("--seed", type=seed_arg, default=0, help="tuning seed (default 0)")
+    p.add_argument("--seed", type=setting_arg("seed"), default=0, help="tuning seed (default 0)")
 
 
 def cmd_build(args) -> int:

