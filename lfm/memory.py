@@ -53,7 +53,7 @@ def _nbytes(checkpoint, key: str) -> tuple[int, int]:
 
 
 def merge_bytes(pair, recipe, device, dtype: torch.dtype | None = None, queued: int = 0) -> tuple[int, str]:
-    """(bytes, tuned key): the working set of ``lfm.merge.merge`` on ``pair`` (module docstring), the largest
+    """(bytes, tuned key): the working set of ``lfm.stream.merge`` on ``pair`` (module docstring), the largest
     tensor's inputs, float32 work and output plus ``queued`` bytes of read-ahead and write-behind, and that tensor."""
     by_key = {e.tuned_key: e for e in pair.entries}
     largest = (0, "")
