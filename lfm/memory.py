@@ -70,9 +70,9 @@ def merge_bytes(pair, recipe, device, dtype: torch.dtype | None = None, queued: 
 
 
 def work_bytes(recipe, name: str, shape, base_dtype: torch.dtype, tuned_dtype: torch.dtype, device) -> int:
-    """The memory ``lfm.methods.tensor.merge_tensor`` allocates (output included) while it merges one tensor of ``shape``,
-    as it chooses to merge it: block by block (its ``in_blocks``: float32 copies + the blocks' scratch), by one
-    lerp, or whole."""
+    """The memory ``lfm.methods.tensor.merge_tensor`` allocates (output included) while it merges one tensor of
+    ``shape``, as it chooses to merge it: block by block (its ``in_blocks``: float32 copies + the blocks' scratch),
+    by one lerp, or whole."""
     from lfm.methods.blocked import streams_neurons, streams_rows, streams_top_k
     from lfm.methods.registry import METHODS
     from lfm.methods.tensor import BLOCKED_FROM, source_of
