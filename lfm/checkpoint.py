@@ -16,6 +16,7 @@ import json
 import mmap
 import os
 import shutil
+import stat
 import struct
 import warnings
 from contextlib import contextmanager
@@ -474,14 +475,79 @@ class StreamingShardWriter:
             (self.out_dir / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
+NON_WEIGHT_MAX_BYTES = 64 * 2**20  # a tokenizer.json is 2-35 MB; a bigger "tokenizer" is something else
+
+
+def non_weight_files(model_dir: Path) -> list[Path]:
+    """The top-level files a merge copies from a model directory beside the weights (config, tokenizer, processor,
+    chat template, ...: every file that is no weights and no weight index; folders are not copied), each checked
+    by ``own_file``: CheckpointError naming the first file that is not the directory's own."""
+    model_dir = Path(model_dir)
+    files = []
+    for item in sorted(model_dir.iterdir()):
+        if item.name.endswith(WEIGHT_SUFFIXES) or item.name in WEIGHT_INDEXES or item.is_dir():
+            continue
+        own_file(model_dir, item)
+        files.append(item)
+    return files
+
+
+def own_file(model_dir: Path, item: Path) -> Path:
+    """The resolved path of ``item`` when it is a model directory's own file: a regular file of at most
+    NON_WEIGHT_MAX_BYTES whose resolved path lies inside the directory, or, for a Hugging Face cache snapshot
+    (``.../snapshots/REV/``), in that repository's ``blobs/`` (where the snapshot's links point). Otherwise a
+    CheckpointError naming it: a tuned directory whose special_tokens_map.json links to /etc/passwd must not
+    put /etc/passwd into the merged model."""
+    home = Path(model_dir).resolve()
+    real = Path(item).resolve()
+    homes = [home] + ([home.parent.parent / "blobs"] if home.parent.name == "snapshots" else [])
+    if not any(real.is_relative_to(h) for h in homes):
+        raise CheckpointError(f"{item}: links to {real}, outside the model directory {home}; lfm copies only the "
+                              f"model directory's own files: put the file itself there")
+    try:
+        st = os.stat(real)
+    except OSError as e:
+        raise CheckpointError(f"{item}: cannot be read ({e.strerror}); restore the file or remove it") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{item}: not a regular file; lfm copies only regular files beside the weights, "
+                              f"remove it")
+    if st.st_size > NON_WEIGHT_MAX_BYTES:
+        raise CheckpointError(f"{item}: {st.st_size:,} bytes, more than the {NON_WEIGHT_MAX_BYTES:,} lfm copies "
+                              f"for a non-weight file (tokenizer, processor, template); remove it from the "
+                              f"directory")
+    return real
+
+
 def copy_non_weight_files(src: Path, dst: Path) -> list[str]:
-    """Copy config, tokenizer, processor and chat-template files (every top-level non-weight file)."""
+    """Copy ``non_weight_files(src)`` into ``dst``, each checked again as it is opened (it may have changed since)
+    and read up to its bound. Returns the names copied."""
     copied = []
-    for item in sorted(Path(src).iterdir()):
-        if item.is_file() and not item.name.endswith(WEIGHT_SUFFIXES) and item.name not in WEIGHT_INDEXES:
-            shutil.copy2(item, dst / item.name)
-            copied.append(item.name)
+    for item in non_weight_files(src):
+        real = own_file(src, item)
+        with open(os.open(real, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f, open(dst / item.name, "wb") as out:
+            data = f.read(NON_WEIGHT_MAX_BYTES + 1)
+            if len(data) > NON_WEIGHT_MAX_BYTES:
+                raise CheckpointError(f"{item}: grew past {NON_WEIGHT_MAX_BYTES:,} bytes while it was copied; "
+                                      f"remove it from the directory")
+            out.write(data)
+        shutil.copystat(real, dst / item.name)
+        copied.append(item.name)
     return copied
+
+
+def save_small_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    """Write a safetensors file of small tensors (scores: one vector per weight) through Python's own file writes:
+    a full disk or a file size limit is then an OSError naming the file (safetensors' own writer reports it as a
+    SafetensorError, which ended `lfm score` and `lfm precompute` in a traceback). Model weights are written by
+    ``StreamingShardWriter``."""
+    from safetensors.torch import save
+
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def check_output_path(out: Path, inputs: list[Path], force: bool) -> None:

@@ -170,7 +170,7 @@ def recipe_from_args(args: argparse.Namespace):
     if getattr(args, "config", None):
         try:
             config = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: e.g. a number of over 4300 digits
             raise ValueError(f"--config {args.config}: cannot be read as YAML ({e})") from e
         if not isinstance(config, dict):
             raise ValueError(f"--config {args.config}: expected a mapping of recipe keys")
@@ -323,12 +323,15 @@ def keep_freed_memory_for_reuse() -> None:
 OS_ERROR_FIXES = {errno.ENOSPC: "free space on that disk or choose another --out",
                   errno.EDQUOT: "free space on that disk or choose another --out",
                   errno.EROFS: "choose another --out",
+                  errno.EFBIG: "the file size limit (ulimit -f) or the file system's stopped it; raise the limit "
+                               "or choose another --out",
                   errno.EACCES: "choose a path you may write to (or read, for inputs)",
                   errno.EPERM: "choose a path you may write to (or read, for inputs)"}
 
 
 def error_line(e: BaseException) -> str:
-    """One line for a refusal: our own errors say what and how to fix; an OSError gets the file and a fix."""
+    """One line for a refusal: our own errors say what and how to fix (a MemoryError: bytes needed vs available,
+    lfm.memory); an OSError gets the file and a fix."""
     if isinstance(e, OSError) and e.strerror:
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror} (errno {errno.errorcode.get(e.errno, e.errno)}); " \
@@ -344,6 +347,13 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
 
 
+def stop_helper_threads() -> None:
+    """Stop and join lfm.pipeline's read-ahead, merging and writing threads, if that module was loaded."""
+    pipeline = sys.modules.get("lfm.pipeline")
+    if pipeline is not None:
+        pipeline.stop_all()
+
+
 def main(argv: list[str] | None = None) -> int:
     let_idle_threads_sleep()
     keep_freed_memory_for_reuse()
@@ -356,8 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        return args.func(args)
-    except (ValueError, RuntimeError, OSError) as e:
+        try:
+            return args.func(args)
+        finally:  # before the one line and the exit: no helper thread may be left inside torch (lfm.pipeline)
+            stop_helper_threads()
+    except (ValueError, RuntimeError, OSError, MemoryError) as e:
         print(f"lfm {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

@@ -9,6 +9,13 @@ operations release the GIL, so the threads run alongside).
 Both bound bytes, not items: one 2 GB embedding counts as much as a hundred 20 MB weights. An item bigger
 than the bound is still handled, alone. Errors on a helper thread are raised in the caller.
 
+Every helper is stopped and joined when its user is done (or fails, or is interrupted), and ``stop_all``
+stops any still running (the `lfm` command calls it before it exits; it also runs at interpreter exit):
+a helper thread left inside a torch call while the interpreter exits is ended there by CPython
+(pthread_exit), and the C++ below it aborts the process ("terminate called without an active exception").
+A signal can land while a helper is being set up (between creating its thread and the ``try`` that would
+stop it), so each helper registers its stop function before its thread starts.
+
     >>> list(read_ahead(["a", "bb"], str.upper, len, max_bytes=2))
     [('a', 'A'), ('bb', 'BB')]
     >>> list(map_in_order(lambda word, alone: (word, alone), ["a", "bb", "cccc"], len, max_bytes=3, workers=2))
@@ -20,9 +27,22 @@ than the bound is still handled, alone. Errors on a helper thread are raised in 
     ['x', 'y']
 """
 
+import atexit
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+
+_RUNNING = set()  # the stop functions of the helpers whose threads may still run
+
+
+def stop_all() -> None:
+    """Stop every helper thread still running (what was not read, merged or written yet is dropped) and wait
+    for each to finish the call it is in. For the end of a process: a stopped helper's user gets nothing more."""
+    for stop in list(_RUNNING):
+        stop()
+
+
+atexit.register(stop_all)  # atexit runs before CPython ends the daemon threads that are still running
 
 
 def read_ahead(keys, read, size_of, max_bytes: int):
@@ -58,10 +78,20 @@ def read_ahead(keys, read, size_of, max_bytes: int):
             if failed:
                 return
 
+    def stop():
+        with cond:
+            state["stop"] = True
+            ready.clear()
+            cond.notify_all()
+        if thread.is_alive():  # not yet alive: it sees "stop" before its first read
+            thread.join()
+        _RUNNING.discard(stop)
+
     thread = threading.Thread(target=reader, name="lfm-read-ahead", daemon=True)
-    thread.start()
+    _RUNNING.add(stop)
     taken = 0
     try:
+        thread.start()
         for _ in keys:
             with cond:
                 state["held"] -= taken
@@ -74,11 +104,7 @@ def read_ahead(keys, read, size_of, max_bytes: int):
             yield key, value
             value = None  # the caller's reference is the only one left
     finally:
-        with cond:
-            state["stop"] = True
-            ready.clear()
-            cond.notify_all()
-        thread.join()
+        stop()
 
 
 def map_in_order(work, items, size_of, max_bytes: int, workers: int):
@@ -93,28 +119,35 @@ def map_in_order(work, items, size_of, max_bytes: int, workers: int):
             yield work(item, True)
         return
     pending = deque()  # (future, nbytes), in order
-    with ThreadPoolExecutor(workers, thread_name_prefix="lfm-work") as pool:
-        try:
-            running = 0
-            for item in items:
-                n = size_of(item)
-                alone = n > max_bytes
-                while pending and (alone or len(pending) >= workers or running + n > max_bytes):
-                    future, done_bytes = pending.popleft()
-                    running -= done_bytes
-                    yield future.result()
-                if alone:  # nothing runs beside it: run it here
-                    result, item = work(item, True), None
-                    yield result
-                    continue
-                pending.append((pool.submit(work, item, False), n))
-                running += n
-                item = None  # only the work holds it now
-            while pending:
-                yield pending.popleft()[0].result()
-        finally:
-            for future, _ in pending:  # closed early or failed: what has not started, never starts
-                future.cancel()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="lfm-work")
+
+    def stop():  # closed early or failed: what has not started, never starts; what runs, finishes
+        for future, _ in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        _RUNNING.discard(stop)
+
+    _RUNNING.add(stop)
+    try:
+        running = 0
+        for item in items:
+            n = size_of(item)
+            alone = n > max_bytes
+            while pending and (alone or len(pending) >= workers or running + n > max_bytes):
+                future, done_bytes = pending.popleft()
+                running -= done_bytes
+                yield future.result()
+            if alone:  # nothing runs beside it: run it here
+                result, item = work(item, True), None
+                yield result
+                continue
+            pending.append((pool.submit(work, item, False), n))
+            running += n
+            item = None  # only the work holds it now
+        while pending:
+            yield pending.popleft()[0].result()
+    finally:
+        stop()
 
 
 class WriteBehind:
@@ -130,7 +163,9 @@ class WriteBehind:
         self.queued_bytes = 0  # in the queue or being written
         self.error = None
         self.closing = False
+        self.dropping = False  # the caller failed: what is queued is not written
         self.thread = threading.Thread(target=self._run, name="lfm-write-behind", daemon=True)
+        _RUNNING.add(self.stop)
         self.thread.start()
 
     def _run(self):
@@ -142,7 +177,7 @@ class WriteBehind:
                     return
                 key, value, n = self.queue[0]
             try:
-                if self.error is None:
+                if self.error is None and not self.dropping:
                     self.write(key, value)
             except BaseException as e:
                 self.error = e
@@ -154,7 +189,8 @@ class WriteBehind:
 
     def submit(self, key, value, nbytes: int) -> None:
         with self.cond:
-            while self.queue and self.queued_bytes + nbytes > self.max_bytes and self.error is None:
+            while self.queue and self.queued_bytes + nbytes > self.max_bytes and self.error is None \
+                    and not self.dropping:
                 self.cond.wait()
             self._raise()
             self.queue.append((key, value, nbytes))
@@ -167,7 +203,17 @@ class WriteBehind:
             self.closing = True
             self.cond.notify_all()
         self.thread.join()
+        _RUNNING.discard(self.stop)
         self._raise()
+
+    def stop(self) -> None:
+        """Drop what is queued, wait for a write under way to finish."""
+        with self.cond:
+            self.dropping = self.closing = True
+            self.cond.notify_all()
+        if self.thread.is_alive():
+            self.thread.join()
+        _RUNNING.discard(self.stop)
 
     def _raise(self):
         if self.error is not None:
@@ -179,9 +225,5 @@ class WriteBehind:
     def __exit__(self, kind, error, trace):
         if kind is None:
             self.close()
-            return
-        with self.cond:  # the caller failed: what is queued is dropped (a write under way finishes)
-            self.error = self.error or error
-            self.closing = True
-            self.cond.notify_all()
-        self.thread.join()
+        else:  # the caller failed: what is queued is dropped (a write under way finishes)
+            self.stop()

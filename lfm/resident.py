@@ -37,8 +37,9 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from lfm.device import available_bytes, gib, resolve_device
+from lfm.device import resolve_device
 from lfm.kernels import select
+from lfm.memory import check_fits
 from lfm.methods.math import (along, final_scores, rescale_ratio, suppressed_delta, tensor_generator,
                               top_k_counts)
 from lfm.methods.recipe import Recipe, make_recipe
@@ -604,11 +605,9 @@ def memory_needed(pair: Pair, device: torch.device, fast: bool = True) -> int:
 
 def check_memory(pair: Pair, device: torch.device, fast: bool = True) -> None:
     """Raise MemoryError (bytes needed vs available, what to do) when ``pair`` does not fit on ``device``."""
-    needed, free = memory_needed(pair, device, fast), available_bytes(device)
-    if needed > free:
-        raise MemoryError(f"holding {pair.tuned.path} and its base in memory needs {gib(needed)} on {device}, "
-                          f"{gib(free)} is available; free memory, use a larger device, or stream the merge "
-                          f"with `lfm merge` (precompute a results folder with `lfm precompute` for the explorer)")
+    check_fits(f"holding {pair.tuned.path} and its base in memory", memory_needed(pair, device, fast), device,
+               "free memory, use a larger device, or stream the merge with `lfm merge` (precompute a results "
+               "folder with `lfm precompute` for the explorer)")
 
 
 __all__ = ["Entry", "ResidentPair", "TensorView", "Thresholds", "check_memory", "is_fast", "memory_needed",

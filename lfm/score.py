@@ -9,11 +9,11 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from lfm.checkpoint import scratch_path
+from lfm.checkpoint import save_small_tensors, scratch_path
 from lfm.device import resolve_device
+from lfm.memory import MEMORY_FIX, check_fits, describe, score_bytes
 from lfm.neurons import layer_of, module_of, neuron_axis, tail_stats
 from lfm.neurons import neuron_scores as scores_of_delta
 from lfm.pair import Pair, open_pair
@@ -39,8 +39,12 @@ def neuron_scores(base, tuned=None, *, device="cpu", progress: bool = True,
 
 def linear_deltas(pair: Pair, device="cpu", progress: bool = True):
     """Yield (entry, neuron axis, delta [out, in] float32 on ``device``) for every linear-module tensor of the
-    pair, one at a time; a non-finite delta is an error naming the tensor."""
+    pair, one at a time; a non-finite delta is an error naming the tensor. MemoryError (lfm.memory) before any
+    tensor is read when the largest one's float32 work does not fit."""
     dev = resolve_device(device)
+    needed, largest = score_bytes(pair)  # before any tensor is read
+    check_fits(f"scoring {pair.tuned.path} (its largest linear weight {describe(pair.tuned, largest)})", needed,
+               dev, MEMORY_FIX)
     entries = [e for e in pair.entries if neuron_axis(e.name) is not None]
     for e in tqdm(entries, desc="scoring neurons", unit="tensor", disable=not progress):
         delta = pair.tuned.get(e.tuned_key, dev).float() - pair.base.get(e.base_key, dev).float()
@@ -72,7 +76,7 @@ def save_scores(scores: dict[str, torch.Tensor], path, metadata: dict | None = N
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = scratch_path(path, "lfm-tmp")  # renamed into place when complete: never a half-written file
     try:
-        save_file({k: v.contiguous() for k, v in scores.items()}, str(tmp), metadata=meta)
+        save_small_tensors(scores, tmp, meta)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 from lfm._version import __version__
 from lfm.card import write_model_card
 from lfm.checkpoint import (PlannedTensor, StreamingShardWriter, atomic_output_dir, check_output_path,
-                            copy_non_weight_files, parse_dtype, parse_size)
+                            copy_non_weight_files, non_weight_files, parse_dtype, parse_size)
 from lfm.device import resolve_device
+from lfm.memory import MEMORY_FIX, check_fits, describe, merge_bytes
 from lfm.methods.recipe import Recipe, make_recipe
 from lfm.methods.tensor import merge_tensor
 from lfm.neurons import layer_of, module_of
@@ -126,8 +127,9 @@ def merged_state_dict(base, tuned, recipe: Recipe | dict | str | None = None, *,
     """
     pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
     recipe = make_recipe(recipe, **fields)
-    return {key: t for key, t, _ in iter_merged(pair, recipe, device=device, dtype=parse_dtype(dtype)
-                                                 if isinstance(dtype, str) else dtype, progress=progress)}
+    with closing(iter_merged(pair, recipe, device=device, dtype=parse_dtype(dtype) if isinstance(dtype, str)
+                             else dtype, progress=progress)) as merged:  # an error stops its threads now
+        return {key: t for key, t, _ in merged}
 
 
 def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device: str | None = "cpu",
@@ -160,6 +162,10 @@ def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device
     inputs = [base.base.path, base.tuned.path] if isinstance(base, Pair) else [Path(base), Path(tuned)]
     check_output_path(out, inputs, force)
     pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
+    non_weight_files(pair.tuned.path)  # checked before any tensor is read: only the directory's own files
+    needed, largest = merge_bytes(pair, recipe, dev, out_dtype, READ_AHEAD_BYTES + WRITE_BEHIND_BYTES)
+    check_fits(f"merging {pair.tuned.path} (its largest tensor {describe(pair.tuned, largest)})", needed, dev,
+               MEMORY_FIX)
     log(pair.describe())
 
     plan = []
@@ -172,8 +178,11 @@ def merge(base, tuned, out, recipe: Recipe | dict | str | None = None, *, device
     with atomic_output_dir(out, force=force, log=log) as tmp:
         writer = StreamingShardWriter(tmp, plan, parse_size(max_shard_size))
         # writes go to a helper thread too, with at most WRITE_BEHIND_BYTES of merged tensors waiting
-        with WriteBehind(writer.write, WRITE_BEHIND_BYTES) as writing:
-            for key, tensor, info in iter_merged(pair, recipe, device=dev, dtype=out_dtype, progress=progress):
+        # closing: an error or a signal here stops the reader and the merging threads at once, not when the
+        # generator is collected (perhaps after the interpreter began to exit, aborting inside torch)
+        with WriteBehind(writer.write, WRITE_BEHIND_BYTES) as writing, \
+                closing(iter_merged(pair, recipe, device=dev, dtype=out_dtype, progress=progress)) as merged:
+            for key, tensor, info in merged:
                 writing.submit(key, tensor, tensor.numel() * tensor.element_size())
                 del tensor
                 if info["stats"] is not None:

@@ -206,6 +206,7 @@ def test_view_names_linear_tensors_only(organism):
 
 def test_memory_is_checked_before_anything_is_read(organism, monkeypatch):
     """Too little free memory: one MemoryError saying bytes needed vs available, and no tensor was mapped."""
+    import lfm.memory
     import lfm.resident as resident_module
     from lfm.checkpoint import Checkpoint
 
@@ -214,13 +215,13 @@ def test_memory_is_checked_before_anything_is_read(organism, monkeypatch):
     lm_bytes = sum(pair.base.meta(e.base_key)[1].itemsize * torch.Size(pair.base.meta(e.base_key)[0]).numel()
                    for e in pair.entries)
     assert needed > 2 * lm_bytes  # both sides plus the 2-byte order keys
-    monkeypatch.setattr(resident_module, "available_bytes", lambda device: needed - 1)
+    monkeypatch.setattr(lfm.memory, "available_bytes", lambda device: needed - 1)  # lfm.memory.check_fits
     mapped = []
     monkeypatch.setattr(Checkpoint, "map", lambda self, key: mapped.append(key))
     with pytest.raises(MemoryError, match=r"needs .* GiB on cpu, .* GiB is available; .*lfm merge"):
         lfm.ResidentPair(pair, progress=False)
     assert mapped == []
-    monkeypatch.setattr(resident_module, "available_bytes", lambda device: needed)
+    monkeypatch.setattr(lfm.memory, "available_bytes", lambda device: needed)
     monkeypatch.undo()
     assert lfm.ResidentPair(pair, progress=False).scores
 

@@ -126,7 +126,7 @@ def test_wheel_holds_the_package_and_its_data_and_the_sdist_builds_the_same_whee
     assert set(wheel) == package, (f"missing from the wheel: {sorted(package - set(wheel))[:10]}; "
                                    f"not in the checkout: {sorted(set(wheel) - package)[:10]}")
     for data in ("lfm/data/organism/tuned/model.safetensors", "lfm/data/organism/items/visual.jsonl",
-                 "lfm/data/organism/tasks/lmms_eval/utils.py", "lfm/data/realpair/results.json"):
+                 "lfm/data/organism/tasks/lmms_eval/_organism_visual_yaml", "lfm/data/realpair/results.json"):
         assert wheel[data] == (ROOT / data).read_bytes(), data
     assert sdist_wheel == wheel, "the wheel built from the sdist differs from the one built from the checkout"
     version = re.search(r'__version__ = "([^"]+)"', (ROOT / "lfm" / "_version.py").read_text()).group(1)

@@ -23,6 +23,16 @@ COMPARE_SETTINGS = ("density", "neurons", "suppress", "restore", "alpha")
 # the settings a sweep holds fixed (its grid varies method, density and neurons)
 SWEEP_FIXED = tuple(name for name in SETTINGS if name not in ("method", "density", "neurons"))
 
+# what --trust-suite-code means (lfm eval, lfm sweep, lfm precompute; never the explorer's page)
+TRUST_SUITE_CODE_HELP = ("run the Python code the suite's task files name (lm-eval / lmms-eval '!function' hooks, "
+                         "e.g. a utils.py in the task folder) inside this process, as you. Without it such a suite "
+                         "is refused: a suite is data. Only for a suite you wrote or trust; the shipped suites "
+                         "(organism, the real pair's) need no such code")
+
+
+def add_trust_suite_code(p) -> None:
+    p.add_argument("--trust-suite-code", action="store_true", help=TRUST_SUITE_CODE_HELP)
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="LA / VA / OA of a model through lm-eval and lmms-eval")
@@ -34,6 +44,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--batch-size", type=count_option(1), default=32, help="prompts per forward pass (default 32)")
     p.add_argument("--samples", action="store_true", help="include every generation in the JSON")
+    add_trust_suite_code(p)
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("sweep", help="evaluate a K/M grid of merges into one results table")
@@ -58,6 +69,7 @@ def register(subparsers) -> None:
                    "(alone with --out: report a finished sweep without running anything)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_strict_arg(p)
+    add_trust_suite_code(p)
     p.set_defaults(func=cmd_sweep)
 
     p = subparsers.add_parser("compare", help="hard-merge / suppress / restore generations + failure transitions")
@@ -85,10 +97,13 @@ def organism_pair() -> tuple[str, str]:
 
 
 def cmd_eval(args) -> int:
+    from lfm.evaluate.suites import get_suite
+
+    suite = get_suite(args.suite, trust_code=args.trust_suite_code)  # refused here, before the harnesses load
     from lfm.evaluate.harness import evaluate, format_table
 
     model_dir = args.model_dir or organism_pair()[1]
-    res = evaluate(model_dir, args.suite, limit=args.limit, device=args.device, batch_size=args.batch_size,
+    res = evaluate(model_dir, suite, limit=args.limit, device=args.device, batch_size=args.batch_size,
                    log_samples=args.samples)
     res["model"] = str(Path(model_dir).resolve())
     if not args.samples:
@@ -103,14 +118,18 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from lfm.evaluate.suites import get_suite
+
+    report_only = args.report and not args.base and not args.tuned
+    if not report_only and (not args.base or not args.tuned):
+        raise ValueError("--base and --tuned are required to run a sweep (or use --report --out DIR alone)")
+    suite = None if report_only else get_suite(args.suite, trust_code=args.trust_suite_code)  # before torch loads
     from lfm.evaluate.pareto import report
     from lfm.evaluate.sweep import grid, load_results, parse_values, run_sweep
 
-    if args.report and not args.base and not args.tuned:
+    if report_only:
         print(report(load_results(args.out)))
         return 0
-    if not args.base or not args.tuned:
-        raise ValueError("--base and --tuned are required to run a sweep (or use --report --out DIR alone)")
     methods = [m.strip() for spec in (args.method or ["neu-s-ties"]) for m in spec.split(",") if m.strip()]
     fields = {k: getattr(args, k) for k in SWEEP_FIXED if getattr(args, k) is not None}
     densities, neurons = (parse_values(v if v is not None else getattr(Recipe, name))
@@ -123,7 +142,7 @@ def cmd_sweep(args) -> int:
     for recipe in reversed(list(firsts.values())):
         check_no_ops(args, recipe, given)
     recipes = grid(methods, densities, neurons, **{k: v for k, v in fields.items() if k not in given})
-    df = run_sweep(args.base, args.tuned, recipes, suite=args.suite, out_dir=args.out, executor=args.executor,
+    df = run_sweep(args.base, args.tuned, recipes, suite=suite, out_dir=args.out, executor=args.executor,
                    resume=args.resume, limit=args.limit, references=not args.no_references, device=args.device,
                    workers=args.workers, batch_size=args.batch_size, progress=not args.quiet)
     cols = [c for c in ("label", "LA", "VA", "OA") if c in df.columns]
@@ -136,6 +155,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_compare(args) -> int:
     from lfm.evaluate.compare import compare_stages, format_summary, read_items_file, summary
+    from lfm.spreadsheet import csv_text
 
     if args.items not in ("organism", "scienceqa"):
         read_items_file(args.items)  # every line checked before any model is loaded
@@ -150,7 +170,7 @@ def cmd_compare(args) -> int:
                            max_new_tokens=args.max_new_tokens, progress=not args.quiet, recipes=stages)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "items.csv", index=False)
+    (out / "items.csv").write_text(csv_text(table))  # formula cells neutralised: it is opened in spreadsheets
     s = summary(table)
     s["recipe"] = {**{name: getattr(recipe, name) for name in COMPARE_SETTINGS}, "items": args.items}
     (out / "transitions.json").write_text(json.dumps(s, indent=2) + "\n")

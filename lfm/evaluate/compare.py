@@ -20,8 +20,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image
-
+from lfm.images import open_rgb
 from lfm.methods import STAGES, Recipe, stage_recipes
 from lfm.taxonomy import CATEGORIES, classify
 
@@ -104,7 +103,7 @@ def stage_items(items: str | Path | list = "organism", *, limit: int | None = No
     recs = recs[:limit] if limit else recs
     for r in recs:
         if isinstance(r.get("image"), (str, Path)):
-            r["image"] = Image.open(r["image"]).convert("RGB")
+            r["image"] = open_rgb(r["image"])  # bounded pixels: a bomb is refused before any model loads
         r.setdefault("prompt", scienceqa_prompt(r["question"], r["choices"]))
         if r["answer"] not in r["choices"]:
             raise ValueError(f"item {r.get('id')}: answer {r['answer']!r} is not one of its choices {r['choices']}")

@@ -273,11 +273,17 @@ def evaluate(model: str | Path | EvalModel, suite: str | Path | Suite = "organis
         check_datasets(suite)
     with HARNESS_LOCK:
         em = model if isinstance(model, EvalModel) else load_eval_model(model, device=device)
-        lang = run_language(em, suite.language, include=suite.lm_eval_include,
-                            include_defaults=suite.include_defaults, limit=limit, batch_size=batch_size,
-                            log_samples=log_samples)
-        vis = run_visual(em, suite.visual, include=suite.lmms_eval_include, include_defaults=suite.include_defaults,
-                         limit=limit, batch_size=min(batch_size, 16), log_samples=log_samples) if em.multimodal else {}
+        try:
+            lang = run_language(em, suite.language, include=suite.lm_eval_include,
+                                include_defaults=suite.include_defaults, limit=limit, batch_size=batch_size,
+                                log_samples=log_samples)
+            vis = run_visual(em, suite.visual, include=suite.lmms_eval_include,
+                             include_defaults=suite.include_defaults, limit=limit, batch_size=min(batch_size, 16),
+                             log_samples=log_samples) if em.multimodal else {}
+        except (SyntaxError, ImportError) as e:  # a (trusted) suite's Python hooks that do not load: one line
+            where = f"{e.filename}:{e.lineno}: " if isinstance(e, SyntaxError) else ""
+            raise ValueError(f"{where}{type(e).__name__}: {getattr(e, 'msg', None) or e} while the harness loaded "
+                             f"suite {suite.name!r}'s tasks; fix the suite's Python file") from e
     return summarize(suite, lang, vis, limit=limit)
 
 

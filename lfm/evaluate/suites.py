@@ -13,6 +13,11 @@ VA = mean of the visual accuracies, OA = (LA + VA) / 2 (the paper's Section 4.1)
     FILE.yaml  your own: {name, include_path: [dirs, relative to the file], language: [{task,
                num_fewshot, metric}], visual: [...], datasets: [hub ids to check first]}
 
+A suite's task folders are data too: a task YAML that names Python code (lm-eval / lmms-eval ``!function``
+hooks, a ``utils.py`` beside it) is refused, naming the file and line, unless the caller trusts the suite's code
+(``get_suite(..., trust_code=True)``, ``--trust-suite-code`` on the command line; the explorer's page never does).
+The shipped suites' hooks live in lfm's own package (lfm.evaluate.task_files.HOOK_MODULES).
+
 Example:
     >>> get_suite("paper").task_names()[:3]
     ['race', 'commonsense_qa', 'piqa']
@@ -21,11 +26,12 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
+from lfm.evaluate.task_files import check_task_files
 from lfm.package_data import ORGANISM_DIR
 
 TASKS_DIR = ORGANISM_DIR / "tasks"
@@ -58,6 +64,7 @@ class Suite:
     lmms_eval_include: tuple[str, ...] = ()
     include_defaults: bool = True  # index the harnesses' own task folders (slow; not for local suites)
     datasets: tuple[str, ...] = field(default=())
+    trusted_code: bool = False  # True: its task folders may run Python code (--trust-suite-code); else checked
 
     def task_names(self) -> list[str]:
         return [t.task for t in self.language + self.visual]
@@ -111,16 +118,28 @@ ORGANISM = Suite(
 SUITES = {"paper": PAPER, "organism": ORGANISM}
 
 
-def get_suite(name_or_path: str | Path | Suite) -> Suite:
-    """'paper', 'organism', or a suite YAML file (see the module docstring)."""
+def get_suite(name_or_path: str | Path | Suite, *, trust_code: bool = False) -> Suite:
+    """'paper', 'organism', a suite YAML file (see the module docstring) or a Suite, its task files checked for
+    code (``lfm.evaluate.task_files``) unless ``trust_code`` or the Suite was already trusted.
+
+    Args:
+        trust_code: let the suite's task files run Python code from their folders (lm-eval / lmms-eval
+            ``!function`` hooks) in this process, as this user. Only for a suite you wrote or trust.
+    """
     if isinstance(name_or_path, Suite):
-        return name_or_path
-    if str(name_or_path) in SUITES:
-        return SUITES[str(name_or_path)]
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise ValueError(f"unknown suite {str(name_or_path)!r}: use one of {sorted(SUITES)} or a suite YAML file")
-    return load_suite_file(path)
+        suite = name_or_path
+    elif str(name_or_path) in SUITES:
+        suite = SUITES[str(name_or_path)]
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ValueError(f"unknown suite {str(name_or_path)!r}: use one of {sorted(SUITES)} or a suite YAML file")
+        suite = load_suite_file(path)
+    if trust_code:
+        return replace(suite, trusted_code=True)
+    if not suite.trusted_code:
+        check_task_files(dict.fromkeys(suite.lm_eval_include + suite.lmms_eval_include))
+    return suite
 
 
 _SUITE_KEYS = {"name", "include_path", "lmms_include_path", "include_defaults", "language", "visual", "datasets"}
@@ -128,8 +147,17 @@ _TASK_KEYS = {"task", "label", "num_fewshot", "metric", "scale", "extra_metrics"
 
 
 def load_suite_file(path: Path) -> Suite:
-    """A suite from YAML. Unknown keys are errors (a typo must not silently change what is measured)."""
-    data = yaml.safe_load(path.read_text()) or {}
+    """A suite from YAML (plain YAML: a tag that builds objects is refused). Unknown keys are errors (a typo must
+    not silently change what is measured). Its task folders are not checked here: ``get_suite`` does."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"suite file {path}: cannot be read ({type(e).__name__}: {e})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ValueError(f"suite file {where}: not plain YAML ({getattr(e, 'problem', None) or type(e).__name__}); "
+                         f"a suite is data: {sorted(_SUITE_KEYS)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"suite file {path}: expected a mapping with keys {sorted(_SUITE_KEYS)}")
     unknown = sorted(set(data) - _SUITE_KEYS)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lfm.access import add_token_args, choose_token
 from lfm.cli import count_option, device_option, number_option, port_option
+from lfm.evaluate.cli import add_trust_suite_code
 
 from . import DEFAULT_DENSITIES, DEFAULT_NEURONS
 
@@ -55,6 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="replace a non-empty --out (the new folder is built beside "
                                                         "it and swapped in when complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_trust_suite_code(p)
     p.set_defaults(func=cmd_precompute)
 
     e = subparsers.add_parser("explore", help="serve the explorer dashboard on 127.0.0.1")
@@ -77,11 +79,11 @@ def register(subparsers) -> None:
 def cmd_precompute(args) -> int:
     """Write the results folder into a temporary sibling and rename it into place at the end (as `lfm merge`
     does): an error or an interrupt leaves no half-written folder, and a --force run replaces the old one."""
+    args.suite = _check_suite(args.suite, trust_code=args.trust_suite_code)  # before torch loads
     from lfm.checkpoint import atomic_output_dir
 
     from .results import write_scores
 
-    _check_suite(args.suite)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} is not empty; pass --force to replace it")
@@ -117,10 +119,10 @@ def _evaluations(args, tmp: Path, meta: dict) -> str:
 
 
 def cmd_explore(args) -> int:
+    _check_suite(args.suite)  # the page checks it again: it never runs a suite's code
     token = choose_token(args.token, args.no_token)
     from .app import extension, serve
 
-    _check_suite(args.suite)
     if args.suite and not (args.base and args.tuned):
         raise ValueError("--suite evaluates a pair: pass it with --base and --tuned")
     extension()
@@ -129,9 +131,11 @@ def cmd_explore(args) -> int:
     return 0
 
 
-def _check_suite(suite: str | None) -> None:
-    """A --suite that cannot be read fails here, in one line, before any model is read or server started."""
+def _check_suite(suite: str | None, trust_code: bool = False):
+    """A --suite that cannot be read, or whose task files name code (without --trust-suite-code), fails here, in
+    one line, before any model is read or server started. Returns the Suite (None without --suite)."""
     if suite:
         from lfm.evaluate.suites import get_suite
 
-        get_suite(suite)
+        return get_suite(suite, trust_code=trust_code)
+    return None

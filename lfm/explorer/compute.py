@@ -7,8 +7,7 @@ cache hit. Nothing here draws; `figures.py` turns these tables into plots.
 
 from __future__ import annotations
 
-import base64
-import io
+import html
 import json
 import threading
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import panel as pn
 
+from lfm.images import thumbnail_uri
 from lfm.methods import STAGES, Recipe, stage_recipes
 from lfm.neurons import LINEAR_MODULES, layer_of, module_of
 from lfm.score import summary_rows
@@ -151,15 +151,15 @@ def sweep_table(source, per_task: int, progress: Progress | None = None) -> pd.D
 # Generations
 
 def thumbnail(path: str, size: int = 48) -> str:
-    """An <img> tag with the image inlined as a data URI (no request leaves the page)."""
+    """An <img> tag with a real thumbnail (``lfm.images.thumbnail_uri``: at most 256 px, made once per file and
+    size) inlined as a data URI (no request leaves the page); an image that cannot be shown says why, as text."""
     if not path or not Path(path).is_file():
         return ""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.open(path).convert("RGB").save(buf, format="PNG")
-    data = base64.b64encode(buf.getvalue()).decode()
-    return (f'<img src="data:image/png;base64,{data}" width="{size}" height="{size}" '
+    try:
+        data = thumbnail_uri(path, size)
+    except ValueError as e:  # a bomb or a broken file: this row says so, the others still show
+        return f'<span title="{html.escape(str(e))}">image not shown: {html.escape(str(e).split(": ", 1)[-1][:80])}</span>'
+    return (f'<img src="{data}" width="{size}" height="{size}" '
             f'style="image-rendering:pixelated" alt="item image">')
 
 

@@ -142,7 +142,8 @@ class LivePair:
         self._evaluations_lock = threading.Lock()
         if self.evaluator is not None:
             what = "the organism's held-out items" if self.evaluator.kind == "organism" else \
-                f"suite {self.evaluator.runner.suite.name!r} ({suite})"
+                f"suite {self.evaluator.runner.suite.name!r}" + (f" ({suite})" if isinstance(suite, (str, Path))
+                                                                  else "")
             self.description += f"\nevaluation: {what}"
 
     def view(self, name: str, recipe: Recipe) -> TensorView:
@@ -229,7 +230,8 @@ class LivePair:
         """(evaluator, None), or (None, the one line saying why there is no evaluation). A suite that cannot
         be read is an error of the load (raised), not a page without evaluation."""
         if suite is not None and str(suite).strip():
-            return SuiteEvaluator(self.resident, self.base, self.tuned, str(suite).strip(), device), None
+            suite = suite.strip() if isinstance(suite, str) else suite  # a Suite: trusted by `lfm precompute`
+            return SuiteEvaluator(self.resident, self.base, self.tuned, suite, device), None
         from lfm.organism.tokenizer import is_organism_tokenizer
 
         if not is_organism_tokenizer(self.tuned):

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from lfm._version import __version__
-from lfm.checkpoint import contained_path
+from lfm.checkpoint import contained_path, save_small_tensors
 from lfm.explorer import DEFAULT_DENSITIES, DEFAULT_NEURONS
 from lfm.methods import Recipe, stage_recipes, suppress, tensor_generator
 from lfm.methods.registry import METHODS, NEURON_FUSION
@@ -77,7 +77,7 @@ def write_scores(base, tuned, out: Path, densities=DEFAULT_DENSITIES, *, device=
             "densities": list(densities)}
     out.mkdir(parents=True, exist_ok=True)
     save_scores(scores, out / "scores.safetensors", {"base": meta["base"], "tuned": meta["tuned"]})
-    save_file({k: v.contiguous() for k, v in suppressed.items()}, str(out / "suppressed.safetensors"))
+    save_small_tensors(suppressed, out / "suppressed.safetensors")
     pd.DataFrame(summary_rows(scores)).to_csv(out / "summary.csv", index=False)
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta

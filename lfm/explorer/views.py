@@ -25,6 +25,7 @@ import param
 
 from lfm.methods.recipe import STAGES, stage_recipes
 from lfm.methods.registry import METHODS, SETTINGS, widgets_of
+from lfm.spreadsheet import csv_text
 
 from . import analysis, compute, figures
 from .state import ExplorerState
@@ -527,7 +528,7 @@ class ExportView(View):
 
     def generations_csv(self):
         table = self.generations_view.filtered().drop(columns=["image"], errors="ignore")
-        return io.StringIO(table.to_csv(index=False))
+        return io.StringIO(csv_text(table))  # formula cells neutralised (lfm.spreadsheet)
 
     def __panel__(self):
         return pn.Column("### Export", self.recipe_button, self.which, pn.Row(self.html_button, self.png_button),

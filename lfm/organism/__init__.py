@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lfm.images import open_rgb
 from lfm.package_data import ORGANISM_DIR
 
 from . import world
@@ -89,7 +90,7 @@ def load_items(kind: str, items_dir: str | Path = ITEMS_DIR) -> list[Item]:
     """The held-out items of ``kind`` as ``world.Item`` (visual items carry their image as uint8 [32, 32, 3])."""
     items = []
     for r in load_records(kind, items_dir):
-        img = np.asarray(Image.open(r["image"]).convert("RGB")) if "image" in r else None
+        img = np.asarray(open_rgb(r["image"])) if "image" in r else None
         items.append(Item(id=r["id"], task=r["task"], question=r["question"], answer=r["answer"],
                           choices=tuple(r.get("choices", ())), image=img))
     return items

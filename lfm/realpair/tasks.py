@@ -88,8 +88,9 @@ def prose_items(cfg: BuildConfig, tokenizer) -> list[dict]:
 
 # --------------------------------------------------------------------------------------- the task files
 
-LM_EVAL_SHARED = """\
-custom_dataset: !function utils.docs
+HOOKS = "lfm.realpair.task_hooks"  # the tasks' Python hooks live in lfm (a suite folder is data: no utils.py)
+LM_EVAL_SHARED = f"""\
+custom_dataset: !function {HOOKS}.docs
 test_split: test
 metadata:
   version: 1.0
@@ -101,10 +102,10 @@ LM_EVAL_TASKS = {
                   "doc_to_target: target\ntarget_delimiter: \" \"\nmetric_list:\n  - metric: acc\n",
     "capitals_qa": "output_type: generate_until\ndoc_to_text: \"{{prompt}}\"\ndoc_to_target: \"{{answer}}\"\n"
                    "target_delimiter: \"\"\ngeneration_kwargs:\n  until: [\"<|im_end|>\"]\n  max_gen_toks: 16\n"
-                   "  do_sample: false\nprocess_results: !function utils.short_answer\n"
+                   f"  do_sample: false\nprocess_results: !function {HOOKS}.short_answer\n"
                    "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n",
     "prose": "output_type: loglikelihood_rolling\ndoc_to_text: \"\"\ndoc_to_target: \"{{text}}\"\n"
-             "process_results: !function utils.perplexity\nmetric_list:\n"
+             f"process_results: !function {HOOKS}.perplexity\nmetric_list:\n"
              "  - metric: token_perplexity\n    aggregation: weighted_perplexity\n    higher_is_better: false\n"
              "  - metric: word_perplexity\n    aggregation: weighted_perplexity\n    higher_is_better: false\n",
 }
@@ -115,15 +116,18 @@ dataset_kwargs:
     test: {items}
 test_split: test
 output_type: generate_until
-process_docs: !function utils.{task}_docs
-doc_to_visual: !function utils.doc_to_visual
-doc_to_text: !function utils.doc_to_text
+process_docs: !function {hooks}.{task}_docs
+doc_to_visual: !function {hooks}.doc_to_visual
+doc_to_text: !function {hooks}.doc_to_text
+lmms_eval_specific_kwargs:
+  default:
+    items: {folder}
 doc_to_target: answer
 generation_kwargs:
   max_new_tokens: 8
   temperature: 0
   do_sample: false
-process_results: !function utils.process_results
+process_results: !function {hooks}.visual_results
 metric_list:
   - metric: acc
     aggregation: mean
@@ -131,63 +135,6 @@ metric_list:
 metadata:
   version: 1.0
 """
-LM_EVAL_UTILS = '''"""Helpers of the real pair's lm-eval tasks (written by lfm.realpair.tasks)."""
-import json
-import re
-from pathlib import Path
-
-import datasets
-
-ITEMS = Path(__file__).resolve().parent.parent / "items"
-
-
-def docs(task: str, **_) -> datasets.DatasetDict:
-    name = "prose.jsonl" if task.startswith("prose_") else "language.jsonl"
-    rows = [json.loads(line) for line in (ITEMS / name).read_text().splitlines() if line.strip()]
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list([r for r in rows if r["task"] == task])})
-
-
-def short_answer(doc: dict, results: list[str]) -> dict:
-    from lfm.realpair.tasks import short_answer_correct
-
-    return {"acc": float(short_answer_correct(results[0], doc["answer"]))}
-
-
-def perplexity(doc: dict, results) -> dict:
-    (loglikelihood,) = results
-    return {"token_perplexity": (loglikelihood, doc["tokens"]),
-            "word_perplexity": (loglikelihood, len(re.split(r"\\s+", doc["text"])))}
-'''
-LMMS_EVAL_UTILS = '''"""Helpers of the real pair's lmms-eval tasks (written by lfm.realpair.tasks)."""
-from pathlib import Path
-
-from PIL import Image
-
-ITEMS = Path(__file__).resolve().parent.parent / "items"
-
-
-def _only(task):
-    def process_docs(dataset):
-        return dataset.filter(lambda doc: doc["task"] == task)
-    return process_docs
-
-
-digits_docs, colour_docs, shape_docs, count_docs = (_only(t) for t in ("digits", "colour", "shape", "count"))
-
-
-def doc_to_visual(doc):
-    return [Image.open(ITEMS / doc["image"]).convert("RGB")]
-
-
-def doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    return doc["prompt"]
-
-
-def process_results(doc, results):
-    from lfm.taxonomy import classify
-
-    return {"acc": float(classify(results[0], list(doc["choices"]), doc["answer"]) == "correct")}
-'''
 
 
 def visual_records(folder: str | Path) -> list[dict]:
@@ -218,14 +165,15 @@ def write_suite(folder: str | Path, cfg: BuildConfig, tokenizer) -> Path:
     lm, lmms = folder / "lm_eval", folder / "lmms_eval"
     lm.mkdir(exist_ok=True)
     lmms.mkdir(exist_ok=True)
-    (lm / "utils.py").write_text(LM_EVAL_UTILS)
-    (lmms / "utils.py").write_text(LMMS_EVAL_UTILS)
+    where = items.resolve()  # the hooks find the items through the task files: absolute paths
     for task in LANGUAGE_TASKS + tuple(f"prose_{p}" for p in PROSE_TASKS):
         body = LM_EVAL_TASKS["prose" if task.startswith("prose_") else task]
-        (lm / f"rp_{task}.yaml").write_text(f"task: rp_{task}\ndataset_kwargs:\n  task: {task}\n{LM_EVAL_SHARED}{body}")
+        data = json.dumps(str(where / ("prose.jsonl" if task.startswith("prose_") else "language.jsonl")))
+        (lm / f"rp_{task}.yaml").write_text(f"task: rp_{task}\ndataset_kwargs:\n  task: {task}\n  items: {data}\n"
+                                            f"{LM_EVAL_SHARED}{body}")
     for task in VISUAL_TASKS:
         (lmms / f"rp_{task}.yaml").write_text(f"task: rp_{task}\n" + LMMS_EVAL_TASK.format(
-            items=json.dumps(str(items / "visual.jsonl")), task=task))
+            items=json.dumps(str(where / "visual.jsonl")), folder=json.dumps(str(where)), task=task, hooks=HOOKS))
     suite = {"name": "realpair", "include_path": ["lm_eval"], "lmms_include_path": ["lmms_eval"],
              "include_defaults": False,
              "language": [{"task": f"rp_{t}", "label": t, "metric": "acc,none"} for t in LANGUAGE_TASKS],
