@@ -313,7 +313,7 @@ class ResidentPair:
             name, t, target = entry.name, entry.tuned, params[entry.tuned_key]
             if not (fast and target.dtype == t.dtype and name not in self._non_finite):
                 target.copy_(self.merged_tensor(i, recipe).to(target.device, target.dtype))
-            elif target.device == self.device:
+            elif target.device == self.device:  # both resolved: 'cuda:0' (resolve_device), as parameters report it
                 self._apply_fast(i, recipe, target)
             else:
                 staging = self._staging(t)

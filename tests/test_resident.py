@@ -142,10 +142,10 @@ def test_fast_apply_negative_zeros_and_non_finite(zoo, tmp_path):
     resident.apply(model, Recipe(method="ties", density=0.2, keep_base=(r"layers\.0\.mlp\.down_proj",)))
 
 
-def test_apply_to_a_model_on_another_device(zoo):
-    """The resident on one device, the model on another (CPU resident + GPU model in real use): each tensor goes
-    through a staging tensor and the bytes are the engine's. Here the resident's device is 'cpu:0', which
-    torch counts as different from the model's 'cpu'."""
+def test_apply_takes_the_direct_path_on_the_models_own_device(zoo):
+    """Devices are compared resolved (lfm.device.resolve_device): a pair opened on 'cpu:0' is on the model's
+    'cpu', so apply writes straight into the parameters (no staging tensor) with the engine's bytes. (On a GPU,
+    'cuda' is 'cuda:0': the same rule; a pair on another device than the model, staged, is tests/test_gpu.py's.)"""
     from transformers import LlavaForConditionalGeneration
 
     from lfm.resident import ResidentPair
@@ -153,13 +153,13 @@ def test_apply_to_a_model_on_another_device(zoo):
 
     model = LlavaForConditionalGeneration.from_pretrained(zoo.llava_bf16)
     resident = ResidentPair(zoo.base_bf16, zoo.llava_bf16, progress=False, device="cpu:0")
-    assert next(model.parameters()).device != resident.device
+    assert resident.device == next(model.parameters()).device == torch.device("cpu")
     for recipe in RECIPES[:4]:
         resident.apply(model, recipe)
         ref = merged_state_dict(zoo.base_bf16, zoo.llava_bf16, recipe)
         for key, tensor in resident._model_tensors(model).items():
             assert same_bits(tensor, ref[key]), (recipe, key)
-    assert resident._stage  # the staging path ran
+    assert not resident._stage  # the direct path ran: no staging buffer was made
 
 
 VIEW_RECIPES = [Recipe(method="ties", density=0.3), Recipe(), Recipe(neurons=0.0), Recipe(restore="replace", neurons=0.5),

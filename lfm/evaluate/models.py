@@ -50,6 +50,8 @@ def load_eval_model(model_dir: str | Path, *, device: str | None = "cpu", dtype:
         raise FileNotFoundError(f"{cfg_file} not found: {path} is not a Hugging Face model directory")
     dev = resolve_device(device)
     kw = {"dtype": getattr(torch, dtype)} if dtype else {}
+    if dev.type != "cpu":  # straight onto the device, tensor by tensor: no full copy in host memory on the way
+        kw["device_map"] = str(dev)
     if is_multimodal(json.loads(cfg_file.read_text())):
         model = _load_mllm(path, **kw)
         processor = AutoProcessor.from_pretrained(path)
