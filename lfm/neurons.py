@@ -90,7 +90,7 @@ def locate(scores: torch.Tensor, fraction: float, how: str = "top",
         fraction: M in [0, 1].
         how: 'top' (largest C(i), the paper's Locate), 'bottom' (smallest) or 'random'
             (uniform, a control for whether locating by change matters).
-        generator: CPU generator for 'random'.
+        generator: a generator for 'random' (``lfm.methods.math.tensor_generator``; draws on its device).
     Returns:
         located: [n_neurons] bool. Ties in 'top'/'bottom' are broken by lower index.
     """
@@ -104,7 +104,9 @@ def locate(scores: torch.Tensor, fraction: float, how: str = "top",
     if k == 0:
         return located
     if how == "random":
-        order = torch.randperm(n, generator=generator).to(scores.device)
+        # drawn on the generator's device (lfm.methods.math.tensor_generator: the merge's)
+        where = scores.device if generator is None else generator.device
+        order = torch.randperm(n, generator=generator, device=where).to(scores.device)
     else:
         # stable sort keeps ties in index order, so the choice is deterministic
         order = torch.sort(scores.float(), descending=(how == "top"), stable=True).indices

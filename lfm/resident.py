@@ -430,7 +430,7 @@ class ResidentPair:
         axis = neuron_axis(name)
         located = None
         if row.restores_neurons and axis is not None and recipe.neurons > 0:
-            gen = tensor_generator(recipe, name) if recipe.is_random else None
+            gen = tensor_generator(recipe, name, self.device) if recipe.is_random else None
             located = locate(self.scores[name], recipe.neurons, recipe.locate, gen)
         if located is None or recipe.restore == "replace":
             if located is not None:
@@ -529,7 +529,7 @@ class ResidentPair:
             located = torch.zeros_like(scores, dtype=torch.bool)
             if row.restores_neurons and recipe.neurons > 0:
                 located = locate(scores, recipe.neurons, recipe.locate,
-                                 tensor_generator(recipe, name) if recipe.is_random else None)
+                                 tensor_generator(recipe, name, scores.device) if recipe.is_random else None)
             return TensorView(name, scores, after, located, final_scores(scores, after, located, recipe), kept)
         self._ensure_ks(i, set(needed_ks(recipe, b.numel())))
         delta = t[: b.shape[0]].float() - b  # the engine's float32 delta (lfm.methods.merge_tensor)
@@ -570,7 +570,7 @@ def tensor_view(name: str, delta: torch.Tensor, recipe: Recipe, *, sorted_abs=No
     if scores is None:
         scores = neuron_scores(delta, axis)
     method = METHODS[recipe.method]
-    generator = tensor_generator(recipe, name) if recipe.is_random else None
+    generator = tensor_generator(recipe, name, delta.device) if recipe.is_random else None
     mask, keep_prob = method.sub(delta, recipe, generator, sorted_abs)
     kept = 1.0 if mask is None else int(torch.count_nonzero(mask)) / max(mask.numel(), 1)
     restored = None  # Neuron-Locate, as merge_delta runs it

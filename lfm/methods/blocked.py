@@ -184,12 +184,12 @@ def merge_rows_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe
     """``merge_tensor`` of a DARE or DELLA recipe (rescale 'inverse') into ``out``, a block of rows at a time:
     beside the inputs and the output only a few [MERGE_BLOCK] float32 temporaries are in memory. The bytes
     equal the whole-tensor path: both methods act on each row alone (DELLA ranks within a row, DARE per
-    entry), the CPU generator's stream does not depend on how a draw is split, and the rest is elementwise.
+    entry), a generator's stream does not depend on how a draw is split, and the rest is elementwise.
 
     Args: base, tuned: [rows, ...] same shape; out: [same shape], tuned's dtype. Returns the DeltaStats.
     """
     method = METHODS[recipe.method]
-    generator = tensor_generator(recipe, name)
+    generator = tensor_generator(recipe, name, base.device)
     rows_base, rows_tuned = base.reshape(base.shape[0], -1), tuned.reshape(tuned.shape[0], -1)
     rows_out = out.view(out.shape[0], -1)
     step = max(1, MERGE_BLOCK // max(rows_base.shape[1], 1))
@@ -254,7 +254,7 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
     threshold, n_above, n_tied = _kth_abs_delta(above, inside, k, base, tuned) if lo is not None else (None, 0, 0)
     del inside
 
-    generator = tensor_generator(recipe, name) if recipe.is_random else None
+    generator = tensor_generator(recipe, name, base.device) if recipe.is_random else None
     located = locate(scores, recipe.neurons, recipe.locate, generator)
     stats = DeltaStats(n, k, n_neurons=scores.numel(), n_located=count_true(located))
     drop_ties, ties_left = n_tied > k - n_above, k - n_above
