@@ -45,7 +45,7 @@ from lfm.methods.recipe import Recipe, make_recipe
 from lfm.methods.registry import METHODS, alpha_is_the_suppression, rows_of
 from lfm.methods.select import kth_largest
 from lfm.methods.tensor import merge_tensor, source_of
-from lfm.neurons import locate, neuron_axis, neuron_scores
+from lfm.neurons import locate, neuron_axis, neuron_scores, neuron_sums
 from lfm.pair import Pair, open_pair
 from lfm.topk import KEY_BLOCK, OrderKey, TopK, order_key_blocks, top_k_sets
 
@@ -216,7 +216,7 @@ class ResidentPair:
                 # exactly as the engine does; the order key comes from the same |delta|
                 abs_delta = work.abs_delta(b, t[:n])
                 largest = float(abs_delta.max()) if abs_delta.numel() else 0.0  # NaN and Inf propagate
-                self.scores[entry.name] = abs_delta.sum(dim=1 - axis)
+                self.scores[entry.name] = neuron_sums(abs_delta, axis)
                 flat = abs_delta.reshape(-1)
                 key_blocks = lambda start, stop: flat[start:stop]  # noqa: E731 (used at once, below)
             else:
@@ -403,7 +403,7 @@ class ResidentPair:
         hit = self._suppressed.get(key)
         if hit is None:
             mask = self._mask(i, recipe) if mask is None else mask
-            after = self._work.abs_delta(b, t[: b.shape[0]], mask).sum(dim=1 - neuron_axis(name))
+            after = neuron_sums(self._work.abs_delta(b, t[: b.shape[0]], mask), neuron_axis(name))
             hit = self._suppressed[key] = (after, int(torch.count_nonzero(mask)) / max(mask.numel(), 1))
             if len(self._suppressed) > self.SUPPRESSED_CACHE:
                 del self._suppressed[next(iter(self._suppressed))]  # the oldest
