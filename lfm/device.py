@@ -42,11 +42,13 @@ def same_device(a: str | torch.device, b: str | torch.device) -> bool:
 
 
 def available_bytes(device: str | torch.device) -> int:
-    """Free memory on ``device``: the GPU's free memory, or the kernel's MemAvailable on CPU."""
-    dev = torch.device(device)
+    """Memory this process can still use on ``device``: on a GPU its free memory plus what PyTorch's caching
+    allocator holds without using it (reserved - allocated: freed tensors' memory, reused before the driver is
+    asked again, and invisible to ``mem_get_info``); on CPU the kernel's MemAvailable."""
+    dev = resolve_device(device)
     if dev.type == "cuda":
         free, _ = torch.cuda.mem_get_info(dev)
-        return int(free)
+        return int(free) + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -225,6 +225,27 @@ def test_memory_is_checked_before_anything_is_read(organism, monkeypatch):
     assert lfm.ResidentPair(pair, progress=False).scores
 
 
+def test_memory_check_counts_the_model_staging_and_temporaries(organism):
+    """The check counts what the method and the model need on the pair's device, each part from the
+    checkpoints' shapes (recomputed here): the whole tuned model when it runs there, one staging tensor of the
+    largest LM tensor when it runs elsewhere, float32 temporaries of the largest LM tensor, the cached C'(i)."""
+    import lfm.resident as resident_module
+
+    pair = lfm.open_pair(*organism)
+    sizes = {key: pair.tuned.meta(key) for key in pair.tuned.keys()}
+    model_bytes = sum(torch.Size(shape).numel() * dtype.itemsize for shape, dtype in sizes.values())
+    lm = [pair.tuned.meta(e.tuned_key) for e in pair.entries]
+    largest = max(torch.Size(shape).numel() for shape, _ in lm)
+    largest_bytes = max(torch.Size(shape).numel() * dtype.itemsize for shape, dtype in lm)
+    alone = resident_module.memory_parts(pair, torch.device("cpu"))
+    here = resident_module.memory_parts(pair, torch.device("cpu"), model_device="cpu:0")
+    elsewhere = resident_module.memory_parts(pair, torch.device("cpu"), model_device="meta")
+    assert here == {**alone, "model": model_bytes}
+    assert elsewhere == {**alone, "staging": largest_bytes}
+    assert alone["temporaries"] == resident_module.FLOAT32_TEMPORARIES * 4 * largest
+    assert resident_module.memory_needed(pair, torch.device("cpu"), model_device="cpu") == sum(here.values())
+
+
 def test_neuron_fusion_is_a_registry_row():
     """Sub = the suppressor's Sub, F = restore: merge_delta runs it like any other row (no special case)."""
     from lfm.methods import METHODS, merge_delta
