@@ -643,10 +643,10 @@ def check_memory(pair: Pair, device: torch.device, fast: bool = True, model_devi
     needed, free = sum(parts.values()), available_bytes(device)
     if needed > free:
         detail = ", ".join(f"{name} {gib(n)}" for name, n in parts.items() if n)
-        raise MemoryError(f"holding {pair.tuned.path} and its base in memory needs {gib(needed)} on {device} "
-                          f"({detail}), {gib(free)} is available; free memory, use a larger device, or stream the "
-                          f"merge with `lfm merge` (precompute a results folder with `lfm precompute` for the "
-                          f"explorer)")
+        raise MemoryError(f"holding {pair.tuned.path} and its base in memory needs {gib(needed)} on {device}, "
+                          f"{gib(free)} is available; free memory, use a larger device, or stream the merge with "
+                          f"`lfm merge` (precompute a results folder with `lfm precompute` for the explorer). "
+                          f"Needed: {detail}")
 
 
 __all__ = ["Entry", "ResidentPair", "TensorView", "Thresholds", "check_memory", "is_fast", "memory_needed", "memory_parts",
