@@ -218,6 +218,7 @@ def test_lfm_merge_auto_is_cuda_and_matches_cpu_where_the_contract_says(organism
 
 
 def test_evaluate_and_a_point_runner_point_on_cuda(organism):
+    pytest.importorskip("lm_eval", reason="the harnesses (lfm[eval]) are not installed on this GPU box")
     from lfm.evaluate.harness import evaluate
     from lfm.evaluate.models import load_eval_model
     from lfm.evaluate.sweep import PointRunner
