@@ -79,9 +79,9 @@ class OrganismEvaluator:
         return self._with_images(self.pair.evaluate(recipe, items))
 
     def evaluate_base(self, items: dict) -> dict:
-        from lfm.organism.evaluate import evaluate
+        from lfm.organism.evaluate import evaluate, load_model
 
-        return evaluate(self.base, items=items)
+        return evaluate(load_model(self.base, self.pair.resident.device), items=items)  # on the pair's device
 
     def _with_images(self, result: dict) -> dict:
         result["answers"] = [{**a, "image": self.images.get(a["id"], "")} for a in result["answers"]]
