@@ -19,7 +19,6 @@ import shutil
 from pathlib import Path
 
 from lfm.access import add_token_args, choose_token
-from lfm.device import resolve_device
 
 from . import DEFAULT_DENSITIES, DEFAULT_NEURONS
 
@@ -119,6 +118,8 @@ def _evaluations(args, tmp: Path, meta: dict) -> str:
 
 def cmd_explore(args) -> int:
     token = choose_token(args.token, args.no_token)
+    from lfm.device import resolve_device
+
     from .app import extension, serve
 
     _check_suite(args.suite)
