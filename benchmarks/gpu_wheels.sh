@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 DIR=${1:-benchmarks/_wheels}
 LIMIT_MIB=64
 PYTHON=${PYTHON:-python3}
-# what a box with torch + transformers may lack: pandas (lfm's core), plotly (the explorer's figures), pytest;
-# each with the dependencies of its own that are not torch's or transformers'
-PACKAGES="pandas python-dateutil pytz tzdata six plotly narwhals pytest pluggy iniconfig pillow psutil"
+# what a box with torch + transformers may lack: pandas (lfm's core), plotly (the explorer's figures), pytest,
+# accelerate (models loaded straight onto the GPU); each with the dependencies of its own that are not torch's or
+# transformers'
+PACKAGES="pandas python-dateutil pytz tzdata six plotly narwhals pytest pluggy iniconfig pillow psutil accelerate"
 pins=()
 for name in $PACKAGES; do
     pin=$(grep -iE "^${name}==[^ ]+" requirements/lock.txt | head -1 | cut -d' ' -f1)
