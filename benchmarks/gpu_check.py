@@ -120,41 +120,35 @@ def _write(out: Path, tensors, config, shard_bytes: int) -> None:
 
 
 def build_pair(root: Path, size: str, device: str) -> dict[str, Path]:
-    """base/ (Llama) and tuned/ (LLaVA-Next), drawn on ``device`` by one seeded generator of it, written as bf16.
-    A shard's tensors are the only ones held on the host at once."""
+    """base/ (Llama) and tuned/ (LLaVA-Next), drawn on ``device`` by seeded generators of it, written as bf16:
+    base = N(0, 0.02) (norms 1), tuned = base + N(0, 1e-3) for the LM, N(0, 0.02) for the vision side. Every
+    base tensor has a generator of its own, so the tuned side redraws it instead of holding it; a shard's
+    tensors are the only ones held on the host at once."""
     import torch
     from transformers import LlamaForCausalLM, LlavaNextForConditionalGeneration
 
     text, tuned_cfg = _configs(size)
-    lm_shapes = _shapes(LlamaForCausalLM, text)
-    generator = torch.Generator(device=device).manual_seed(0)
+    lm_index = {key: (i, shape) for i, (key, shape) in enumerate(_shapes(LlamaForCausalLM, text).items())}
+    noise = torch.Generator(device=device).manual_seed(0)
 
-    def draw(shape, std):
-        return torch.randn(shape, generator=generator, device=device).mul_(std)
+    def base_tensor(key):
+        i, shape = lm_index[key]
+        if key.endswith("norm.weight"):
+            return torch.ones(shape, device=device)
+        return torch.randn(shape, generator=torch.Generator(device=device).manual_seed(1 + i), device=device).mul_(0.02)
 
     def tuned_tensors():
         for key, shape in _shapes(LlavaNextForConditionalGeneration, tuned_cfg).items():
-            lm_key = "model." + key[len("model.language_model."):] if key.startswith("model.language_model.") \
+            lm_key = "model." + key.removeprefix("model.language_model.") if key.startswith("model.language_model.") \
                 else key
-            if lm_key in lm_shapes:  # the base's tensor, regenerated from its own seed, plus the fine-tuning
-                g = torch.Generator(device=device).manual_seed(1 + list(lm_shapes).index(lm_key))
-                base = torch.ones(shape, device=device) if lm_key.endswith("norm.weight") else \
-                    torch.randn(shape, generator=g, device=device).mul_(0.02)
-                tuned = base.add_(torch.randn(shape, generator=generator, device=device).mul_(1e-3))
-            else:  # vision tower, projector, image_newline
-                tuned = draw(shape, 0.02)
-            yield _saved_name(key), tuned.to(torch.bfloat16).cpu()
-
-    # every base tensor has a generator of its own, so the tuned side redraws it without holding it
-    def base_tensors_seeded():
-        for i, (key, shape) in enumerate(lm_shapes.items()):
-            g = torch.Generator(device=device).manual_seed(1 + i)
-            t = torch.ones(shape, device=device) if key.endswith("norm.weight") else \
-                torch.randn(shape, generator=g, device=device).mul_(0.02)
-            yield key, t.to(torch.bfloat16).cpu()
+            tuned = base_tensor(lm_key) if lm_key in lm_index else torch.zeros(shape, device=device)
+            std = 1e-3 if lm_key in lm_index else 0.02  # the fine-tuning; the vision tower, projector, image_newline
+            yield _saved_name(key), tuned.add_(torch.randn(shape, generator=noise, device=device).mul_(std)) \
+                .to(torch.bfloat16).cpu()
 
     dirs = {"base": root / "base", "tuned": root / "tuned"}
-    _write(dirs["base"], base_tensors_seeded(), text, SHARD_BYTES[size])
+    _write(dirs["base"], ((key, base_tensor(key).to(torch.bfloat16).cpu()) for key in lm_index), text,
+           SHARD_BYTES[size])
     _write(dirs["tuned"], tuned_tensors(), tuned_cfg, SHARD_BYTES[size])
     return dirs
 
