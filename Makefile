@@ -28,7 +28,7 @@ UPGRADE ?=
 # uv lives in its own venv, so that .venv holds exactly the lock
 LOCK_VENV := .venv-lock
 
-.PHONY: install lock demo lab notebooks test test-fast bench realpair realpair-study clean
+.PHONY: install lock demo lab notebooks test test-fast bench gpu-check gpu-wheels realpair realpair-study clean
 
 install: $(STAMP)
 
@@ -93,6 +93,21 @@ realpair-study: realpair
 
 bench: install
 	$(PY) benchmarks/merge_speed.py
+
+# The GPU check (docs/devices.md), for a GPU box's own Python (torch + transformers there; no .venv, no registry):
+# the gpu tests, an 8B-shaped pair generated on the GPU, merges and ResidentPair timed; JSON into $OUT (or
+# benchmarks/results). Missing packages come from GPU_WHEELS, prepared beforehand with `make gpu-wheels`.
+GPU_PY     ?= python3
+GPU_WHEELS ?= benchmarks/_wheels
+GPU_SIZE   ?= 8b
+gpu-check:
+	test ! -d $(GPU_WHEELS) || $(GPU_PY) -m pip install -q --no-index --find-links $(GPU_WHEELS) \
+		$$(ls $(GPU_WHEELS) | sed 's/-[0-9].*//' | tr '_' '-' | sort -u)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH=$(CURDIR) $(GPU_PY) benchmarks/gpu_check.py --device cuda \
+		--size $(GPU_SIZE) --out $${OUT:-benchmarks/results}
+
+gpu-wheels:
+	benchmarks/gpu_wheels.sh $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -284,6 +284,9 @@ LFM_RUNS = {"TIES K=0.2": ["--method", "ties", "--density", "0.2"],
 MERGEKIT_RUNS = {"TIES K=0.2": "ties", "TA": "task_arithmetic", "DARE K=0.2": "dare_linear",
                  "DELLA K=0.2": "della_linear"}
 RSS_OVERHEAD_MIB = 300  # the interpreter with torch imported, and the heap it keeps
+# with --device cuda the process also holds the CUDA libraries and context (host side; measured by the first GPU
+# run of benchmarks/gpu_check.py: not yet, no GPU lent) on top
+CUDA_RSS_OVERHEAD_MIB = 1500
 
 
 def largest_tensor_numel(model_dir: Path) -> int:
@@ -332,7 +335,7 @@ def startup_seconds(size: str = "1b") -> dict:
 
     def merge_args(pair):
         return ["merge", "--quiet", "--force", "--base", str(pair["base"]), "--tuned", str(pair["llm"]),
-                "--out", str(out), "--method", "ties"]
+                "--out", str(out), "--method", "ties", "--device", "cpu"]  # start-up of a CPU merge: no CUDA set-up
 
     def wall(cmd):
         t0 = time.perf_counter()
@@ -360,7 +363,8 @@ def run_size(size: str, args) -> dict:
     root = WORK / size
     n_params = sum(p.stat().st_size for p in dirs["base"].glob("*.safetensors")) // 2
     largest = largest_tensor_numel(dirs[pairs[0]])
-    bound_mib = round(largest * 4 * 4 / 2**20 + RSS_OVERHEAD_MIB, 1)
+    overhead = RSS_OVERHEAD_MIB + (CUDA_RSS_OVERHEAD_MIB if args.device.startswith("cuda") else 0)
+    bound_mib = round(largest * 4 * 4 / 2**20 + overhead, 1)
     lfm = [PY, "-m", "lfm.cli", "merge", "--quiet", "--device", args.device]
     rows, load = [], {"before": loadavg()}
 
@@ -409,17 +413,19 @@ def run_size(size: str, args) -> dict:
             ratios[f"mergekit_{tag}_over_lfm_{tag}_time"] = round(mk_row["seconds"] / lfm_row["seconds"], 2)
             ratios[f"lfm_{tag}_over_mergekit_{tag}_rss"] = round(lfm_row["peak_rss_mib"] / mk_row["peak_rss_mib"], 3)
     targets = {
-        "lfm TIES >= 8x faster than mergekit TIES": ratios.get("mergekit_ties_over_lfm_ties_time", 0) >= 8,
         f"lfm TIES <= 2x the copy floor ({', '.join(pairs)})": max(
             ratios[f"lfm_ties_over_copy_floor_time_{pair}"] for pair in pairs) <= 2,
-        f"every lfm merge's peak RSS <= bound (largest tensor x 4 float32 bytes x 4 + {RSS_OVERHEAD_MIB} MiB)":
+        f"every lfm merge's peak RSS <= bound (largest tensor x 4 float32 bytes x 4 + {overhead} MiB)":
             ratios["lfm_max_peak_rss_mib"] <= bound_mib,
-        "lfm TIES peak RSS <= 0.4x mergekit TIES": ratios.get("lfm_ties_over_mergekit_ties_rss", 9) <= 0.4,
-        "every lfm merge's peak RSS <= 0.4x its mergekit counterpart's (TIES, TA, DARE, DELLA)": all(
-            ratios.get(f"lfm_{t}_over_mergekit_{t}_rss", 9) <= 0.4 for t in ("ties", "ta", "dare", "della")),
         "Neu-S-TIES and Neu-P-TIES <= 1.5x lfm TIES": max(ratios["lfm_neu-s-ties_over_lfm_ties_time"],
                                                          ratios["lfm_neu-p-ties_over_lfm_ties_time"]) <= 1.5,
     }
+    if not args.skip_mergekit:  # mergekit's targets only where mergekit ran (skipped: no row, not a FAIL)
+        targets.update({
+            "lfm TIES >= 8x faster than mergekit TIES": ratios["mergekit_ties_over_lfm_ties_time"] >= 8,
+            "lfm TIES peak RSS <= 0.4x mergekit TIES": ratios["lfm_ties_over_mergekit_ties_rss"] <= 0.4,
+            "every lfm merge's peak RSS <= 0.4x its mergekit counterpart's (TIES, TA, DARE, DELLA)": all(
+                ratios[f"lfm_{t}_over_mergekit_{t}_rss"] <= 0.4 for t in ("ties", "ta", "dare", "della"))})
     if size in GPU_SECONDS_TARGET and args.device.startswith("cuda"):
         limit = GPU_SECONDS_TARGET[size]
         targets[f"lfm TIES and Neu-S-TIES <= {limit:.0f} s on the GPU"] = max(

@@ -67,8 +67,35 @@ def neuron_axis(name: str) -> int | None:
     return 0 if module in ROW_MODULES else 1
 
 
+def neuron_sums(values: torch.Tensor, axis: int) -> torch.Tensor:
+    """The sum of each neuron's entries of a 2-D float32 tensor (along dim ``1 - axis``) in one fixed order on
+    every device: pairwise, by halving (entries j and j + n/2 added, an odd last one folded into the first,
+    until one is left). Every step is an elementwise IEEE addition, so the CPU and a GPU give the same bits
+    (``tensor.sum`` reduces in an order of its own per device and per thread count), and a neuron's sum does
+    not depend on which other neurons are in the tensor (a block of rows sums each row as the whole tensor
+    does). The one home of how C(i) and C'(i) are summed (docs/devices.md).
+
+    >>> neuron_sums(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), 0).tolist()
+    [6.0, 15.0]
+    >>> neuron_sums(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), 1).tolist()
+    [5.0, 7.0, 9.0]
+    """
+    dim = 1 - axis
+    n = values.shape[dim]
+    if n == 0:
+        return values.new_zeros(values.shape[axis])
+    x = values
+    while n > 1:
+        half = n // 2
+        summed = x.narrow(dim, 0, half) + x.narrow(dim, half, half)
+        if n % 2:
+            summed.narrow(dim, 0, 1).add_(x.narrow(dim, 2 * half, 1))
+        x, n = summed, half
+    return x.reshape(-1).clone() if x is values else x.reshape(-1)
+
+
 def neuron_scores(delta: torch.Tensor, axis: int) -> torch.Tensor:
-    """C(i) = sum_j |delta_ij|.
+    """C(i) = sum_j |delta_ij| (summed by ``neuron_sums``: the same bits on every device).
 
     Args:
         delta: [out, in] weight change.
@@ -78,7 +105,7 @@ def neuron_scores(delta: torch.Tensor, axis: int) -> torch.Tensor:
     """
     if delta.dim() != 2:
         raise ValueError(f"neuron scores need a 2-D weight, got shape {tuple(delta.shape)}")
-    return delta.float().abs().sum(dim=1 - axis)
+    return neuron_sums(delta.float().abs(), axis)
 
 
 def locate(scores: torch.Tensor, fraction: float, how: str = "top",
@@ -90,7 +117,7 @@ def locate(scores: torch.Tensor, fraction: float, how: str = "top",
         fraction: M in [0, 1].
         how: 'top' (largest C(i), the paper's Locate), 'bottom' (smallest) or 'random'
             (uniform, a control for whether locating by change matters).
-        generator: CPU generator for 'random'.
+        generator: a generator for 'random' (``lfm.methods.math.tensor_generator``; draws on its device).
     Returns:
         located: [n_neurons] bool. Ties in 'top'/'bottom' are broken by lower index.
     """
@@ -104,7 +131,9 @@ def locate(scores: torch.Tensor, fraction: float, how: str = "top",
     if k == 0:
         return located
     if how == "random":
-        order = torch.randperm(n, generator=generator).to(scores.device)
+        # drawn on the generator's device (lfm.methods.math.tensor_generator: the merge's)
+        where = scores.device if generator is None else generator.device
+        order = torch.randperm(n, generator=generator, device=where).to(scores.device)
     else:
         # stable sort keeps ties in index order, so the choice is deterministic
         order = torch.sort(scores.float(), descending=(how == "top"), stable=True).indices

@@ -37,7 +37,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from lfm.device import resolve_device
+from lfm.device import gib, resolve_device
 from lfm.kernels import select
 from lfm.memory import check_fits
 from lfm.methods.math import (along, final_scores, rescale_ratio, suppressed_delta, tensor_generator,
@@ -46,7 +46,7 @@ from lfm.methods.recipe import Recipe, make_recipe
 from lfm.methods.registry import METHODS, alpha_is_the_suppression, rows_of
 from lfm.methods.select import kth_largest
 from lfm.methods.tensor import merge_tensor, source_of
-from lfm.neurons import locate, neuron_axis, neuron_scores
+from lfm.neurons import locate, neuron_axis, neuron_scores, neuron_sums
 from lfm.pair import Pair, open_pair
 from lfm.topk import KEY_BLOCK, OrderKey, TopK, order_key_blocks, top_k_sets
 
@@ -175,6 +175,8 @@ class ResidentPair:
         device: where the tensors and the work live ('cpu', 'cuda', 'cuda:1', 'auto').
         progress: a tqdm bar (True), none (False), or a callable (done, total, message).
         fast: keep a 2-byte order key per parameter (fast top-k sets for apply and view).
+        model_device: where the model ``apply`` writes into will run (counted by the memory check: the model
+            itself on this device, a staging tensor on another; None: no model).
     Attributes:
         pair: the validated Pair (lfm.pair.open_pair).
         entries: [Entry(name, tuned_key, base, tuned)] in checkpoint order.
@@ -185,12 +187,12 @@ class ResidentPair:
     """
 
     def __init__(self, base, tuned=None, *, device: str | torch.device = "cpu", progress=True,
-                 allow_pickle: bool = False, fast: bool = True):
+                 allow_pickle: bool = False, fast: bool = True, model_device=None):
         self.fast = fast  # apply() may use the fast path (costs a 2-byte order key per parameter)
         self._lock = threading.RLock()
         self.pair: Pair = base if isinstance(base, Pair) else open_pair(base, tuned, allow_pickle=allow_pickle)
         self.device = resolve_device(device)
-        check_memory(self.pair, self.device, fast)
+        check_memory(self.pair, self.device, fast, model_device)
         self.entries: list[Entry] = []
         self.scores: dict[str, torch.Tensor] = {}
         self._keys: dict[str, OrderKey] = {}  # {name: lfm.topk.order_key of |delta|} (fast path)
@@ -217,7 +219,7 @@ class ResidentPair:
                 # exactly as the engine does; the order key comes from the same |delta|
                 abs_delta = work.abs_delta(b, t[:n])
                 largest = float(abs_delta.max()) if abs_delta.numel() else 0.0  # NaN and Inf propagate
-                self.scores[entry.name] = abs_delta.sum(dim=1 - axis)
+                self.scores[entry.name] = neuron_sums(abs_delta, axis)
                 flat = abs_delta.reshape(-1)
                 key_blocks = lambda start, stop: flat[start:stop]  # noqa: E731 (used at once, below)
             else:
@@ -314,7 +316,7 @@ class ResidentPair:
             name, t, target = entry.name, entry.tuned, params[entry.tuned_key]
             if not (fast and target.dtype == t.dtype and name not in self._non_finite):
                 target.copy_(self.merged_tensor(i, recipe).to(target.device, target.dtype))
-            elif target.device == self.device:
+            elif target.device == self.device:  # both resolved: 'cuda:0' (resolve_device), as parameters report it
                 self._apply_fast(i, recipe, target)
             else:
                 staging = self._staging(t)
@@ -404,7 +406,7 @@ class ResidentPair:
         hit = self._suppressed.get(key)
         if hit is None:
             mask = self._mask(i, recipe) if mask is None else mask
-            after = self._work.abs_delta(b, t[: b.shape[0]], mask).sum(dim=1 - neuron_axis(name))
+            after = neuron_sums(self._work.abs_delta(b, t[: b.shape[0]], mask), neuron_axis(name))
             hit = self._suppressed[key] = (after, int(torch.count_nonzero(mask)) / max(mask.numel(), 1))
             if len(self._suppressed) > self.SUPPRESSED_CACHE:
                 del self._suppressed[next(iter(self._suppressed))]  # the oldest
@@ -431,7 +433,7 @@ class ResidentPair:
         axis = neuron_axis(name)
         located = None
         if row.restores_neurons and axis is not None and recipe.neurons > 0:
-            gen = tensor_generator(recipe, name) if recipe.is_random else None
+            gen = tensor_generator(recipe, name, self.device) if recipe.is_random else None
             located = locate(self.scores[name], recipe.neurons, recipe.locate, gen)
         if located is None or recipe.restore == "replace":
             if located is not None:
@@ -530,7 +532,7 @@ class ResidentPair:
             located = torch.zeros_like(scores, dtype=torch.bool)
             if row.restores_neurons and recipe.neurons > 0:
                 located = locate(scores, recipe.neurons, recipe.locate,
-                                 tensor_generator(recipe, name) if recipe.is_random else None)
+                                 tensor_generator(recipe, name, scores.device) if recipe.is_random else None)
             return TensorView(name, scores, after, located, final_scores(scores, after, located, recipe), kept)
         self._ensure_ks(i, set(needed_ks(recipe, b.numel())))
         delta = t[: b.shape[0]].float() - b  # the engine's float32 delta (lfm.methods.merge_tensor)
@@ -571,7 +573,7 @@ def tensor_view(name: str, delta: torch.Tensor, recipe: Recipe, *, sorted_abs=No
     if scores is None:
         scores = neuron_scores(delta, axis)
     method = METHODS[recipe.method]
-    generator = tensor_generator(recipe, name) if recipe.is_random else None
+    generator = tensor_generator(recipe, name, delta.device) if recipe.is_random else None
     mask, keep_prob = method.sub(delta, recipe, generator, sorted_abs)
     kept = 1.0 if mask is None else int(torch.count_nonzero(mask)) / max(mask.numel(), 1)
     restored = None  # Neuron-Locate, as merge_delta runs it
@@ -588,27 +590,62 @@ def tensor_view(name: str, delta: torch.Tensor, recipe: Recipe, *, sorted_abs=No
 
 # ---- memory, checked before anything is read ---------------------------------------------------------
 
-def memory_needed(pair: Pair, device: torch.device, fast: bool = True) -> int:
-    """Bytes a ``ResidentPair`` of ``pair`` holds on ``device``: both LM tensors of every entry (mapped pages
-    become resident as they are read), a 2-byte order key per entry (``fast``) and the float32 work
-    memory (one |delta| of the largest linear module, two blocks)."""
-    total, largest = 0, 0
+FLOAT32_TEMPORARIES = 5  # float32 copies of one tensor the whole-tensor engine holds at once (delta, |delta|,
+# the new delta, its sum with base, the mask's share): a recipe off the fast path, or a view, of the largest one
+
+
+def memory_parts(pair: Pair, device: torch.device, fast: bool = True, model_device=None) -> dict[str, int]:
+    """{what: bytes} a ``ResidentPair`` of ``pair`` needs on ``device`` at its peak, every part named:
+
+        pair               both LM tensors of every entry (mapped pages become resident as they are read)
+        order keys         a 2-byte order key per entry (``fast``)
+        scratch            the float32 |delta| of the largest linear module and two blocks (kept for apply)
+        temporaries        FLOAT32_TEMPORARIES float32 copies of the largest LM tensor (the engine's whole path)
+        cached C'(i)       SUPPRESSED_CACHE float32 vectors of the most neurons a tensor has
+        kept copies        one rounded kept copy and one dropped copy of the largest LM tensor (made only where
+                           rounding differs: rare)
+        model              the whole tuned model (every tensor of its checkpoint), when it runs on ``device``
+        staging            one tensor of the largest LM tensor's size, when the model runs on another device
+
+    ``model_device``: where the model ``apply`` writes into lives (None: no model, views and merged tensors only).
+    """
+    pair_bytes = keys = largest_linear = largest = largest_bytes = most_neurons = 0
     for e in pair.entries:
         b_shape, b_dtype = pair.base.meta(e.base_key)
         t_shape, t_dtype = pair.tuned.meta(e.tuned_key)
         n_base, n_tuned = math.prod(b_shape), math.prod(t_shape)
-        total += n_base * b_dtype.itemsize + n_tuned * t_dtype.itemsize + (2 * n_base if fast else 0)
-        if neuron_axis(e.name) is not None:
-            largest = max(largest, n_base)
-    return total + 4 * largest + 8 * KEY_BLOCK
+        pair_bytes += n_base * b_dtype.itemsize + n_tuned * t_dtype.itemsize
+        keys += 2 * n_base if fast else 0
+        largest, largest_bytes = max(largest, n_base), max(largest_bytes, n_tuned * t_dtype.itemsize)
+        axis = neuron_axis(e.name)
+        if axis is not None:
+            largest_linear, most_neurons = max(largest_linear, n_base), max(most_neurons, b_shape[axis])
+    parts = {"pair": pair_bytes, "order keys": keys, "scratch": 4 * largest_linear + 8 * KEY_BLOCK,
+             "temporaries": FLOAT32_TEMPORARIES * 4 * largest,
+             "cached C'(i)": ResidentPair.SUPPRESSED_CACHE * 4 * most_neurons, "kept copies": 2 * largest_bytes}
+    if model_device is not None:
+        if resolve_device(model_device) == resolve_device(device):
+            parts["model"] = sum(math.prod(shape) * dtype.itemsize
+                                 for shape, dtype in map(pair.tuned.meta, pair.tuned.keys()))
+        else:
+            parts["staging"] = largest_bytes
+    return parts
 
 
-def check_memory(pair: Pair, device: torch.device, fast: bool = True) -> None:
-    """Raise MemoryError (bytes needed vs available, what to do) when ``pair`` does not fit on ``device``."""
-    check_fits(f"holding {pair.tuned.path} and its base in memory", memory_needed(pair, device, fast), device,
+def memory_needed(pair: Pair, device: torch.device, fast: bool = True, model_device=None) -> int:
+    """Bytes a ``ResidentPair`` of ``pair`` needs on ``device`` (the sum of ``memory_parts``)."""
+    return sum(memory_parts(pair, device, fast, model_device).values())
+
+
+def check_memory(pair: Pair, device: torch.device, fast: bool = True, model_device=None) -> None:
+    """Raise MemoryError (bytes needed, part by part, vs available, what to do) when ``pair`` does not fit on
+    ``device`` (``lfm.memory.check_fits``: on a GPU, free memory plus what PyTorch's cache holds unused)."""
+    parts = memory_parts(pair, device, fast, model_device)
+    detail = ", ".join(f"{name} {gib(n)}" for name, n in parts.items() if n)
+    check_fits(f"holding {pair.tuned.path} and its base in memory", sum(parts.values()), device,
                "free memory, use a larger device, or stream the merge with `lfm merge` (precompute a results "
-               "folder with `lfm precompute` for the explorer)")
+               f"folder with `lfm precompute` for the explorer). Needed: {detail}")
 
 
-__all__ = ["Entry", "ResidentPair", "TensorView", "Thresholds", "check_memory", "is_fast", "memory_needed",
+__all__ = ["Entry", "ResidentPair", "TensorView", "Thresholds", "check_memory", "is_fast", "memory_needed", "memory_parts",
            "needed_ks", "tensor_view"]

@@ -12,6 +12,7 @@ Neuron-Fusion rows). The output directory is built in a temporary sibling and re
 into place at the end, so an error leaves nothing behind.
 """
 
+import hashlib
 import json
 import math
 import time
@@ -226,18 +227,31 @@ def summarize_modules(per_tensor: dict) -> dict:
     return {m: {**g, "kept_fraction": g["kept"] / g["numel"] if g["numel"] else 0.0} for m, g in sorted(groups.items())}
 
 
+RUN_FIELDS = ("run",)  # what describes the run, not the merge: outside the fingerprint (docs/devices.md)
+
+
+def recipe_fingerprint(report: dict) -> str:
+    """sha256 of the recipe file's fields that equality checks compare: everything but ``run`` (the device the
+    merge ran on) and the fingerprint itself. Two merges whose bytes are equal by docs/devices.md's contract
+    (e.g. TIES on a GPU and on the CPU) have equal fingerprints; their recipe files differ in ``run`` only."""
+    kept = {k: v for k, v in report.items() if k not in RUN_FIELDS and k != "fingerprint"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
 def build_report(pair: Pair, recipe: Recipe, per_tensor: dict, device, dtype) -> dict:
-    return {
+    report = {
         "lfm_version": __version__,
         "method": recipe.method,
         "label": recipe.label,
         "recipe": recipe.to_dict(),
         "inputs": {"base": {"path": str(pair.base.path.resolve()), "fingerprint": pair.base.fingerprint()},
                    "tuned": {"path": str(pair.tuned.path.resolve()), "fingerprint": pair.tuned.fingerprint()}},
-        "device": str(device),
         "dtype": str(dtype).removeprefix("torch.") if dtype else "as tuned",
         "extra_vocab_rows": pair.extra_vocab,
         "passthrough_tensors": len(pair.passthrough),
         "modules": summarize_modules(per_tensor),
         "tensors": {name: {**s, "layer": layer_of(name)} for name, s in per_tensor.items()},
     }
+    report["fingerprint"] = recipe_fingerprint(report)
+    report["run"] = {"device": str(device)}  # resolved ('cuda:0', 'cpu'); which bytes depend on it: docs/devices.md
+    return report

@@ -526,3 +526,56 @@ def test_rows_table_puts_new_rows_on_the_page_as_a_new_table():
 
     table.widget._process_event(CellClickEvent(model=None, column="a", row=1))  # the click handler follows
     assert [e.row for e in clicks] == [1]
+
+
+def test_the_device_reaches_every_part(organism, monkeypatch, tmp_path):
+    """`lfm explore --device` reaches the page's state, the source it opens and the LivePair, whose pair and
+    evaluation model are both held there (the real objects' tensors say where); `lfm precompute`'s evaluations,
+    PointRunner, MergeablePair and load_model take theirs too: on this CPU-only machine 'cuda' reaching any
+    of them is the one-line refusal, never a silent CPU run."""
+    import argparse
+    import subprocess
+    import sys
+
+    import lfm.explorer.compute as compute
+    import lfm.explorer.live as live_module
+    from lfm.evaluate.sweep import PointRunner
+    from lfm.explorer.cli import _evaluations
+    from lfm.organism.evaluate import load_model
+    from lfm.organism.merging import MergeablePair
+
+    arrived = []
+
+    class SpiedLivePair(live_module.LivePair):  # the real class, recording the device it is given
+        def __init__(self, *args, device="cpu", **kwargs):
+            arrived.append(device)
+            super().__init__(*args, device=device, **kwargs)
+
+    monkeypatch.setattr(compute, "LivePair", SpiedLivePair)
+    state = ExplorerState(background=False, auto_sweep=False, source_kind="pair", base_path=str(organism[0]),
+                          tuned_path=str(organism[1]), device="cpu:0")
+    state.load()
+    assert state.error == "" and arrived == ["cpu:0"]
+    source = state.source
+    assert source.resident.device == torch.device("cpu")
+    assert {p.device for p in source.evaluator.pair.model.parameters()} == {source.resident.device}
+    assert source.evaluator.pair.resident is source.resident  # one pair: the model's merges need no staging
+    view = source.view(source.names[0], Recipe())
+    assert view.scores.device == source.resident.device
+
+    cuda = "CUDA is not available on this machine; use --device cpu"
+    if torch.cuda.is_available():
+        pytest.skip("the refusals below need a machine without CUDA (tests/test_gpu.py runs these on a GPU)")
+    monkeypatch.setattr(live_module, "LivePair", SpiedLivePair)
+    args = argparse.Namespace(base=str(organism[0]), tuned=str(organism[1]), suite=None, device="cuda",
+                              per_task=1, quiet=True)
+    with pytest.raises(ValueError, match=cuda):
+        _evaluations(args, tmp_path, {"n_layers": 1})
+    assert arrived[-1] == "cuda"
+    for surface in (lambda: PointRunner(*organism, "organism", device="cuda"),
+                    lambda: MergeablePair(*organism, device="cuda"), lambda: load_model(organism[1], "cuda")):
+        with pytest.raises(ValueError, match=cuda):
+            surface()
+    explore = subprocess.run([sys.executable, "-m", "lfm.cli", "explore", "--device", "cuda", "--no-token",
+                              "--port", "0"], capture_output=True, text=True, timeout=120)
+    assert explore.returncode == 2 and "Traceback" not in explore.stderr and cuda in explore.stderr, explore.stderr

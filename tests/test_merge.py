@@ -288,6 +288,25 @@ def test_recipe_json_contents(zoo, tmp_path):
     assert rec["extra_vocab_rows"] == {"model.embed_tokens.weight": EXTRA_VOCAB, "lm_head.weight": EXTRA_VOCAB}
 
 
+def test_recipe_json_records_the_device_outside_its_fingerprint(zoo, tmp_path):
+    """docs/devices.md: the device a merge ran on is in `run`, resolved; the fingerprint is the sha256 of every
+    other field (recomputed here from the file), so a merge whose bytes equal another's (e.g. TIES on a GPU and on
+    the CPU) compares equal by it, and a changed recipe does not."""
+    import hashlib
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    merge((zoo.base, zoo.llava), a, "ties", density=0.2, device="cpu:0")
+    merge((zoo.base, zoo.llava), b, "ties", density=0.3, device="cpu")
+    rec_a, rec_b = load_json(a / "lfm_recipe.json"), load_json(b / "lfm_recipe.json")
+    assert rec_a["run"] == rec_b["run"] == {"device": "cpu"}  # 'cpu:0' is the CPU: recorded resolved
+    for rec in (rec_a, rec_b):
+        rest = {k: v for k, v in rec.items() if k not in ("run", "fingerprint")}
+        assert rec["fingerprint"] == hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+    assert rec_a["fingerprint"] != rec_b["fingerprint"]
+    moved = {**rec_a, "run": {"device": "cuda:0"}}
+    assert lfm.stream.recipe_fingerprint(moved) == rec_a["fingerprint"]
+
+
 def test_recipe_json_fallback_count_matches_reference(zoo, tmp_path):
     """At a tiny K some located neurons lose every entry: their count is reported."""
     out = tmp_path / "out"

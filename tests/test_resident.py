@@ -142,10 +142,10 @@ def test_fast_apply_negative_zeros_and_non_finite(zoo, tmp_path):
     resident.apply(model, Recipe(method="ties", density=0.2, keep_base=(r"layers\.0\.mlp\.down_proj",)))
 
 
-def test_apply_to_a_model_on_another_device(zoo):
-    """The resident on one device, the model on another (CPU resident + GPU model in real use): each tensor goes
-    through a staging tensor and the bytes are the engine's. Here the resident's device is 'cpu:0', which
-    torch counts as different from the model's 'cpu'."""
+def test_apply_takes_the_direct_path_on_the_models_own_device(zoo):
+    """Devices are compared resolved (lfm.device.resolve_device): a pair opened on 'cpu:0' is on the model's
+    'cpu', so apply writes straight into the parameters (no staging tensor) with the engine's bytes. (On a GPU,
+    'cuda' is 'cuda:0': the same rule; a pair on another device than the model, staged, is tests/test_gpu.py's.)"""
     from transformers import LlavaForConditionalGeneration
 
     from lfm.resident import ResidentPair
@@ -153,13 +153,13 @@ def test_apply_to_a_model_on_another_device(zoo):
 
     model = LlavaForConditionalGeneration.from_pretrained(zoo.llava_bf16)
     resident = ResidentPair(zoo.base_bf16, zoo.llava_bf16, progress=False, device="cpu:0")
-    assert next(model.parameters()).device != resident.device
+    assert resident.device == next(model.parameters()).device == torch.device("cpu")
     for recipe in RECIPES[:4]:
         resident.apply(model, recipe)
         ref = merged_state_dict(zoo.base_bf16, zoo.llava_bf16, recipe)
         for key, tensor in resident._model_tensors(model).items():
             assert same_bits(tensor, ref[key]), (recipe, key)
-    assert resident._stage  # the staging path ran
+    assert not resident._stage  # the direct path ran: no staging buffer was made
 
 
 VIEW_RECIPES = [Recipe(method="ties", density=0.3), Recipe(), Recipe(neurons=0.0), Recipe(restore="replace", neurons=0.5),
@@ -224,6 +224,27 @@ def test_memory_is_checked_before_anything_is_read(organism, monkeypatch):
     monkeypatch.setattr(lfm.memory, "available_bytes", lambda device: needed)
     monkeypatch.undo()
     assert lfm.ResidentPair(pair, progress=False).scores
+
+
+def test_memory_check_counts_the_model_staging_and_temporaries(organism):
+    """The check counts what the method and the model need on the pair's device, each part from the
+    checkpoints' shapes (recomputed here): the whole tuned model when it runs there, one staging tensor of the
+    largest LM tensor when it runs elsewhere, float32 temporaries of the largest LM tensor, the cached C'(i)."""
+    import lfm.resident as resident_module
+
+    pair = lfm.open_pair(*organism)
+    sizes = {key: pair.tuned.meta(key) for key in pair.tuned.keys()}
+    model_bytes = sum(torch.Size(shape).numel() * dtype.itemsize for shape, dtype in sizes.values())
+    lm = [pair.tuned.meta(e.tuned_key) for e in pair.entries]
+    largest = max(torch.Size(shape).numel() for shape, _ in lm)
+    largest_bytes = max(torch.Size(shape).numel() * dtype.itemsize for shape, dtype in lm)
+    alone = resident_module.memory_parts(pair, torch.device("cpu"))
+    here = resident_module.memory_parts(pair, torch.device("cpu"), model_device="cpu:0")
+    elsewhere = resident_module.memory_parts(pair, torch.device("cpu"), model_device="meta")
+    assert here == {**alone, "model": model_bytes}
+    assert elsewhere == {**alone, "staging": largest_bytes}
+    assert alone["temporaries"] == resident_module.FLOAT32_TEMPORARIES * 4 * largest
+    assert resident_module.memory_needed(pair, torch.device("cpu"), model_device="cpu") == sum(here.values())
 
 
 def test_neuron_fusion_is_a_registry_row():

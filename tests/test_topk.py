@@ -197,15 +197,29 @@ def test_block_merges_refuse_a_non_finite_delta(recipe, name, where, monkeypatch
         merge_tensor(base.reshape(1000, 400), tuned.reshape(1000, 400), Recipe(**recipe), name=name)
 
 
+def _pairwise_sums(values, dim):
+    """Sums along ``dim`` in docs/devices.md's order (what the engine's sums must follow, written out here by
+    recursion): entries j and j + n/2 added, an odd last entry added to the first, until one is left."""
+    n = values.shape[dim]
+    if n == 1:
+        return values.select(dim, 0)
+    half = n // 2
+    folded = values.narrow(dim, 0, half) + values.narrow(dim, half, half)
+    if n % 2:
+        folded.select(dim, 0).add_(values.select(dim, n - 1))
+    return _pairwise_sums(folded, dim)
+
+
 def _neuron_fusion_reference(base, tuned, recipe, axis):
     """Neu-S / Neu-P with the TIES suppressor written out on the whole tensor, independent of the engine:
-    the top-K set by a stable sort, the top-M neurons by a stable sort of C(i), C'(i) of the suppressed delta,
-    rescale by C(i)/C'(i) (replace where C'(i) = 0) or replace, then alpha, then + base."""
+    the top-K set by a stable sort, the top-M neurons by a stable sort of C(i), C'(i) of the suppressed delta
+    (both summed in the contract's pairwise order), rescale by C(i)/C'(i) (replace where C'(i) = 0) or
+    replace, then alpha, then + base."""
     delta = tuned.float() - base.float()
     k = int(recipe.density * delta.numel())
     mask = _reference_top_k(delta.abs().reshape(-1), k).view_as(delta)
     suppressed = torch.where(mask, delta, 0.0)
-    scores = delta.abs().sum(dim=1 - axis)
+    scores = _pairwise_sums(delta.abs(), 1 - axis)
     located = torch.zeros(scores.numel(), dtype=torch.bool)
     located[torch.sort(-scores, stable=True).indices[: int(recipe.neurons * scores.numel())]] = True
     shape = (-1, 1) if axis == 0 else (1, -1)
@@ -213,7 +227,7 @@ def _neuron_fusion_reference(base, tuned, recipe, axis):
         restored = torch.where(located.view(shape), delta, suppressed)
         n_fallback = 0
     else:
-        after = suppressed.abs().sum(dim=1 - axis)
+        after = _pairwise_sums(suppressed.abs(), 1 - axis)
         empty = located & (after == 0)
         ratio = torch.where(located & ~empty, scores / torch.where(after == 0, 1.0, after), 1.0)
         restored = torch.where(empty.view(shape), delta, suppressed * ratio.view(shape))

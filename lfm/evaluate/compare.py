@@ -151,7 +151,7 @@ def compare_stages(base, tuned, *, items: str | list = "organism", limit: int | 
     em = load_eval_model(tuned, device=device)
     if not em.multimodal:
         raise ValueError(f"{tuned} is not a multimodal model: compare needs the tuned MLLM")
-    resident = ResidentPair(base, tuned, progress=progress)
+    resident = ResidentPair(base, tuned, progress=progress, model_device=device)  # on the CPU, staged to the model
     table = pd.DataFrame({"id": [r["id"] for r in recs], "question": [r["question"] for r in recs],
                           "choices": [" | ".join(r["choices"]) for r in recs], "answer": [r["answer"] for r in recs]})
     for stage, recipe in tqdm(recipes.items(), desc="stages", disable=not progress):

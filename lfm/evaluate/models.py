@@ -50,6 +50,7 @@ def load_eval_model(model_dir: str | Path, *, device: str | None = "cpu", dtype:
         raise FileNotFoundError(f"{cfg_file} not found: {path} is not a Hugging Face model directory")
     dev = resolve_device(device)
     kw = {"dtype": getattr(torch, dtype)} if dtype else {}
+    kw.update(straight_to(dev))
     if is_multimodal(json.loads(cfg_file.read_text())):
         model = _load_mllm(path, **kw)
         processor = AutoProcessor.from_pretrained(path)
@@ -59,6 +60,16 @@ def load_eval_model(model_dir: str | Path, *, device: str | None = "cpu", dtype:
         processor, tokenizer = None, AutoTokenizer.from_pretrained(path)
     model.to(dev).eval()
     return EvalModel(model, processor, tokenizer)
+
+
+def straight_to(device: torch.device) -> dict:
+    """``from_pretrained`` keywords that load a model straight onto ``device``, tensor by tensor, without a full
+    copy in host memory on the way (an 8B model: 16 GB of host RAM saved). transformers does it through
+    ``device_map``, which needs accelerate; without accelerate, or on the CPU, none (the model is loaded on
+    the CPU, then moved)."""
+    from importlib.util import find_spec
+
+    return {"device_map": str(device)} if device.type != "cpu" and find_spec("accelerate") else {}
 
 
 def _load_mllm(path: Path, **kw) -> PreTrainedModel:

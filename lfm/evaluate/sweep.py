@@ -119,8 +119,10 @@ class PointRunner:
         self.base, self.tuned = str(base), str(tuned)
         self.suite, self.limit, self.device, self.batch_size = get_suite(suite), limit, device, batch_size
         self.em = load_eval_model(tuned, device=device)
-        # the pair stays on the CPU (memory-mapped); merged tensors are staged there and copied to the model
-        self.resident = resident if resident is not None else ResidentPair(base, tuned, progress=progress)
+        # a pair opened here stays on the CPU (memory-mapped); merged tensors are staged there and copied to the
+        # model on ``device`` (the memory check counts the staging tensor)
+        self.resident = resident if resident is not None else ResidentPair(base, tuned, progress=progress,
+                                                                           model_device=device)
         # every top-K set the points need, all Ks of a tensor from one histogram of its |delta| key
         self.resident.prepare([p for p in points or [] if isinstance(p, Recipe)], progress=progress)
         self._lock = threading.Lock()  # one apply + evaluate at a time on the one model

@@ -110,7 +110,8 @@ def serve_resources_from_here() -> None:
 
 
 def page(*, results: str | None = None, base: str | None = None, tuned: str | None = None,
-         suite: str | None = None, per_task: int = 8, auto_sweep: bool = True) -> pn.viewable.Viewable:
+         suite: str | None = None, per_task: int = 8, auto_sweep: bool = True,
+         device: str = "cpu") -> pn.viewable.Viewable:
     """The page of one browser session: a results folder, a live (base, tuned) pair (evaluated on `suite`,
     ``lfm.explorer.live``), or the embedded organism.
 
@@ -138,7 +139,7 @@ def page(*, results: str | None = None, base: str | None = None, tuned: str | No
                                          f"machine)."), alert_type="danger")
         log.warning("serving a session to the remote address %s (%s=1): it can open any directory of this "
                     "machine", address, ALLOW_REMOTE_ENV)
-    state = ExplorerState(per_task=per_task, auto_sweep=auto_sweep)
+    state = ExplorerState(per_task=per_task, auto_sweep=auto_sweep, device=str(device))
     if results:
         state.param.update(source_kind="results", results_path=str(results))
     elif base and tuned:

@@ -2,7 +2,7 @@
 
     lfm precompute --base B --tuned T --out RESULTS [--suite S.yaml] [--densities 0.05,0.1,0.2,0.3,0.5]
                    [--neurons 0,0.1,0.3] [--device cuda] [--no-eval] [--per-task N] [--sweep-table SWEEP.csv]
-    lfm explore [--results RESULTS | --base B --tuned T [--suite S.yaml]] [--per-task N] [--port 5006]
+    lfm explore [--results RESULTS | --base B --tuned T [--suite S.yaml]] [--per-task N] [--device cuda] [--port 5006]
                 [--token TOKEN | --no-token]
 
 `lfm explore` prints the URL to open, with a fresh token (or --token / $LFM_TOKEN): without it the server
@@ -46,7 +46,8 @@ def register(subparsers) -> None:
                    help="K grid for C'(i) and the sweep (default %(default)s)")
     p.add_argument("--neurons", type=_values_of("neurons"), default=DEFAULT_NEURONS,
                    help="M grid for the sweep and the generations (default %(default)s)")
-    p.add_argument("--device", default="cpu", type=device_option, help="cpu or cuda[:N] for scoring")
+    p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda, cuda:N or auto: where the scores are computed and the "
+                                                                       "pair is held and evaluated (default cpu)")
     p.add_argument("--no-eval", action="store_true", help="scores only: no sweep, no generations")
     p.add_argument("--suite", help="the pair's evaluation suite: a suite YAML, 'organism' or 'paper' (the organism "
                                    "needs none)")
@@ -67,6 +68,8 @@ def register(subparsers) -> None:
                                    "needs none")
     e.add_argument("--per-task", type=count_option(0), default=8,
                    help="items per task in live evaluations (default 8; 0 = all)")
+    e.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda, cuda:N or auto: where a live pair is "
+                                                                       "held, merged and evaluated (default cpu)")
     e.add_argument("--port", type=port_option, default=5006, help="port to serve on (default 5006)")
     e.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     e.add_argument("--allow-remote", action="store_true",
@@ -106,7 +109,7 @@ def _evaluations(args, tmp: Path, meta: dict) -> str:
     from .results import write_evaluations
 
     try:
-        live = LivePair(args.base, args.tuned, suite=args.suite)
+        live = LivePair(args.base, args.tuned, suite=args.suite, device=args.device)
     except MemoryError as e:  # a pair too big to hold for evaluation: scores only
         print(f"no live evaluation: {e}")
         return ""
@@ -121,13 +124,16 @@ def _evaluations(args, tmp: Path, meta: dict) -> str:
 def cmd_explore(args) -> int:
     _check_suite(args.suite)  # the page checks it again: it never runs a suite's code
     token = choose_token(args.token, args.no_token)
+    from lfm.device import resolve_device
+
     from .app import extension, serve
 
+    device = str(resolve_device(args.device))  # an unavailable device: one line here, before the server starts
     if args.suite and not (args.base and args.tuned):
         raise ValueError("--suite evaluates a pair: pass it with --base and --tuned")
     extension()
     serve(token=token, address=args.address, port=args.port, allow_remote=args.allow_remote, results=args.results,
-          base=args.base, tuned=args.tuned, suite=args.suite, per_task=args.per_task)
+          base=args.base, tuned=args.tuned, suite=args.suite, per_task=args.per_task, device=device)
     return 0
 
 

@@ -49,26 +49,29 @@ HASH = {Recipe: _recipe_hash, Progress: lambda p: b"progress"}
 _OPENING = threading.Lock()
 
 
-def open_source(kind: str, path: str, tuned: str = "", suite: str = "", progress: Progress | None = None):
-    """kind 'pair': LivePair(base=path, tuned=tuned, suite=suite or None); kind 'results': ResultsFolder(path).
+def open_source(kind: str, path: str, tuned: str = "", suite: str = "", progress: Progress | None = None,
+                device: str = "cpu"):
+    """kind 'pair': LivePair(base=path, tuned=tuned, suite=suite or None, device=device) (held and evaluated on
+    ``device``); kind 'results': ResultsFolder(path).
 
     One source opens at a time per process: a second session asking for the same source waits and gets the
     first's (cached), and models are never loaded from two threads at once (transformers' loading is not
     thread-safe: concurrent loads fail with 'Cannot copy out of meta tensor')."""
     with _OPENING:
-        return _open_source(kind, path, tuned, suite, progress)
+        return _open_source(kind, path, tuned, suite, str(device), progress)
 
 
-# kind -> how it opens (path, tuned, suite, progress): every one a `lfm.explorer.source.Source`
-OPENERS = {"pair": lambda path, tuned, suite, progress: LivePair(path, tuned, suite=suite or None, progress=progress),
-           "results": lambda path, tuned, suite, progress: ResultsFolder(path, progress=progress)}
+# kind -> how it opens (path, tuned, suite, device, progress): every one a `lfm.explorer.source.Source`
+OPENERS = {"pair": lambda path, tuned, suite, device, progress: LivePair(path, tuned, suite=suite or None,
+                                                                         progress=progress, device=device),
+           "results": lambda path, tuned, suite, device, progress: ResultsFolder(path, progress=progress)}
 
 
 @pn.cache(max_items=4, hash_funcs=HASH)
-def _open_source(kind: str, path: str, tuned: str, suite: str, progress: Progress | None):
+def _open_source(kind: str, path: str, tuned: str, suite: str, device: str, progress: Progress | None):
     if kind not in OPENERS:
         raise ValueError(f"unknown source kind {kind!r}; expected one of {list(OPENERS)}")
-    return OPENERS[kind](path, tuned, suite, progress)
+    return OPENERS[kind](path, tuned, suite, device, progress)
 
 
 @pn.cache(max_items=8)

@@ -75,16 +75,21 @@ def heatmap(summary: pd.DataFrame, metric: str, selected: tuple[int, str] | None
     return fig
 
 
+def host(tensor) -> np.ndarray:
+    """A numpy copy of a view's vector wherever it lives (a pair held on a GPU gives CUDA tensors)."""
+    return tensor.detach().cpu().numpy()
+
+
 def rank_curve(view: TensorView, module: str, layer: int, recipe_label: str, *, locate: str = "top", head_dim=None,
                n_heads=None, n_kv_heads=None, note: str = "", overlays: tuple = ()) -> go.Figure:
     """Sorted C(i) on log-log axes (rank 1 = largest change), with C'(i) after suppression at K in the
     same order, and the located (restored) neurons marked. Attention neurons are coloured by head; for
     GQA k/v each kv head serves n_heads / n_kv_heads query heads. `overlays` ((label, TensorView), ...) adds
     pinned recipes' C'(i) in the same rank order; `note` is a caveat line (e.g. a results folder's nearest K)."""
-    order = np.argsort(-view.scores.numpy(), kind="stable")
-    scores = view.scores.numpy()[order]
-    after = view.suppressed.numpy()[order]
-    located = view.located.numpy()[order]
+    order = np.argsort(-host(view.scores), kind="stable")
+    scores = host(view.scores)[order]
+    after = host(view.suppressed)[order]
+    located = host(view.located)[order]
     rank = np.arange(1, len(scores) + 1)
     groups = head_groups(module, len(scores), head_dim, n_heads, n_kv_heads)
     fig = go.Figure()
@@ -92,7 +97,7 @@ def rank_curve(view: TensorView, module: str, layer: int, recipe_label: str, *, 
                              line=dict(color="#1f77b4", width=2)))
     kv = module in ("k_proj", "v_proj") and n_heads and n_kv_heads and n_kv_heads < n_heads
     if groups is not None:
-        g = groups.numpy()[order]
+        g = host(groups)[order]
         group_size = (n_heads // n_kv_heads) if kv else 1
         for h in np.unique(g):
             sel = g == h
@@ -110,7 +115,7 @@ def rank_curve(view: TensorView, module: str, layer: int, recipe_label: str, *, 
                                  name=f"located {locate_name(locate)} ({int(located.sum())}) → restored",
                                  marker=dict(size=7, color=CURRENT, symbol="diamond")))
     for i, (label, other) in enumerate(overlays):
-        o = other.suppressed.numpy()[order]
+        o = host(other.suppressed)[order]
         sel = o > 0
         fig.add_trace(go.Scatter(x=rank[sel], y=o[sel], mode="lines", name=f"pinned: C'(i) {label}",
                                  line=dict(color=PIN_COLOURS[i % len(PIN_COLOURS)], width=1, dash="dot")))

@@ -79,9 +79,9 @@ class OrganismEvaluator:
         return self._with_images(self.pair.evaluate(recipe, items))
 
     def evaluate_base(self, items: dict) -> dict:
-        from lfm.organism.evaluate import evaluate
+        from lfm.organism.evaluate import evaluate, load_model
 
-        return evaluate(self.base, items=items)
+        return evaluate(load_model(self.base, self.pair.resident.device), items=items)  # on the pair's device
 
     def _with_images(self, result: dict) -> dict:
         result["answers"] = [{**a, "image": self.images.get(a["id"], "")} for a in result["answers"]]
@@ -112,6 +112,12 @@ class SuiteEvaluator:
         return self.runner.evaluate("base", limit=limit, log_samples=True)
 
 
+def _is_organism(tuned: str) -> bool:
+    from lfm.organism.tokenizer import is_organism_tokenizer
+
+    return is_organism_tokenizer(tuned)
+
+
 class LivePair:
     """A pair held in memory for the explorer (an ``lfm.explorer.source.Source``). `progress(done, total,
     message)` is called while loading.
@@ -133,7 +139,10 @@ class LivePair:
         self.n_kv_heads = cfg.get("num_key_value_heads") or self.n_heads
         self.head_dim = cfg.get("head_dim") or (cfg["hidden_size"] // self.n_heads if self.n_heads else None)
         self.n_layers = cfg.get("num_hidden_layers")
-        self.resident = ResidentPair(pair, device=device, progress=progress or False)
+        # the model evaluations load runs on the pair's device: the memory check counts it there
+        evaluates = bool(suite is not None and str(suite).strip()) or _is_organism(self.tuned)
+        self.resident = ResidentPair(pair, device=device, progress=progress or False,
+                                     model_device=device if evaluates else None)
         self.names, self.scores = self.resident.names, self.resident.scores
         if progress:
             progress(len(pair.entries), len(pair.entries), "loading the tuned model for evaluation")
@@ -232,9 +241,7 @@ class LivePair:
         if suite is not None and str(suite).strip():
             suite = suite.strip() if isinstance(suite, str) else suite  # a Suite: trusted by `lfm precompute`
             return SuiteEvaluator(self.resident, self.base, self.tuned, suite, device), None
-        from lfm.organism.tokenizer import is_organism_tokenizer
-
-        if not is_organism_tokenizer(self.tuned):
+        if not _is_organism(self.tuned):
             return None, NEEDS_SUITE
         try:
             return OrganismEvaluator(self.resident, self.base, self.tuned), None

@@ -125,6 +125,8 @@ class ExplorerState(param.Parameterized):
     layer = param.Integer(default=0, bounds=(0, None))
     module = param.Selector(default="up_proj", objects=list(LINEAR_MODULES))
     per_task = param.Integer(default=8, bounds=(0, None), doc="evaluation items per task (0 = all)")
+    device = param.String(default="cpu", doc="where a live pair is held and evaluated (`lfm explore --device`); "
+                                             "the server's choice, not a URL setting")
 
     # -- evaluation results (organism live, or a results folder) ------------------------------
     current = param.Dict(default=None, allow_None=True,
@@ -255,7 +257,7 @@ class ExplorerState(param.Parameterized):
 
     def _load_job(self, args, progress):
         try:
-            source = compute.open_source(*args, progress=progress)
+            source = compute.open_source(*args, progress=progress, device=self.device)
         except Exception as e:  # shown in the page; the app keeps the previous pair
             self._set(loading=False, error=f"could not load {args[1]}: {e}", status="")
             return

@@ -15,7 +15,7 @@ from lfm.methods.math import DeltaStats, along, rescale_ratio, tensor_generator,
 from lfm.methods.recipe import Recipe
 from lfm.methods.registry import METHODS, sub_row
 from lfm.methods.select import abs_delta_bounds, above_and_band, kth_in_band, selects_in_full
-from lfm.neurons import locate, neuron_axis
+from lfm.neurons import locate, neuron_axis, neuron_sums
 
 MERGE_BLOCK = 1 << 20  # entries per block (4 MB of float32: a block's temporaries stay in the CPU's last-level
 # cache; measured on a 0.4B TIES merge, 2 cores: 1M-entry blocks 2.6 s, 256K 3.5 s, 4M 2.9 s). Every torch call
@@ -184,12 +184,12 @@ def merge_rows_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe
     """``merge_tensor`` of a DARE or DELLA recipe (rescale 'inverse') into ``out``, a block of rows at a time:
     beside the inputs and the output only a few [MERGE_BLOCK] float32 temporaries are in memory. The bytes
     equal the whole-tensor path: both methods act on each row alone (DELLA ranks within a row, DARE per
-    entry), the CPU generator's stream does not depend on how a draw is split, and the rest is elementwise.
+    entry), a generator's stream does not depend on how a draw is split, and the rest is elementwise.
 
     Args: base, tuned: [rows, ...] same shape; out: [same shape], tuned's dtype. Returns the DeltaStats.
     """
     method = METHODS[recipe.method]
-    generator = tensor_generator(recipe, name)
+    generator = tensor_generator(recipe, name, base.device)
     rows_base, rows_tuned = base.reshape(base.shape[0], -1), tuned.reshape(tuned.shape[0], -1)
     rows_out = out.view(out.shape[0], -1)
     step = max(1, MERGE_BLOCK // max(rows_base.shape[1], 1))
@@ -215,10 +215,10 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
         pass 2   delta -> TIES mask -> suppressed -> C'(i) -> restored (replace / rescale) -> + base -> out
 
     The bytes equal the whole-tensor path (``merge_delta``): every step is elementwise except the sums C(i)
-    and C'(i). A row's sum over a block of whole rows is bitwise its sum in the whole tensor (torch reduces
-    each row alone; tested), so row neurons (axis 0) are summed per block; a column's sum over a block of rows
-    is not, so for column neurons (axis 1) |delta| (then |suppressed|) is kept whole in one float32 buffer
-    and summed whole, and the mask is kept for pass 2.
+    and C'(i), which ``neuron_sums`` adds in one fixed order: a row's sum over a block of whole rows is bitwise
+    its sum in the whole tensor, so row neurons (axis 0) are summed per block; a column's sum needs every row,
+    so for column neurons (axis 1) |delta| (then |suppressed|) is kept whole in one float32 buffer and summed
+    whole, and the mask is kept for pass 2.
 
     Args: base, tuned: [out, in], same shape; out: [same shape], tuned's dtype. Returns the DeltaStats.
     """
@@ -243,18 +243,18 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
         refuse_non_finite(delta, name)
         magnitude = delta.abs_()
         if axis == 0:
-            row_scores.append(magnitude.sum(dim=1))  # C(i) = neuron_scores(delta, 0), bit for bit
+            row_scores.append(neuron_sums(magnitude, 0))  # C(i) = neuron_scores(delta, 0), bit for bit
         else:
             whole_abs[block] = magnitude
         if lo is not None:
             over, band = above_and_band(magnitude, lo, hi)
             above += count_true(over)
             inside.append(masked_values(magnitude, band))
-    scores = torch.cat(row_scores) if axis == 0 else whole_abs.sum(dim=0)
+    scores = torch.cat(row_scores) if axis == 0 else neuron_sums(whole_abs, 1)
     threshold, n_above, n_tied = _kth_abs_delta(above, inside, k, base, tuned) if lo is not None else (None, 0, 0)
     del inside
 
-    generator = tensor_generator(recipe, name) if recipe.is_random else None
+    generator = tensor_generator(recipe, name, base.device) if recipe.is_random else None
     located = locate(scores, recipe.neurons, recipe.locate, generator)
     stats = DeltaStats(n, k, n_neurons=scores.numel(), n_located=count_true(located))
     drop_ties, ties_left = n_tied > k - n_above, k - n_above
@@ -273,7 +273,7 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
             whole_mask[block] = mask_of(whole_abs[block])
             whole_abs[block] = keep_where(whole_mask[block], whole_abs[block])
         if recipe.restore == "rescale":
-            ratio, empty = rescale_ratio(scores, whole_abs.sum(dim=0), located)
+            ratio, empty = rescale_ratio(scores, neuron_sums(whole_abs, 1), located)
             ratio, empty = along(ratio, 1), along(empty, 1)
         del whole_abs
     for block in blocks:  # pass 2
@@ -294,7 +294,7 @@ def merge_neuron_fusion_in_blocks(base: torch.Tensor, tuned: torch.Tensor, recip
             if axis == 0:  # C'(i) of the located rows (the others keep ratio 1): |delta * mask| = |delta| * mask
                 rows = true_positions(located[block])
                 after = torch.zeros(delta.shape[0], dtype=torch.float32, device=delta.device)
-                after[rows] = keep_where(mask[rows], magnitude[rows]).sum(dim=1)  # a row's sum: as in the whole
+                after[rows] = neuron_sums(keep_where(mask[rows], magnitude[rows]), 0)  # a row's sum: as in the whole
                 ratio, empty = rescale_ratio(scores[block], after, located[block])
                 ratio, empty = along(ratio, 0), along(empty, 0)
                 stats.n_fallback_replace += count_true(empty)
@@ -326,10 +326,10 @@ def _one_top_k_mask(recipe: Recipe) -> bool:
 
 def streams_neurons(recipe: Recipe, name: str, base: torch.Tensor) -> bool:
     """Whether `merge_neuron_fusion_in_blocks` computes this tensor's merge: Neuron-Fusion with the TIES
-    suppressor restoring neurons of a linear weight, on CPU (on a GPU the whole-tensor path is kept: its
-    reductions are not guaranteed to sum a block of rows as they sum the whole tensor)."""
+    suppressor restoring neurons of a linear weight, on every device (its sums are ``neuron_sums``: the bytes do
+    not depend on the path or the device)."""
     return (METHODS[recipe.method].restores_neurons and _one_top_k_mask(recipe) and recipe.neurons > 0
-            and neuron_axis(name) is not None and base.dim() == 2 and base.device.type == "cpu")
+            and neuron_axis(name) is not None and base.dim() == 2)
 
 
 def streams_top_k(recipe: Recipe, name: str) -> bool:

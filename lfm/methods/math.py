@@ -36,12 +36,28 @@ from lfm.neurons import locate, neuron_scores
 RANK_BLOCK = 1 << 20  # entries DELLA ranks at once: rows are independent, and the int64 sort indices stay small
 
 
-def tensor_generator(recipe: Recipe, name: str) -> torch.Generator:
-    """The random draws of one tensor (DARE, DELLA, locate=random): a CPU generator seeded from (seed, tensor
-    name), so a draw does not depend on the order tensors are visited or on the device (crc32, not Python's
-    salted hash). Taken modulo 2**64, the range torch accepts: the same number as before for every seed below
-    ~1.8e13, and no overflow above."""
-    return torch.Generator().manual_seed((recipe.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**64)
+def tensor_generator(recipe: Recipe, name: str, device: str | torch.device = "cpu") -> torch.Generator:
+    """The random draws of one tensor (DARE, DELLA, locate=random): a generator of ``device`` (the one the
+    merge runs on: the draws are made there, never copied from the host) seeded from (seed, tensor name), so a
+    draw does not depend on the order tensors are visited (crc32, not Python's salted hash). Reproducible per
+    device: a CPU generator (Mersenne Twister) and a CUDA one (Philox) give different streams from one seed
+    (docs/devices.md). Taken modulo 2**64, the range torch accepts: the same number as before for every seed
+    below ~1.8e13, and no overflow above."""
+    seed = (recipe.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**64
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
+
+
+def uniform(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """U[0, 1) float32 of ``shape``, drawn on the generator's device (else ``device``), returned on ``device``."""
+    where = device if generator is None else generator.device
+    return torch.rand(shape, generator=generator, device=where).to(device)
+
+
+def true_divide(values: torch.Tensor, divisor: float) -> torch.Tensor:
+    """``values / divisor`` as an IEEE division on every device, in place: CUDA turns a division by a Python
+    number into a multiplication by its reciprocal (another rounding); by a tensor on the same device it
+    divides. On CPU float32 division by a number already divides: the same bytes as ``values / divisor``."""
+    return values.div_(torch.tensor(divisor, dtype=values.dtype, device=values.device))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,9 +118,9 @@ def keep_band(delta, recipe, generator=None, sorted_abs=None):
 
 def keep_bernoulli(delta, recipe, generator=None, sorted_abs=None):
     """DARE: keep every entry independently with probability K."""
-    p = torch.tensor(recipe.density, dtype=torch.float32).expand(delta.shape)  # one value, no memory per entry
-    mask = less(torch.rand(delta.shape, generator=generator), p)
-    return mask.to(delta.device), p.to(delta.device)
+    # one value on the delta's device, no memory per entry (and no copy of it anywhere)
+    p = torch.tensor(recipe.density, dtype=torch.float32, device=delta.device).expand(delta.shape)
+    return less(uniform(delta.shape, generator, delta.device), p), p
 
 
 def keep_by_magnitude_rank(delta, recipe, generator=None, sorted_abs=None):
@@ -116,10 +132,10 @@ def keep_by_magnitude_rank(delta, recipe, generator=None, sorted_abs=None):
     step = max(1, RANK_BLOCK // max(n_cols, 1))  # a block of rows at a time
     for start in range(0, rows.shape[0], step):
         ranks = ranks_of_magnitude(rows[start: start + step])
-        rank01 = ranks.float() / (n_cols - 1) if n_cols > 1 else torch.full_like(ranks, 0.5, dtype=torch.float32)
+        rank01 = true_divide(ranks.float(), n_cols - 1) if n_cols > 1 else \
+            torch.full_like(ranks, 0.5, dtype=torch.float32)
         p[start: start + step] = (recipe.density - recipe.epsilon) + 2 * recipe.epsilon * rank01
-    draw = torch.rand(rows.shape, generator=generator).to(rows.device)
-    mask = less(draw, p)
+    mask = less(uniform(rows.shape, generator, rows.device), p)
     return mask.reshape(delta.shape), p.reshape(delta.shape)
 
 
@@ -267,7 +283,7 @@ def merge_delta(delta: torch.Tensor, recipe: Recipe, *, neuron_axis: int | None 
         recipe: the merge.
         neuron_axis: 0/1 for the seven linear modules (neuron restore applies), None otherwise
             (neuron_fusion then only suppresses).
-        generator: CPU generator for dare / della / locate=random.
+        generator: ``tensor_generator`` (on delta's device) for dare / della / locate=random.
         sorted_abs: optional cached |delta| sorted descending (flat), for fast repeated thresholds.
         scores: optional cached C(i) for this tensor.
     Returns:

@@ -90,7 +90,7 @@ def merge_tensor(base: torch.Tensor, tuned: torch.Tensor, recipe: Recipe, *, nam
             merged = select(mask, tuned, base)
             stats = DeltaStats(delta.numel(), count_true(mask))
         else:
-            generator = tensor_generator(recipe, name) if recipe.is_random else None
+            generator = tensor_generator(recipe, name, delta.device) if recipe.is_random else None
             new_delta, stats = merge_delta(delta, recipe, neuron_axis=neuron_axis(name), generator=generator,
                                            sorted_abs=sorted_abs, scores=scores)
             merged = new_delta.add_(base)  # float32; in place: new_delta is this function's delta or a new tensor

@@ -27,13 +27,15 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, LlamaForCausalLM, LlavaForConditionalGeneration
 
+from ..device import resolve_device
 from ..generate import greedy_answers
 from ..taxonomy import CATEGORIES, abilities, classify
 from . import load_items, world
 
 
-def load_model(model_dir: str | Path):
-    """(model, processor_or_tokenizer) for an organism directory: LLaVA -> AutoProcessor, else AutoTokenizer."""
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):
+    """(model, processor_or_tokenizer) for an organism directory: LLaVA -> AutoProcessor, else AutoTokenizer;
+    the model on ``device`` (``lfm.device.resolve_device``)."""
     path = Path(model_dir)
     cfg_path = path / "config.json"
     if not cfg_path.exists():
@@ -48,7 +50,7 @@ def load_model(model_dir: str | Path):
         model = LlamaForCausalLM.from_pretrained(path)
     else:
         raise ValueError(f"{path}: model_type {model_type!r} is not an organism model (expected 'llava' or 'llama')")
-    model.eval()
+    model.to(resolve_device(device)).eval()
     return model, proc
 
 

@@ -27,14 +27,19 @@ class MergeablePair:
     Args:
         base: the base directory, an opened ``lfm.pair.Pair``, or a ``ResidentPair`` already holding the pair.
         tuned_dir: the tuned LLaVA directory (the model and processor are loaded from it).
+        device: where the pair is held and the model runs (default: a given ResidentPair's device, else cpu).
     Attributes:
         model, processor: the tuned LLaVA (its LM weights change with every ``apply``).
         resident: the ResidentPair doing the merges.
     """
 
-    def __init__(self, base, tuned_dir: str | Path):
-        self.model, self.processor = load_model(tuned_dir)  # first: a directory that is no organism fails fast
-        self.resident = base if isinstance(base, ResidentPair) else ResidentPair(base, tuned_dir, progress=False)
+    def __init__(self, base, tuned_dir: str | Path, device=None):
+        if device is None:
+            device = base.device if isinstance(base, ResidentPair) else "cpu"
+        # the model first: a directory that is no organism fails fast
+        self.model, self.processor = load_model(tuned_dir, device)
+        self.resident = base if isinstance(base, ResidentPair) else ResidentPair(base, tuned_dir, progress=False,
+                                                                                 device=device)
         self._lock = threading.Lock()
 
     def apply(self, recipe: Recipe):
