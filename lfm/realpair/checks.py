@@ -33,7 +33,9 @@ BARS = {"tuned_va_min": 0.80, "hard_va_max": 0.30, "la_drop_points": (5.0, 15.0)
 
 
 def regime_checks(numbers: dict, bars: dict = BARS) -> list[dict]:
-    """One verdict per check: [{"check", "status": "pass" | "FAIL" | "tower-limited", "line"}].
+    """One verdict per check: [{"check", "status": "pass" | "FAIL" | "tower-limited", "line"}]. Each verdict
+    judges the number as its line prints it (accuracies and rises to 0.1 %, the drop to 0.1 point), so a
+    value on a bar's edge passes and the line never contradicts its status.
 
     numbers: {"tuned_tasks": {visual task: accuracy}, "tower": {task: the tower's held-out accuracy},
               "hard_VA", "base_LA", "tuned_LA", "base_ppl", "tuned_ppl"} (accuracies in [0, 1]; a missing
@@ -47,7 +49,7 @@ def regime_checks(numbers: dict, bars: dict = BARS) -> list[dict]:
     out = []
     lo_va = bars["tuned_va_min"]
     for task in [t for t in VISUAL_TASKS if t in numbers.get("tuned_tasks", {})] or list(VISUAL_TASKS):
-        acc, ceiling = numbers.get("tuned_tasks", {}).get(task), numbers.get("tower", {}).get(task)
+        acc, ceiling = (_shown(numbers.get(k, {}).get(task)) for k in ("tuned_tasks", "tower"))
         name = f"tuned VA {task}"
         if acc is None:
             out.append(_verdict(name, "FAIL", "not measured"))
@@ -59,7 +61,7 @@ def regime_checks(numbers: dict, bars: dict = BARS) -> list[dict]:
         else:
             out.append(_verdict(name, "FAIL", f"{_pc(acc)} < {_pc(lo_va, 0)}"
                                 + (f" (the tower sees {_pc(ceiling)})" if ceiling is not None else "")))
-    hard, hi = numbers.get("hard_VA"), bars["hard_va_max"]
+    hard, hi = _shown(numbers.get("hard_VA")), bars["hard_va_max"]
     out.append(_verdict("hard-merge VA", "FAIL", "not measured") if hard is None else
                _verdict("hard-merge VA", "pass" if hard <= hi else "FAIL",
                         f"{_pc(hard)} {'<=' if hard <= hi else '>'} {_pc(hi, 0)}"))
@@ -68,7 +70,7 @@ def regime_checks(numbers: dict, bars: dict = BARS) -> list[dict]:
     if base is None or tuned is None:
         out.append(_verdict("LA drop", "FAIL", "not measured"))
     else:
-        drop = 100 * (base - tuned)
+        drop = round(100 * (base - tuned), 1)
         out.append(_verdict("LA drop", "pass" if lo <= drop <= hi else "FAIL",
                             f"{drop:.1f} points ({_pc(base)} -> {_pc(tuned)}), "
                             f"{'within' if lo <= drop <= hi else 'outside'} {lo:g}-{hi:g}"))
@@ -77,11 +79,16 @@ def regime_checks(numbers: dict, bars: dict = BARS) -> list[dict]:
     if not base or tuned is None:
         out.append(_verdict("held-out perplexity", "FAIL", "not measured"))
     else:
-        rise = tuned / base - 1
+        rise = _shown(tuned / base - 1)
         out.append(_verdict("held-out perplexity", "pass" if lo <= rise <= hi else "FAIL",
                             f"{100 * rise:+.1f}% ({base:.2f} -> {tuned:.2f}), "
                             f"{'within' if lo <= rise <= hi else 'outside'} {100 * lo:+.0f}%..{100 * hi:+.0f}%"))
     return out
+
+
+def _shown(v: float | None) -> float | None:
+    """A fraction as its line prints it (0.1 %)."""
+    return None if v is None else round(v, 3)
 
 
 def _verdict(check: str, status: str, detail: str) -> dict:

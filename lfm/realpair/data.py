@@ -184,7 +184,8 @@ def text_items(kind: str, n: int) -> list[TextItem]:
     """``n`` text-only tuning items of ``kind`` (a seeded choice; never an evaluation noun or topic).
 
     definitions: nouns tagged at least once but below the common threshold (the wordnet_mc pool and its
-    distractors are all common nouns); replay: paragraphs of >= 200 characters of the replay topics.
+    distractors are all common nouns); replay: paragraphs of >= 200 characters of the replay topics that no
+    held-out topic contains.
     """
     rng = random.Random(f"text-{kind}-{ITEMS_SEED}")
     if kind == "definitions":
@@ -194,8 +195,10 @@ def text_items(kind: str, n: int) -> list[TextItem]:
         return [TextItem(f"definitions-{w}", kind, f'What does the word "{w}" mean? Answer in a few words.', g)
                 for w, g in picked]
     if kind == "replay":
-        _, replay = _pydoc_split()
-        paragraphs = [p.strip() for t in replay for p in t.split("\n\n") if len(p.strip()) >= 200]
+        held_out, replay = _pydoc_split()
+        held_out = "\n".join(held_out)  # a topic may repeat another's paragraph: those stay held out
+        paragraphs = [p.strip() for t in replay for p in t.split("\n\n")
+                      if len(p.strip()) >= 200 and p.strip() not in held_out]
         picked = rng.sample(range(len(paragraphs)), min(n, len(paragraphs)))
         return [TextItem(f"replay-{i}", kind, None, paragraphs[i]) for i in picked]
     raise ValueError(f"unknown text kind {kind!r}: use one of {TEXT_KINDS}")
