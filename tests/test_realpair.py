@@ -227,16 +227,42 @@ def test_presets_paper_is_the_default_and_overshoot_is_the_first_recipe():
     over, paper = PRESETS["overshoot"], PRESETS["paper"]
     # the recipe measured in issue 26 (lr 5e-4, 120 steps, visual data only), on the same suite as paper
     assert (over.tune_lr, over.tune_steps, over.tune_batch, over.text_share) == (5e-4, 120, 8, 0.0)
+    assert (over.vision_steps, over.vision_balanced, over.tower_per_task, over.train_per_task) == (600, False, 1500, 1500)
     assert paper.text_share > 0 and paper.tune_lr < over.tune_lr
     same_suite = ("test_per_task", "prose_tokens", "image_size")
     assert [getattr(over, k) for k in same_suite] == [getattr(paper, k) for k in same_suite]
-    assert paper.test_per_task >= 200 and PRESETS["smoke"].checks == "inform" and paper.checks == "enforce"
+    assert paper.test_per_task >= 200 and paper.checks == "enforce"
+    assert PRESETS["smoke"].checks == PRESETS["overshoot"].checks == "inform"  # not meant to be in the regime
     with pytest.raises(ValueError, match="unknown preset 'full'"):
         preset("full")
     with pytest.raises(ValueError, match="tune_lrr"):
         preset("paper", tune_lrr=1e-4)
     with pytest.raises(ValueError, match="text_share"):
         preset("paper", text_share=1.5)
+
+
+def test_tower_batches_balance_the_tasks_and_its_heads_give_the_ceiling():
+    import random
+
+    from lfm.realpair import vision
+
+    by_task = [list(range(0, 1497)), list(range(1497, 5497)), list(range(5497, 9497))]
+    batch = vision._balanced_batch(by_task, 64, random.Random(0))
+    assert [sum(i in pool for i in batch) for pool in by_task] == [21, 21, 21] and len(set(batch)) == 63
+    # the ceiling: each task's head on the mean patch feature, scored here by hand on the same images
+    cfg = preset("smoke")
+    items = [it for t in ("colour", "shape") for it in data.visual_items(t, "test", 6)]
+    tower = vision.CLIPVisionModel(vision.vision_config(cfg)).eval()
+    heads = torch.nn.ModuleDict({t: torch.nn.Linear(cfg.vision_hidden, len(data.CHOICES[t])) for t in ("colour", "shape")})
+    got = vision.held_out_accuracy(tower, heads, cfg, items)
+    for task in ("colour", "shape"):
+        sel = [it for it in items if it.task == task]
+        with torch.no_grad():
+            right = 0
+            for it in sel:
+                feats = tower(pixel_values=vision.pixel_values(vision.image_processor(cfg), [it.image])).last_hidden_state
+                right += int(heads[task](feats[0, 1:].mean(0)).argmax()) == data.CHOICES[task].index(it.answer)
+        assert got[task] == pytest.approx(right / len(sel))
 
 
 def _numbers(**kw):
@@ -421,3 +447,54 @@ def test_recipe_sweep_builds_checks_and_resumes(tiny_gguf, smoke_pair, tmp_path)
                            check_limit=2, table=tmp_path / "other.md", dry_run=True,
                            log=lambda m: pytest.fail(m))
     assert [r["done"] for r in dry["rows"]] == [True, True, False] and not (tmp_path / "other.md").exists()
+
+
+def test_shared_context_scoring_changes_no_answer(smoke_pair, tmp_path, monkeypatch):
+    """The sped-up language path (SharedContextHFLM: each multiple-choice context run once) against stock
+    HFLM, through lm-eval, on the smoke pair's base and tuned models and 60 items per language task: every
+    item's log-likelihoods agree to float rounding, so every chosen answer, greedy flag and score is the same."""
+    from transformers import AutoTokenizer
+
+    from lfm.evaluate import harness
+    from lfm.evaluate.models import load_eval_model
+    from lfm.evaluate.suites import get_suite
+    from lfm.realpair.tasks import write_suite
+
+    root, res = smoke_pair
+    cfg = preset("smoke", test_per_task=60)
+    suite = get_suite(write_suite(tmp_path / "suite", cfg, AutoTokenizer.from_pretrained(res["base"])))
+    compared = 0
+    for model in (res["base"], res["tuned"]):
+        em = load_eval_model(model)
+        runs = {}
+        for shared in (False, True):
+            monkeypatch.setattr(harness, "SHARED_CONTEXT", shared)
+            runs[shared] = harness.run_language(em, suite.language, include=suite.lm_eval_include,
+                                                include_defaults=False, log_samples=True)
+        for spec in suite.language:
+            stock, fast = runs[False][spec.task], runs[True][spec.task]
+            assert fast["acc"] == stock["acc"]
+            for a, b in zip(stock["samples"], fast["samples"], strict=True):
+                assert (a["doc_id"], a["generated"], a["score"]) == (b["doc_id"], b["generated"], b["score"])
+                compared += 1
+    assert compared == 2 * 3 * 60
+    # the log-likelihoods themselves, request by request (multi-token continuations of several lengths)
+    from lm_eval.api.instance import Instance
+
+    em = load_eval_model(res["tuned"])
+    requests = []
+    for line in (tmp_path / "suite" / "items" / "language.jsonl").read_text().splitlines():
+        doc = json.loads(line)
+        for choice in doc["choices"]:
+            requests.append(Instance("loglikelihood", doc, (doc["prompt"], " " + choice), 0))
+    monkeypatch.setattr(harness, "SHARED_CONTEXT", False)
+    stock = harness.language_lm_class()(pretrained=em.language_model(), tokenizer=em.tokenizer, batch_size=16)
+    monkeypatch.setattr(harness, "SHARED_CONTEXT", True)
+    fast = harness.language_lm_class()(pretrained=em.language_model(), tokenizer=em.tokenizer, batch_size=16)
+    assert type(fast).__name__ == "SharedContextHFLM" and type(stock).__name__ == "HFLM"
+    a, b = stock.loglikelihood(requests), fast.loglikelihood(requests)
+    assert len(a) == len(b) == 2 * 60 * 4
+    lengths = {len(fast.tok_encode(" " + r.args[1])) for r in requests}
+    assert len(lengths) > 3  # continuations of many lengths: every bucket of the shared path is exercised
+    for (la, ga), (lb, gb) in zip(a, b):
+        assert lb == pytest.approx(la, abs=1e-4) and ga == gb

@@ -34,7 +34,8 @@ DEFAULT_ROOT = Path(os.environ.get("LFM_REALPAIR_HOME", Path.home() / ".cache" /
 STAGE_FIELDS = {
     "suite": ("test_per_task", "prose_tokens", "image_size"),
     "vision": ("seed", "vision_hidden", "vision_layers", "vision_heads", "image_size", "patch", "vision_steps",
-               "vision_batch", "vision_lr", "train_per_task", "threads", "test_per_task"),
+               "vision_batch", "vision_lr", "vision_balanced", "tower_per_task", "train_per_task", "threads",
+               "test_per_task"),
     "aligned": ("align_steps", "align_batch", "align_lr"),
     "tuned": ("tune_steps", "tune_batch", "tune_lr", "projector_lr", "text_share", "text_items", "text_tokens"),
 }
@@ -134,6 +135,7 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
         (suite / STAMP).write_text(json.dumps({"config": suite_cfg, "stats": {}}, indent=1) + "\n")
 
     train_items = [it for t in data.VISUAL_TASKS for it in data.visual_items(t, "train", cfg.train_per_task, cfg.image_size)]
+    tower_items = [it for t in data.VISUAL_TASKS for it in data.visual_items(t, "train", cfg.tower_per_task, cfg.image_size)]
     test_items = [it for t in data.VISUAL_TASKS for it in data.visual_items(t, "test", cfg.test_per_task, cfg.image_size)]
     run = run_dir(root, cfg.name, cfg.seed)
     run.mkdir(parents=True, exist_ok=True)
@@ -144,7 +146,7 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
     if not _done(vis_dir, vis_cfg):
         log(f"pretraining the vision tower -> {vis_dir}")
         tmp = _tmp(vis_dir)
-        state, s = vision.pretrain_tower(cfg, train_items, test_items)
+        state, s = vision.pretrain_tower(cfg, tower_items, test_items)
         save_file(state, str(tmp / "vision.safetensors"))
         _commit(tmp, vis_dir, vis_cfg, s)
     stats["vision"] = json.loads((vis_dir / STAMP).read_text())["stats"]

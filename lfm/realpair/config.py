@@ -4,7 +4,8 @@
                text-only data (WordNet definitions + pydoc replay, ``text_share`` of each batch), a lower lr
                than ``overshoot`` for more steps; the build checks the regime (lfm/realpair/checks.py)
     overshoot  the first recipe (lr 5e-4 x 120 steps, visual data only): forgets far beyond the paper's regime
-               (LA -32 points, held-out perplexity x5.6) and learns little vision; kept as a contrast
+               (LA -32 points, held-out perplexity x5.6) and learns little vision; kept as a contrast (its
+               checks are printed, informational)
     smoke      the paper pipeline at a size that runs in seconds (the fast tests); its numbers mean nothing,
                so its checks are informational
 
@@ -23,15 +24,21 @@ CHECK_MODES = ("enforce", "inform")
 class BuildConfig:
     name: str = "paper"  # the run folder: OUT/<name>/seed<N>/ (the tuned model, its checks, its study)
     seed: int = 0
-    # vision tower: CLIP, 32x32 images, 8x8 patches -> 16 image tokens (small enough to pretrain on CPU)
+    # vision tower: CLIP, 32x32 images, 8x8 patches -> 16 image tokens (small enough to pretrain on CPU). Its
+    # held-out accuracy (digits / colour / shape / count, 200 images each, measured here on 2 cores): 600 steps
+    # on 1500 images per task 75.5 / 100 / 47 / 100 %; 1500 task-balanced steps on 4000 drawn images per
+    # task (digits: all 1497) 83.5 / 99.5 / 86.5 / 100 % (a larger tower, hidden 192 x 4 layers: 84 / 100 / 73
+    # / 100 % at 1200 steps, 4x the time; shifting images by 4 px for augmentation: digits 36 %)
     vision_hidden: int = 128
     vision_layers: int = 3
     vision_heads: int = 4
     image_size: int = 32
     patch: int = 8
-    vision_steps: int = 600
+    vision_steps: int = 1500
     vision_batch: int = 64
     vision_lr: float = 1e-3
+    vision_balanced: bool = True  # each pretraining batch holds every task equally (else: drawn from all items)
+    tower_per_task: int = 4000    # pretraining images per drawn task (digits: the 1497 sklearn has for training)
     # stage 1, alignment: the projector alone, LLM frozen
     align_steps: int = 60
     align_batch: int = 16
@@ -66,9 +73,12 @@ class BuildConfig:
 
 PRESETS = {
     "paper": BuildConfig(),
-    "overshoot": BuildConfig(name="overshoot", tune_steps=120, tune_lr=5e-4, text_share=0.0),
+    # out of the regime by design, so its checks inform (they would fail it) rather than fail the build
+    "overshoot": BuildConfig(name="overshoot", vision_steps=600, vision_balanced=False, tower_per_task=1500,
+                             tune_steps=120, tune_lr=5e-4, text_share=0.0, checks="inform"),
     "smoke": BuildConfig(name="smoke", vision_hidden=32, vision_layers=1, vision_heads=2, vision_steps=4,
                          vision_batch=8, align_steps=2, align_batch=2, tune_steps=3, tune_batch=4, train_per_task=16,
+                         tower_per_task=16,
                          text_items=8, text_tokens=24, test_per_task=6, prose_tokens=128, checks="inform"),
 }
 DEFAULT_PRESET = "paper"

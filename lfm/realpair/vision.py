@@ -56,11 +56,13 @@ def pretrain_tower(cfg: BuildConfig, items: list[VisualItem],
     opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.vision_lr, total_steps=max(cfg.vision_steps, 2), pct_start=0.1)
     rng = random.Random(f"vision-{cfg.seed}")
+    by_task = [[i for i, t in enumerate(task_of) if t == task] for task in tasks]
     tower.train()
     correct, seen = 0, 0
     bar = tqdm(range(cfg.vision_steps), desc="vision tower", mininterval=2.0)
     for step in bar:
-        idx = rng.sample(range(len(items)), min(cfg.vision_batch, len(items)))
+        idx = _balanced_batch(by_task, cfg.vision_batch, rng) if cfg.vision_balanced else \
+            rng.sample(range(len(items)), min(cfg.vision_batch, len(items)))
         feats = tower(pixel_values=pix[idx]).last_hidden_state[:, 1:].mean(1)  # [B, hidden], patches only
         loss = 0.0
         for t in tasks:
@@ -83,6 +85,13 @@ def pretrain_tower(cfg: BuildConfig, items: list[VisualItem],
              "train_accuracy_last_quarter": correct / seen if seen else None,
              "held_out_accuracy": held_out_accuracy(tower, heads, cfg, held_out)}
     return {k: v.detach().clone() for k, v in tower.state_dict().items()}, stats
+
+
+def _balanced_batch(by_task: list[list[int]], batch: int, rng: random.Random) -> list[int]:
+    """``batch`` indices, as many from each task's list as the others (digits has 1497 training images, a
+    drawn task as many as asked: an unbalanced batch would show the tower few digits)."""
+    per = batch // len(by_task)
+    return [i for pool in by_task for i in rng.sample(pool, min(per, len(pool)))]
 
 
 @torch.no_grad()
