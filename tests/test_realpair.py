@@ -447,6 +447,16 @@ def test_recipe_sweep_builds_checks_and_resumes(tiny_gguf, smoke_pair, tmp_path)
                            check_limit=2, table=tmp_path / "other.md", dry_run=True,
                            log=lambda m: pytest.fail(m))
     assert [r["done"] for r in dry["rows"]] == [True, True, False] and not (tmp_path / "other.md").exists()
+    # a run whose tuned model is rebuilt (another lr under the same name) forgets the old model's checks and
+    # study tables, which a resumed sweep would otherwise reuse
+    from dataclasses import replace
+
+    from lfm.realpair.build import run_dir
+
+    run = run_dir(root, points[0].name, 0)
+    assert (run / "checks.json").exists() and (run / "study").is_dir()
+    build(root, replace(points[0], tune_lr=2e-3), gguf=tiny_gguf[0], log=lambda m: None)
+    assert not (run / "checks.json").exists() and not (run / "study").exists()
 
 
 def test_shared_context_scoring_changes_no_answer(smoke_pair, tmp_path, monkeypatch):

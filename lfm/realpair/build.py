@@ -66,6 +66,13 @@ def sweep_dir(run: Path, suite: str, limit: int | None = None) -> Path:
     return run / "study" / (suite if limit is None else f"{suite}-limit{limit}")
 
 
+def _forget_measurements(run: Path) -> None:
+    """Delete a run's checks and study: a resumed sweep would otherwise reuse rows of another model or suite."""
+    if (run / "study").is_dir():
+        shutil.rmtree(run / "study")
+    (run / "checks.json").unlink(missing_ok=True)
+
+
 def _done(folder: Path, config: dict) -> bool:
     stamp = folder / STAMP
     return stamp.exists() and json.loads(stamp.read_text()).get("config") == config
@@ -131,6 +138,8 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
         log(f"writing the evaluation suite -> {suite}")
         if suite.exists():
             shutil.rmtree(suite)
+            for run_folder in root.glob("*/seed*"):  # every run measured on the items this replaces
+                _forget_measurements(run_folder)
         tasks.write_suite(suite, cfg, tok)
         (suite / STAMP).write_text(json.dumps({"config": suite_cfg, "stats": {}}, indent=1) + "\n")
 
@@ -180,11 +189,7 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
         tmp = _tmp(tuned)
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        for stale in (run / "study", run / "checks.json"):  # measured on the model this one replaces
-            if stale.is_dir():
-                shutil.rmtree(stale)
-            elif stale.exists():
-                stale.unlink()
+        _forget_measurements(run)  # they were of the model this one replaces
         _commit(tmp, tuned, tu_cfg, s)
     stats["tuned"] = json.loads((tuned / STAMP).read_text())["stats"]
     record = {"config": cfg.to_dict(), "stages": stats, "vision": str(vis_dir), "aligned": str(aligned)}
