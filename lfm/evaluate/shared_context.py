@@ -50,7 +50,8 @@ class _SharedContext:
         res: list = [None] * len(requests)
         rest = [i for i in range(len(requests)) if i not in mine]
         if rest:
-            for i, r in zip(rest, super()._loglikelihood_tokens([requests[i] for i in rest], disable_tqdm, override_bs)):
+            stock = super()._loglikelihood_tokens([requests[i] for i in rest], disable_tqdm, override_bs)
+            for i, r in zip(rest, stock):
                 res[i] = r
         shared.sort(key=lambda idx: -len(requests[idx[0]][1]))  # similar context lengths batch together
         per_batch = max(1, int(self.batch_size) if str(self.batch_size).isdigit() else 8)

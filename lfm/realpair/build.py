@@ -143,9 +143,11 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
         tasks.write_suite(suite, cfg, tok)
         (suite / STAMP).write_text(json.dumps({"config": suite_cfg, "stats": {}}, indent=1) + "\n")
 
-    train_items = [it for t in data.VISUAL_TASKS for it in data.visual_items(t, "train", cfg.train_per_task, cfg.image_size)]
-    tower_items = [it for t in data.VISUAL_TASKS for it in data.visual_items(t, "train", cfg.tower_per_task, cfg.image_size)]
-    test_items = [it for t in data.VISUAL_TASKS for it in data.visual_items(t, "test", cfg.test_per_task, cfg.image_size)]
+    def items(split: str, n: int) -> list:
+        return [it for t in data.VISUAL_TASKS for it in data.visual_items(t, split, n, cfg.image_size)]
+
+    train_items, tower_items = items("train", cfg.train_per_task), items("train", cfg.tower_per_task)
+    test_items = items("test", cfg.test_per_task)
     run = run_dir(root, cfg.name, cfg.seed)
     run.mkdir(parents=True, exist_ok=True)
     train.setup(cfg)

@@ -107,7 +107,8 @@ def failed(checks: list[dict]) -> list[str]:
 def format_checks(checks: list[dict], mode: str) -> list[str]:
     """The check lines, then one summary line (what failed; 'informational' under mode 'inform').
 
-    >>> format_checks([{"check": "LA drop", "status": "FAIL", "line": "check LA drop: 40.0 points: FAIL"}], "inform")[-1]
+    >>> verdict = {"check": "LA drop", "status": "FAIL", "line": "check LA drop: 40.0 points: FAIL"}
+    >>> format_checks([verdict], "inform")[-1]
     'regime checks (informational: this preset is not meant to be in the regime): 0 passed, 1 failed (LA drop)'
     """
     counts = {s: sum(c["status"] == s for c in checks) for s in ("pass", "FAIL", "tower-limited")}
@@ -139,9 +140,10 @@ def measure(res: dict, *, limit: int | None = None, progress: bool = False) -> d
     from .build import sweep_dir
 
     kw = dict(resume=True, progress=progress)
-    suite_df = run_sweep(res["base"], res["tuned"], [], suite=res["suite"], out_dir=sweep_dir(res["run"], "suite", limit),
-                         limit=limit, log_items=True, **kw)
-    check_df = run_sweep(res["base"], res["tuned"], [], suite=res["check"], out_dir=sweep_dir(res["run"], "check"), **kw)
+    pair = (res["base"], res["tuned"], [])
+    suite_df = run_sweep(*pair, suite=res["suite"], out_dir=sweep_dir(res["run"], "suite", limit), limit=limit,
+                         log_items=True, **kw)
+    check_df = run_sweep(*pair, suite=res["check"], out_dir=sweep_dir(res["run"], "check"), **kw)
     return numbers_from(suite_df, check_df, res["stages"]["vision"].get("held_out_accuracy") or {})
 
 

@@ -122,7 +122,8 @@ def format_table(res: dict) -> str:
         pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
         drop = None if n["base_LA"] is None or n["tuned_LA"] is None else 100 * (n["base_LA"] - n["tuned_LA"])
         rise = None if not n["base_ppl"] or n["tuned_ppl"] is None else 100 * (n["tuned_ppl"] / n["base_ppl"] - 1)
-        lines.append(head + " " + " | ".join(pct(n["tuned_tasks"].get(t)) for t in ("digits", "colour", "shape", "count"))
+        visual = (pct(n["tuned_tasks"].get(t)) for t in ("digits", "colour", "shape", "count"))
+        lines.append(head + " " + " | ".join(visual)
                      + f" | {pct(n['hard_VA'])} | {'n/a' if drop is None else f'{drop:.1f}'} | "
                      f"{'n/a' if rise is None else f'{rise:+.1f}%'} | {', '.join(r['failed']) or 'none'} | "
                      f"{r['tune_seconds']} |")
