@@ -81,15 +81,19 @@ test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not browser"
 
 # SmolLM2-135M-Instruct (PyPI wheel) + the LLaVA tuned from it, cached in ~/.cache/lfm/realpair (REALPAIR_OUT);
-# ~30-45 min and ~4 GB RAM on 2 cores the first time, instant after. Last two lines: base: DIR / tuned: DIR
+# preset paper (default; REALPAIR_PRESET=overshoot for the first recipe), then the regime checks, one line
+# each (lfm/realpair/checks.py; exit 1 when one fails). ~4 GB RAM; see README for the time on 2 cores.
+# Last two lines: base: DIR / tuned: DIR
 REALPAIR_OUT ?=
 REALPAIR_SEED ?= 0
+REALPAIR_PRESET ?= paper
+REALPAIR_ARGS = --preset $(REALPAIR_PRESET) --seed $(REALPAIR_SEED) $(if $(REALPAIR_OUT),--out $(REALPAIR_OUT))
 realpair: install
-	$(VENV)/bin/lfm realpair build --seed $(REALPAIR_SEED) $(if $(REALPAIR_OUT),--out $(REALPAIR_OUT))
+	$(VENV)/bin/lfm realpair build $(REALPAIR_ARGS)
 
 # the paper's study on it -> lfm/data/realpair/results.{json,md} (resumable; hours of CPU for every point)
 realpair-study: realpair
-	HF_HUB_OFFLINE=1 $(VENV)/bin/lfm realpair study --seed $(REALPAIR_SEED) $(if $(REALPAIR_OUT),--out $(REALPAIR_OUT))
+	HF_HUB_OFFLINE=1 $(VENV)/bin/lfm realpair study $(REALPAIR_ARGS)
 
 bench: install
 	$(PY) benchmarks/merge_speed.py

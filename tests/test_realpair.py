@@ -119,7 +119,7 @@ def test_short_answer_rule():
 
 
 ROOT = Path(__file__).resolve().parents[1]
-FULL_TUNED = DEFAULT_ROOT / "seed0" / "tuned"
+FULL_TUNED = DEFAULT_ROOT / "paper" / "seed0" / "tuned"
 
 
 @pytest.mark.skipif(not (FULL_TUNED / "lfm_realpair_stage.json").exists(),
@@ -179,7 +179,7 @@ def test_study_on_the_smoke_pair(smoke_pair, tmp_path):
     root, _ = smoke_pair
     recipes = [("average", Recipe.from_name("ta", alpha=0.5)),
                ("paper", Recipe.from_name("neu-s-ties", density=0.2, neurons=0.3))]
-    res = run_study(root, recipes=recipes, limit=2, stage_limit=2, results_dir=tmp_path, progress=False)
+    res = run_study(root, recipes=recipes, limit=2, stage_limit=2, results_dir=tmp_path, progress=False, name="smoke")
     labels = [r["label"] for r in res["rows"]]
     assert labels[:3] == ["base LLM", "tuned MLLM", "hard-merge"] and "TaskA a=0.5" in labels
     by = {r["label"]: r for r in res["rows"]}
@@ -190,12 +190,321 @@ def test_study_on_the_smoke_pair(smoke_pair, tmp_path):
     assert [t["from"] for t in res["stages"]["transitions"]] == ["hard", "suppress"]
     md = (tmp_path / "results.md").read_text()
     assert "| reference | tuned MLLM |" in md and json.loads((tmp_path / "results.json").read_text())["rows"]
-    again = run_study(root, recipes=recipes, limit=2, results_dir=None, report_only=True)  # from the logs alone
+    # every merge paired against the plain average and the tuned model, on the same items, with an interval
+    from lfm.evaluate.paired import bootstrap_oa, mcnemar
+
+    assert [(c["label"], c["vs"]) for c in res["paired"]] == [("Neu-S-TIES K=0.2 M=0.3", "TaskA a=0.5"),
+                                                              ("TaskA a=0.5", "tuned MLLM"),
+                                                              ("Neu-S-TIES K=0.2 M=0.3", "tuned MLLM")]
+    a, b = by["TaskA a=0.5"], by["tuned MLLM"]
+    lang, vis = ["capitals_mc", "capitals_qa", "wordnet_mc"], ["digits", "colour", "shape", "count"]
+    assert res["paired"][1]["OA"] == bootstrap_oa(a["items"], b["items"], lang, vis, seed=0)
+    assert res["paired"][1]["OA"]["diff"] == pytest.approx(a["OA"] - b["OA"])
+    assert res["paired"][1]["mcnemar"] == mcnemar("".join(a["items"][t] for t in lang + vis),
+                                                  "".join(b["items"][t] for t in lang + vis))
+    table = md[md.index("Paired on the same items"):].splitlines()
+    assert sum(line.startswith("| TaskA a=0.5 | tuned MLLM | ") and "[" in line for line in table) == 1
+    best = next(line for line in md.splitlines() if line.startswith("- best merge by OA"))
+    assert best.count("OA ") >= 2 and best.count("[") == 2 and "McNemar" in best
+    again = run_study(root, recipes=recipes, limit=2, results_dir=None, report_only=True, name="smoke")  # logs alone
     assert again["rows"] == res["rows"] and again["stages"] == res["stages"]
     # the seed table: seed 7 was never built, so it is reported missing; seed 0's rows carry its values
-    seeds = run_study(root, recipes=recipes, limit=2, results_dir=None, report_only=True, seeds=[0, 7])["seeds"]
+    seeds = run_study(root, recipes=recipes, limit=2, results_dir=None, report_only=True, seeds=[0, 7],
+                      name="smoke")["seeds"]
     assert seeds["seeds"] == [0] and seeds["missing"] == [7]
     points = {r["point"]: r for r in res["rows"]}
     assert {r["point"] for r in seeds["rows"]} == set(points)
     for r in seeds["rows"]:
         assert r["OA"]["values"] == [points[r["point"]]["OA"]] and r["LA"]["mean"] == points[r["point"]]["LA"]
+
+
+# --------------------------------------------------------------------------------------- issue 26: the regime
+
+def test_presets_paper_is_the_default_and_overshoot_is_the_first_recipe():
+    from lfm.realpair.config import DEFAULT_PRESET, PRESETS, BuildConfig
+
+    assert DEFAULT_PRESET == "paper" and PRESETS["paper"] == BuildConfig()
+    over, paper = PRESETS["overshoot"], PRESETS["paper"]
+    # the recipe measured in issue 26 (lr 5e-4, 120 steps, visual data only), on the same suite as paper
+    assert (over.tune_lr, over.tune_steps, over.tune_batch, over.text_share) == (5e-4, 120, 8, 0.0)
+    assert (over.vision_steps, over.vision_balanced, over.tower_per_task, over.train_per_task) == (600, False, 1500, 1500)
+    assert paper.text_share > 0 and paper.tune_lr < over.tune_lr
+    same_suite = ("test_per_task", "prose_tokens", "image_size")
+    assert [getattr(over, k) for k in same_suite] == [getattr(paper, k) for k in same_suite]
+    assert paper.test_per_task >= 200 and paper.checks == "enforce"
+    assert PRESETS["smoke"].checks == PRESETS["overshoot"].checks == "inform"  # not meant to be in the regime
+    with pytest.raises(ValueError, match="unknown preset 'full'"):
+        preset("full")
+    with pytest.raises(ValueError, match="tune_lrr"):
+        preset("paper", tune_lrr=1e-4)
+    with pytest.raises(ValueError, match="text_share"):
+        preset("paper", text_share=1.5)
+
+
+def test_tower_batches_balance_the_tasks_and_its_heads_give_the_ceiling():
+    import random
+
+    from lfm.realpair import vision
+
+    by_task = [list(range(0, 1497)), list(range(1497, 5497)), list(range(5497, 9497))]
+    batch = vision._balanced_batch(by_task, 64, random.Random(0))
+    assert [sum(i in pool for i in batch) for pool in by_task] == [21, 21, 21] and len(set(batch)) == 63
+    # the ceiling: each task's head on the mean patch feature, scored here by hand on the same images
+    cfg = preset("smoke")
+    items = [it for t in ("colour", "shape") for it in data.visual_items(t, "test", 6)]
+    tower = vision.CLIPVisionModel(vision.vision_config(cfg)).eval()
+    heads = torch.nn.ModuleDict({t: torch.nn.Linear(cfg.vision_hidden, len(data.CHOICES[t])) for t in ("colour", "shape")})
+    got = vision.held_out_accuracy(tower, heads, cfg, items)
+    for task in ("colour", "shape"):
+        sel = [it for it in items if it.task == task]
+        with torch.no_grad():
+            right = 0
+            for it in sel:
+                feats = tower(pixel_values=vision.pixel_values(vision.image_processor(cfg), [it.image])).last_hidden_state
+                right += int(heads[task](feats[0, 1:].mean(0)).argmax()) == data.CHOICES[task].index(it.answer)
+        assert got[task] == pytest.approx(right / len(sel))
+
+
+def _numbers(**kw):
+    n = {"tuned_tasks": {"digits": 0.85, "colour": 0.99, "shape": 0.82, "count": 0.80},
+         "tower": {"digits": 0.9, "colour": 1.0, "shape": 0.9, "count": 1.0},
+         "hard_VA": 0.30, "base_LA": 0.613, "tuned_LA": 0.553, "base_ppl": 13.9, "tuned_ppl": 13.9 * 1.15}
+    n.update(kw)
+    return n
+
+
+def test_regime_checks_on_hand_made_numbers():
+    from lfm.realpair.checks import failed, format_checks, regime_checks
+
+    def status(**kw):
+        return {c["check"]: c["status"] for c in regime_checks(_numbers(**kw))}
+
+    # the bars' edges pass: VA 80 % exactly, hard-merge 30 % exactly, LA drop 6.0 points, perplexity +15 %
+    assert set(status().values()) == {"pass"} and len(status()) == 7
+    assert status(base_LA=0.60, tuned_LA=0.45)["LA drop"] == "pass"            # 15.0 points
+    assert status(base_LA=0.60, tuned_LA=0.449)["LA drop"] == "FAIL"           # 15.1
+    assert status(base_LA=0.60, tuned_LA=0.551)["LA drop"] == "FAIL"           # 4.9
+    assert status(base_LA=0.613, tuned_LA=0.293)["LA drop"] == "FAIL"          # the overshoot: 32 points
+    assert status(tuned_ppl=13.9 * 1.6)["held-out perplexity"] == "pass"
+    assert status(tuned_ppl=78.0)["held-out perplexity"] == "FAIL"             # the overshoot: x5.6
+    assert status(tuned_ppl=13.9 * 1.10)["held-out perplexity"] == "FAIL"      # the prototype: mild
+    assert status(hard_VA=0.301)["hard-merge VA"] == "FAIL"
+    # below the bar: failed, unless the tower itself cannot see the task that well (then tower-limited)
+    low = {"digits": 0.19, "colour": 0.97, "shape": 0.37, "count": 0.48}
+    s = status(tuned_tasks=low, tower={"digits": 0.755, "colour": 1.0, "shape": 0.81, "count": 1.0})
+    assert s == {"tuned VA digits": "tower-limited", "tuned VA colour": "pass", "tuned VA shape": "FAIL",
+                 "tuned VA count": "FAIL", "hard-merge VA": "pass", "LA drop": "pass", "held-out perplexity": "pass"}
+    assert status(tuned_tasks=low, tower={})["tuned VA digits"] == "FAIL"      # no ceiling known: no excuse
+    checks = regime_checks(_numbers(tuned_LA=None, base_ppl=None))
+    assert failed(checks) == ["LA drop", "held-out perplexity"]
+    assert all("not measured" in c["line"] for c in checks if c["status"] == "FAIL")
+    # one line per check naming it and its status, then the summary naming what failed
+    lines = format_checks(regime_checks(_numbers(tuned_tasks=low, tower={"digits": 0.755})), "enforce")
+    assert len(lines) == 8 and all(line.startswith(f"check {c['check']}:") for line, c in
+                                   zip(lines, regime_checks(_numbers(tuned_tasks=low, tower={"digits": 0.755}))))
+    assert lines[-1] == "regime checks: 4 passed, 2 failed (tuned VA shape, tuned VA count), 1 tower-limited"
+    assert "19.0% < 80%" in lines[0] and "75.5%" in lines[0] and lines[0].endswith(": tower-limited")
+    assert "informational" in format_checks(regime_checks(_numbers()), "inform")[-1]
+
+
+@needs_debian
+def test_suite_has_200_distinct_items_per_task_true_to_the_sources(smoke_pair):
+    """>= 200 items per task (binomial s.e. <= 3.5 points), distinct, deterministic, each answer checked against
+    the source file read here independently (countries.gz, WordNet's data.noun, sklearn's digits)."""
+    import gzip
+    import re
+
+    from transformers import AutoTokenizer
+
+    from lfm.realpair.tasks import language_items
+
+    cfg = preset("paper")
+    tok = AutoTokenizer.from_pretrained(smoke_pair[1]["base"])
+    items = language_items(cfg, tok)
+    assert items == language_items(cfg, tok)  # deterministic
+    by_task = {}
+    for it in items:
+        by_task.setdefault(it["task"], []).append(it)
+    assert {t: len(v) for t, v in by_task.items()} == {"capitals_mc": 200, "capitals_qa": 200, "wordnet_mc": 200}
+    assert len({it["id"] for it in items}) == len(items)
+    raw = {}
+    for line in gzip.open(data.COUNTRIES, "rt", encoding="utf-8"):
+        f = line.rstrip("\n").split(":")
+        if not line.startswith("#") and len(f) >= 5:
+            raw[f[3].strip()] = f[4].strip()
+    for task in ("capitals_mc", "capitals_qa"):
+        countries = [re.search(r"capital of (.+?)\?", it["prompt"]).group(1) for it in by_task[task]]
+        assert len(set(countries)) == 200
+        for country, it in zip(countries, by_task[task]):
+            assert raw[country].startswith(it["answer"]), (country, it["answer"])  # the source's first name
+            assert it["answer"].lower() not in country.lower()  # never a copy of the question
+            if task == "capitals_mc":
+                assert it["choices"][it["target"]] == it["answer"] and len(set(it["choices"])) == 4
+    glosses = {}
+    for line in open(data.WORDNET / "data.noun", encoding="utf-8"):
+        if not line.startswith(" ") and "|" in line:
+            f = line.split()
+            words = {f[4 + 2 * i] for i in range(int(f[3], 16))}
+            glosses.setdefault(line.split("|", 1)[1].split(";")[0].strip(), set()).update(words)
+    assert len({it["prompt"] for it in by_task["wordnet_mc"]}) == 200
+    for it in by_task["wordnet_mc"]:
+        gloss = re.match(r"Definition: (.+)\.\nThe word defined is:", it["prompt"], flags=re.S).group(1)
+        assert it["answer"] in glosses[gloss] and it["choices"][it["target"]] == it["answer"]
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for task in data.VISUAL_TASKS:
+        vis = data.visual_items(task, "test", cfg.test_per_task)
+        assert len(vis) == 200 and len({it.id for it in vis}) == 200
+        assert len({it.image.tobytes() for it in vis}) == 200  # 200 distinct images
+        assert [it.image.tobytes() for it in vis] == [it.image.tobytes() for it in data.visual_items(task, "test", 200)]
+        if task == "digits":
+            assert all(it.answer == str(digits.target[int(it.id.rsplit("-", 1)[1])]) for it in vis)
+    with pytest.raises(ValueError, match="fewer than test_per_task=300"):
+        language_items(preset("paper", test_per_task=300), tok)
+
+
+@needs_debian
+def test_text_only_tuning_data_is_disjoint_from_the_evaluation():
+    """The replay never sees an evaluation noun, gloss or prose: the definitions' nouns are outside every
+    wordnet_mc question and choice, the replay paragraphs outside the suite's and the check's texts."""
+    from lfm.realpair.train import tuning_text
+
+    cfg = preset("paper")
+    text = tuning_text(cfg)
+    assert tuning_text(preset("overshoot")) == [] and text == tuning_text(cfg)
+    kinds = {}
+    for it in text:
+        kinds.setdefault(it.kind, []).append(it)
+    assert len(kinds["definitions"]) == cfg.text_items and len(kinds["replay"]) >= 500
+    assert len({it.id for it in text}) == len(text)
+    common = {w for w, _ in data.wordnet_glosses(10_000)}  # the whole pool the evaluation draws from
+    assert not {it.id.split("-", 1)[1] for it in kinds["definitions"]} & common
+    held_out = data.prose()
+    for it in kinds["replay"]:
+        assert it.prompt is None and it.answer not in held_out["pydoc"] and it.answer not in held_out["gpl3"]
+        assert it.answer not in data.check_prose()
+    import pydoc_data.topics as topics
+
+    suite_piece = held_out["pydoc"][:data.PYDOC_HELD_OUT_CHARS // 2]
+    assert suite_piece.startswith(topics.topics[sorted(topics.topics)[0]][:200])
+
+
+def test_smoke_build_checks_the_regime_and_logs_items(tiny_gguf, smoke_pair, capsys):
+    """`lfm realpair build` prints one line per check and a summary (informational under smoke: exit 0) before
+    the pair's commands; the numbers are the sweep table's, whose per-item outcomes average to its accuracies."""
+    from lfm.cli import main
+    from lfm.evaluate.sweep import load_results
+    from lfm.realpair.build import sweep_dir
+    from lfm.realpair.checks import regime_checks
+
+    root, res = smoke_pair
+    assert main(["realpair", "build", "--preset", "smoke", "--gguf", str(tiny_gguf[0]), "--out", str(root)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    checks = json.loads((res["run"] / "checks.json").read_text())
+    first = out.index(checks["lines"][0])
+    assert out[first:first + 8] == checks["lines"] and out[-2].startswith("base: ")
+    assert [line.split(":")[0] for line in out[first:first + 7]] == [
+        "check tuned VA digits", "check tuned VA colour", "check tuned VA shape", "check tuned VA count",
+        "check hard-merge VA", "check LA drop", "check held-out perplexity"]
+    assert out[first + 7].startswith("regime checks (informational")
+    assert [c["status"] for c in checks["checks"]] == [c["status"] for c in regime_checks(checks["numbers"])]
+    table = {r["point"]: r for r in load_results(sweep_dir(res["run"], "suite")).to_dict("records")}
+    n = checks["numbers"]
+    assert (n["hard_VA"], n["base_LA"], n["tuned_LA"]) == (table["hard"]["VA"], table["base"]["LA"], table["tuned"]["LA"])
+    assert n["tower"] == res["stages"]["vision"]["held_out_accuracy"] and set(n["tower"]) == set(data.VISUAL_TASKS)
+    for point in ("base", "tuned", "hard"):
+        items = {k[6:]: v for k, v in table[point].items() if k.startswith("items:") and isinstance(v, str)}
+        assert set(items) == ({"capitals_mc", "capitals_qa", "wordnet_mc"} | (set() if point == "base" else
+                                                                              set(data.VISUAL_TASKS)))
+        for task, bits in items.items():
+            assert len(bits) == preset("smoke").test_per_task
+            assert bits.count("1") / len(bits) == pytest.approx(table[point][f"task:{task}"])
+
+
+def test_recipe_sweep_builds_checks_and_resumes(tiny_gguf, smoke_pair, tmp_path):
+    """Two smoke points (lr x 1 x text share 2): each built into its own run, sharing the vision tower and the
+    alignment, checked, tabled; a rerun builds nothing."""
+    from lfm.realpair.recipe_sweep import format_table, point_name, run_recipe_sweep, sweep_points
+
+    root, _ = smoke_pair
+    points = sweep_points("smoke", lrs=[1e-3], steps=[2], text_shares=[0.0, 0.5])
+    assert [p.name for p in points] == [point_name(1e-3, 2, 0.0), point_name(1e-3, 2, 0.5)]
+    assert all(p.checks == "enforce" and p.tune_steps == 2 for p in points)
+    logged = []
+    res = run_recipe_sweep(root, points, check_limit=2, table=tmp_path / "sweep.md", gguf=tiny_gguf[0],
+                           log=logged.append)
+    assert [r["done"] for r in res["rows"]] == [True, True]
+    assert sum("vision tower" in m for m in logged) == 0  # the smoke pair's tower and alignment are reused
+    assert sum("visual instruction tuning" in m for m in logged) == 2
+    table = (tmp_path / "sweep.md").read_text()
+    assert table.strip() == format_table(json.loads((tmp_path / "sweep.json").read_text()))
+    assert "| 0.001 | 2 | 0 |" in table and "| 0.001 | 2 | 0.5 |" in table
+    again = run_recipe_sweep(root, points, check_limit=2, table=tmp_path / "sweep.md", gguf=tiny_gguf[0],
+                             log=lambda m: pytest.fail(f"a finished point was redone: {m}"))
+    assert again["rows"] == res["rows"]
+    dry = run_recipe_sweep(root, points + sweep_points("smoke", lrs=[1e-3], steps=[3], text_shares=[0.0]),
+                           check_limit=2, table=tmp_path / "other.md", dry_run=True,
+                           log=lambda m: pytest.fail(m))
+    assert [r["done"] for r in dry["rows"]] == [True, True, False] and not (tmp_path / "other.md").exists()
+    # a run whose tuned model is rebuilt (another lr under the same name) forgets the old model's checks and
+    # study tables, which a resumed sweep would otherwise reuse
+    from dataclasses import replace
+
+    from lfm.realpair.build import run_dir
+
+    run = run_dir(root, points[0].name, 0)
+    assert (run / "checks.json").exists() and (run / "study").is_dir()
+    build(root, replace(points[0], tune_lr=2e-3), gguf=tiny_gguf[0], log=lambda m: None)
+    assert not (run / "checks.json").exists() and not (run / "study").exists()
+
+
+def test_shared_context_scoring_changes_no_answer(smoke_pair, tmp_path, monkeypatch):
+    """The sped-up language path (SharedContextHFLM: each multiple-choice context run once) against stock
+    HFLM, through lm-eval, on the smoke pair's base and tuned models and 60 items per language task: every
+    item's log-likelihoods agree to float rounding, so every chosen answer, greedy flag and score is the same."""
+    from transformers import AutoTokenizer
+
+    from lfm.evaluate import harness
+    from lfm.evaluate.models import load_eval_model
+    from lfm.evaluate.suites import get_suite
+    from lfm.realpair.tasks import write_suite
+
+    root, res = smoke_pair
+    cfg = preset("smoke", test_per_task=60)
+    suite = get_suite(write_suite(tmp_path / "suite", cfg, AutoTokenizer.from_pretrained(res["base"])))
+    compared = 0
+    for model in (res["base"], res["tuned"]):
+        em = load_eval_model(model)
+        runs = {}
+        for shared in (False, True):
+            monkeypatch.setattr(harness, "SHARED_CONTEXT", shared)
+            runs[shared] = harness.run_language(em, suite.language, include=suite.lm_eval_include,
+                                                include_defaults=False, log_samples=True)
+        for spec in suite.language:
+            stock, fast = runs[False][spec.task], runs[True][spec.task]
+            assert fast["acc"] == stock["acc"]
+            for a, b in zip(stock["samples"], fast["samples"], strict=True):
+                assert (a["doc_id"], a["generated"], a["score"]) == (b["doc_id"], b["generated"], b["score"])
+                compared += 1
+    assert compared == 2 * 3 * 60
+    # the log-likelihoods themselves, request by request (multi-token continuations of several lengths)
+    from lm_eval.api.instance import Instance
+
+    em = load_eval_model(res["tuned"])
+    requests = []
+    for line in (tmp_path / "suite" / "items" / "language.jsonl").read_text().splitlines():
+        doc = json.loads(line)
+        for choice in doc["choices"]:
+            requests.append(Instance("loglikelihood", doc, (doc["prompt"], " " + choice), 0))
+    monkeypatch.setattr(harness, "SHARED_CONTEXT", False)
+    stock = harness.language_lm_class()(pretrained=em.language_model(), tokenizer=em.tokenizer, batch_size=16)
+    monkeypatch.setattr(harness, "SHARED_CONTEXT", True)
+    fast = harness.language_lm_class()(pretrained=em.language_model(), tokenizer=em.tokenizer, batch_size=16)
+    assert type(fast).__name__ == "SharedContextHFLM" and type(stock).__name__ == "HFLM"
+    a, b = stock.loglikelihood(requests), fast.loglikelihood(requests)
+    assert len(a) == len(b) == 2 * 60 * 4
+    lengths = {len(fast.tok_encode(" " + r.args[1])) for r in requests}
+    assert len(lengths) > 3  # continuations of many lengths: every bucket of the shared path is exercised
+    for (la, ga), (lb, gb) in zip(a, b):
+        assert lb == pytest.approx(la, abs=1e-4) and ga == gb

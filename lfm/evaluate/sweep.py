@@ -12,7 +12,9 @@ Writes into ``out_dir``:
 
 Row columns: point (id: hash of the recipe), kind ('point' | 'reference'), label, method, every Recipe
 field (density, neurons, suppress, restore, alpha, ...), LA, VA, OA, one ``task:<label>`` column per task,
-seconds. References (``references=True``): 'base' (the base LLM, language tasks only), 'tuned' (the MLLM
+seconds; with ``log_items``, one ``items:<label>`` column per task scored item by item: a string of '0'/'1',
+one character per item in the task's order (the same items for every point: what paired statistics,
+``lfm.evaluate.paired``, compare). References (``references=True``): 'base' (the base LLM, language tasks only), 'tuned' (the MLLM
 as trained) and 'hard' (hard-merge), the anchors of the paper's trade-off plots.
 
 Executors: 'local' evaluates the points one after another in this process on one loaded model;
@@ -112,12 +114,14 @@ class PointRunner:
     """
 
     def __init__(self, base, tuned, suite: str | Suite, *, limit: int | None = None, device: str = "cpu",
-                 batch_size: int = 32, progress: bool = False, points: list | None = None, resident=None):
+                 batch_size: int = 32, progress: bool = False, points: list | None = None, resident=None,
+                 log_items: bool = False):
         from lfm.resident import ResidentPair
         from lfm.evaluate.models import load_eval_model
 
         self.base, self.tuned = str(base), str(tuned)
         self.suite, self.limit, self.device, self.batch_size = get_suite(suite), limit, device, batch_size
+        self.log_items = log_items
         self.em = load_eval_model(tuned, device=device)
         # a pair opened here stays on the CPU (memory-mapped); merged tensors are staged there and copied to the
         # model on ``device`` (the memory check counts the staging tensor)
@@ -145,8 +149,22 @@ class PointRunner:
     def run(self, point: Recipe | str) -> dict:
         """The sweep row of one point (``make_row``)."""
         started = time.perf_counter()
-        res = self.evaluate(point, limit=self.limit)
-        return make_row(point, res, time.perf_counter() - started)
+        res = self.evaluate(point, limit=self.limit, log_samples=self.log_items)
+        row = make_row(point, res, time.perf_counter() - started)
+        if self.log_items:
+            row.update({f"items:{k}": v for k, v in item_outcomes(self.suite, res).items()})
+        return row
+
+
+def item_outcomes(suite: Suite, res: dict) -> dict[str, str]:
+    """{task label: '0'/'1' per item in doc order} from an evaluation's logged samples (the tasks whose
+    samples carry a numeric score: accuracy tasks, not perplexities)."""
+    out = {}
+    for spec in suite.language + suite.visual:
+        samples = sorted(res.get("samples", {}).get(spec.task, []), key=lambda x: x["doc_id"])
+        if samples and all(x["score"] is not None for x in samples):
+            out[spec.label] = "".join("1" if x["score"] > 0.5 else "0" for x in samples)
+    return out
 
 
 def make_row(point: Recipe | str, res: dict, seconds: float) -> dict:
@@ -247,8 +265,10 @@ def load_results(path: str | Path):
 
 def run_sweep(base, tuned, recipes: list[Recipe], *, suite: str | Suite = "organism", out_dir: str | Path,
               executor: str = "local", resume: bool = False, limit: int | None = None, references: bool = True,
-              device: str = "cpu", workers: int | None = None, batch_size: int = 32, progress: bool = True):
-    """Evaluate every recipe (and the references) not already in ``out_dir``; returns the table (DataFrame)."""
+              device: str = "cpu", workers: int | None = None, batch_size: int = 32, progress: bool = True,
+              log_items: bool = False):
+    """Evaluate every recipe (and the references) not already in ``out_dir``; returns the table (DataFrame).
+    ``log_items``: also log each point's per-item outcomes (``items:<label>`` columns; local executor)."""
     suite_obj = get_suite(suite)
     check_datasets(suite_obj)
     meta = {"base": str(Path(base).resolve()), "tuned": str(Path(tuned).resolve()), "suite": suite_obj.name,
@@ -260,13 +280,15 @@ def run_sweep(base, tuned, recipes: list[Recipe], *, suite: str | Suite = "organ
     if executor == "local":
         with bars_to_file(table.dir / "harness.log"):
             runner = PointRunner(base, tuned, suite_obj, limit=limit, device=device, batch_size=batch_size,
-                                 points=todo) if todo else None
+                                 points=todo, log_items=log_items) if todo else None
         for p in todo:
             with bars_to_file(table.dir / "harness.log"):
                 row = runner.run(p)
             table.add(row)
             bar.update(1)
     elif executor == "ray":
+        if log_items:
+            raise ValueError("log_items runs with executor 'local' only")
         for row in _run_ray(base, tuned, suite_obj, todo, limit=limit, device=device, workers=workers,
                             batch_size=batch_size):
             table.add(row)

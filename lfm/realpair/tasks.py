@@ -11,34 +11,27 @@ Visual (lmms-eval, free-form answer classified by ``lfm.taxonomy``; VA = their m
     rp_digits, rp_colour, rp_shape, rp_count
 Held-out prose (lm-eval loglikelihood_rolling; not part of LA): rp_prose_gpl3, rp_prose_pydoc, each about
 ``cfg.prose_tokens`` tokens, reported as token perplexity (the base tokenizer's tokens) and word perplexity.
+Every task has ``cfg.test_per_task`` items (the language sources refuse more than they hold).
+
+The build's own forgetting check reads one more held-out text, outside both suites: rp_prose_check
+(``data.check_prose``, the MPL-2.0), in folder/check.yaml.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import unicodedata
 from pathlib import Path
 
 from PIL import Image
 
 from .config import BuildConfig
-from .data import VISUAL_TASKS, capitals, distractors, prose, visual_items, wordnet_glosses
+from .data import VISUAL_TASKS, capitals, check_prose, distractors, normalise, prose, visual_items, wordnet_glosses
 
 LANGUAGE_TASKS = ("capitals_mc", "capitals_qa", "wordnet_mc")
 PROSE_TASKS = ("gpl3", "pydoc")
+CHECK_PROSE = "check"
 QA_SUFFIX = "Answer with the name only."
-
-
-def normalise(text: str) -> str:
-    """Lower case, accents stripped, whitespace collapsed: 'Bogotá' and 'bogota' compare equal.
-
-    >>> normalise("  Bogotá ")
-    'bogota'
-    """
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
-    return " ".join(text.split())
 
 
 def short_answer_correct(generated: str, answer: str) -> bool:
@@ -51,11 +44,16 @@ def short_answer_correct(generated: str, answer: str) -> bool:
 
 
 def language_items(cfg: BuildConfig, tokenizer) -> list[dict]:
-    """Every language item: {id, task, prompt, answer, choices, target}."""
+    """Every language item: {id, task, prompt, answer, choices, target}, ``cfg.test_per_task`` per task."""
     rng = random.Random("language-items")
     pairs = capitals()
     pool = [c for _, c in pairs]
-    n = 2 * cfg.test_per_task
+    n = cfg.test_per_task
+    words = wordnet_glosses(n)
+    for source, have in (("capitals (miscfiles' countries with a capital)", len(pairs)),
+                         ("wordnet_mc (common WordNet nouns)", len(words))):
+        if have < n:
+            raise ValueError(f"{source}: {have} items, fewer than test_per_task={n}: lower test_per_task")
     items = []
     for i, (country, capital) in enumerate(pairs[:n]):
         choices = distractors(capital, pool, 3, rng)
@@ -65,7 +63,6 @@ def language_items(cfg: BuildConfig, tokenizer) -> list[dict]:
         chat = [{"role": "user", "content": f"What is the capital of {country}? {QA_SUFFIX}"}]
         items.append({"id": f"capitals_qa-{i}", "task": "capitals_qa", "prompt": tokenizer.apply_chat_template(
             chat, add_generation_prompt=True, tokenize=False), "answer": capital, "choices": [], "target": 0})
-    words = wordnet_glosses(n)
     pool = [w for w, _ in words]
     for i, (word, gloss) in enumerate(words):
         choices = distractors(word, pool, 3, rng)
@@ -76,9 +73,10 @@ def language_items(cfg: BuildConfig, tokenizer) -> list[dict]:
 
 
 def prose_items(cfg: BuildConfig, tokenizer) -> list[dict]:
-    """{id, task, text, tokens}: the first ``cfg.prose_tokens`` tokens of each prose source."""
+    """{id, task, text, tokens}: the first ``cfg.prose_tokens`` tokens of each prose source (the suite's and
+    the check's)."""
     out = []
-    for name, text in prose().items():
+    for name, text in {**prose(), CHECK_PROSE: check_prose()}.items():
         ids = tokenizer(text, add_special_tokens=False).input_ids[:cfg.prose_tokens]
         piece = tokenizer.decode(ids)
         out.append({"id": f"prose-{name}", "task": f"prose_{name}", "text": piece,
@@ -166,7 +164,7 @@ def write_suite(folder: str | Path, cfg: BuildConfig, tokenizer) -> Path:
     lm.mkdir(exist_ok=True)
     lmms.mkdir(exist_ok=True)
     where = items.resolve()  # the hooks find the items through the task files: absolute paths
-    for task in LANGUAGE_TASKS + tuple(f"prose_{p}" for p in PROSE_TASKS):
+    for task in LANGUAGE_TASKS + tuple(f"prose_{p}" for p in PROSE_TASKS + (CHECK_PROSE,)):
         body = LM_EVAL_TASKS["prose" if task.startswith("prose_") else task]
         data = json.dumps(str(where / ("prose.jsonl" if task.startswith("prose_") else "language.jsonl")))
         (lm / f"rp_{task}.yaml").write_text(f"task: rp_{task}\ndataset_kwargs:\n  task: {task}\n  items: {data}\n"
@@ -181,8 +179,12 @@ def write_suite(folder: str | Path, cfg: BuildConfig, tokenizer) -> Path:
     prose_suite = {"name": "realpair-prose", "include_path": ["lm_eval"], "include_defaults": False,
                    "language": [{"task": f"rp_prose_{p}", "label": f"ppl_{p}", "metric": "token_perplexity,none"}
                                 for p in PROSE_TASKS]}
+    check_suite = {"name": "realpair-check", "include_path": ["lm_eval"], "include_defaults": False,
+                   "language": [{"task": f"rp_prose_{CHECK_PROSE}", "label": f"ppl_{CHECK_PROSE}",
+                                 "metric": "token_perplexity,none"}]}
     import yaml
 
     (folder / "suite.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
     (folder / "prose.yaml").write_text(yaml.safe_dump(prose_suite, sort_keys=False))
+    (folder / "check.yaml").write_text(yaml.safe_dump(check_suite, sort_keys=False))
     return folder / "suite.yaml"

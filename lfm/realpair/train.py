@@ -2,8 +2,15 @@
 
 The tokenizer gains a real ``<image>`` token, so the LLaVA's vocabulary is one row larger than the base's
 (the new embedding row starts as the mean of the others, transformers' ``resize_token_embeddings``). Every
-training example is one chat turn, rendered by the processor's chat template (SmolLM2's, with its default
-system prompt, plus image parts), answered with one word; the loss covers the answer and ``<|im_end|>``.
+visual training example is one chat turn, rendered by the processor's chat template (SmolLM2's, with its
+default system prompt, plus image parts), answered with one word; the loss covers the answer and ``<|im_end|>``.
+
+Text-only examples (``cfg.text_share`` of each tuning batch, as LLaVA mixes text-only instruction data into
+its visual instruction tuning) are either an instruction turn without an image (a WordNet definition; loss
+on the answer and ``<|im_end|>``) or replay text language-modelled as a whole (loss on every token); each is
+at most ``cfg.text_tokens`` tokens. A step's loss is the visual rows' token-mean loss and the text rows',
+weighted by their row counts (so long replay rows do not drown the one-word visual answers); a batch
+without text rows is exactly the visual-only recipe.
 Deterministic for a seed on CPU (seeded torch, deterministic algorithms, fixed thread count).
 """
 
@@ -20,7 +27,7 @@ from transformers import (AutoTokenizer, LlamaForCausalLM, LlavaConfig, LlavaFor
                           LlavaProcessor)
 
 from .config import BuildConfig
-from .data import VisualItem
+from .data import TEXT_KINDS, TextItem, VisualItem, text_items
 from .vision import image_processor, pixel_values, vision_config
 
 IMAGE_TOKEN = "<image>"
@@ -84,6 +91,28 @@ def encode(processor: LlavaProcessor, item: VisualItem, n_img: int) -> tuple[lis
     return prompt + answer, [-100] * len(prompt) + answer
 
 
+def encode_text(processor: LlavaProcessor, item: TextItem, max_tokens: int) -> tuple[list[int], list[int]] | None:
+    """(input ids, labels) of a text-only example: an instruction turn (-100 on the prompt; None when it is
+    longer than ``max_tokens``: a cut answer would teach the turn never to end) or, when ``item.prompt`` is
+    None, replay text cut to ``max_tokens`` (labels = ids)."""
+    tok = processor.tokenizer
+    if item.prompt is None:
+        ids = tok(item.answer, add_special_tokens=False).input_ids[:max_tokens]
+        return ids, list(ids)
+    text = processor.apply_chat_template([{"role": "user", "content": item.prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+    prompt = tok(text, add_special_tokens=False).input_ids
+    answer = tok(item.answer + END_OF_TURN, add_special_tokens=False).input_ids
+    if len(prompt) + len(answer) > max_tokens:
+        return None
+    return prompt + answer, [-100] * len(prompt) + answer
+
+
+def tuning_text(cfg: BuildConfig) -> list[TextItem]:
+    """The text-only tuning items: ``cfg.text_items`` of each kind (none when ``cfg.text_share`` is 0)."""
+    return [it for kind in TEXT_KINDS for it in text_items(kind, cfg.text_items)] if cfg.text_share else []
+
+
 def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int, T: int) -> dict[str, torch.Tensor]:
     """input_ids / attention_mask / labels: [B, T], right-padded to the fixed length T.
 
@@ -106,25 +135,34 @@ def _lr_factor(step: int, total: int) -> float:
 
 
 def run_stage(model, processor, items: list[VisualItem], groups: list[dict], steps: int, batch: int,
-              desc: str, seed: int) -> dict:
-    """Train the parameters in ``groups`` ([{"params", "lr"}]) for ``steps`` batches of ``items``."""
+              desc: str, seed: int, text: list[TextItem] = (), text_share: float = 0.0, text_tokens: int = 64) -> dict:
+    """Train the parameters in ``groups`` ([{"params", "lr"}]) for ``steps`` batches: ``batch`` rows each,
+    round(text_share * batch) of them text-only (``text``), the rest visual (``items``)."""
     t0 = time.time()
     n_img = model.config.image_seq_length
     examples = [encode(processor, it, n_img) for it in items]
     T = max(len(x) for x, _ in examples)
     pix = pixel_values(processor.image_processor, [it.image for it in items])
+    texts = [e for e in (encode_text(processor, it, text_tokens) for it in text) if e and len(e[0]) > 1]
+    n_text = round(text_share * batch) if texts else 0
+    T_text = max((len(x) for x, _ in texts), default=0)
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.0)
     base_lrs = [g["lr"] for g in opt.param_groups]
-    rng = random.Random(f"{desc}-{seed}")
-    losses = []
+    rng, text_rng = random.Random(f"{desc}-{seed}"), random.Random(f"{desc}-text-{seed}")
+    losses, text_losses = [], []
+    pad = processor.tokenizer.pad_token_id
     model.train()
     bar = tqdm(range(steps), desc=desc, mininterval=2.0)
     for step in bar:
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * _lr_factor(step, steps)
-        idx = rng.sample(range(len(examples)), min(batch, len(examples)))
-        b = _batch([examples[i] for i in idx], processor.tokenizer.pad_token_id, T)
-        loss = model(**b, pixel_values=pix[idx]).loss
+        idx = rng.sample(range(len(examples)), min(batch - n_text, len(examples)))
+        loss = model(**_batch([examples[i] for i in idx], pad, T), pixel_values=pix[idx]).loss
+        if n_text:
+            pick = text_rng.sample(range(len(texts)), min(n_text, len(texts)))
+            text_loss = model(**_batch([texts[i] for i in pick], pad, T_text)).loss
+            text_losses.append(text_loss.item())
+            loss = (len(idx) * loss + len(pick) * text_loss) / (len(idx) + len(pick))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -132,8 +170,12 @@ def run_stage(model, processor, items: list[VisualItem], groups: list[dict], ste
         losses.append(loss.item())
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}", refresh=False)
     model.eval()
-    return {"seconds": round(time.time() - t0, 1), "steps": steps,
-            "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "first_loss": losses[0] if losses else None}
+    out = {"seconds": round(time.time() - t0, 1), "steps": steps,
+           "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "first_loss": losses[0] if losses else None}
+    if n_text:
+        out.update(text_rows=n_text, text_examples=len(texts), first_text_loss=text_losses[0],
+                   final_text_loss=sum(text_losses[-20:]) / len(text_losses[-20:]))
+    return out
 
 
 def align(model, processor, items, cfg: BuildConfig) -> dict:
@@ -148,10 +190,12 @@ def align(model, processor, items, cfg: BuildConfig) -> dict:
 
 
 def tune(model, processor, items, cfg: BuildConfig) -> dict:
-    """Stage 2: visual instruction tuning of the whole LLM and the projector (tower frozen)."""
+    """Stage 2: visual instruction tuning of the whole LLM and the projector (tower frozen), text-only items
+    mixed in (``cfg.text_share``)."""
     llm = [p for n, p in model.named_parameters() if not n.startswith(("model.vision_tower", "model.multi_modal_projector"))]
     proj = list(model.model.multi_modal_projector.parameters())
     for p in llm + proj:
         p.requires_grad_(True)
     groups = [{"params": llm, "lr": cfg.tune_lr}, {"params": proj, "lr": cfg.projector_lr}]
-    return run_stage(model, processor, items, groups, cfg.tune_steps, cfg.tune_batch, "tune llava", cfg.seed)
+    return run_stage(model, processor, items, groups, cfg.tune_steps, cfg.tune_batch, "tune llava", cfg.seed,
+                     text=tuning_text(cfg), text_share=cfg.text_share, text_tokens=cfg.text_tokens)
