@@ -195,3 +195,80 @@ def tradeoff(sweep: pd.DataFrame | None, refs: pd.DataFrame, current: dict | Non
                       yaxis_title="VA (visual ability)", **LAYOUT)
     fig.update_layout(legend=dict(orientation="h", y=-0.22, x=0, font=dict(size=10)), margin=dict(b=130))
     return fig
+
+
+def message_figure(message: str) -> go.Figure:
+    """One line of text where a figure would be (no axes, no box)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0, y=0.5, xref="paper", yref="paper", xanchor="left", showarrow=False,
+                       font=dict(size=13))
+    fig.update_layout(template="plotly_white", xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+def decade_log_axis(values) -> dict:
+    """A log axis labelled at whole decades only (1, 10, 100 or 0.01, 0.1, 1): plotly's default also prints minor
+    labels ('2, 5') that read as values. `values`: what the axis shows (positive ones count)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        return dict(type="log")
+    low, high = int(np.floor(np.log10(v.min()))), int(np.ceil(np.log10(v.max())))
+    ticks = [10.0 ** e for e in range(low, max(high, low + 1) + 1)]
+    return dict(type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks], minor=dict(showgrid=False))
+
+
+def stage_counts(generations: pd.DataFrame, stages) -> go.Figure:
+    """Correct answers per stage (hard, suppress, restore) on the generations' items: one bar per stage."""
+    n = len(generations)
+    correct = [int((generations[f"{s}_category"] == "correct").sum()) for s in stages]
+    fig = go.Figure(go.Bar(x=list(stages), y=correct, marker_color="#1f77b4", text=[f"{c}/{n}" for c in correct],
+                           textposition="outside", hovertemplate="%{x}: %{y} of " + str(n) + " correct<extra></extra>"))
+    fig.update_layout(title=two_line_title("Correct answers per stage", f"n = {n} visual items"),
+                      yaxis=dict(title="items answered correctly", range=[0, max(n, 1) * 1.15]), **LAYOUT)
+    return fig
+
+
+# a tour step -> the traces its picture draws of one tensor's TensorView: (what, its legend name)
+TOUR_TRACES = {
+    "Δ": (("scores", "C(i) = Σⱼ|Δᵢⱼ| per neuron, in the order of the weight matrix's rows"),),
+    "C(i)": (("sorted", "C(i), largest first"),),
+    "suppress": (("sorted", "C(i) before"), ("suppressed", "C′(i) after suppression at K")),
+    "locate": (("sorted", "C(i)"), ("located", "located neurons")),
+    "restore": (("sorted", "C(i) before"), ("suppressed", "C′(i) after suppression"),
+                ("final", "C_final(i) after restore")),
+}
+TOUR_STYLE = {"scores": dict(color="#1f77b4"), "sorted": dict(color="#1f77b4"), "suppressed": dict(color="#ff7f0e"),
+              "located": dict(color=CURRENT), "final": dict(color="#2ca02c")}
+
+
+def tour_figure(step: str, view: TensorView, tensor: str, recipe_label: str, locate: str = "top") -> go.Figure:
+    """The picture of one tour step (``TOUR_TRACES``) for one tensor: its neurons by C(i) rank (log-log, decade
+    labels), or (step Δ) in row order."""
+    order = np.argsort(-view.scores.numpy(), kind="stable")
+    rank = np.arange(1, len(order) + 1)
+    series = {"scores": view.scores.numpy(), "sorted": view.scores.numpy()[order],
+              "suppressed": view.suppressed.numpy()[order], "final": view.final.numpy()[order]}
+    located = view.located.numpy()[order] if view.located.numel() else np.zeros(len(order), dtype=bool)
+    fig = go.Figure()
+    shown = []
+    for what, name in TOUR_TRACES[step]:
+        if what == "located":
+            x, y = rank[located], series["sorted"][located]
+            name = f"{name} ({locate_name(locate)}, {int(located.sum())})"
+            fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name=name, marker=dict(size=7, symbol="diamond",
+                                                                                      **TOUR_STYLE[what])))
+        else:
+            x = np.arange(1, len(order) + 1) if what == "scores" else rank
+            y = series[what]
+            keep = y > 0  # a log axis has no zero
+            fig.add_trace(go.Scatter(x=x[keep], y=y[keep], mode="lines", name=name, line=dict(**TOUR_STYLE[what])))
+        shown.append(y)
+    values = np.concatenate([np.asarray(v, dtype=float) for v in shown]) if shown else np.array([])
+    xaxis = dict(title="neuron (row of the weight)") if step == "Δ" else \
+        dict(title="rank of neuron by C(i)", **decade_log_axis(rank))
+    fig.update_layout(title=two_line_title(f"{step}: {tensor}", recipe_label), xaxis=xaxis,
+                      yaxis=dict(title="change score", **decade_log_axis(values)), **LAYOUT)
+    fig.update_layout(legend=dict(orientation="h", y=-0.25, x=0, font=dict(size=10)), margin=dict(b=90))
+    return fig

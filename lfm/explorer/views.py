@@ -26,7 +26,7 @@ import param
 from lfm.methods.recipe import STAGES, stage_recipes
 from lfm.methods.registry import METHODS, SETTINGS, widgets_of
 
-from . import analysis, compute, figures
+from . import analysis, compute, figures, story
 from .state import ExplorerState
 
 PLOT_HEIGHT = 380
@@ -166,29 +166,140 @@ class PairPicker(View):
                          self.bar, self.status, self.error, self.description, sizing_mode="stretch_width")
 
 
+# a recipe setting -> the glossary word its widget's help explains (the others show the registry's help line)
+SETTING_WORD = {"density": "Sub", "neurons": "locate", "restore": "restore", "locate": "locate"}
+
+
+class MethodLine(View):
+    """The current settings read as the method (``story.method_sentence``), always in view above the plots."""
+
+    def __init__(self, state, **params):
+        super().__init__(state, **params)
+        self.line = pn.pane.Markdown(pn.bind(self._line, state.param.recipe), sizing_mode="stretch_width",
+                                     css_classes=["lfm-method-line"], margin=(4, 10),
+                                     styles={"font-size": "13px", "border-bottom": "1px solid #ddd"})
+
+    @staticmethod
+    def _line(recipe):
+        return f"**{as_text(recipe.label)}**: {as_text(story.method_sentence(recipe))}"
+
+    def __panel__(self):
+        return pn.Row(self.line, pn.widgets.TooltipIcon(value=" ".join(story.GLOSSARY[w] for w in
+                                                                      ("Δ", "C(i)", "Sub", "locate", "restore"))),
+                      sizing_mode="stretch_width")
+
+
+class FindingsView(View):
+    """What the loaded pair's report found (``story.pair_findings``: read from its results.json, never written here)."""
+
+    def __init__(self, state, **params):
+        super().__init__(state, **params)
+        self.text = pn.pane.Markdown(pn.bind(self._text, state.param.source), sizing_mode="stretch_width",
+                                     css_classes=["lfm-findings"], styles={"font-size": "12px"})
+
+    @staticmethod
+    def _text(source):
+        path, lines = story.pair_findings(source.tuned) if source is not None and getattr(source, "tuned", "") \
+            else ("", [])
+        if not lines:
+            return ""
+        return (f"**This pair's report** ({as_text(path)}):  \n"
+                + "  \n".join(f"• {as_text(line)}" for line in lines))
+
+    def __panel__(self):
+        return self.text
+
+
+class TourView(View):
+    """The paper's pipeline step by step on the loaded pair (``story.TOUR``): one picture, two sentences, back /
+    next. The pictures are the selected tensor's (layer / module of the neuron views) and the generations'."""
+
+    step = param.Integer(default=0, bounds=(0, len(story.TOUR) - 1))
+
+    def __init__(self, state, **params):
+        super().__init__(state, **params)
+        self.back = pn.widgets.Button(label="◀ back", width=90, disabled=True)
+        self.next = pn.widgets.Button(label="next ▶", width=90, button_type="primary")
+        self.back.on_click(lambda e: self._move(-1))
+        self.next.on_click(lambda e: self._move(+1))
+        self.where = pn.pane.Markdown("", css_classes=["lfm-tour-step"], margin=(0, 10))
+        self.words = pn.pane.Markdown("", sizing_mode="stretch_width", styles={"font-size": "13px"})
+        s = state
+        self.plot = pn.pane.Plotly(pn.bind(self.figure, self.param.step, s.param.source, s.param.layer,
+                                           s.param.module, s.param.recipe, s.param.generations),
+                                   height=PLOT_HEIGHT - 60, sizing_mode="stretch_width")
+        self.param.watch(self._words, "step")
+        self._words()
+
+    def _move(self, by: int):
+        self.step = min(max(self.step + by, 0), len(story.TOUR) - 1)
+
+    def _words(self, *events):
+        name, words = story.TOUR[self.step]
+        self.where.object = f"**step {self.step + 1} of {len(story.TOUR)}: {name}**"
+        self.words.object = words
+        self.back.disabled, self.next.disabled = self.step == 0, self.step == len(story.TOUR) - 1
+
+    @staticmethod
+    def figure(step, source, layer, module, recipe, generations):
+        name = story.TOUR_STEPS[step]
+        if name == "answers":
+            if generations is None or generations.empty:
+                return figures.message_figure("no answers for this recipe: the stages need Neuron-Fusion or one "
+                                              "of its suppressors, and an evaluated pair")
+            return figures.stage_counts(generations, STAGES)
+        if source is None:
+            return figures.message_figure("load a pair")
+        tensor = compute.tensor_name(source, layer, module)
+        if tensor is None:
+            return figures.message_figure(f"no {module} in layer {layer}")
+        try:
+            view = compute.module_view(source, tensor, recipe)
+        except ValueError as e:
+            return figures.message_figure(str(e))
+        return figures.tour_figure(name, view, f"layer {layer} {module}", recipe.label, recipe.locate)
+
+    def __panel__(self):
+        return pn.Card(pn.Row(self.back, self.next, self.where), self.words, self.plot, sizing_mode="stretch_width",
+                       title="Guided tour: the method step by step on this pair", collapsed=False,
+                       css_classes=["lfm-tour"])
+
+
 class Controls(View):
     def __init__(self, state, **params):
         super().__init__(state, **params)
         s = state
-        self.method = pn.widgets.Select.from_param(s.param.method, label="method")
+        self.method = pn.widgets.Select.from_param(s.param.method, label="method", description=(
+            "the merge: Neu-S / Neu-P are the paper's Neuron-Fusion (suppress with the named method, then restore "
+            "located neurons by rescale / replace); the others are the baselines it is compared with"))
         # one widget per recipe setting with a widget in the registry's settings table, in its order
         self.settings = {name: self._widget(name) for name, setting in SETTINGS.items() if setting.widget}
         for name, widget in self.settings.items():
             setattr(self, name, widget[-1])  # controls.density, controls.restore, ...: the input itself
-        self.per_task = pn.widgets.IntInput.from_param(s.param.per_task, label="eval items per task (0 = all)")
+        # what the column shows of each setting (a slider sits inside its row with its help icon)
+        self.shown = {name: widget[:-1] if isinstance(widget[0], pn.Row) else widget
+                      for name, widget in self.settings.items()}
+        self.per_task = pn.widgets.IntInput.from_param(s.param.per_task, label="eval items per task (0 = all)",
+                                                       description=story.GLOSSARY["n"])
         self.reference = pn.pane.Markdown(pn.bind(self._reference, s.param.recipe), styles={"font-size": "11px"})
         s.param.watch(self._visibility, "recipe")
         self._visibility()
 
     def _widget(self, name: str) -> tuple:
-        """(input,) for a slider or a list; (its label, input) for buttons, which show no label of their own."""
+        """The elements shown for one setting, its input last: (input,) for a list; (label, input) for buttons,
+        which show no label of their own; (slider with its help icon, slider) for a slider (the last is not shown
+        again: ``shown``)."""
         spec, parameter = SETTINGS[name].widget, self.state.param[name]
-        if spec.bounds is not None:
-            return (pn.widgets.FloatSlider.from_param(parameter, label=spec.label),)
+        help_text = story.GLOSSARY[SETTING_WORD[name]] if name in SETTING_WORD else SETTINGS[name].help
+        if spec.bounds is not None:  # a slider has no help icon of its own in Panel 1.9: one beside it
+            slider = pn.widgets.FloatSlider.from_param(parameter, label=spec.label, sizing_mode="stretch_width")
+            return (pn.Row(slider, pn.widgets.TooltipIcon(value=help_text, margin=(24, 0, 0, 0)),
+                           sizing_mode="stretch_width"), slider)
         if spec.buttons:
-            return (pn.pane.Markdown(spec.label, margin=(0, 10, -12, 10)),
+            return (pn.Row(pn.pane.Markdown(spec.label, margin=(0, 0, -12, 10)),
+                           pn.widgets.TooltipIcon(value=help_text, margin=(0, 0, -12, 0))),
                     pn.widgets.RadioButtonGroup.from_param(parameter, label=spec.label))
-        return (pn.widgets.Select.from_param(parameter, label=spec.label),)
+        return (pn.widgets.Select.from_param(parameter, label=spec.label, description=help_text),)
 
     def _visibility(self, *events):
         """The widgets of the settings the current method (and its suppressor) reads (``widgets_of``)."""
@@ -202,7 +313,7 @@ class Controls(View):
         return f"**{recipe.label}** · [{METHODS[recipe.method].title}]({METHODS[recipe.method].reference})"
 
     def __panel__(self):
-        return pn.Column("### Merge", self.method, *(w for widgets in self.settings.values() for w in widgets),
+        return pn.Column("### Merge", self.method, *(w for widgets in self.shown.values() for w in widgets),
                          self.per_task, self.reference, sizing_mode="stretch_width")
 
 
@@ -341,9 +452,17 @@ class TradeoffView(View):
             return
         self.tasks.value = analysis.per_task_table(c).round(3)
 
+    def top(self):
+        """The plot (first screen)."""
+        return pn.Column(self.status, self.plot, sizing_mode="stretch_width", css_classes=["lfm-tradeoff"],
+                         styles={"min-width": "0"})
+
+    def rest(self):
+        """Its numbers and per-task accuracies (below the first screen)."""
+        return pn.Column(self.numbers, "**per-task accuracy (current)**", self.tasks, sizing_mode="stretch_width")
+
     def __panel__(self):
-        return pn.Column("### Language vs visual ability", self.status, self.plot, self.numbers,
-                         "**per-task accuracy (current)**", self.tasks, sizing_mode="stretch_width")
+        return pn.Column("### Language vs visual ability", self.top(), self.rest(), sizing_mode="stretch_width")
 
 
 GENERATION_COLUMNS = ["id", "image", "image_path", "task", "question", "choices", "answer", *[c for st in STAGES for c in (st, f"{st}_category")]]
@@ -379,7 +498,7 @@ class GenerationsView(View):
         # constant columns: every table shown here has one schema, the rows are all that change
         self.table = RowsTable(
             self._shown(pd.DataFrame(columns=GENERATION_COLUMNS)), on_click=self._clicked, show_index=False,
-            disabled=True, height=420,
+            disabled=True, height=330,
             sizing_mode="stretch_width", formatters={"image": {"type": "html"}, "item": {"type": "html"},
                                                      "answers": {"type": "html"}},
             hidden_columns=[c for c in GENERATION_COLUMNS if c not in SHOWN_COLUMNS], pagination=None,
@@ -394,7 +513,7 @@ class GenerationsView(View):
                                      disabled=True, height=200, width=420)
         self.detail = pn.pane.HTML("<i>click a row for the item's full prompt, large image and answers</i>",
                                    sizing_mode="stretch_width")
-        s.param.watch(self._refresh, "generations")
+        s.param.watch(self._refresh, ["generations", "source"])
         for w in (self.task, self.stage, self.category, self.changed):
             w.param.watch(self._refresh, "value")
         self._refresh()
@@ -439,9 +558,13 @@ class GenerationsView(View):
     def _refresh(self, *events):
         table = self.state.generations
         if table is None or table.empty:
-            self.placeholder.object = ("*answers: evaluated live (the organism, or a pair with its suite), or read "
-                                       "from a results folder's generations.csv*")
+            # one line, and only where the stages line above says nothing (no pair, or a pair without evaluation)
+            source = self.state.source
+            self.placeholder.object = ("*no answers: this pair has no evaluation (load it with its suite)*"
+                                       if source is not None and source.evaluation_off else
+                                       "" if source is not None else "*answers appear once a pair is loaded*")
             self.table.value = self._shown(pd.DataFrame(columns=GENERATION_COLUMNS))
+            self.table.panel.visible = False  # no empty box where there is nothing to show
             self.summary.object = self.more.object = ""
             self.transitions.value = pd.DataFrame(columns=["at suppress", "at restore", "items"])
             return
@@ -449,14 +572,24 @@ class GenerationsView(View):
         tasks = ["all"] + sorted(table["task"].unique())
         if self.task.options != tasks:
             self.task.options = tasks
-        shown, self.more.object = first_rows(self.filtered(), "narrow them with the filters above; the generations "
-                                                              "CSV export holds them all")
+        filtered = self.filtered()
+        shown, self.more.object = first_rows(filtered, "narrow them with the filters above; the generations "
+                                                       "CSV export holds them all")
         self.table.value = self._shown(shown)
-        n = len(table)
-        counts = {s: int((table[f"{s}_category"] == "correct").sum()) for s in STAGES}
-        self.summary.object = (f"**{n} items** · correct: hard {counts['hard']}, suppress {counts['suppress']}, "
-                               f"restore {counts['restore']}  \n{as_text(compute.fixed_summary(table))}")
+        self.table.panel.visible = True
+        self.summary.object = self.summary_text(table, filtered)
         self.transitions.value = compute.transition_counts(table, "suppress", "restore")
+
+    @staticmethod
+    def summary_text(table: pd.DataFrame, filtered: pd.DataFrame) -> str:
+        """'**12 of 48 items** (filtered) · correct: hard 0, suppress 3, restore 7' over the rows the filters
+        keep, then what changed between the stages over all of them."""
+        n, k = len(table), len(filtered)
+        counts = {s: int((filtered[f"{s}_category"] == "correct").sum()) for s in STAGES} if k else \
+            dict.fromkeys(STAGES, 0)
+        head = f"**{n} items**" if k == n else f"**{k} of {n} items** (filtered)"
+        return (f"{head} · correct: hard {counts['hard']}, suppress {counts['suppress']}, restore "
+                f"{counts['restore']}  \n{as_text(compute.fixed_summary(table))}")
 
     def _clicked(self, event):
         rows = self.table.value
@@ -472,12 +605,23 @@ class GenerationsView(View):
                 f'{html.escape(str(row["id"]))}<br>{_item_html(row)}<br><b>answer</b>: '
                 f'{html.escape(str(row["answer"]))}<br>{_answers_html(row)}</div></div>')
 
+    def top(self):
+        """The three stages' answers (first screen)."""
+        return pn.Column(pn.Row(pn.pane.Markdown("#### Answers: hard-merge → suppress (M=0) → restore (M)",
+                                                 margin=(0, 10)),
+                                pn.widgets.TooltipIcon(value=" ".join(story.GLOSSARY[w] for w in
+                                                                      ("suppress", "restore", "noimage")))),
+                         self.stages, pn.Row(self.task, self.stage, self.category), self.changed, self.summary,
+                         self.placeholder, self.more, self.table, sizing_mode="stretch_width",
+                         css_classes=["lfm-generations"], styles={"min-width": "0"})
+
+    def rest(self):
+        """The item detail and the transitions (below the first screen)."""
+        return pn.Column("**item detail**", self.detail, "**suppress → restore transitions**", self.transitions,
+                         sizing_mode="stretch_width")
+
     def __panel__(self):
-        return pn.Column("### Generations: hard-merge → suppress (M=0) → restore (M)",
-                         self.stages,
-                         pn.Row(self.task, self.stage, self.category), self.changed, self.summary, self.placeholder,
-                         self.more, self.table, "**item detail**", self.detail,
-                         "**suppress → restore transitions**", self.transitions, sizing_mode="stretch_width")
+        return pn.Column(self.top(), self.rest(), sizing_mode="stretch_width")
 
 
 class ExportView(View):
