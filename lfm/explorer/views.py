@@ -490,10 +490,11 @@ class GenerationsView(View):
     def __init__(self, state, **params):
         super().__init__(state, **params)
         s = state
-        self.task = pn.widgets.Select(label="task", options=["all"], width=140)
-        self.stage = pn.widgets.Select(label="stage", options=list(STAGES), value="restore", width=110)
+        # narrow enough for half of the main column at 1280 px (the first screen holds the trade-off beside it)
+        self.task = pn.widgets.Select(label="task", options=["all"], width=115)
+        self.stage = pn.widgets.Select(label="stage", options=list(STAGES), value="restore", width=95)
         self.category = pn.widgets.Select(label="category", options=["all", "correct", "wrong_choice", "not_known",
-                                                                   "context_hallucination"], width=180)
+                                                                   "context_hallucination"], width=150)
         self.changed = pn.widgets.Checkbox(label="only items whose category changes between stages")
         # constant columns: every table shown here has one schema, the rows are all that change
         self.table = RowsTable(
@@ -502,7 +503,7 @@ class GenerationsView(View):
             sizing_mode="stretch_width", formatters={"image": {"type": "html"}, "item": {"type": "html"},
                                                      "answers": {"type": "html"}},
             hidden_columns=[c for c in GENERATION_COLUMNS if c not in SHOWN_COLUMNS], pagination=None,
-            layout="fit_columns", widths={"image": 64, "task": 90, "answer": 100}, titles={"image": "image"},
+            layout="fit_columns", widths={"image": 56, "task": 70, "answer": 70}, titles={"image": "image"},
             header_filters=False, selectable=1, configuration=NO_SORT)
         self.placeholder = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.more = pn.pane.Markdown("", sizing_mode="stretch_width")  # rows beyond TABLE_ROWS
