@@ -107,3 +107,51 @@ def test_generations_item_count_follows_the_filters():
     assert GenerationsView.summary_text(table, table).startswith("**3 items**")
     only_a = GenerationsView.summary_text(table, table[table["task"] == "a"])
     assert only_a.startswith("**2 of 3 items** (filtered)") and "restore 1" in only_a
+
+
+def _sweep(per_task):
+    # written out of K order on purpose: the plot orders each curve by the setting it varies
+    return pd.DataFrame({"curve": ["TIES over K"] * 3, "label": ["TIES K=0.5", "TIES K=0.1", "TIES K=0.3"],
+                         "density": [0.5, 0.1, 0.3], "neurons": [0.3] * 3, "alpha": [1.0] * 3,
+                         "LA": [0.6, 0.9, 0.7], "VA": [0.9, 0.1, 0.5], "per_task": [per_task] * 3})
+
+
+def test_trade_off_curves_in_k_order_with_k_at_each_point_and_n_in_hover():
+    refs = pd.DataFrame(columns=["label", "LA", "VA", "OA"])
+    fig = figures.tradeoff(_sweep(8), refs, None, "x", per_task=8)
+    curve = fig.data[0]
+    assert list(curve.text) == ["K=0.1", "K=0.3", "K=0.5"] and list(curve.x) == [0.9, 0.7, 0.6]
+    assert "n = 8 items per task" in curve.hovertemplate
+
+
+def test_trade_off_greys_out_points_of_another_evaluation_size():
+    refs = pd.DataFrame(columns=["label", "LA", "VA", "OA"])
+    history = [{"label": "a", "LA": 0.5, "VA": 0.5, "per_task": 8}, {"label": "b", "LA": 0.6, "VA": 0.4, "per_task": 0}]
+    current = {"label": "b", "LA": 0.6, "VA": 0.4, "OA": 0.5, "per_task": 0}
+    fig = figures.tradeoff(_sweep(8), refs, current, "b", history=history, per_task=0)
+    names = {t.name: t for t in fig.data}
+    stale = [t for t in fig.data if "not comparable" in t.name]
+    assert {t.name.split(" (")[0] for t in stale} == {"TIES over K", "visited at another n"}
+    assert all(figures.STALE in (t.marker.color, getattr(t.line, "color", None)) for t in stale)
+    assert list(names["visited"].x) == [0.6] and "n = all items" in names["current: b"].hovertemplate
+
+
+def test_merge_outcome_without_located_neurons_draws_no_empty_panel():
+    outcome = pd.DataFrame({"module": ["up_proj"], "kept_entries": [0.2], "change_after_suppress": [0.5],
+                            "change_after_merge": [0.5], "located_fraction": [0.0]})
+    fig = figures.outcome_figure(outcome, pd.DataFrame(columns=["module", "layer", "ratio"]), "TIES K=0.2")
+    assert "xaxis2" not in fig.layout and all(t.type == "bar" for t in fig.data)
+    assert "no neurons located" in fig.layout.title.text
+
+
+def test_pins_with_one_suppressed_curve_share_one_overlay():
+
+    recipe = Recipe(density=0.2, neurons=0.3)
+    delta = torch.randn(32, 16, generator=torch.Generator().manual_seed(2))
+    view = tensor_view(NAME, delta, recipe)
+    same_k = [tensor_view(NAME, delta, Recipe(density=0.4, neurons=m, restore=r)) for m, r in ((0.1, "replace"),
+                                                                                              (0.5, "rescale"))]
+    assert torch.equal(same_k[0].suppressed, same_k[1].suppressed)  # suppression comes before restore
+    fig = figures.rank_curve(view, "up_proj", 0, recipe.label, overlays=(("A = B", same_k[0]),), shared=("C",))
+    assert [t.name for t in fig.data].count("pinned: C'(i) A = B") == 1
+    assert any("pinned C" in a.text for a in fig.layout.annotations)

@@ -22,6 +22,7 @@ import shutil
 import pandas as pd
 import panel as pn
 import param
+import torch
 
 from lfm.methods.recipe import STAGES, stage_recipes
 from lfm.methods.registry import METHODS, SETTINGS, widgets_of
@@ -219,7 +220,7 @@ class TourView(View):
     def __init__(self, state, **params):
         super().__init__(state, **params)
         self.back = pn.widgets.Button(label="◀ back", width=90, disabled=True)
-        self.next = pn.widgets.Button(label="next ▶", width=90, button_type="primary")
+        self.next = pn.widgets.Button(label="next ▶", width=90, color="primary")
         self.back.on_click(lambda e: self._move(-1))
         self.next.on_click(lambda e: self._move(+1))
         self.where = pn.pane.Markdown("", css_classes=["lfm-tour-step"], margin=(0, 10))
@@ -356,16 +357,25 @@ class NeuronView(View):
             view = compute.module_view(source, name, recipe)
         except ValueError as e:
             return _empty_figure(str(e))
-        overlays = []
+        overlays, shared = [], []  # one C'(i) curve each: pins differing only in restore / M / locate share one
         for p in pinned:
             if p["recipe"] != recipe:
                 try:
-                    overlays.append((p["recipe"].label, compute.module_view(source, name, p["recipe"])))
+                    other = compute.module_view(source, name, p["recipe"])
                 except ValueError:  # a pinned recipe this source cannot view (e.g. a results folder's non-TIES)
-                    pass
+                    continue
+                if torch.equal(other.suppressed, view.suppressed):
+                    shared.append(p["recipe"].label)  # the current recipe's own C'(i) curve
+                    continue
+                same = [i for i, (_, o) in enumerate(overlays) if torch.equal(o.suppressed, other.suppressed)]
+                if same:
+                    overlays[same[0]] = (f"{overlays[same[0]][0]} = {p['recipe'].label}", overlays[same[0]][1])
+                else:
+                    overlays.append((p["recipe"].label, other))
         return figures.rank_curve(view, module, layer, recipe.label, locate=recipe.locate, head_dim=source.head_dim,
                                   n_heads=source.n_heads, n_kv_heads=source.n_kv_heads,
-                                  note=compute.view_note(source, recipe), overlays=tuple(overlays))
+                                  note=compute.view_note(source, recipe), overlays=tuple(overlays),
+                                  shared=tuple(shared))
 
     def __panel__(self):
         return pn.Column("### Neuron change scores C(i) = Σⱼ|Δᵢⱼ|", pn.Row(self.metric, self.layer, self.module),
@@ -401,7 +411,7 @@ class TradeoffView(View):
         s = state
         self.plot = pn.pane.Plotly(pn.bind(self.figure, s.param.sweep, s.param.references, s.param.current,
                                            s.param.recipe, s.param.pending, s.param.not_precomputed,
-                                           s.param.history, s.param.pinned),
+                                           s.param.history, s.param.pinned, s.param.per_task),
                                    height=PLOT_HEIGHT + 120, sizing_mode="stretch_width")
         self.status = pn.pane.Markdown(pn.bind(self._status, s.param.eval_status, s.param.pending))
         self.numbers = pn.pane.Markdown(pn.bind(self._numbers, s.param.current, s.param.recipe, s.param.pending),
@@ -418,12 +428,12 @@ class TradeoffView(View):
         return _italic(text)
 
     @staticmethod
-    def figure(sweep, references, current, recipe, pending="", note="", history=(), pinned=()):
+    def figure(sweep, references, current, recipe, pending="", note="", history=(), pinned=(), per_task=None):
         if current is None and (references is None or references.empty) and not note and not pending:
             return _empty_figure("LA / VA: evaluated live (the organism, or a pair with its suite), or read from a "
                                  "results folder's sweep.csv")
         return figures.tradeoff(sweep, references, current, recipe.label, pending=pending, note=note,
-                                history=history, pinned=pinned)
+                                history=history, pinned=pinned, per_task=per_task)
 
     @staticmethod
     def _numbers(current, recipe, pending):
@@ -508,7 +518,7 @@ class GenerationsView(View):
         self.placeholder = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.more = pn.pane.Markdown("", sizing_mode="stretch_width")  # rows beyond TABLE_ROWS
         self.summary = pn.pane.Markdown("", sizing_mode="stretch_width")
-        self.stages = pn.pane.Markdown(pn.bind(self._stages, s.param.generations_recipe, s.param.pending,
+        self.stages = pn.pane.Markdown(pn.bind(self._stages, s.param.generations_recipe, s.param.answers_pending,
                                                s.param.answers_note, s.param.recipe), sizing_mode="stretch_width")
         self.transitions = RowsTable(pd.DataFrame(columns=["at suppress", "at restore", "items"]), show_index=False,
                                      disabled=True, height=200, width=420)
