@@ -155,3 +155,35 @@ def test_pins_with_one_suppressed_curve_share_one_overlay():
     fig = figures.rank_curve(view, "up_proj", 0, recipe.label, overlays=(("A = B", same_k[0]),), shared=("C",))
     assert [t.name for t in fig.data].count("pinned: C'(i) A = B") == 1
     assert any("pinned C" in a.text for a in fig.layout.annotations)
+
+
+def test_a_burst_of_k_moves_evaluates_only_where_it_stops(tmp_path):
+    """Eight K moves in a row on a served-like state (worker threads): only the last K is evaluated; its LA / VA
+    and then its stages' answers arrive."""
+    import time
+
+    from app_support import organism_pair
+    from lfm.explorer.state import ExplorerState
+
+    base, tuned = organism_pair(tmp_path)
+    s = ExplorerState(background=True, auto_sweep=False, source_kind="pair", base_path=str(base),
+                      tuned_path=str(tuned), per_task=1)
+    s.load()
+
+    def settled(label):
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if s.current is not None and s.current["label"] == label and not s.pending and not s.answers_pending:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{label} never settled: {s.error or s.eval_status}")
+
+    settled(Recipe().label)
+    ks = [round(0.2 + 0.01 * i, 2) for i in range(1, 9)]
+    for k in ks:
+        s.density = k
+    settled(Recipe(density=ks[-1]).label)
+    evaluated = {recipe.density for recipe, _ in s.source._evaluations if recipe is not None}
+    assert ks[-1] in evaluated and not evaluated & set(ks[:-1]), evaluated
+    assert s.generations_recipe == Recipe(density=ks[-1]) and len(s.generations) > 0
+    s.session.work.shutdown(wait=True)
