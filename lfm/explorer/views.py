@@ -204,7 +204,8 @@ class FindingsView(View):
             else ("", [])
         if not lines:
             return ""
-        return (f"**This pair's report** ({as_text(path)}):  \n"
+        shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
+        return (f"**This pair's report** ({as_text(shown)}):  \n"
                 + "  \n".join(f"• {as_text(line)}" for line in lines))
 
     def __panel__(self):
