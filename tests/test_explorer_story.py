@@ -187,3 +187,17 @@ def test_a_burst_of_k_moves_evaluates_only_where_it_stops(tmp_path):
     assert ks[-1] in evaluated and not evaluated & set(ks[:-1]), evaluated
     assert s.generations_recipe == Recipe(density=ks[-1]) and len(s.generations) > 0
     s.session.work.shutdown(wait=True)
+
+
+def test_every_setting_widget_of_the_controls_is_in_its_column():
+    """The restore buttons, the sliders (inside a row with their help icon) and the lists all reach the page."""
+    import panel as pn
+
+    from lfm.explorer.state import ExplorerState
+    from lfm.explorer.views import Controls
+
+    controls = Controls(ExplorerState(background=False, auto_sweep=False))
+    column = controls.__panel__()
+    shown = [w for w in column.select(pn.widgets.Widget)]
+    for name in controls.settings:
+        assert any(w is getattr(controls, name) for w in shown), name

@@ -77,7 +77,9 @@ class ExplorerApp:
                             styles={**PINNED, "padding-right": "12px"}, css_classes=["lfm-sidebar"])
         # the story first: the trade-off and the three stages' answers side by side in the first screen, then
         # the tour and the report's findings; the per-neuron views below
-        first = pn.Row(self.tradeoff.top(), self.generations.top(), sizing_mode="stretch_width")
+        # side by side from ~1200 px; on a narrower window the answers wrap below the plot (nothing squeezed)
+        first = pn.Row(self.tradeoff.top(), self.generations.top(), sizing_mode="stretch_width",
+                       styles={"flex-wrap": "wrap"})
         main = pn.Column(pn.Column(self.method_line, styles={**PINNED, "max-height": "none"},
                                    sizing_mode="stretch_width"),
                          first, self.findings, self.tour, self.tradeoff.rest(), self.generations.rest(), self.compare,

@@ -31,6 +31,7 @@ from . import analysis, compute, figures, story
 from .state import ExplorerState
 
 PLOT_HEIGHT = 380
+HALF = {"flex": "1 1 430px", "min-width": "430px"}  # one of two panels side by side; below 860 px they stack
 _MARKUP = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation mark: CommonMark lets each be escaped
 
 
@@ -279,7 +280,7 @@ class Controls(View):
         for name, widget in self.settings.items():
             setattr(self, name, widget[-1])  # controls.density, controls.restore, ...: the input itself
         # what the column shows of each setting (a slider sits inside its row with its help icon)
-        self.shown = {name: widget[:-1] if isinstance(widget[0], pn.Row) else widget
+        self.shown = {name: widget[:-1] if isinstance(widget[-1], pn.widgets.FloatSlider) else widget
                       for name, widget in self.settings.items()}
         self.per_task = pn.widgets.IntInput.from_param(s.param.per_task, label="eval items per task (0 = all)",
                                                        description=story.GLOSSARY["n"])
@@ -466,7 +467,7 @@ class TradeoffView(View):
     def top(self):
         """The plot (first screen)."""
         return pn.Column(self.status, self.plot, sizing_mode="stretch_width", css_classes=["lfm-tradeoff"],
-                         styles={"min-width": "0"})
+                         styles=HALF)
 
     def rest(self):
         """Its numbers and per-task accuracies (below the first screen)."""
@@ -625,7 +626,7 @@ class GenerationsView(View):
                                                                       ("suppress", "restore", "noimage")))),
                          self.stages, pn.Row(self.task, self.stage, self.category), self.changed, self.summary,
                          self.placeholder, self.more, self.table, sizing_mode="stretch_width",
-                         css_classes=["lfm-generations"], styles={"min-width": "0"})
+                         css_classes=["lfm-generations"], styles=HALF)
 
     def rest(self):
         """The item detail and the transitions (below the first screen)."""
