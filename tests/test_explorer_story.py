@@ -201,3 +201,11 @@ def test_every_setting_widget_of_the_controls_is_in_its_column():
     shown = [w for w in column.select(pn.widgets.Widget)]
     for name in controls.settings:
         assert any(w is getattr(controls, name) for w in shown), name
+
+
+def test_stages_line_says_why_a_suppressor_restores_at_the_default_m():
+    ties = Recipe(method="ties", density=0.2, neurons=0.6)
+    line = GenerationsView._stages(ties, "", "", ties)
+    assert "restore**: Neu-S-TIES K=0.2 M=0.3" in line and "M does nothing" in line and "default M=0.3" in line
+    paper = Recipe(density=0.2, neurons=0.6)
+    assert "M does nothing" not in GenerationsView._stages(paper, "", "", paper)

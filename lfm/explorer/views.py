@@ -545,7 +545,11 @@ class GenerationsView(View):
             stages = stage_recipes(shown_recipe)
         except ValueError as e:  # DARE, DELLA, hard-merge: no suppress/restore stages
             return notice + str(e)
-        return notice + " · ".join(f"**{name}**: {r.label}" for name, r in stages.items())
+        why = ""
+        if not METHODS[shown_recipe.method].restores_neurons:  # a suppressor: its restore stage is the paper's
+            why = (f"  \n*{METHODS[shown_recipe.method].title} restores no neurons (M does nothing for it): its "
+                   f"restore stage is Neuron-Fusion over it at the default M={stages['restore'].neurons:g}*")
+        return notice + " · ".join(f"**{name}**: {r.label}" for name, r in stages.items()) + why
 
     @staticmethod
     def _shown(t: pd.DataFrame) -> pd.DataFrame:
@@ -704,8 +708,9 @@ class CompareView(View):
         self.clear_button = pn.widgets.Button(label="clear pins", width=110)
         self.clear_button.on_click(lambda e: s.unpin_all())
         self.legend = pn.pane.Markdown("", sizing_mode="stretch_width")
+        # no fixed height: every measure and task row shows (a short table, no scroll box)
         self.table = pn.widgets.Tabulator(pd.DataFrame(columns=["measure"]), show_index=False, disabled=True,
-                                          height=300, sizing_mode="stretch_width", layout="fit_columns",
+                                          sizing_mode="stretch_width", layout="fit_columns",
                                           configuration=NO_SORT)
         self.changed = pn.widgets.Tabulator(pd.DataFrame(columns=CHANGED_COLUMNS), show_index=False, disabled=True,
                                             height=240, sizing_mode="stretch_width", layout="fit_columns",
