@@ -209,3 +209,13 @@ def test_stages_line_says_why_a_suppressor_restores_at_the_default_m():
     assert "restore**: Neu-S-TIES K=0.2 M=0.3" in line and "M does nothing" in line and "default M=0.3" in line
     paper = Recipe(density=0.2, neurons=0.6)
     assert "M does nothing" not in GenerationsView._stages(paper, "", "", paper)
+
+
+def test_a_pair_without_numbers_shows_one_line_in_the_trade_off_place():
+    from lfm.explorer.views import TradeoffView
+
+    none = pd.DataFrame(columns=["label", "LA", "VA", "OA"])
+    assert not TradeoffView.has_points(None, none) and TradeoffView._empty_line(None, none, "", "", "").count("\n") == 0
+    assert TradeoffView._empty_line(None, none, "", "", "")
+    assert TradeoffView._empty_line(None, none, "", "", "evaluation off: needs a suite") == ""  # said above it
+    assert TradeoffView.has_points(None, none, "", "Neu-S-TIES K=0.2 M=0.3")

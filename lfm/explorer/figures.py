@@ -215,7 +215,9 @@ def tradeoff(sweep: pd.DataFrame | None, refs: pd.DataFrame, current: dict | Non
             continue
         fig.add_trace(go.Scatter(x=[r["LA"]], y=[r["VA"]], mode="markers+text", name=r["label"], text=[r["label"]],
                                  textposition="top center", marker=dict(size=12, color="black",
-                                                                        symbol=symbols.get(r["label"], "circle"))))
+                                                                        symbol=symbols.get(r["label"], "circle")),
+                                 hovertemplate=f"{r['label']}<br>LA %{{x:.3f}} VA %{{y:.3f}}<br>{items_text(per_task)}"
+                                               "<extra></extra>"))
     for comparable in (True, False):
         shown = [h for h in history if same_size(h.get("per_task")) == comparable]
         if shown:

@@ -414,8 +414,14 @@ class TradeoffView(View):
         self.plot = pn.pane.Plotly(pn.bind(self.figure, s.param.sweep, s.param.references, s.param.current,
                                            s.param.recipe, s.param.pending, s.param.not_precomputed,
                                            s.param.history, s.param.pinned, s.param.per_task),
-                                   height=PLOT_HEIGHT + 120, sizing_mode="stretch_width")
+                                   height=PLOT_HEIGHT + 120, sizing_mode="stretch_width",
+                                   visible=pn.bind(self.has_points, s.param.current, s.param.references,
+                                                   s.param.not_precomputed, s.param.pending))
         self.status = pn.pane.Markdown(pn.bind(self._status, s.param.eval_status, s.param.pending))
+        # no numbers at all: one line in the plot's place (the status line above says why when it knows)
+        self.empty = pn.pane.Markdown(pn.bind(self._empty_line, s.param.current, s.param.references,
+                                              s.param.not_precomputed, s.param.pending, s.param.eval_status),
+                                      sizing_mode="stretch_width")
         self.numbers = pn.pane.Markdown(pn.bind(self._numbers, s.param.current, s.param.recipe, s.param.pending),
                                         sizing_mode="stretch_width", styles={"font-size": "12px"})
         self.tasks = RowsTable(pd.DataFrame(columns=TASK_COLUMNS), show_index=False, disabled=True,
@@ -430,10 +436,21 @@ class TradeoffView(View):
         return _italic(text)
 
     @staticmethod
-    def figure(sweep, references, current, recipe, pending="", note="", history=(), pinned=(), per_task=None):
-        if current is None and (references is None or references.empty) and not note and not pending:
-            return _empty_figure("LA / VA: evaluated live (the organism, or a pair with its suite), or read from a "
-                                 "results folder's sweep.csv")
+    def has_points(current, references, note="", pending="") -> bool:
+        """Whether the trade-off plot has anything to draw (a number, a reference, or a line saying why not)."""
+        return current is not None or (references is not None and not references.empty) or bool(note or pending)
+
+    @classmethod
+    def _empty_line(cls, current, references, note, pending, status):
+        if cls.has_points(current, references, note, pending) or status:
+            return ""
+        return "*LA / VA appear once a pair with an evaluation is loaded (the organism, a pair with its suite, or a " \
+               "results folder's sweep.csv)*"
+
+    @classmethod
+    def figure(cls, sweep, references, current, recipe, pending="", note="", history=(), pinned=(), per_task=None):
+        if not cls.has_points(current, references, note, pending):
+            return _empty_figure("no LA / VA")  # not shown: the one line of `empty` stands in its place
         return figures.tradeoff(sweep, references, current, recipe.label, pending=pending, note=note,
                                 history=history, pinned=pinned, per_task=per_task)
 
@@ -461,12 +478,14 @@ class TradeoffView(View):
         c = s.current
         if not c or c.get("label") != s.recipe.label or s.pending:
             self.tasks.value = pd.DataFrame(columns=TASK_COLUMNS)
+            self.tasks.panel.visible = False  # no empty box
             return
         self.tasks.value = analysis.per_task_table(c).round(3)
+        self.tasks.panel.visible = True
 
     def top(self):
         """The plot (first screen)."""
-        return pn.Column(self.status, self.plot, sizing_mode="stretch_width", css_classes=["lfm-tradeoff"],
+        return pn.Column(self.status, self.empty, self.plot, sizing_mode="stretch_width", css_classes=["lfm-tradeoff"],
                          styles=HALF)
 
     def rest(self):
