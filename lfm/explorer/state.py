@@ -122,6 +122,8 @@ class ExplorerState(param.Parameterized):
     seed = setting_param("seed")
     others = setting_param("others")
     recipe = param.ClassSelector(class_=Recipe, default=Recipe())
+    drawn_recipe = param.ClassSelector(class_=Recipe, default=Recipe(), doc="the recipe the neuron views draw: "
+                                       "`recipe` once a burst of moves has stopped (SETTLE_S)")
 
     # -- what is looked at --------------------------------------------------------------------
     metric = param.Selector(default="top1_lift", objects=list(METRICS))
@@ -269,7 +271,8 @@ class ExplorerState(param.Parameterized):
         modules = compute.modules_present(source)
         self.param.layer.bounds = (layers[0], layers[-1])
         self.param.module.objects = modules
-        self.param.update(source=source, layer=min(max(self.layer, layers[0]), layers[-1]),
+        self.param.update(source=source, drawn_recipe=self.recipe,
+                          layer=min(max(self.layer, layers[0]), layers[-1]),
                           module=self.module if self.module in modules else modules[0],
                           current=None, generations=None, generations_recipe=None, sweep=None, history=[],
                           pinned=[], pending="", answers_pending="", not_precomputed="", answers_note="",
@@ -287,13 +290,19 @@ class ExplorerState(param.Parameterized):
         source = self.source
         if source is None:
             return
+        ticket = self.session.new_request()
         if source.evaluation_off:
             self.eval_status = f"evaluation off: {source.evaluation_off}"
+            self.session.run(self._draw_job, self.recipe, ticket)
             return
-        ticket = self.session.new_request()
         self.param.update(pending=self.recipe.label, answers_pending=self.recipe.label,
                           eval_status=f"evaluating {self.recipe.label} ...")
         self.session.run(self._evaluate_job, source, self.recipe, self.per_task, ticket)
+
+    def _draw_job(self, recipe, ticket):
+        """The neuron views follow the recipe once a burst of moves stops (each drawing costs the page's thread)."""
+        if self._settled(ticket):
+            self._set(drawn_recipe=recipe)
 
     def _settled(self, ticket) -> bool:
         """Whether `ticket` is still the newest request after SETTLE_S (in a served page): a burst of key presses
@@ -309,6 +318,7 @@ class ExplorerState(param.Parameterized):
         answers as a job of their own (a newer setting skips them)."""
         if not self._settled(ticket):
             return  # a newer setting was requested meanwhile
+        self._set(drawn_recipe=recipe)
         try:
             refs = compute.reference_points(source, per_task)
             current = compute.evaluation(source, recipe, per_task)

@@ -229,7 +229,7 @@ class TourView(View):
         self.words = pn.pane.Markdown("", sizing_mode="stretch_width", styles={"font-size": "13px"})
         s = state
         self.plot = pn.pane.Plotly(pn.bind(self.figure, self.param.step, s.param.source, s.param.layer,
-                                           s.param.module, s.param.recipe, s.param.generations),
+                                           s.param.module, s.param.drawn_recipe, s.param.generations),
                                    height=PLOT_HEIGHT - 60, sizing_mode="stretch_width")
         self.param.watch(self._words, "step")
         self._words()
@@ -334,7 +334,7 @@ class NeuronView(View):
         self.heatmap = pn.pane.Plotly(pn.bind(self.heatmap_figure, s.param.source, s.param.metric, s.param.layer,
                                               s.param.module), height=PLOT_HEIGHT, sizing_mode="stretch_width")
         self.curve = pn.pane.Plotly(pn.bind(self.curve_figure, s.param.source, s.param.layer, s.param.module,
-                                            s.param.recipe, s.param.pinned), height=PLOT_HEIGHT + 60,
+                                            s.param.drawn_recipe, s.param.pinned), height=PLOT_HEIGHT + 60,
                                     sizing_mode="stretch_width")
         self.heatmap.param.watch(self._clicked, "click_data")
 
@@ -387,7 +387,7 @@ class NeuronView(View):
 class MergeView(View):
     def __init__(self, state, **params):
         super().__init__(state, **params)
-        self.plot = pn.pane.Plotly(pn.bind(self.figure, state.param.source, state.param.recipe),
+        self.plot = pn.pane.Plotly(pn.bind(self.figure, state.param.source, state.param.drawn_recipe),
                                    height=PLOT_HEIGHT + 200, sizing_mode="stretch_width")
 
     @staticmethod
