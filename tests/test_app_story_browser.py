@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from app_support import organism_pair
+from app_support import ROOT, organism_pair
 from test_app_browser import CHROMIUM, CHROMIUM_ARGS, serve_explorer, wait_for
 
 pytestmark = pytest.mark.browser
+ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,8 @@ def inside(box, height) -> bool:
 def test_trade_off_and_answers_in_the_first_viewport_controls_pinned(browser, server, width, height):
     context, page = open_page(browser, server, width, height)
     try:
+        # the first evaluation's answers are in (the stages line says what they are): the layout is final
+        page.locator(".lfm-generations p", has_text="restore: Neu-S-TIES K=0.2 M=0.3").first.wait_for()
         plot = box(page, ".lfm-tradeoff .js-plotly-plot")
         assert inside(plot, height), plot
         header = box(page, '.lfm-generations .tabulator-col[tabulator-field="answers"]')
@@ -69,6 +72,10 @@ def test_trade_off_and_answers_in_the_first_viewport_controls_pinned(browser, se
         k = box(page, '.lfm-sidebar .bk-input-group:has-text("K (density")')
         assert inside(k, height), k
         assert inside(line.bounding_box(), height)  # the method line stays in view too
+    except AssertionError:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"first-screen-{width}-failed.png"))
+        raise
     finally:
         context.close()
 
