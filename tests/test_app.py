@@ -432,8 +432,10 @@ def test_compare_two_pinned_recipes(org_app, organism):
             assert float(table.loc[f"{kind}: {task}", f"pin {i + 1}"]) == pytest.approx(acc, abs=1e-3)
     names = [t.name for t in org_app.tradeoff.plot.object.data]
     assert f"pinned: {first.label}" in names and f"pinned: {second.label}" in names
-    curve_names = [t.name for t in org_app.neurons.curve.object.data]
-    assert f"pinned: C'(i) {first.label}" in curve_names  # the other pin's C'(i), overlaid
+    curve = org_app.neurons.curve.object
+    # pins differing only in locate have one C'(i) (suppression is before locating): not drawn twice, said once
+    assert f"pinned: C'(i) {first.label}" not in [t.name for t in curve.data]
+    assert any(first.label in a.text and "same C′(i)" in a.text for a in curve.layout.annotations)
     # the changed items: restore-stage categories that differ, from a fresh evaluation of each recipe
     items = organism_items(2)
     from lfm.explorer.views import CHANGED_COLUMNS

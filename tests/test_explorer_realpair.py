@@ -205,3 +205,30 @@ def test_compare_refuses_a_bad_items_line_before_loading_anything(pair, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{path}:2:" in err[0] and what in err[0], err
     assert not out.exists()
+
+
+def test_tour_steps_through_on_the_real_pair(pair):
+    """The guided tour on the smoke real pair: each step draws its picture from the loaded pair (the selected
+    tensor's C(i), C'(i), located neurons; the stages' answers counted from the generations table)."""
+    from lfm.explorer.app import ExplorerApp
+    from lfm.explorer.state import ExplorerState
+    from lfm.explorer.story import TOUR_STEPS
+    from lfm.methods import STAGES
+
+    base, tuned, suite = pair
+    app = ExplorerApp(ExplorerState(background=False, auto_sweep=False, source_kind="pair", base_path=str(base),
+                                    tuned_path=str(tuned), suite_path=str(suite), per_task=LIMIT))
+    app.__panel__()
+    state, tour = app.state, app.tour
+    assert state.error == "" and state.generations is not None, state.error
+    for i, step in enumerate(TOUR_STEPS):
+        tour.step = i
+        fig = tour.plot.object
+        if step == "answers":
+            gens = state.generations
+            assert list(fig.data[0].y) == [int((gens[f"{s}_category"] == "correct").sum()) for s in STAGES]
+        else:
+            assert fig.layout.title.text.startswith(f"{step}: layer {state.layer} {state.module}")
+        assert f"step {i + 1} of {len(TOUR_STEPS)}" in tour.where.object
+    tour.back.clicks += 1
+    assert tour.step == len(TOUR_STEPS) - 2

@@ -3,7 +3,7 @@
 
     >>> app = ExplorerApp(ExplorerState(background=False, auto_sweep=False), load=False)
     >>> type(app.__panel__()).__name__
-    'Column'
+    'Row'
 
 The page lets its user open any directory and run any evaluation suite as the user who serves it, so
 `serve` puts a token gate in front of it (`gate.TokenGate`: no token, no session), and `page` builds a
@@ -26,16 +26,19 @@ from lfm.access import no_token_warning
 
 from .gate import TokenGate, page_url, serving
 from .state import URL_PARAMS, ExplorerState
-from .views import (CompareView, Controls, ExportView, GenerationsView, MergeView, NeuronView, PairPicker,
-                    TradeoffView, as_text)
+from .views import (CompareView, Controls, ExportView, FindingsView, GenerationsView, MergeView, MethodLine,
+                    NeuronView, PairPicker, TourView, TradeoffView, as_text)
 
 ALLOW_REMOTE_ENV = "LFM_ALLOW_REMOTE"  # =1: serve browsers on other machines too (they can open any server path)
 log = logging.getLogger("lfm.explorer")
 
 TITLE = "Locate-then-Merge explorer"
 INTRO = ("Merge a visually tuned MLLM back toward its base LLM, neuron by neuron "
-         "([Locate-then-Merge, arXiv 2505.16703](https://arxiv.org/abs/2505.16703)). "
-         "Move K and M and watch which neurons are kept, located and restored, and what the merged model answers.")
+         "([arXiv 2505.16703](https://arxiv.org/abs/2505.16703)). Move K and M: the trade-off and the answers follow.")
+# the sidebar stays in view at any scroll position (its own scroll bar when taller than the window); the method
+# line stays at the top of the main column
+PINNED = {"position": "sticky", "top": "0", "align-self": "flex-start", "max-height": "100vh", "overflow-y": "auto",
+          "z-index": "10", "background": "white"}
 
 
 def extension() -> None:
@@ -57,6 +60,9 @@ class ExplorerApp:
         self.tradeoff = TradeoffView(s)
         self.generations = GenerationsView(s)
         self.compare = CompareView(s)
+        self.method_line = MethodLine(s)
+        self.tour = TourView(s)
+        self.findings = FindingsView(s)
         self.export = ExportView(s, {
             "heatmap": lambda: self.neurons.heatmap.object, "rank-curve": lambda: self.neurons.curve.object,
             "merge-outcome": lambda: self.merge.plot.object, "trade-off": lambda: self.tradeoff.plot.object},
@@ -65,12 +71,20 @@ class ExplorerApp:
             s.load()
 
     def __panel__(self):
-        sidebar = pn.Column(self.picker, self.controls, self.export, width=330, styles={"padding-right": "12px"})
-        # one column of full-width panels: nothing is squeezed side by side at 1024 px
-        main = pn.Column(self.neurons, self.merge, self.tradeoff, self.compare, self.generations,
-                         sizing_mode="stretch_width", styles={"min-width": "0"})
-        return pn.Column(pn.pane.Markdown(f"## {TITLE}\n{INTRO}", sizing_mode="stretch_width"),
-                         pn.Row(sidebar, main, sizing_mode="stretch_width"), sizing_mode="stretch_width")
+        # the controls first: K and M are in view from the top of the sidebar, whatever the main column shows
+        sidebar = pn.Column(pn.pane.Markdown(f"### {TITLE}\n{INTRO}", styles={"font-size": "12px"}),
+                            self.controls, self.picker, self.export, width=330,
+                            styles={**PINNED, "padding-right": "12px"}, css_classes=["lfm-sidebar"])
+        # the story first: the trade-off and the three stages' answers side by side in the first screen, then
+        # the tour and the report's findings; the per-neuron views below
+        # side by side from ~1200 px; on a narrower window the answers wrap below the plot (nothing squeezed)
+        first = pn.Row(self.tradeoff.top(), self.generations.top(), sizing_mode="stretch_width",
+                       styles={"flex-wrap": "wrap"})
+        main = pn.Column(pn.Column(self.method_line, styles={**PINNED, "max-height": "none"},
+                                   sizing_mode="stretch_width"),
+                         first, self.findings, self.tour, self.tradeoff.rest(), self.generations.rest(), self.compare,
+                         self.neurons, self.merge, sizing_mode="stretch_width", styles={"min-width": "0"})
+        return pn.Row(sidebar, main, sizing_mode="stretch_width")
 
 
 def remote_allowed() -> bool:

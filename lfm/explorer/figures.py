@@ -81,11 +81,13 @@ def host(tensor) -> np.ndarray:
 
 
 def rank_curve(view: TensorView, module: str, layer: int, recipe_label: str, *, locate: str = "top", head_dim=None,
-               n_heads=None, n_kv_heads=None, note: str = "", overlays: tuple = ()) -> go.Figure:
+               n_heads=None, n_kv_heads=None, note: str = "", overlays: tuple = (), shared: tuple = ()) -> go.Figure:
     """Sorted C(i) on log-log axes (rank 1 = largest change), with C'(i) after suppression at K in the
     same order, and the located (restored) neurons marked. Attention neurons are coloured by head; for
     GQA k/v each kv head serves n_heads / n_kv_heads query heads. `overlays` ((label, TensorView), ...) adds
-    pinned recipes' C'(i) in the same rank order; `note` is a caveat line (e.g. a results folder's nearest K)."""
+    pinned recipes' C'(i) in the same rank order (pins with one C'(i) share one curve, labelled 'A = B'); `shared`
+    names pinned recipes whose C'(i) is the current one's (said in one line, not drawn again); `note` is a caveat
+    line (e.g. a results folder's nearest K)."""
     order = np.argsort(-host(view.scores), kind="stable")
     scores = host(view.scores)[order]
     after = host(view.suppressed)[order]
@@ -119,6 +121,9 @@ def rank_curve(view: TensorView, module: str, layer: int, recipe_label: str, *, 
         sel = o > 0
         fig.add_trace(go.Scatter(x=rank[sel], y=o[sel], mode="lines", name=f"pinned: C'(i) {label}",
                                  line=dict(color=PIN_COLOURS[i % len(PIN_COLOURS)], width=1, dash="dot")))
+    if shared:
+        fig.add_annotation(text="same C′(i) as the current recipe: pinned " + ", ".join(shared), xref="paper",
+                           yref="paper", x=0.98, y=0.98, xanchor="right", showarrow=False, font=dict(size=10))
     n_zero = int((after == 0).sum())
     if n_zero:
         fig.add_annotation(text=f"{n_zero} neurons with C'(i) = 0 (all entries suppressed)", xref="paper",
@@ -129,7 +134,7 @@ def rank_curve(view: TensorView, module: str, layer: int, recipe_label: str, *, 
     detail = recipe_label + (f" · {note}" if note else "") + gqa
     fig.update_layout(title=two_line_title(f"Layer {layer} {module}: sorted C(i), {len(scores)} neurons", detail),
                       xaxis=dict(decade_log_axis(rank), title="rank of neuron (by C(i))"),
-                      yaxis=dict(decade_log_axis(np.concatenate([scores, after] + [o.suppressed.numpy() for _, o in overlays])),
+                      yaxis=dict(decade_log_axis(np.concatenate([scores, after] + [host(o.suppressed) for _, o in overlays])),
                                  title="change score"), **LAYOUT)
     fig.update_layout(legend=dict(font=dict(size=10), orientation="h", y=-0.2, x=0), margin=dict(b=110))
     return fig
@@ -142,44 +147,89 @@ def outcome_figure(outcome: pd.DataFrame, ratios: pd.DataFrame, recipe_label: st
     modules = [m for m in LINEAR_MODULES if m in set(outcome["module"])]
     mean = outcome.groupby("module")[["kept_entries", "change_after_suppress", "change_after_merge",
                                       "located_fraction"]].mean().reindex(modules)
-    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.2,
-                        subplot_titles=("Δ kept / restored (mean over layers)",
-                                        f"C'(i)/C(i) of the located neurons ({locate_name(locate)})"))
-    for col, label in (("kept_entries", "entries kept (Sub)"), ("change_after_suppress", "Σ C' / Σ C after suppress"),
-                       ("change_after_merge", "Σ C_final / Σ C after restore (α in)"),
-                       ("located_fraction", f"neurons located ({locate_name(locate)})")):
-        fig.add_trace(go.Bar(x=modules, y=mean[col].values, name=label), row=1, col=1)
-    if not ratios.empty:
+    located = not ratios.empty
+    # the ratios' panel only where neurons were located; otherwise one line in the title says why there is none
+    fig = make_subplots(rows=2 if located else 1, cols=1, vertical_spacing=0.2,
+                        subplot_titles=("Δ kept and restored per module (mean over layers)",
+                                        f"C′(i)/C(i) of the located neurons ({locate_name(locate)}): what rescale "
+                                        "multiplies back")[:2 if located else 1])
+    bars = (("kept_entries", "Δ entries kept by Sub", "#1f77b4"),
+            ("change_after_suppress", "change left after suppress: Σ C′(i) / Σ C(i)", "#ff7f0e"),
+            ("change_after_merge", "change in the merged model: Σ C_final(i) / Σ C(i)", "#2ca02c"),
+            ("located_fraction", f"neurons located ({locate_name(locate)})", CURRENT))
+    for col, label, colour in bars:
+        if col == "located_fraction" and not located:
+            continue
+        fig.add_trace(go.Bar(x=modules, y=mean[col].values, name=label, marker_color=colour), row=1, col=1)
+    if located:
         for m in modules:
             r = ratios[ratios["module"] == m]["ratio"]
-            if len(r):
-                fig.add_trace(go.Box(y=r.values, name=m, showlegend=False, boxpoints=False), row=2, col=1)
-    else:
-        fig.add_annotation(text="no located neurons (M=0 or not Neuron-Fusion)", xref="x2 domain", yref="y2 domain",
-                           x=0.5, y=0.5, showarrow=False)
-    fig.update_layout(title=two_line_title("Merge outcome per module", recipe_label + (f" · {note}" if note else "")),
+            if len(r):  # one colour: the module is the x axis already
+                fig.add_trace(go.Box(y=r.values, name=m, showlegend=False, boxpoints=False, marker_color="#7f7f7f"),
+                              row=2, col=1)
+    detail = recipe_label + (f" · {note}" if note else "") + ("" if located else " · no neurons located (M=0, or "
+                                                                                  "not Neuron-Fusion)")
+    fig.update_layout(title=two_line_title("Merge outcome per module", detail),
                       barmode="group", **{**LAYOUT, "margin": dict(l=50, r=20, t=80, b=40)},
-                      legend=dict(orientation="h", y=-0.12, x=0, font=dict(size=10)))
+                      legend=dict(orientation="h", y=-0.12 if located else -0.25, x=0, font=dict(size=10)))
     fig.update_xaxes(categoryorder="array", categoryarray=modules, tickangle=0)
     fig.update_yaxes(range=[0, 1.05], row=1, col=1)
     return fig
 
 
+def items_text(per_task) -> str:
+    """What a point's evaluation size reads as in its hover: 'n = 8 items per task', 'n = all items'."""
+    if per_task is None or (isinstance(per_task, float) and np.isnan(per_task)):
+        return "n = as in the results folder"
+    return "n = all items" if int(per_task) <= 0 else f"n = {int(per_task)} items per task"
+
+
+# the settings a sweep curve can vary, with the key its points are labelled by (registry labels: K, M, a)
+CURVE_AXES = (("density", "K"), ("neurons", "M"), ("alpha", "a"))
+
+
+def curve_axis(points: pd.DataFrame) -> tuple[str, str] | None:
+    """(column, key) of the setting that varies along one sweep curve; None when none does."""
+    for column, key in CURVE_AXES:
+        if column in points and points[column].nunique(dropna=True) > 1:
+            return column, key
+    return None
+
+
 def tradeoff(sweep: pd.DataFrame | None, refs: pd.DataFrame, current: dict | None, recipe_label: str, *,
-             pending: str = "", note: str = "", history: list | tuple = (), pinned: list | tuple = ()) -> go.Figure:
+             pending: str = "", note: str = "", history: list | tuple = (), pinned: list | tuple = (),
+             per_task: int | None = None) -> go.Figure:
     """LA (x) vs VA (y): sweep curves, base / tuned / hard-merge references, the points visited (`history`:
-    dicts label, LA, VA), pinned recipes, and the current setting.
+    dicts label, LA, VA, per_task), pinned recipes, and the current setting.
 
     A number is drawn under its own recipe's label only: `current` (a dict with 'label', LA, VA, OA) is the
     red star and titled only when its label is `recipe_label`; otherwise it is a grey 'last computed' point
     and the title says what is computing (`pending`) or why there is nothing (`note`).
+
+    One evaluation size per plot: with `per_task` given, curve points, visited points and pins measured on another
+    number of items are drawn grey under a label saying so (they are not comparable); every point's hover says n.
+    Each curve is drawn in the order of the setting it varies, that setting's value printed at each point.
     """
     fig = go.Figure()
+
+    def same_size(n) -> bool:
+        return per_task is None or n is None or (isinstance(n, float) and np.isnan(n)) or int(n) == int(per_task)
+
     if sweep is not None and not sweep.empty:
         for curve, g in sweep.groupby("curve", sort=False):
-            fig.add_trace(go.Scatter(x=g["LA"], y=g["VA"], mode="lines+markers", name=curve, text=g["label"],
-                                     hovertemplate="%{text}<br>LA %{x:.3f} VA %{y:.3f}<extra></extra>",
-                                     marker=dict(size=6)))
+            axis = curve_axis(g)
+            if axis is not None:
+                g = g.sort_values(axis[0])
+            n = g["per_task"].iloc[0] if "per_task" in g else None
+            text = [f"{axis[1]}={v:g}" for v in g[axis[0]]] if axis else None
+            comparable = same_size(n)
+            fig.add_trace(go.Scatter(
+                x=g["LA"], y=g["VA"], mode="lines+markers+text" if text else "lines+markers",
+                name=curve if comparable else f"{curve} ({items_text(n)}: another size, not comparable)",
+                text=text, textposition="top right", textfont=dict(size=9), customdata=g["label"],
+                hovertemplate="%{customdata}<br>LA %{x:.3f} VA %{y:.3f}<br>" + items_text(n) + "<extra></extra>",
+                **(dict(marker=dict(size=6)) if comparable else
+                   dict(line=dict(color=STALE, dash="dot"), marker=dict(size=5, color=STALE)))))
     symbols = {"tuned": "square", "hard-merge": "x", "base": "triangle-up"}
     for r in refs.to_dict("records"):
         if r["VA"] is None or pd.isna(r["VA"]):  # the base LLM has no visual ability: a vertical line
@@ -188,21 +238,35 @@ def tradeoff(sweep: pd.DataFrame | None, refs: pd.DataFrame, current: dict | Non
             continue
         fig.add_trace(go.Scatter(x=[r["LA"]], y=[r["VA"]], mode="markers+text", name=r["label"], text=[r["label"]],
                                  textposition="top center", marker=dict(size=12, color="black",
-                                                                        symbol=symbols.get(r["label"], "circle"))))
-    if history:
-        fig.add_trace(go.Scatter(x=[h["LA"] for h in history], y=[h["VA"] for h in history], mode="markers",
-                                 name="visited", text=[h["label"] for h in history],
-                                 hovertemplate="%{text}<br>LA %{x:.3f} VA %{y:.3f}<extra>visited</extra>",
-                                 marker=dict(size=7, color=STALE, symbol="circle")))
+                                                                        symbol=symbols.get(r["label"], "circle")),
+                                 hovertemplate=f"{r['label']}<br>LA %{{x:.3f}} VA %{{y:.3f}}<br>{items_text(per_task)}"
+                                               "<extra></extra>"))
+    for comparable in (True, False):
+        shown = [h for h in history if same_size(h.get("per_task")) == comparable]
+        if shown:
+            fig.add_trace(go.Scatter(
+                x=[h["LA"] for h in shown], y=[h["VA"] for h in shown], mode="markers",
+                name="visited" if comparable else "visited at another n (not comparable)",
+                text=[h["label"] for h in shown], customdata=[items_text(h.get("per_task")) for h in shown],
+                hovertemplate="%{text}<br>LA %{x:.3f} VA %{y:.3f}<br>%{customdata}<extra>visited</extra>",
+                marker=dict(size=7, color="#7f7f7f" if comparable else STALE,
+                            symbol="circle" if comparable else "circle-open")))
     for i, p in enumerate(pinned):
         c = p["current"]
-        fig.add_trace(go.Scatter(x=[c["LA"]], y=[c["VA"]], mode="markers", name=f"pinned: {c['label']}",
-                                 marker=dict(size=14, color=PIN_COLOURS[i % len(PIN_COLOURS)],
-                                             symbol=PIN_SYMBOLS[i % len(PIN_SYMBOLS)])))
+        comparable = same_size(c.get("per_task"))
+        fig.add_trace(go.Scatter(
+            x=[c["LA"]], y=[c["VA"]], mode="markers",
+            name=f"pinned: {c['label']}" + ("" if comparable else f" ({items_text(c.get('per_task'))}, not comparable)"),
+            hovertemplate=f"pinned {c['label']}<br>LA %{{x:.3f}} VA %{{y:.3f}}<br>{items_text(c.get('per_task'))}"
+                          "<extra></extra>",
+            marker=dict(size=14, color=PIN_COLOURS[i % len(PIN_COLOURS)] if comparable else STALE,
+                        symbol=PIN_SYMBOLS[i % len(PIN_SYMBOLS)])))
     head, detail = "Trade-off LA vs VA", ""
     if current and current.get("LA") is not None and current.get("label") == recipe_label and not pending:
         fig.add_trace(go.Scatter(x=[current["LA"]], y=[current["VA"]], mode="markers",
-                                 name=f"current: {recipe_label}", marker=dict(size=18, color=CURRENT, symbol="star")))
+                                 name=f"current: {recipe_label}", marker=dict(size=18, color=CURRENT, symbol="star"),
+                                 hovertemplate=f"{recipe_label}<br>LA %{{x:.3f}} VA %{{y:.3f}}<br>"
+                                               f"{items_text(current.get('per_task'))}<extra>current</extra>"))
         detail = (f"current {recipe_label}: LA {current['LA']:.3f} VA {current['VA']:.3f} "
                   f"OA {current['OA']:.3f}")
     else:
@@ -217,4 +281,69 @@ def tradeoff(sweep: pd.DataFrame | None, refs: pd.DataFrame, current: dict | Non
     fig.update_layout(title=two_line_title(head, detail), xaxis_title="LA (language ability)",
                       yaxis_title="VA (visual ability)", **LAYOUT)
     fig.update_layout(legend=dict(orientation="h", y=-0.22, x=0, font=dict(size=10)), margin=dict(b=130))
+    return fig
+
+
+def message_figure(message: str) -> go.Figure:
+    """One line of text where a figure would be (no axes, no box)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0, y=0.5, xref="paper", yref="paper", xanchor="left", showarrow=False,
+                       font=dict(size=13))
+    fig.update_layout(template="plotly_white", xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+def stage_counts(generations: pd.DataFrame, stages) -> go.Figure:
+    """Correct answers per stage (hard, suppress, restore) on the generations' items: one bar per stage."""
+    n = len(generations)
+    correct = [int((generations[f"{s}_category"] == "correct").sum()) for s in stages]
+    fig = go.Figure(go.Bar(x=list(stages), y=correct, marker_color="#1f77b4", text=[f"{c}/{n}" for c in correct],
+                           textposition="outside", hovertemplate="%{x}: %{y} of " + str(n) + " correct<extra></extra>"))
+    fig.update_layout(title=two_line_title("Correct answers per stage", f"n = {n} visual items"),
+                      yaxis=dict(title="items answered correctly", range=[0, max(n, 1) * 1.15]), **LAYOUT)
+    return fig
+
+
+# a tour step -> the traces its picture draws of one tensor's TensorView: (what, its legend name)
+TOUR_TRACES = {
+    "Δ": (("scores", "C(i) = Σⱼ|Δᵢⱼ| per neuron, in the order of the weight matrix's rows"),),
+    "C(i)": (("sorted", "C(i), largest first"),),
+    "suppress": (("sorted", "C(i) before"), ("suppressed", "C′(i) after suppression at K")),
+    "locate": (("sorted", "C(i)"), ("located", "located neurons")),
+    "restore": (("sorted", "C(i) before"), ("suppressed", "C′(i) after suppression"),
+                ("final", "C_final(i) after restore")),
+}
+TOUR_STYLE = {"scores": dict(color="#1f77b4"), "sorted": dict(color="#1f77b4"), "suppressed": dict(color="#ff7f0e"),
+              "located": dict(color=CURRENT), "final": dict(color="#2ca02c")}
+
+
+def tour_figure(step: str, view: TensorView, tensor: str, recipe_label: str, locate: str = "top") -> go.Figure:
+    """The picture of one tour step (``TOUR_TRACES``) for one tensor: its neurons by C(i) rank (log-log, decade
+    labels), or (step Δ) in row order."""
+    order = np.argsort(-host(view.scores), kind="stable")
+    rank = np.arange(1, len(order) + 1)
+    series = {"scores": host(view.scores), "sorted": host(view.scores)[order],
+              "suppressed": host(view.suppressed)[order], "final": host(view.final)[order]}
+    located = host(view.located)[order] if view.located.numel() else np.zeros(len(order), dtype=bool)
+    fig = go.Figure()
+    shown = []
+    for what, name in TOUR_TRACES[step]:
+        if what == "located":
+            x, y = rank[located], series["sorted"][located]
+            name = f"{name} ({locate_name(locate)}, {int(located.sum())})"
+            fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name=name, marker=dict(size=7, symbol="diamond",
+                                                                                      **TOUR_STYLE[what])))
+        else:
+            x = np.arange(1, len(order) + 1) if what == "scores" else rank
+            y = series[what]
+            keep = y > 0  # a log axis has no zero
+            fig.add_trace(go.Scatter(x=x[keep], y=y[keep], mode="lines", name=name, line=dict(**TOUR_STYLE[what])))
+        shown.append(y)
+    values = np.concatenate([np.asarray(v, dtype=float) for v in shown]) if shown else np.array([])
+    xaxis = dict(title="neuron (row of the weight)") if step == "Δ" else \
+        dict(title="rank of neuron by C(i)", **decade_log_axis(rank))
+    fig.update_layout(title=two_line_title(f"{step}: {tensor}", recipe_label), xaxis=xaxis,
+                      yaxis=dict(title="change score", **decade_log_axis(values)), **LAYOUT)
+    fig.update_layout(legend=dict(orientation="h", y=-0.25, x=0, font=dict(size=10)), margin=dict(b=90))
     return fig

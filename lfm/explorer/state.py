@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 import traceback
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from .figures import METRICS
 from .session import PageSession, SessionClosed  # noqa: F401 (SessionClosed: what a closed page's work raises)
 
 SOURCES = ("organism", "pair", "results")
+# a burst of key presses (or a drag) evaluates where it stops: a request waits this long for a newer one
+SETTLE_S = 0.15
 # the recipe settings the page holds: those with a URL key in the registry's settings table
 RECIPE_PARAMS = tuple(name for name, setting in SETTINGS.items() if setting.url and name != "method")
 # state parameter -> URL query key (shareable links: ?method=Neu-P-TIES&K=0.3&M=0.2&locate=random ...); the
@@ -119,6 +122,8 @@ class ExplorerState(param.Parameterized):
     seed = setting_param("seed")
     others = setting_param("others")
     recipe = param.ClassSelector(class_=Recipe, default=Recipe())
+    drawn_recipe = param.ClassSelector(class_=Recipe, default=Recipe(), doc="the recipe the neuron views draw: "
+                                       "`recipe` once a burst of moves has stopped (SETTLE_S)")
 
     # -- what is looked at --------------------------------------------------------------------
     metric = param.Selector(default="top1_lift", objects=list(METRICS))
@@ -132,6 +137,7 @@ class ExplorerState(param.Parameterized):
     current = param.Dict(default=None, allow_None=True,
                          doc="LA/VA/OA of `current['recipe']` (its 'label' names it: maybe not `recipe` while pending)")
     pending = param.String(default="", doc="label of the recipe being evaluated ('' when nothing is computing)")
+    answers_pending = param.String(default="", doc="label of the recipe whose stages' answers are computing")
     not_precomputed = param.String(default="", doc="results folder: why the current setting has no numbers")
     history = param.List(default=[], doc="evaluated points visited this session: dicts label, LA, VA")
     pinned = param.List(default=[], doc="recipes pinned for comparison: dicts recipe, current, generations")
@@ -281,10 +287,11 @@ class ExplorerState(param.Parameterized):
         modules = compute.modules_present(source)
         self.param.layer.bounds = (layers[0], layers[-1])
         self.param.module.objects = modules
-        self.param.update(source=source, layer=min(max(self.layer, layers[0]), layers[-1]),
+        self.param.update(source=source, drawn_recipe=self.recipe,
+                          layer=min(max(self.layer, layers[0]), layers[-1]),
                           module=self.module if self.module in modules else modules[0],
                           current=None, generations=None, generations_recipe=None, sweep=None, history=[],
-                          pinned=[], pending="", not_precomputed="", answers_note="",
+                          pinned=[], pending="", answers_pending="", not_precomputed="", answers_note="",
                           references=pd.DataFrame(columns=["label", "LA", "VA", "OA"]))
         self.evaluate()
         if self.auto_sweep:
@@ -299,39 +306,73 @@ class ExplorerState(param.Parameterized):
         source = self.source
         if source is None:
             return
+        ticket = self.session.new_request()
         if source.evaluation_off:
             self.eval_status = f"evaluation off: {source.evaluation_off}"
+            self.session.run(self._draw_job, self.recipe, ticket)
             return
-        ticket = self.session.new_request()
-        self.param.update(pending=self.recipe.label, eval_status=f"evaluating {self.recipe.label} ...")
+        self.param.update(pending=self.recipe.label, answers_pending=self.recipe.label,
+                          eval_status=f"evaluating {self.recipe.label} ...")
         self.session.run(self._evaluate_job, source, self.recipe, self.per_task, ticket)
 
-    def _evaluate_job(self, source, recipe, per_task, ticket):
+    def _draw_job(self, recipe, ticket):
+        """The neuron views follow the recipe once a burst of moves stops (each drawing costs the page's thread)."""
+        if self._settled(ticket):
+            self._set(drawn_recipe=recipe)
+
+    def _settled(self, ticket) -> bool:
+        """Whether `ticket` is still the newest request after SETTLE_S (in a served page): a burst of key presses
+        queues one job per press, and only the last one's evaluates; the others return at once."""
         if not self.session.is_latest(ticket):
+            return False
+        if self.session.background:
+            time.sleep(SETTLE_S)
+        return self.session.is_latest(ticket)
+
+    def _evaluate_job(self, source, recipe, per_task, ticket):
+        """The recipe's LA / VA first (the trade-off plot gets them as soon as they exist), then its stages'
+        answers as a job of their own (a newer setting skips them)."""
+        if not self._settled(ticket):
             return  # a newer setting was requested meanwhile
+        self._set(drawn_recipe=recipe)
         try:
             refs = compute.reference_points(source, per_task)
             current = compute.evaluation(source, recipe, per_task)
-            gens = compute.generations(source, recipe, per_task)
         except Exception as e:
             traceback.print_exc()
-            self._set(error=f"evaluation failed: {e}", eval_status="", pending="")
+            self._set(error=f"evaluation failed: {e}", eval_status="", pending="", answers_pending="")
             return
         if not self.session.is_latest(ticket):
             return
         missing = compute.not_precomputed(source, recipe) if current is None else ""
-        answers_note = compute.answers_not_precomputed(source, recipe) if gens is None else ""
         if current is not None:
             current = {**current, "label": recipe.label, "recipe": recipe, "per_task": per_task}
-        self._set(references=refs, current=current, generations=gens, generations_recipe=recipe, pending="",
-                  not_precomputed=missing, answers_note=answers_note, history=self._visited(current),
+        self._set(references=refs, current=current, pending="", not_precomputed=missing,
+                  history=self._visited(current),
                   eval_status=missing or ("" if current is not None else "no evaluation for this setting"))
+        self.session.run(self._answers_job, source, recipe, per_task, ticket)
+
+    def _answers_job(self, source, recipe, per_task, ticket):
+        if not self.session.is_latest(ticket):
+            return
+        try:
+            gens = compute.generations(source, recipe, per_task)
+        except Exception as e:
+            traceback.print_exc()
+            self._set(error=f"evaluation failed: {e}", answers_pending="")
+            return
+        if not self.session.is_latest(ticket):
+            return
+        answers_note = compute.answers_not_precomputed(source, recipe) if gens is None else ""
+        self._set(generations=gens, generations_recipe=recipe, answers_pending="", answers_note=answers_note)
 
     def _visited(self, current: dict | None) -> list[dict]:
-        """The history with `current` appended (once per label)."""
-        if current is None or any(h["label"] == current["label"] for h in self.history):
+        """The history with `current` appended (once per label and evaluation size)."""
+        if current is None or any(h["label"] == current["label"] and h["per_task"] == current["per_task"]
+                                  for h in self.history):
             return self.history
-        return self.history + [{"label": current["label"], "LA": current["LA"], "VA": current["VA"]}]
+        return self.history + [{"label": current["label"], "LA": current["LA"], "VA": current["VA"],
+                                "per_task": current["per_task"]}]
 
     def pin(self) -> None:
         """Pin the current recipe and what was computed for it (only when its numbers are the current ones)."""
@@ -346,19 +387,27 @@ class ExplorerState(param.Parameterized):
     def unpin_all(self) -> None:
         self.pinned = []
 
+    @param.depends("per_task", watch=True)
+    def _sweep_again(self):
+        """Another evaluation size: the curves are swept again at it (meanwhile the plot greys out the old ones)."""
+        if self.auto_sweep:
+            self.run_sweep()
+
     def run_sweep(self):
         source = self.source
         if source is None or not source.draws_curves:
             return
 
+        per_task = self.per_task
+
         def job():
             progress = compute.Progress(lambda d, t, m: self._set(eval_status=f"trade-off sweep {d}/{t}: {m}"))
             try:
-                table = compute.sweep_table(source, self.per_task, progress)
+                table = compute.sweep_table(source, per_task, progress)
             except Exception as e:
                 traceback.print_exc()
                 self._set(error=f"sweep failed: {e}")
                 return
-            if self.source is source:
-                self._set(sweep=table, eval_status="")
+            if self.source is source:  # each point says its evaluation size: the plot greys out another size
+                self._set(sweep=None if table is None else table.assign(per_task=per_task), eval_status="")
         self.session.run(job, sweep=True)

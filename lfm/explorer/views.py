@@ -22,15 +22,17 @@ import shutil
 import pandas as pd
 import panel as pn
 import param
+import torch
 
 from lfm.methods.recipe import STAGES, stage_recipes
 from lfm.methods.registry import METHODS, SETTINGS, widgets_of
 from lfm.spreadsheet import csv_text
 
-from . import analysis, compute, figures
+from . import analysis, compute, figures, story
 from .state import ExplorerState
 
 PLOT_HEIGHT = 380
+HALF = {"flex": "1 1 430px", "min-width": "430px"}  # one of two panels side by side; below 860 px they stack
 _MARKUP = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation mark: CommonMark lets each be escaped
 
 
@@ -167,29 +169,141 @@ class PairPicker(View):
                          self.bar, self.status, self.error, self.description, sizing_mode="stretch_width")
 
 
+# a recipe setting -> the glossary word its widget's help explains (the others show the registry's help line)
+SETTING_WORD = {"density": "Sub", "neurons": "locate", "restore": "restore", "locate": "locate"}
+
+
+class MethodLine(View):
+    """The current settings read as the method (``story.method_sentence``), always in view above the plots."""
+
+    def __init__(self, state, **params):
+        super().__init__(state, **params)
+        self.line = pn.pane.Markdown(pn.bind(self._line, state.param.recipe), sizing_mode="stretch_width",
+                                     css_classes=["lfm-method-line"], margin=(4, 10),
+                                     styles={"font-size": "13px", "border-bottom": "1px solid #ddd"})
+
+    @staticmethod
+    def _line(recipe):
+        return f"**{as_text(recipe.label)}**: {as_text(story.method_sentence(recipe))}"
+
+    def __panel__(self):
+        return pn.Row(self.line, pn.widgets.TooltipIcon(value=" ".join(story.GLOSSARY[w] for w in
+                                                                      ("Δ", "C(i)", "Sub", "locate", "restore"))),
+                      sizing_mode="stretch_width")
+
+
+class FindingsView(View):
+    """What the loaded pair's report found (``story.pair_findings``: read from its results.json, never written here)."""
+
+    def __init__(self, state, **params):
+        super().__init__(state, **params)
+        self.text = pn.pane.Markdown(pn.bind(self._text, state.param.source), sizing_mode="stretch_width",
+                                     css_classes=["lfm-findings"], styles={"font-size": "12px"})
+
+    @staticmethod
+    def _text(source):
+        path, lines = story.pair_findings(source.tuned) if source is not None and getattr(source, "tuned", "") \
+            else ("", [])
+        if not lines:
+            return ""
+        shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
+        return (f"**This pair's report** ({as_text(shown)}):  \n"
+                + "  \n".join(f"• {as_text(line)}" for line in lines))
+
+    def __panel__(self):
+        return self.text
+
+
+class TourView(View):
+    """The paper's pipeline step by step on the loaded pair (``story.TOUR``): one picture, two sentences, back /
+    next. The pictures are the selected tensor's (layer / module of the neuron views) and the generations'."""
+
+    step = param.Integer(default=0, bounds=(0, len(story.TOUR) - 1))
+
+    def __init__(self, state, **params):
+        super().__init__(state, **params)
+        self.back = pn.widgets.Button(label="◀ back", width=90, disabled=True)
+        self.next = pn.widgets.Button(label="next ▶", width=90, color="primary")
+        self.back.on_click(lambda e: self._move(-1))
+        self.next.on_click(lambda e: self._move(+1))
+        self.where = pn.pane.Markdown("", css_classes=["lfm-tour-step"], margin=(0, 10))
+        self.words = pn.pane.Markdown("", sizing_mode="stretch_width", styles={"font-size": "13px"})
+        s = state
+        self.plot = pn.pane.Plotly(pn.bind(self.figure, self.param.step, s.param.source, s.param.layer,
+                                           s.param.module, s.param.drawn_recipe, s.param.generations),
+                                   height=PLOT_HEIGHT - 60, sizing_mode="stretch_width")
+        self.param.watch(self._words, "step")
+        self._words()
+
+    def _move(self, by: int):
+        self.step = min(max(self.step + by, 0), len(story.TOUR) - 1)
+
+    def _words(self, *events):
+        name, words = story.TOUR[self.step]
+        self.where.object = f"**step {self.step + 1} of {len(story.TOUR)}: {name}**"
+        self.words.object = words
+        self.back.disabled, self.next.disabled = self.step == 0, self.step == len(story.TOUR) - 1
+
+    @staticmethod
+    def figure(step, source, layer, module, recipe, generations):
+        name = story.TOUR_STEPS[step]
+        if name == "answers":
+            if generations is None or generations.empty:
+                return figures.message_figure("no answers for this recipe: the stages need Neuron-Fusion or one "
+                                              "of its suppressors, and an evaluated pair")
+            return figures.stage_counts(generations, STAGES)
+        if source is None:
+            return figures.message_figure("load a pair")
+        tensor = compute.tensor_name(source, layer, module)
+        if tensor is None:
+            return figures.message_figure(f"no {module} in layer {layer}")
+        try:
+            view = compute.module_view(source, tensor, recipe)
+        except ValueError as e:
+            return figures.message_figure(str(e))
+        return figures.tour_figure(name, view, f"layer {layer} {module}", recipe.label, recipe.locate)
+
+    def __panel__(self):
+        return pn.Card(pn.Row(self.back, self.next, self.where), self.words, self.plot, sizing_mode="stretch_width",
+                       title="Guided tour: the method step by step on this pair", collapsed=False,
+                       css_classes=["lfm-tour"])
+
+
 class Controls(View):
     def __init__(self, state, **params):
         super().__init__(state, **params)
         s = state
-        self.method = pn.widgets.Select.from_param(s.param.method, label="method")
+        self.method = pn.widgets.Select.from_param(s.param.method, label="method", description=(
+            "the merge: Neu-S / Neu-P are the paper's Neuron-Fusion (suppress with the named method, then restore "
+            "located neurons by rescale / replace); the others are the baselines it is compared with"))
         # one widget per recipe setting with a widget in the registry's settings table, in its order
         self.settings = {name: self._widget(name) for name, setting in SETTINGS.items() if setting.widget}
         for name, widget in self.settings.items():
             setattr(self, name, widget[-1])  # controls.density, controls.restore, ...: the input itself
-        self.per_task = pn.widgets.IntInput.from_param(s.param.per_task, label="eval items per task (0 = all)")
+        # what the column shows of each setting (a slider sits inside its row with its help icon)
+        self.shown = {name: widget[:-1] if isinstance(widget[-1], pn.widgets.FloatSlider) else widget
+                      for name, widget in self.settings.items()}
+        self.per_task = pn.widgets.IntInput.from_param(s.param.per_task, label="eval items per task (0 = all)",
+                                                       description=story.GLOSSARY["n"])
         self.reference = pn.pane.Markdown(pn.bind(self._reference, s.param.recipe), styles={"font-size": "11px"})
         s.param.watch(self._visibility, "recipe")
         self._visibility()
 
     def _widget(self, name: str) -> tuple:
-        """(input,) for a slider or a list; (its label, input) for buttons, which show no label of their own."""
+        """The elements shown for one setting, its input last: (input,) for a list; (label, input) for buttons,
+        which show no label of their own; (slider with its help icon, slider) for a slider (the last is not shown
+        again: ``shown``)."""
         spec, parameter = SETTINGS[name].widget, self.state.param[name]
-        if spec.bounds is not None:
-            return (pn.widgets.FloatSlider.from_param(parameter, label=spec.label),)
+        help_text = story.GLOSSARY[SETTING_WORD[name]] if name in SETTING_WORD else SETTINGS[name].help
+        if spec.bounds is not None:  # a slider has no help icon of its own in Panel 1.9: one beside it
+            slider = pn.widgets.FloatSlider.from_param(parameter, label=spec.label, sizing_mode="stretch_width")
+            return (pn.Row(slider, pn.widgets.TooltipIcon(value=help_text, margin=(24, 0, 0, 0)),
+                           sizing_mode="stretch_width"), slider)
         if spec.buttons:
-            return (pn.pane.Markdown(spec.label, margin=(0, 10, -12, 10)),
+            return (pn.Row(pn.pane.Markdown(spec.label, margin=(0, 0, -12, 10)),
+                           pn.widgets.TooltipIcon(value=help_text, margin=(0, 0, -12, 0))),
                     pn.widgets.RadioButtonGroup.from_param(parameter, label=spec.label))
-        return (pn.widgets.Select.from_param(parameter, label=spec.label),)
+        return (pn.widgets.Select.from_param(parameter, label=spec.label, description=help_text),)
 
     def _visibility(self, *events):
         """The widgets of the settings the current method (and its suppressor) reads (``widgets_of``)."""
@@ -203,7 +317,7 @@ class Controls(View):
         return f"**{recipe.label}** · [{METHODS[recipe.method].title}]({METHODS[recipe.method].reference})"
 
     def __panel__(self):
-        return pn.Column("### Merge", self.method, *(w for widgets in self.settings.values() for w in widgets),
+        return pn.Column("### Merge", self.method, *(w for widgets in self.shown.values() for w in widgets),
                          self.per_task, self.reference, sizing_mode="stretch_width")
 
 
@@ -221,7 +335,7 @@ class NeuronView(View):
         self.heatmap = pn.pane.Plotly(pn.bind(self.heatmap_figure, s.param.source, s.param.metric, s.param.layer,
                                               s.param.module), height=PLOT_HEIGHT, sizing_mode="stretch_width")
         self.curve = pn.pane.Plotly(pn.bind(self.curve_figure, s.param.source, s.param.layer, s.param.module,
-                                            s.param.recipe, s.param.pinned), height=PLOT_HEIGHT + 60,
+                                            s.param.drawn_recipe, s.param.pinned), height=PLOT_HEIGHT + 60,
                                     sizing_mode="stretch_width")
         self.heatmap.param.watch(self._clicked, "click_data")
 
@@ -246,16 +360,25 @@ class NeuronView(View):
             view = compute.module_view(source, name, recipe)
         except ValueError as e:
             return _empty_figure(str(e))
-        overlays = []
+        overlays, shared = [], []  # one C'(i) curve each: pins differing only in restore / M / locate share one
         for p in pinned:
             if p["recipe"] != recipe:
                 try:
-                    overlays.append((p["recipe"].label, compute.module_view(source, name, p["recipe"])))
+                    other = compute.module_view(source, name, p["recipe"])
                 except ValueError:  # a pinned recipe this source cannot view (e.g. a results folder's non-TIES)
-                    pass
+                    continue
+                if torch.equal(other.suppressed, view.suppressed):
+                    shared.append(p["recipe"].label)  # the current recipe's own C'(i) curve
+                    continue
+                same = [i for i, (_, o) in enumerate(overlays) if torch.equal(o.suppressed, other.suppressed)]
+                if same:
+                    overlays[same[0]] = (f"{overlays[same[0]][0]} = {p['recipe'].label}", overlays[same[0]][1])
+                else:
+                    overlays.append((p["recipe"].label, other))
         return figures.rank_curve(view, module, layer, recipe.label, locate=recipe.locate, head_dim=source.head_dim,
                                   n_heads=source.n_heads, n_kv_heads=source.n_kv_heads,
-                                  note=compute.view_note(source, recipe), overlays=tuple(overlays))
+                                  note=compute.view_note(source, recipe), overlays=tuple(overlays),
+                                  shared=tuple(shared))
 
     def __panel__(self):
         return pn.Column("### Neuron change scores C(i) = Σⱼ|Δᵢⱼ|", pn.Row(self.metric, self.layer, self.module),
@@ -265,7 +388,7 @@ class NeuronView(View):
 class MergeView(View):
     def __init__(self, state, **params):
         super().__init__(state, **params)
-        self.plot = pn.pane.Plotly(pn.bind(self.figure, state.param.source, state.param.recipe),
+        self.plot = pn.pane.Plotly(pn.bind(self.figure, state.param.source, state.param.drawn_recipe),
                                    height=PLOT_HEIGHT + 200, sizing_mode="stretch_width")
 
     @staticmethod
@@ -291,9 +414,15 @@ class TradeoffView(View):
         s = state
         self.plot = pn.pane.Plotly(pn.bind(self.figure, s.param.sweep, s.param.references, s.param.current,
                                            s.param.recipe, s.param.pending, s.param.not_precomputed,
-                                           s.param.history, s.param.pinned),
-                                   height=PLOT_HEIGHT + 120, sizing_mode="stretch_width")
+                                           s.param.history, s.param.pinned, s.param.per_task),
+                                   height=PLOT_HEIGHT + 120, sizing_mode="stretch_width",
+                                   visible=pn.bind(self.has_points, s.param.current, s.param.references,
+                                                   s.param.not_precomputed, s.param.pending))
         self.status = pn.pane.Markdown(pn.bind(self._status, s.param.eval_status, s.param.pending))
+        # no numbers at all: one line in the plot's place (the status line above says why when it knows)
+        self.empty = pn.pane.Markdown(pn.bind(self._empty_line, s.param.current, s.param.references,
+                                              s.param.not_precomputed, s.param.pending, s.param.eval_status),
+                                      sizing_mode="stretch_width")
         self.numbers = pn.pane.Markdown(pn.bind(self._numbers, s.param.current, s.param.recipe, s.param.pending),
                                         sizing_mode="stretch_width", styles={"font-size": "12px"})
         self.tasks = RowsTable(pd.DataFrame(columns=TASK_COLUMNS), show_index=False, disabled=True,
@@ -308,12 +437,23 @@ class TradeoffView(View):
         return _italic(text)
 
     @staticmethod
-    def figure(sweep, references, current, recipe, pending="", note="", history=(), pinned=()):
-        if current is None and (references is None or references.empty) and not note and not pending:
-            return _empty_figure("LA / VA: evaluated live (the organism, or a pair with its suite), or read from a "
-                                 "results folder's sweep.csv")
+    def has_points(current, references, note="", pending="") -> bool:
+        """Whether the trade-off plot has anything to draw (a number, a reference, or a line saying why not)."""
+        return current is not None or (references is not None and not references.empty) or bool(note or pending)
+
+    @classmethod
+    def _empty_line(cls, current, references, note, pending, status):
+        if cls.has_points(current, references, note, pending) or status:
+            return ""
+        return "*LA / VA appear once a pair with an evaluation is loaded (the organism, a pair with its suite, or a " \
+               "results folder's sweep.csv)*"
+
+    @classmethod
+    def figure(cls, sweep, references, current, recipe, pending="", note="", history=(), pinned=(), per_task=None):
+        if not cls.has_points(current, references, note, pending):
+            return _empty_figure("no LA / VA")  # not shown: the one line of `empty` stands in its place
         return figures.tradeoff(sweep, references, current, recipe.label, pending=pending, note=note,
-                                history=history, pinned=pinned)
+                                history=history, pinned=pinned, per_task=per_task)
 
     @staticmethod
     def _numbers(current, recipe, pending):
@@ -339,12 +479,22 @@ class TradeoffView(View):
         c = s.current
         if not c or c.get("label") != s.recipe.label or s.pending:
             self.tasks.value = pd.DataFrame(columns=TASK_COLUMNS)
+            self.tasks.panel.visible = False  # no empty box
             return
         self.tasks.value = analysis.per_task_table(c).round(3)
+        self.tasks.panel.visible = True
+
+    def top(self):
+        """The plot (first screen)."""
+        return pn.Column(self.status, self.empty, self.plot, sizing_mode="stretch_width", css_classes=["lfm-tradeoff"],
+                         styles=HALF)
+
+    def rest(self):
+        """Its numbers and per-task accuracies (below the first screen)."""
+        return pn.Column(self.numbers, "**per-task accuracy (current)**", self.tasks, sizing_mode="stretch_width")
 
     def __panel__(self):
-        return pn.Column("### Language vs visual ability", self.status, self.plot, self.numbers,
-                         "**per-task accuracy (current)**", self.tasks, sizing_mode="stretch_width")
+        return pn.Column("### Language vs visual ability", self.top(), self.rest(), sizing_mode="stretch_width")
 
 
 GENERATION_COLUMNS = ["id", "image", "image_path", "task", "question", "choices", "answer", *[c for st in STAGES for c in (st, f"{st}_category")]]
@@ -372,30 +522,31 @@ class GenerationsView(View):
     def __init__(self, state, **params):
         super().__init__(state, **params)
         s = state
-        self.task = pn.widgets.Select(label="task", options=["all"], width=140)
-        self.stage = pn.widgets.Select(label="stage", options=list(STAGES), value="restore", width=110)
+        # narrow enough for half of the main column at 1280 px (the first screen holds the trade-off beside it)
+        self.task = pn.widgets.Select(label="task", options=["all"], width=115)
+        self.stage = pn.widgets.Select(label="stage", options=list(STAGES), value="restore", width=95)
         self.category = pn.widgets.Select(label="category", options=["all", "correct", "wrong_choice", "not_known",
-                                                                   "context_hallucination"], width=180)
+                                                                   "context_hallucination"], width=150)
         self.changed = pn.widgets.Checkbox(label="only items whose category changes between stages")
         # constant columns: every table shown here has one schema, the rows are all that change
         self.table = RowsTable(
             self._shown(pd.DataFrame(columns=GENERATION_COLUMNS)), on_click=self._clicked, show_index=False,
-            disabled=True, height=420,
+            disabled=True, height=330,
             sizing_mode="stretch_width", formatters={"image": {"type": "html"}, "item": {"type": "html"},
                                                      "answers": {"type": "html"}},
             hidden_columns=[c for c in GENERATION_COLUMNS if c not in SHOWN_COLUMNS], pagination=None,
-            layout="fit_columns", widths={"image": 64, "task": 90, "answer": 100}, titles={"image": "image"},
+            layout="fit_columns", widths={"image": 56, "task": 70, "answer": 70}, titles={"image": "image"},
             header_filters=False, selectable=1, configuration=NO_SORT)
         self.placeholder = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.more = pn.pane.Markdown("", sizing_mode="stretch_width")  # rows beyond TABLE_ROWS
         self.summary = pn.pane.Markdown("", sizing_mode="stretch_width")
-        self.stages = pn.pane.Markdown(pn.bind(self._stages, s.param.generations_recipe, s.param.pending,
+        self.stages = pn.pane.Markdown(pn.bind(self._stages, s.param.generations_recipe, s.param.answers_pending,
                                                s.param.answers_note, s.param.recipe), sizing_mode="stretch_width")
         self.transitions = RowsTable(pd.DataFrame(columns=["at suppress", "at restore", "items"]), show_index=False,
                                      disabled=True, height=200, width=420)
         self.detail = pn.pane.HTML("<i>click a row for the item's full prompt, large image and answers</i>",
                                    sizing_mode="stretch_width")
-        s.param.watch(self._refresh, "generations")
+        s.param.watch(self._refresh, ["generations", "source"])
         for w in (self.task, self.stage, self.category, self.changed):
             w.param.watch(self._refresh, "value")
         self._refresh()
@@ -414,7 +565,11 @@ class GenerationsView(View):
             stages = stage_recipes(shown_recipe)
         except ValueError as e:  # DARE, DELLA, hard-merge: no suppress/restore stages
             return notice + str(e)
-        return notice + " · ".join(f"**{name}**: {r.label}" for name, r in stages.items())
+        why = ""
+        if not METHODS[shown_recipe.method].restores_neurons:  # a suppressor: its restore stage is the paper's
+            why = (f"  \n*{METHODS[shown_recipe.method].title} restores no neurons (M does nothing for it): its "
+                   f"restore stage is Neuron-Fusion over it at the default M={stages['restore'].neurons:g}*")
+        return notice + " · ".join(f"**{name}**: {r.label}" for name, r in stages.items()) + why
 
     @staticmethod
     def _shown(t: pd.DataFrame) -> pd.DataFrame:
@@ -440,9 +595,13 @@ class GenerationsView(View):
     def _refresh(self, *events):
         table = self.state.generations
         if table is None or table.empty:
-            self.placeholder.object = ("*answers: evaluated live (the organism, or a pair with its suite), or read "
-                                       "from a results folder's generations.csv*")
+            # one line, and only where the stages line above says nothing (no pair, or a pair without evaluation)
+            source = self.state.source
+            self.placeholder.object = ("*no answers: this pair has no evaluation (load it with its suite)*"
+                                       if source is not None and source.evaluation_off else
+                                       "" if source is not None else "*answers appear once a pair is loaded*")
             self.table.value = self._shown(pd.DataFrame(columns=GENERATION_COLUMNS))
+            self.table.panel.visible = False  # no empty box where there is nothing to show
             self.summary.object = self.more.object = ""
             self.transitions.value = pd.DataFrame(columns=["at suppress", "at restore", "items"])
             return
@@ -450,14 +609,24 @@ class GenerationsView(View):
         tasks = ["all"] + sorted(table["task"].unique())
         if self.task.options != tasks:
             self.task.options = tasks
-        shown, self.more.object = first_rows(self.filtered(), "narrow them with the filters above; the generations "
-                                                              "CSV export holds them all")
+        filtered = self.filtered()
+        shown, self.more.object = first_rows(filtered, "narrow them with the filters above; the generations "
+                                                       "CSV export holds them all")
         self.table.value = self._shown(shown)
-        n = len(table)
-        counts = {s: int((table[f"{s}_category"] == "correct").sum()) for s in STAGES}
-        self.summary.object = (f"**{n} items** · correct: hard {counts['hard']}, suppress {counts['suppress']}, "
-                               f"restore {counts['restore']}  \n{as_text(compute.fixed_summary(table))}")
+        self.table.panel.visible = True
+        self.summary.object = self.summary_text(table, filtered)
         self.transitions.value = compute.transition_counts(table, "suppress", "restore")
+
+    @staticmethod
+    def summary_text(table: pd.DataFrame, filtered: pd.DataFrame) -> str:
+        """'**12 of 48 items** (filtered) · correct: hard 0, suppress 3, restore 7' over the rows the filters
+        keep, then what changed between the stages over all of them."""
+        n, k = len(table), len(filtered)
+        counts = {s: int((filtered[f"{s}_category"] == "correct").sum()) for s in STAGES} if k else \
+            dict.fromkeys(STAGES, 0)
+        head = f"**{n} items**" if k == n else f"**{k} of {n} items** (filtered)"
+        return (f"{head} · correct: hard {counts['hard']}, suppress {counts['suppress']}, restore "
+                f"{counts['restore']}  \n{as_text(compute.fixed_summary(table))}")
 
     def _clicked(self, event):
         rows = self.table.value
@@ -473,12 +642,23 @@ class GenerationsView(View):
                 f'{html.escape(str(row["id"]))}<br>{_item_html(row)}<br><b>answer</b>: '
                 f'{html.escape(str(row["answer"]))}<br>{_answers_html(row)}</div></div>')
 
+    def top(self):
+        """The three stages' answers (first screen)."""
+        return pn.Column(pn.Row(pn.pane.Markdown("#### Answers: hard-merge → suppress (M=0) → restore (M)",
+                                                 margin=(0, 10)),
+                                pn.widgets.TooltipIcon(value=" ".join(story.GLOSSARY[w] for w in
+                                                                      ("suppress", "restore", "noimage")))),
+                         self.stages, pn.Row(self.task, self.stage, self.category), self.changed, self.summary,
+                         self.placeholder, self.more, self.table, sizing_mode="stretch_width",
+                         css_classes=["lfm-generations"], styles=HALF)
+
+    def rest(self):
+        """The item detail and the transitions (below the first screen)."""
+        return pn.Column("**item detail**", self.detail, "**suppress → restore transitions**", self.transitions,
+                         sizing_mode="stretch_width")
+
     def __panel__(self):
-        return pn.Column("### Generations: hard-merge → suppress (M=0) → restore (M)",
-                         self.stages,
-                         pn.Row(self.task, self.stage, self.category), self.changed, self.summary, self.placeholder,
-                         self.more, self.table, "**item detail**", self.detail,
-                         "**suppress → restore transitions**", self.transitions, sizing_mode="stretch_width")
+        return pn.Column(self.top(), self.rest(), sizing_mode="stretch_width")
 
 
 class ExportView(View):
@@ -548,8 +728,9 @@ class CompareView(View):
         self.clear_button = pn.widgets.Button(label="clear pins", width=110)
         self.clear_button.on_click(lambda e: s.unpin_all())
         self.legend = pn.pane.Markdown("", sizing_mode="stretch_width")
+        # no fixed height: every measure and task row shows (a short table, no scroll box)
         self.table = pn.widgets.Tabulator(pd.DataFrame(columns=["measure"]), show_index=False, disabled=True,
-                                          height=300, sizing_mode="stretch_width", layout="fit_columns",
+                                          sizing_mode="stretch_width", layout="fit_columns",
                                           configuration=NO_SORT)
         self.changed = pn.widgets.Tabulator(pd.DataFrame(columns=CHANGED_COLUMNS), show_index=False, disabled=True,
                                             height=240, sizing_mode="stretch_width", layout="fit_columns",
