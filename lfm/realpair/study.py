@@ -287,7 +287,7 @@ def findings(rows: list[dict], stages: dict) -> dict:
                              "vs_tuned": paired(best, tuned), "vs_hard": paired(best, hard)}
         out["best_merge_beats_tuned_and_hard"] = best["OA"] > max(tuned["OA"], hard["OA"])
     avg = by.get("TaskA a=0.5")
-    nf = [r for r in merges if r["label"].startswith("Neu-") and r.get("group") == "paper"]
+    nf = [r for r in merges if _restores_neurons(r.get("method")) and r.get("group") == "paper"]
     if avg and nf:
         top = max(nf, key=lambda r: r["OA"])
         out["best_neuron_fusion_vs_average_OA"] = {"neuron_fusion": _display_label(top), "OA": top["OA"],
