@@ -213,16 +213,39 @@ def imports_without_collection():
 
 
 def cmd_merge(args) -> int:
+    recipe, run = recipe_from_args(args)
+    if args.export_mergekit:  # before torch is imported: writing the YAML needs none
+        return export_mergekit(args.export_mergekit, recipe, run)
     with imports_without_collection():
         from lfm.stream import merge
 
-    recipe, run = recipe_from_args(args)
     for key in ("base", "tuned", "out"):
         if not run.get(key):
             raise ValueError(f"--{key} is required (as a flag or a key in --config)")
     merge(run["base"], run["tuned"], run["out"], recipe, device=run.get("device", "auto"),
           dtype=run.get("dtype"), force=args.force, allow_pickle=args.allow_pickle,
           max_shard_size=args.shard_size, progress=not args.quiet)
+    return 0
+
+
+def export_mergekit(path: str, recipe: Recipe, run: dict) -> int:
+    """`lfm merge --export-mergekit m.yaml`: write the recipe's mergekit YAML and merge nothing (mergekit-yaml
+    runs the merge); a recipe without a mergekit form is refused in one line (exit 2), nothing written."""
+    from lfm.mergekit_export import mergekit_yaml
+
+    for key in ("base", "tuned"):
+        if not run.get(key):
+            raise ValueError(f"--{key} is required with --export-mergekit (as a flag or a key in --config)")
+    text = mergekit_yaml(recipe, run["base"], run["tuned"], run.get("dtype"))
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        partial.write_text(text)
+        partial.replace(target)  # whole or not at all
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        raise ValueError(f"--export-mergekit {path}: cannot write it ({e.strerror}); choose a writable path") from None
+    print(f"wrote {path} (merged nothing; run: mergekit-yaml {path} OUT_DIR)")
     return 0
 
 
@@ -264,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="output dtype: bfloat16, float16, float32 (default: as tuned)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--shard-size", default="5GB", type=size_option, help="max output shard size (default 5GB)")
+    p.add_argument("--export-mergekit", metavar="YAML", help="write the recipe as a mergekit YAML (TA, TIES, "
+                   "Breadcrumbs, DARE, DELLA) and exit without merging; needs --base and --tuned, not --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_strict_arg(p)
     p.set_defaults(func=cmd_merge)

@@ -25,6 +25,7 @@ import param
 import torch
 
 from lfm.methods.recipe import STAGES, stage_recipes
+from lfm.mergekit_export import mergekit_yaml, no_mergekit_form
 from lfm.methods.registry import METHODS, SETTINGS, widgets_of
 from lfm.spreadsheet import csv_text
 
@@ -662,7 +663,8 @@ class GenerationsView(View):
 
 
 class ExportView(View):
-    """Downloads: the recipe (YAML for `lfm merge --config`), a figure (HTML or PNG), the generations (CSV)."""
+    """Downloads: the recipe (YAML for `lfm merge --config`; as a mergekit YAML where it has a mergekit form, else
+    the one line saying why not), a figure (HTML or PNG), the generations (CSV)."""
 
     def __init__(self, state, figure_sources: dict, generations: GenerationsView, **params):
         super().__init__(state, **params)
@@ -671,6 +673,11 @@ class ExportView(View):
         self.which = pn.widgets.Select(label="figure to export", options=list(figure_sources), width=200)
         self.recipe_button = pn.widgets.FileDownload(callback=self.recipe_file, filename="recipe.yaml",
                                                      label="recipe.yaml", color="success")
+        self.mergekit_button = pn.widgets.FileDownload(callback=self.mergekit_file, filename="mergekit.yaml",
+                                                       label="mergekit YAML")
+        self.mergekit_note = pn.pane.Markdown("", sizing_mode="stretch_width")
+        state.param.watch(self._mergekit_form, "recipe")
+        self._mergekit_form()
         self.html_button = pn.widgets.FileDownload(callback=self.figure_html, filename="figure.html",
                                                    label="figure HTML", width=130)
         self.png_button = pn.widgets.FileDownload(callback=self.figure_png, filename="figure.png", label="figure PNG",
@@ -686,6 +693,16 @@ class ExportView(View):
 
     def recipe_file(self):
         return io.StringIO(self.state.recipe_yaml())
+
+    def _mergekit_form(self, *events):
+        reason = no_mergekit_form(self.state.recipe)
+        self.mergekit_button.disabled = reason is not None
+        self.mergekit_note.object = f"mergekit YAML: {reason}" if reason else ""
+
+    def mergekit_file(self):
+        source = self.state.source
+        return io.StringIO(mergekit_yaml(self.state.recipe, source.base if source else "BASE_DIR",
+                                         source.tuned if source else "TUNED_DIR"))
 
     def current_figure(self):
         return self.figure_sources[self.which.value]()
@@ -711,7 +728,8 @@ class ExportView(View):
         return io.StringIO(csv_text(table))  # formula cells neutralised (lfm.spreadsheet)
 
     def __panel__(self):
-        return pn.Column("### Export", self.recipe_button, self.which, pn.Row(self.html_button, self.png_button),
+        return pn.Column("### Export", self.recipe_button, self.mergekit_button, self.mergekit_note, self.which,
+                         pn.Row(self.html_button, self.png_button),
                          self.csv_button, sizing_mode="stretch_width")
 
 

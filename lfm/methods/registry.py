@@ -114,6 +114,27 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
 # ---------------------------------------------------------------------------------------------- the rows
 
 @dataclass(frozen=True)
+class MergekitForm:
+    """How a row's recipe is written as a mergekit 0.1.5 YAML (`lfm.mergekit_export`). mergekit's generalized
+    task arithmetic computes ``base + lambda * normalize(weight * sparsify(delta))``: with the tuned model's
+    ``weight`` fixed at 1 (TIES / DELLA's ``normalize`` divides it away), lfm's alpha is mergekit's ``lambda``.
+
+    Args:
+        method: mergekit's ``merge_method``.
+        model: {mergekit parameter of the tuned model: the lfm setting it takes}.
+        shared: {mergekit parameter of the merge: the lfm setting it takes}.
+        constants: {mergekit parameter of the merge: a fixed value} (written so the YAML says what it relies on).
+        requires: {lfm setting: the only value mergekit can express} (DARE's 1/p rescale has no mergekit form).
+    """
+
+    method: str
+    model: Mapping[str, str] = field(default_factory=dict)
+    shared: Mapping[str, str] = field(default_factory=lambda: {"lambda": "alpha"})
+    constants: Mapping[str, object] = field(default_factory=dict)
+    requires: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Method:
     """One merge method. The flags are promises the engines rely on for speed; each defaults to False (the
     plain path: ``merge_delta`` on the whole float32 delta), which is always correct.
@@ -138,6 +159,7 @@ class Method:
         copies_base: the merge is the base model itself (hard-merge).
         fast_in_memory: ``ResidentPair.apply`` writes it at alpha = 1 from cached top-k masks (needs ``top_k``,
             or a Sub keeping every entry).
+        mergekit: its mergekit form (``MergekitForm``), or None: it has none (Neuron-Fusion, hard-merge).
     """
 
     name: str
@@ -158,6 +180,7 @@ class Method:
     suppressor: bool = False
     copies_base: bool = False
     fast_in_memory: bool = False
+    mergekit: MergekitForm | None = None
     builtin: bool = field(default=False, repr=False)
 
     def __post_init__(self):
@@ -198,18 +221,26 @@ BUILTIN: tuple[Method, ...] = (
            restores_neurons=True, fast_in_memory=True, builtin=True),
     Method("ties", "TIES", "https://arxiv.org/abs/2306.01708", MATH + "keep_top_k", MATH + "scale",
            ("density", "alpha"), top_k=MATH + "ties_k", masks=True, suppressor=True, fast_in_memory=True,
+           mergekit=MergekitForm("ties", {"density": "density"}, constants={"normalize": True, "rescale": False}),
            builtin=True),
     Method("breadcrumbs", "Breadcrumbs", "https://arxiv.org/abs/2312.06795", MATH + "keep_band", MATH + "scale",
            ("density", "gamma", "alpha"), ("bread",), short="Bread", top_k=MATH + "breadcrumbs_ks", masks=True,
-           suppressor=True, fast_in_memory=True, builtin=True),
+           suppressor=True, fast_in_memory=True,
+           mergekit=MergekitForm("breadcrumbs", {"density": "density", "gamma": "gamma"},
+                                 constants={"normalize": False, "rescale": False}), builtin=True),
     Method("task_arithmetic", "TaskA", "https://arxiv.org/abs/2212.04089", MATH + "keep_all", MATH + "scale",
            ("alpha",), ("ta", "taska", "task-arithmetic"), label_settings=("alpha",), interpolates=True,
-           suppressor=True, fast_in_memory=True, builtin=True),
+           suppressor=True, fast_in_memory=True,
+           mergekit=MergekitForm("task_arithmetic", constants={"normalize": False}), builtin=True),
     Method("dare", "DARE", "https://arxiv.org/abs/2311.03099", MATH + "keep_bernoulli", MATH + "rescale_kept",
-           ("density", "rescale", "alpha", "seed"), row_blocked=True, builtin=True),
+           ("density", "rescale", "alpha", "seed"), row_blocked=True,
+           mergekit=MergekitForm("dare_linear", {"density": "density"}, constants={"normalize": False, "rescale": True},
+                                 requires={"rescale": "l1"}), builtin=True),
     Method("della", "DELLA", "https://arxiv.org/abs/2406.11617", MATH + "keep_by_magnitude_rank",
            MATH + "rescale_kept", ("density", "epsilon", "rescale", "alpha", "seed"), check=_della_spread,
-           row_blocked=True, builtin=True),
+           row_blocked=True, mergekit=MergekitForm("della", {"density": "density", "epsilon": "epsilon"},
+                                                   constants={"normalize": True, "rescale": True},
+                                                   requires={"rescale": "l1"}), builtin=True),
     Method("hard", "hard-merge", PAPER, MATH + "keep_none", MATH + "scale", (), ("hard-merge",), copies_base=True,
            fast_in_memory=True, builtin=True),
 )
