@@ -23,6 +23,16 @@ from lfm.package_data import ORGANISM_DIR as SHIPPED
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate ``proc`` and wait for it (killed when it does not end within 15 s)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def organism_pair(tmp_root: Path) -> tuple[Path, Path]:
     """(base, tuned) of an organism that `lfm.organism.evaluate` can score."""
     if (SHIPPED / "base" / "config.json").exists() and (SHIPPED / "tuned" / "config.json").exists():
@@ -55,12 +65,7 @@ def local_server(cmd: list[str], probe_url: str, log_path: Path, *, env: dict, c
                 time.sleep(0.3)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
         log.close()
 
 

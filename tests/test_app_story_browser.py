@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from app_support import ROOT, organism_pair
-from test_app_browser import CHROMIUM, CHROMIUM_ARGS, serve_explorer, wait_for
+from test_app_browser import browser, serve_explorer, wait_for  # noqa: F401 (browser: a fixture)
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts"
@@ -18,18 +18,6 @@ def server(tmp_path_factory):
     base, tuned = organism_pair(tmp_path_factory.mktemp("org"))
     with serve_explorer("--base", str(base), "--tuned", str(tuned), "--per-task", "2", "--no-sweep") as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def open_page(browser, url, width, height):

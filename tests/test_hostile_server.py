@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pandas as pd
 import pytest
 
-from app_support import ROOT, explorer_server, free_port, local_server, organism_pair, token_of, with_token
+from app_support import ROOT, explorer_server, free_port, local_server, organism_pair, stop, token_of, with_token
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 ENV.pop("LFM_TOKEN", None)
@@ -215,12 +215,7 @@ def test_lab_no_token_says_who_can_run_code(tmp_path):
     try:
         first = proc.stderr.readline()  # printed before JupyterLab takes over the process
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     assert "--no-token" in first and f"run code as {getpass.getuser()}" in first, first
 
 
