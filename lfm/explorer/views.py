@@ -471,6 +471,11 @@ class TradeoffView(View):
                 lo, hi = analysis.wilson_interval(k, n)
                 parts.append(f"{name} {current[name]:.3f} ({k}/{n} items, 95% Wilson {lo:.2f}–{hi:.2f})")
         per_task = current.get("per_task", 0)
+        if current.get("first_of") is not None:  # the first numbers of a move: all its items are computing
+            rest = current["first_of"]
+            return (f"**{recipe.label}**: " + " · ".join(parts) + f"  \n*first numbers, from the first {per_task} "
+                    f"items per task; {'all items' if rest <= 0 else f'{rest} items per task'} computing: the "
+                    f"interval narrows when they arrive.* LA / VA are means of per-task accuracies.")
         why = (f"Evaluated on {per_task} items per task ('eval items per task'); the organism report's numbers "
                "(docs/organism.md) use all held-out items (set it to 0), so they differ." if per_task else
                "Evaluated on all held-out items, as the organism report (docs/organism.md).")
