@@ -134,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     full = n_text(args.per_task)
 
     def numbers(trade, k, *, all_items: bool):
-        """The trade-off title with the numbers of K=k (on all items: its size after '· ', never the first's)."""
-        head = rf"current Neu-S-TIES K={k:g} M=0\.3: LA [0-9.]+ VA [0-9.]+ OA [0-9.]+ · "
-        return trade.filter(has_text=re.compile(head + (re.escape(full) if all_items else "")))
+        """The trade-off title with the numbers of K=k (on all items: its head line says nothing of first items,
+        lfm.explorer.figures.tradeoff)."""
+        numbers = rf"current Neu-S-TIES K={k:g} M=0\.3: LA [0-9.]+ VA [0-9.]+ OA [0-9.]+"
+        return trade.filter(has_text=re.compile(("^Trade-off LA vs VA" if all_items else "") + numbers))
 
     neuron, first, evals = [], [], []
     with serve_explorer(*serve) as url, sync_playwright() as pw:

@@ -59,7 +59,8 @@ def test_a_move_shows_its_first_items_then_all_equal_to_a_plain_point_runner(tmp
     updates, stars = [], []
     s.param.watch(lambda e: updates.append(e.new) if e.new and e.new["label"] == recipe.label else None, "current")
     app.tradeoff.plot.param.watch(lambda e: stars.extend(
-        (t.error_x, t.error_y) for t in e.new.data if t.name == f"current: {recipe.label}"), "object")
+        (t.error_x, t.error_y, e.new.layout.title.text) for t in e.new.data if t.name == f"current: {recipe.label}"),
+        "object")
     numbers = []
     s.param.watch(lambda e: numbers.append(app.tradeoff.numbers.object), "current", precedence=10)
     s.load()
@@ -73,7 +74,8 @@ def test_a_move_shows_its_first_items_then_all_equal_to_a_plain_point_runner(tmp
         assert _width(first, side) > _width(final, side)
     assert "first numbers" in "".join(numbers) and "first numbers" not in app.tradeoff.numbers.object
     # the star's error bars are the Wilson intervals, and they narrow
-    (first_x, first_y), (final_x, final_y) = stars[0], stars[-1]
+    (first_x, first_y, first_title), (final_x, final_y, final_title) = stars[0], stars[-1]
+    assert f"first {FIRST_ITEMS} items per task" in first_title and "first" not in final_title
     assert first_y.arrayminus[0] + first_y.array[0] == pytest.approx(_width(first, "visual"))
     assert final_y.arrayminus[0] + final_y.array[0] < first_y.arrayminus[0] + first_y.array[0]
     # a pin waits for all the items; visited points hold final numbers only

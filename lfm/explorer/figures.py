@@ -267,12 +267,13 @@ def tradeoff(sweep: pd.DataFrame | None, refs: pd.DataFrame, current: dict | Non
         n = items_text(current.get("per_task"))
         if current.get("first_of") is not None:  # a move's first numbers: all its items are computing
             n += f" (first numbers; {items_text(current['first_of'])} computing)"
+            head += f" · first {int(current['per_task'])} items per task …"  # the head line has room
         fig.add_trace(go.Scatter(x=[current["LA"]], y=[current["VA"]], mode="markers",
                                  name=f"current: {recipe_label}", marker=dict(size=18, color=CURRENT, symbol="star"),
                                  hovertemplate=f"{recipe_label}<br>LA %{{x:.3f}} VA %{{y:.3f}}<br>{n}"
                                                f"{'<br>' + spans if spans else ''}<extra>current</extra>", **bars))
         detail = (f"current {recipe_label}: LA {current['LA']:.3f} VA {current['VA']:.3f} "
-                  f"OA {current['OA']:.3f} · {n}")
+                  f"OA {current['OA']:.3f}")
     else:
         if current and current.get("LA") is not None:
             fig.add_trace(go.Scatter(x=[current["LA"]], y=[current["VA"]], mode="markers",
