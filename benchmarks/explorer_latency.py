@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     serve = ["--per-task", str(args.per_task), "--no-sweep"]
     if pair is not None:
         serve = ["--base", pair["base"], "--tuned", pair["tuned"], "--suite", pair["suite"], *serve]
+    else:  # named: the page's default pair may be another one (the real pair, once built)
+        from lfm.organism import base_dir, tuned_dir
+
+        serve = ["--base", str(base_dir()), "--tuned", str(tuned_dir()), *serve]
     full = n_text(args.per_task)
 
     def numbers(trade, k, *, all_items: bool):
