@@ -343,11 +343,15 @@ def test_slider_title_never_shows_numbers_of_another_recipe(organism):
     seen = []
     app.tradeoff.plot.param.watch(lambda e: seen.append(e.new.layout.title.text), "object")
 
+    def drawn() -> bool:  # the worker thread sets `pending` before the plot's watcher has drawn the numbers
+        shows = TITLE_NUMBERS.search(seen[-1]) if seen else None
+        return shows is not None and state.current is not None and shows.group(1) == state.current["label"]
+
     def settle():
         deadline = time.time() + 120
-        while (state.pending or state.current is None) and time.time() < deadline:
+        while (state.pending or state.current is None or not drawn()) and time.time() < deadline:
             time.sleep(0.1)
-        assert not state.pending, "evaluation did not finish"
+        assert not state.pending and drawn(), "evaluation did not finish"
 
     settle()
     labels = {}

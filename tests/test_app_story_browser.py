@@ -4,6 +4,10 @@ tour stepping through on the organism. Waits on page state, never on time."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 
 from app_support import ROOT, organism_pair
@@ -17,6 +21,18 @@ ARTIFACTS = ROOT / "test-artifacts"
 def server(tmp_path_factory):
     base, tuned = organism_pair(tmp_path_factory.mktemp("org"))
     with serve_explorer("--base", str(base), "--tuned", str(tuned), "--per-task", "2", "--no-sweep") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def results_server(tmp_path_factory):
+    """A results folder of the organism written by `lfm precompute` (one K, M 0 and 0.3, 2 items per task)."""
+    base, tuned = organism_pair(tmp_path_factory.mktemp("org"))
+    out = tmp_path_factory.mktemp("results") / "r"
+    subprocess.run([sys.executable, "-m", "lfm.cli", "precompute", "--base", str(base), "--tuned", str(tuned),
+                    "--out", str(out), "--densities", "0.2", "--neurons", "0,0.3", "--per-task", "2", "--quiet"],
+                   check=True, capture_output=True, timeout=300, cwd=ROOT)
+    with serve_explorer("--results", str(out), "--no-sweep") as url:
         yield url
 
 
@@ -83,5 +99,29 @@ def test_tour_steps_through_on_the_organism(browser, server):
             title.filter(has_text=expected).first.wait_for()
         page.locator(".lfm-tour button", has_text="back").first.click()
         step.filter(has_text=f"step {len(TOUR_STEPS) - 1} of").wait_for()
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("source", ["server", "results_server"], ids=["live-organism", "results-folder"])
+def test_every_answer_row_is_drawn_and_visible_in_the_first_viewport(browser, source, request):
+    """Before: a results folder's generations table was not seen in the story-first page (the hostile 100k-row
+    test had been weakened to its note). Every item the summary counts is a drawn row, and the first one is
+    visible (not hidden, not zero-sized) inside the first viewport at 1280x800."""
+    context, page = open_page(browser, request.getfixturevalue(source), 1280, 800)
+    try:
+        page.locator(".lfm-generations p", has_text="restore: Neu-S-TIES K=0.2 M=0.3").first.wait_for()
+        summary = page.locator(".lfm-generations p", has_text=re.compile(r"^\d+ items")).first
+        n = int(re.match(r"(\d+) items", summary.text_content()).group(1))
+        cells = page.locator('.lfm-generations .tabulator-cell[tabulator-field="answers"]')
+        wait_for(lambda: cells.count() == n, what=f"{n} drawn rows")
+        assert n > 0 and cells.first.is_visible()
+        first_row = cells.first.bounding_box()
+        assert first_row["height"] > 0 and first_row["y"] + 20 < 800, first_row
+        assert "restore:" in cells.first.text_content()
+    except AssertionError:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"answers-{source}-failed.png"))
+        raise
     finally:
         context.close()

@@ -66,13 +66,16 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     (0.388, 0.755)
     >>> wilson_interval(0, 0)
     (0.0, 1.0)
+    >>> wilson_interval(6, 6)[1], wilson_interval(0, 6)[0]  # exactly: the formula rounds to 0.9999999999999999
+    (1.0, 0.0)
     """
     if n <= 0:
         return 0.0, 1.0
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # all correct (none correct): the score equation's root is exactly 1 (0), which the sum misses by rounding
+    return (0.0 if correct <= 0 else max(0.0, centre - half)), (1.0 if correct >= n else min(1.0, centre + half))
 
 
 def item_counts(result: dict) -> dict:

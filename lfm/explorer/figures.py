@@ -9,7 +9,7 @@ from plotly.subplots import make_subplots
 
 from lfm.neurons import LINEAR_MODULES
 
-from .analysis import TensorView, head_groups
+from .analysis import TensorView, head_groups, item_counts, wilson_interval
 
 METRICS = {  # statistic -> what it means (shown under the heatmap's statistic picker)
     "top1_lift": "top-1% share over its no-concentration value: 1 = every neuron changed alike; comparable "
@@ -263,10 +263,15 @@ def tradeoff(sweep: pd.DataFrame | None, refs: pd.DataFrame, current: dict | Non
                         symbol=PIN_SYMBOLS[i % len(PIN_SYMBOLS)])))
     head, detail = "Trade-off LA vs VA", ""
     if current and current.get("LA") is not None and current.get("label") == recipe_label and not pending:
+        bars, spans = wilson_bars(current)
+        n = items_text(current.get("per_task"))
+        if current.get("first_of") is not None:  # a move's first numbers: all its items are computing
+            n += f" (first numbers; {items_text(current['first_of'])} computing)"
+            head += f" · first {int(current['per_task'])} items per task …"  # the head line has room
         fig.add_trace(go.Scatter(x=[current["LA"]], y=[current["VA"]], mode="markers",
                                  name=f"current: {recipe_label}", marker=dict(size=18, color=CURRENT, symbol="star"),
-                                 hovertemplate=f"{recipe_label}<br>LA %{{x:.3f}} VA %{{y:.3f}}<br>"
-                                               f"{items_text(current.get('per_task'))}<extra>current</extra>"))
+                                 hovertemplate=f"{recipe_label}<br>LA %{{x:.3f}} VA %{{y:.3f}}<br>{n}"
+                                               f"{'<br>' + spans if spans else ''}<extra>current</extra>", **bars))
         detail = (f"current {recipe_label}: LA {current['LA']:.3f} VA {current['VA']:.3f} "
                   f"OA {current['OA']:.3f}")
     else:
@@ -282,6 +287,30 @@ def tradeoff(sweep: pd.DataFrame | None, refs: pd.DataFrame, current: dict | Non
                       yaxis_title="VA (visual ability)", **LAYOUT)
     fig.update_layout(legend=dict(orientation="h", y=-0.22, x=0, font=dict(size=10)), margin=dict(b=130))
     return fig
+
+
+def wilson_bars(current: dict) -> tuple[dict, str]:
+    """Error bars of the current point: the 95% Wilson interval of each side's items correct (the interval of
+    LA / VA when every task has as many items; ``analysis.item_counts``), as Scatter keyword arguments, and the
+    line that says them ('LA 12/24 items, 95% 0.31–0.69 · VA ...'); ({}, '') when the result holds no answers
+    (a results folder).
+
+        >>> bars, line = wilson_bars({"LA": 0.5, "VA": 1.0, "language_answers": [{"correct": 1}, {"correct": 0}],
+        ...                           "answers": [{"category": "correct"}]})
+        >>> sorted(bars), line
+        (['error_x', 'error_y'], 'LA 1/2 items, 95% 0.09–0.91 · VA 1/1 items, 95% 0.21–1.00')
+    """
+    bars, parts = {}, []
+    for side, name, axis in (("language", "LA", "error_x"), ("visual", "VA", "error_y")):
+        if side not in item_counts(current) or current.get(name) is None:
+            continue
+        k, n = item_counts(current)[side]
+        lo, hi = wilson_interval(k, n)
+        value = current[name]
+        bars[axis] = dict(type="data", symmetric=False, array=[max(hi - value, 0.0)],
+                          arrayminus=[max(value - lo, 0.0)], color=CURRENT, thickness=1.5, width=4)
+        parts.append(f"{name} {k}/{n} items, 95% {lo:.2f}–{hi:.2f}")
+    return bars, " · ".join(parts)
 
 
 def message_figure(message: str) -> go.Figure:

@@ -28,6 +28,9 @@ from .session import PageSession, SessionClosed  # noqa: F401 (SessionClosed: wh
 SOURCES = ("organism", "pair", "results")
 # a burst of key presses (or a drag) evaluates where it stops: a request waits this long for a newer one
 SETTLE_S = 0.15
+# a live move's numbers arrive twice: from the first FIRST_ITEMS items per task (seconds sooner on the real pair),
+# then from all the page asks for, the Wilson interval narrowing (a newer move cancels the rest)
+FIRST_ITEMS = 2
 # the recipe settings the page holds: those with a URL key in the registry's settings table
 RECIPE_PARAMS = tuple(name for name, setting in SETTINGS.items() if setting.url and name != "method")
 # state parameter -> URL query key (shareable links: ?method=Neu-P-TIES&K=0.3&M=0.2&locate=random ...); the
@@ -81,6 +84,16 @@ def clean_query(query: dict[str, str]) -> dict[str, str]:
         clamped = min(clamped, high) if high is not None else clamped
         clean[key] = str(clamped)  # as the page writes its own links (K=0.3, seed=5): those come back unchanged
     return clean
+
+
+def evaluation_sizes(per_task: int) -> tuple[int, ...]:
+    """The items per task a live move is evaluated on, in the order its numbers arrive (0 = all items): the first
+    FIRST_ITEMS, then all `per_task`; just `per_task` when that is no more than FIRST_ITEMS.
+
+        >>> evaluation_sizes(8), evaluation_sizes(0), evaluation_sizes(2), evaluation_sizes(1)
+        ((2, 8), (2, 0), (2,), (1,))
+    """
+    return (FIRST_ITEMS, per_task) if per_task <= 0 or per_task > FIRST_ITEMS else (per_task,)
 
 
 def organism_paths() -> tuple[str, str]:
@@ -330,12 +343,15 @@ class ExplorerState(param.Parameterized):
         return self.session.is_latest(ticket)
 
     def _evaluate_job(self, source, recipe, per_task, ticket):
-        """The recipe's LA / VA first (the trade-off plot gets them as soon as they exist), then its stages'
-        answers as a job of their own (a newer setting skips them)."""
+        """The recipe's LA / VA first (the trade-off plot gets them as soon as they exist: a live pair's from its
+        first items, then from all of them, ``evaluation_sizes``), then its stages' answers as a job of their own
+        (a newer setting skips whatever is left)."""
         if not self._settled(ticket):
             return  # a newer setting was requested meanwhile
         self._set(drawn_recipe=recipe)
         try:
+            if source.can_evaluate and not self._first_numbers(source, recipe, per_task, ticket):
+                return
             refs = compute.reference_points(source, per_task)
             current = compute.evaluation(source, recipe, per_task)
         except Exception as e:
@@ -351,6 +367,22 @@ class ExplorerState(param.Parameterized):
                   history=self._visited(current),
                   eval_status=missing or ("" if current is not None else "no evaluation for this setting"))
         self.session.run(self._answers_job, source, recipe, per_task, ticket)
+
+    def _first_numbers(self, source, recipe, per_task, ticket) -> bool:
+        """Show `recipe`'s numbers on its first items (``evaluation_sizes``) while all of them compute; False when
+        a newer setting came meanwhile (nothing shown, nothing more to do)."""
+        first = evaluation_sizes(per_task)[0]
+        if first == per_task:
+            return True  # one size only: the numbers come once
+        current = compute.evaluation(source, recipe, first)
+        if not self.session.is_latest(ticket):
+            return False
+        if current is not None:  # 'first_of': the size they stand in for (never visited, never pinned)
+            current = {**current, "label": recipe.label, "recipe": recipe, "per_task": first, "first_of": per_task}
+            self._set(current=current, pending="", not_precomputed="",
+                      eval_status=f"⏳ first numbers: {first} items per task; evaluating "
+                                  f"{'all items' if per_task <= 0 else f'{per_task} items per task'} …")
+        return True
 
     def _answers_job(self, source, recipe, per_task, ticket):
         if not self.session.is_latest(ticket):
@@ -376,8 +408,9 @@ class ExplorerState(param.Parameterized):
 
     def pin(self) -> None:
         """Pin the current recipe and what was computed for it (only when its numbers are the current ones)."""
-        if self.current is None or self.current.get("label") != self.recipe.label or self.pending:
-            self.error = "nothing to pin yet: wait until the current setting is evaluated"
+        if self.current is None or self.current.get("label") != self.recipe.label or self.pending or \
+                self.current.get("first_of") is not None:
+            self.error = "nothing to pin yet: wait until the current setting is evaluated on all its items"
             return
         if any(p["recipe"] == self.recipe for p in self.pinned):
             return

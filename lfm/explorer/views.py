@@ -428,6 +428,7 @@ class TradeoffView(View):
                                         sizing_mode="stretch_width", styles={"font-size": "12px"})
         self.tasks = RowsTable(pd.DataFrame(columns=TASK_COLUMNS), show_index=False, disabled=True,
                                height=300, sizing_mode="stretch_width", layout="fit_columns", configuration=NO_SORT)
+        self.tasks_title = pn.pane.Markdown("", sizing_mode="stretch_width")  # only over a table that is shown
         s.param.watch(self._tasks, ["current", "recipe", "pending"])
         self._tasks()
 
@@ -470,6 +471,11 @@ class TradeoffView(View):
                 lo, hi = analysis.wilson_interval(k, n)
                 parts.append(f"{name} {current[name]:.3f} ({k}/{n} items, 95% Wilson {lo:.2f}–{hi:.2f})")
         per_task = current.get("per_task", 0)
+        if current.get("first_of") is not None:  # the first numbers of a move: all its items are computing
+            rest = current["first_of"]
+            return (f"**{recipe.label}**: " + " · ".join(parts) + f"  \n*first numbers, from the first {per_task} "
+                    f"items per task; {'all items' if rest <= 0 else f'{rest} items per task'} computing: the "
+                    f"interval narrows when they arrive.* LA / VA are means of per-task accuracies.")
         why = (f"Evaluated on {per_task} items per task ('eval items per task'); the organism report's numbers "
                "(docs/organism.md) use all held-out items (set it to 0), so they differ." if per_task else
                "Evaluated on all held-out items, as the organism report (docs/organism.md).")
@@ -481,9 +487,11 @@ class TradeoffView(View):
         if not c or c.get("label") != s.recipe.label or s.pending:
             self.tasks.value = pd.DataFrame(columns=TASK_COLUMNS)
             self.tasks.panel.visible = False  # no empty box
+            self.tasks_title.object = ""
             return
         self.tasks.value = analysis.per_task_table(c).round(3)
-        self.tasks.panel.visible = True
+        self.tasks.panel.visible = not self.tasks.value.empty  # a results folder keeps no per-task answers
+        self.tasks_title.object = "**per-task accuracy (current)**" if self.tasks.panel.visible else ""
 
     def top(self):
         """The plot (first screen)."""
@@ -492,7 +500,7 @@ class TradeoffView(View):
 
     def rest(self):
         """Its numbers and per-task accuracies (below the first screen)."""
-        return pn.Column(self.numbers, "**per-task accuracy (current)**", self.tasks, sizing_mode="stretch_width")
+        return pn.Column(self.numbers, self.tasks_title, self.tasks, sizing_mode="stretch_width")
 
     def __panel__(self):
         return pn.Column("### Language vs visual ability", self.top(), self.rest(), sizing_mode="stretch_width")
@@ -529,7 +537,9 @@ class GenerationsView(View):
         self.category = pn.widgets.Select(label="category", options=["all", "correct", "wrong_choice", "not_known",
                                                                    "context_hallucination"], width=150)
         self.changed = pn.widgets.Checkbox(label="only items whose category changes between stages")
-        # constant columns: every table shown here has one schema, the rows are all that change
+        # constant columns: every table shown here has one schema, the rows are all that change. Every row sent
+        # is drawn (Tabulator's basic renderer, not its virtual one, which draws only the rows in view): at most
+        # TABLE_ROWS rows reach the page, and the browser's find-in-page then finds any item shown
         self.table = RowsTable(
             self._shown(pd.DataFrame(columns=GENERATION_COLUMNS)), on_click=self._clicked, show_index=False,
             disabled=True, height=330,
@@ -537,7 +547,7 @@ class GenerationsView(View):
                                                      "answers": {"type": "html"}},
             hidden_columns=[c for c in GENERATION_COLUMNS if c not in SHOWN_COLUMNS], pagination=None,
             layout="fit_columns", widths={"image": 56, "task": 70, "answer": 70}, titles={"image": "image"},
-            header_filters=False, selectable=1, configuration=NO_SORT)
+            header_filters=False, selectable=1, configuration={**NO_SORT, "renderVertical": "basic"})
         self.placeholder = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.more = pn.pane.Markdown("", sizing_mode="stretch_width")  # rows beyond TABLE_ROWS
         self.summary = pn.pane.Markdown("", sizing_mode="stretch_width")
