@@ -10,6 +10,8 @@ names the row. Refused rows and MLLMs the table does not know are refused in one
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import re
 import shutil
@@ -20,7 +22,7 @@ import pytest
 import torch
 
 import lfm
-from families_support import MEMORY, SAVED, SPECS, VOCAB, FamilyZoo, has_image_path, image_inputs, lm_handles
+from families_support import EXTRA, MEMORY, SAVED, SPECS, VOCAB, FamilyZoo, has_image_path, image_inputs, lm_handles
 from fixtures import read_state
 from lfm.pair import PairError
 from lfm.families import CHECKS, FAMILIES, FAMILY_ROWS, FamilyTableError, families_markdown, load_families
@@ -444,3 +446,132 @@ def test_notebooks_run_on_a_non_llava_family(family_zoo, tmp_path, row, name):
     if name.startswith("04"):
         params["items"] = str(write_items(tmp_path / "items", SPECS[row].image_size))
     check_run(name, tmp_path, params, tag=f"family-{row}")
+
+
+# ------------------------------------------------------------------------------------------ lfm eval's text model
+
+TEXT_PROMPTS = torch.tensor([[0, 0, 1, 5, 6, 7, 8, 9], [1, 12, 13, 14, 15, 16, 17, 18]])  # left-padded, base vocab
+
+
+@pytest.mark.parametrize("row", [f.name for f in FAMILIES if f.supported])
+def test_eval_text_model_gives_the_mllms_own_logits(family_zoo, row):
+    """`lfm eval`'s language tasks score `text_model(mllm)`: the base's own causal-LM class (the class
+    save_pretrained wrote into the base's config) on the MLLM's modules, no copy. Its logits and greedy tokens on a
+    text prompt are the tuned MLLM's own (transformers' MLLM class, its forward and generate)."""
+    from transformers import AutoConfig
+
+    from lfm.evaluate.models import text_model
+
+    mllm = load(SPECS[row], family_zoo.tuned(row, SAVED))
+    lm = text_model(mllm)
+    assert type(lm).__name__ == AutoConfig.from_pretrained(family_zoo.base(row)).architectures[0]
+    shared = {p.data_ptr() for p in mllm.parameters()}
+    assert all(p.data_ptr() in shared for p in lm.parameters())
+    mask = TEXT_PROMPTS.ne(0).long()
+    with torch.no_grad():
+        want, got = mllm(input_ids=TEXT_PROMPTS, attention_mask=mask).logits, \
+            lm(input_ids=TEXT_PROMPTS, attention_mask=mask).logits
+        torch.testing.assert_close(got[mask.bool()], want[mask.bool()], rtol=1e-5, atol=1e-6)
+        kw = dict(input_ids=TEXT_PROMPTS, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
+        assert torch.equal(lm.generate(**kw), mllm.generate(**kw))
+
+
+def _causal_lm(family_zoo, row: str):
+    """A plain causal LM of the base's class holding the tuned MLLM's LM weights (put in through transformers' handles
+    on the MLLM), with the tuned tokenizer: what the MLLM's LM is as a text-only model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lfm.evaluate.models import EvalModel
+
+    tuned = family_zoo.tuned(row, SAVED)
+    causal = AutoModelForCausalLM.from_pretrained(family_zoo.base(row))
+    causal.resize_token_embeddings(VOCAB + EXTRA)
+    lm = lm_handles(load(SPECS[row], tuned))
+    with torch.no_grad():
+        for name, param in causal.state_dict(keep_vars=True).items():
+            param.copy_(lm[name])
+    return EvalModel(causal.eval(), None, AutoTokenizer.from_pretrained(tuned))
+
+
+def test_lfm_eval_language_tasks_on_qwen2_vl_are_its_lms_scores(family_zoo):
+    """Qwen2-VL (qwen2_vl_text LM, no processor without torchvision): lm-eval's organism language tasks through
+    lfm.evaluate on the MLLM directory give the answers they give on a Qwen2ForCausalLM holding its LM."""
+    from lfm.evaluate.harness import evaluate
+    from lfm.evaluate.suites import ORGANISM
+
+    language = dataclasses.replace(ORGANISM, name="organism-language", visual=())
+    res = evaluate(family_zoo.tuned("Qwen2-VL", SAVED), language, limit=3, log_samples=True)
+    ref = evaluate(_causal_lm(family_zoo, "Qwen2-VL"), language, limit=3, log_samples=True)
+    assert set(res["tasks"]) == {t.label for t in ORGANISM.language}
+    assert res["language_answers"] == ref["language_answers"] and len(res["language_answers"]) == 4 * 3
+    assert res["tasks"] == ref["tasks"] and res["LA"] == ref["LA"]
+
+
+def test_lfm_eval_on_idefics3_runs_both_harnesses(family_zoo, tmp_path):
+    """`lfm eval MODEL --limit 2` as a user runs it, on Idefics3 (LM at model.text_model, processor + chat template
+    saved with the model): every organism task scored, LA / VA / OA from them."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "res.json"
+    done = subprocess.run([sys.executable, "-m", "lfm.cli", "eval", str(family_zoo.tuned("Idefics3", SAVED)),
+                           "--suite", "organism", "--limit", "2", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads(out.read_text())
+    from lfm.evaluate.suites import ORGANISM
+
+    assert set(res["tasks"]) == {t.label for t in ORGANISM.language + ORGANISM.visual}
+    lang = [res["tasks"][t.label] for t in ORGANISM.language]
+    vis = [res["tasks"][t.label] for t in ORGANISM.visual]
+    assert res["LA"] == pytest.approx(sum(lang) / len(lang)) and res["VA"] == pytest.approx(sum(vis) / len(vis))
+
+
+# ------------------------------------------------------------------------------------------ processors
+
+def _needs_torchvision(model_type: str) -> bool:
+    """What transformers 5.24 says, without torchvision installed: the family's processor class cannot be imported,
+    or it holds a video processor (torchvision-only), or its image processor has no PIL backend."""
+    import transformers
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    try:
+        attributes = getattr(transformers, PROCESSOR_MAPPING_NAMES[model_type]).get_attributes()
+    except ImportError:
+        return True
+    return "video_processor" in attributes or "pil" not in IMAGE_PROCESSOR_MAPPING_NAMES[model_type]
+
+
+TORCHVISION = importlib.util.find_spec("torchvision") is not None
+
+
+@pytest.mark.skipif(TORCHVISION, reason="the rows describe an environment without torchvision (lfm's lock)")
+def test_processor_needs_are_what_transformers_needs(family_zoo):
+    for f in FAMILIES:
+        if f.supported:
+            assert ("torchvision" in f.processor_needs) == _needs_torchvision(f.model_types[0]), f.name
+    with pytest.raises(ImportError, match="(?i)torchvision"):  # the claim, on a saved Qwen2-VL
+        from transformers import AutoProcessor
+
+        AutoProcessor.from_pretrained(family_zoo.tuned("Qwen2-VL", SAVED))
+
+
+@pytest.mark.skipif(TORCHVISION, reason="torchvision is installed: the processor loads")
+def test_visual_tasks_without_the_processors_package_fail_in_one_line(family_zoo, tmp_path):
+    """`lfm eval` with visual tasks and `lfm compare` on a family whose processor needs torchvision: exit 2, one line
+    naming `pip install torchvision`, nothing written, before any task runs."""
+    import subprocess
+    import sys
+
+    tuned = family_zoo.tuned("Qwen2-VL", SAVED)
+    items = write_items(tmp_path / "items", SPECS["Qwen2-VL"].image_size)
+    for args in (["eval", str(tuned), "--suite", "organism", "--limit", "1", "--out", str(tmp_path / "r.json")],
+                 ["compare", "--base", str(family_zoo.base("Qwen2-VL")), "--tuned", str(tuned), "--items",
+                  str(items), "--out", str(tmp_path / "cmp"), "--quiet"]):
+        done = subprocess.run([sys.executable, "-m", "lfm.cli", *args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr[-2000:]
+        err = done.stderr.strip()
+        assert len(err.splitlines()) == 1, err
+        assert "Qwen2-VL's processor needs torchvision" in err and "pip install torchvision" in err
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "cmp").exists()
