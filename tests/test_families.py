@@ -575,3 +575,96 @@ def test_visual_tasks_without_the_processors_package_fail_in_one_line(family_zoo
         assert len(err.splitlines()) == 1, err
         assert "Qwen2-VL's processor needs torchvision" in err and "pip install torchvision" in err
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "cmp").exists()
+
+
+# ------------------------------------------------------------------------------------------ lfm compare --items scienceqa
+
+SCIENCEQA_TEXT = ("hint", "task", "grade", "subject", "topic", "category", "skill", "lecture", "solution")
+
+
+def scienceqa_repo(folder: Path, image_size: int, rows: list[dict]) -> Path:
+    """A copy of the hub dataset lmms-eval's scienceqa_img reads, in its repo's layout and schema: README.md whose
+    YAML names the configs' data files, ScienceQA-IMG/test-00000-of-00001.parquet written by `datasets` with the
+    hub's features (image, question, choices: list of strings, answer: int8 index, hint ... solution: strings);
+    ScienceQA-FULL, listed first as on the hub, holds the same rows."""
+    import datasets
+
+    from families_support import sample_image
+
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                  "choices": datasets.Sequence(datasets.Value("string")),
+                                  "answer": datasets.Value("int8"),
+                                  **{k: datasets.Value("string") for k in SCIENCEQA_TEXT}})
+    table = {k: [r.get(k, "") for r in rows] for k in features if k != "image"}
+    table["image"] = [sample_image(image_size, seed=i) for i in range(len(rows))]
+    for config in ("ScienceQA-FULL", "ScienceQA-IMG"):
+        (folder / config).mkdir(parents=True)
+        datasets.Dataset.from_dict(table, features=features).to_parquet(
+            str(folder / config / "test-00000-of-00001.parquet"))
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: ScienceQA-FULL\n  data_files:\n  - split: test\n"
+                                      "    path: ScienceQA-FULL/test-*\n- config_name: ScienceQA-IMG\n  data_files:\n"
+                                      "  - split: test\n    path: ScienceQA-IMG/test-*\n---\n")
+    return folder
+
+
+def test_lfm_compare_items_scienceqa_from_the_hub_cache(family_zoo, tmp_path):
+    """`lfm compare --items scienceqa` as a user runs it offline: the dataset id resolved by huggingface_hub in
+    HF_HOME's hub cache (blobs + snapshot links + refs/main), read by `datasets` in the repo's own layout. Each item
+    is the row (answer = choices[answer]), asked with the prompt lmms-eval's scienceqa_img builds from it, and the
+    stages answer what they answer to the same items given as a JSONL file. No cache: one line, exit 2."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from lmms_eval.tasks.scienceqa.utils import sqa_doc_to_text
+
+    from families_support import hub_cache, sample_image
+    from lfm.evaluate.compare import HUB_ITEMS
+
+    row = "Gemma 3"
+    source = HUB_ITEMS["scienceqa"]
+    rows = [{"question": "w5 w6", "choices": ["w7", "w8"], "answer": 1, "hint": "w10 w11", "subject": "w12"},
+            {"question": "w13", "choices": ["w14", "w15", "w16"], "answer": 2},
+            {"question": "w17 w18", "choices": ["w19", "w20"], "answer": 0, "hint": "w21"}]
+    repo = scienceqa_repo(tmp_path / "repo", SPECS[row].image_size, rows)
+    hub_cache(tmp_path / "home" / "hub", source.repo, repo, repo_type="dataset")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("HF_DATASETS_CACHE", None)
+    base, tuned = str(family_zoo.base(row)), str(family_zoo.tuned(row, SAVED))
+
+    def compare(items: str, out: Path):
+        return subprocess.run([sys.executable, "-m", "lfm.cli", "compare", "--base", base, "--tuned", tuned, "--items",
+                               items, "--out", str(out), "--max-new-tokens", "3", "--quiet"], env=env,
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    done = compare("scienceqa", tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = list(csv.DictReader(open(tmp_path / "out" / "items.csv")))
+    assert [(r["question"], r["choices"], r["answer"]) for r in table] == \
+        [(x["question"], " | ".join(x["choices"]), x["choices"][x["answer"]]) for x in rows]
+
+    # the same items as a JSONL file, each with the prompt lmms-eval builds from the row: the same answers
+    folder = tmp_path / "jsonl"
+    folder.mkdir()
+    kwargs = {"format": "default", "pre_prompt": "",
+              "post_prompt": "\nAnswer with the option's letter from the given choices directly."}
+    with open(folder / "items.jsonl", "w") as f:
+        for i, x in enumerate(rows):
+            sample_image(SPECS[row].image_size, seed=i).save(folder / f"{i}.png")
+            doc = {"hint": "", **x}
+            f.write(json.dumps({"id": f"q{i}", "question": x["question"], "choices": x["choices"],
+                                "answer": x["choices"][x["answer"]], "image": f"{i}.png",
+                                "prompt": sqa_doc_to_text(doc, kwargs)}) + "\n")
+    same = compare(str(folder / "items.jsonl"), tmp_path / "out-jsonl")
+    assert same.returncode == 0, same.stderr[-2000:]
+    reference = list(csv.DictReader(open(tmp_path / "out-jsonl" / "items.csv")))
+    for stage in ("hard", "suppress", "restore"):
+        assert [r[f"{stage}_generated"] for r in table] == [r[f"{stage}_generated"] for r in reference], stage
+
+    env["HF_HOME"] = str(tmp_path / "empty")
+    missing = compare("scienceqa", tmp_path / "none")
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+    assert f"needs the hub dataset {source.repo}" in missing.stderr and "hf download" in missing.stderr
+    assert not (tmp_path / "none").exists()

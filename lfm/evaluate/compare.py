@@ -37,7 +37,6 @@ class HubItems:
     repo: str  # dataset id on the hub
     config: str
     split: str
-    files: tuple[str, ...]  # the repo files the split needs (README.md: the configs' data_files), fetched alone
     question: str = "question"
     choices: str = "choices"  # a list of strings
     answer: str = "answer"  # the index of the right choice
@@ -46,8 +45,7 @@ class HubItems:
 
 
 HUB_ITEMS = {  # the dataset, config and split lmms-eval's scienceqa_img reads, in the hub repo's own layout
-    "scienceqa": HubItems("lmms-lab-encoder/ScienceQA", "ScienceQA-IMG", "test",
-                          ("README.md", "ScienceQA-IMG/test-*")),
+    "scienceqa": HubItems("lmms-lab-encoder/ScienceQA", "ScienceQA-IMG", "test"),
 }
 
 
@@ -144,8 +142,10 @@ def scienceqa_prompt(question: str, choices: list[str], hint: str = "") -> str:
 
 
 def hub_records(name: str, limit: int | None) -> list[dict]:
-    """The records of ``HUB_ITEMS[name]``: the repo's files through huggingface_hub (its cache, offline), read by
-    ``datasets`` from the snapshot folder as the repo lays them out. Not there: DatasetsUnavailable, one line."""
+    """The records of ``HUB_ITEMS[name]``: the repo through huggingface_hub (its cache, offline), read by ``datasets``
+    from the snapshot folder as the repo lays it out. The whole repo: ``datasets`` infers a local repo's file format
+    from the first config its README lists, so a snapshot of one config's files does not load. Not there:
+    DatasetsUnavailable, one line."""
     from huggingface_hub import snapshot_download
 
     from lfm.evaluate.suites import DatasetsUnavailable
@@ -154,15 +154,13 @@ def hub_records(name: str, limit: int | None) -> list[dict]:
     offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
                   for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     try:
-        folder = snapshot_download(source.repo, repo_type="dataset", allow_patterns=list(source.files),
-                                   local_files_only=offline)
+        folder = snapshot_download(source.repo, repo_type="dataset", local_files_only=offline)
     except Exception as e:  # noqa: BLE001 - not cached / not reachable: the one line below says what to do
         where = "HF_HUB_OFFLINE is set and it is not in the hub cache" if offline else \
             f"it could not be fetched ({type(e).__name__})"
         raise DatasetsUnavailable(
             f"--items {name} needs the hub dataset {source.repo} ({source.config}, {source.split} split): {where}; "
-            f"fetch it where the hub is reachable: hf download --repo-type dataset {source.repo} "
-            f"{' '.join('--include ' + repr(f) for f in source.files)}") from None
+            f"fetch it where the hub is reachable: hf download --repo-type dataset {source.repo}") from None
     import datasets
 
     ds = datasets.load_dataset(folder, source.config, split=source.split)

@@ -11,8 +11,8 @@ scores, with no second copy in memory. Where those modules sit comes from the fa
 
 from __future__ import annotations
 
-import json
 import copy
+import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
