@@ -6,7 +6,10 @@ Neu-S-TIES give LM tensors equal to the formulas written out below, from tensors
 tensor is byte-equal to tuned; the merged output loads with the tuned class, its LM weights are the merged ones,
 and it generates from an image (inputs from AutoProcessor loaded from the output where the family's processor is
 buildable here); `ResidentPair.apply` writes the merged bytes; `lfm score` gives C(i) = sum |delta|; `lfm pair`
-names the row. Refused rows and MLLMs the table does not know are refused in one line.
+names the row. Refused rows and MLLMs the table does not know are refused in one line. `lfm eval`'s text model
+gives each MLLM's own logits; `lfm eval` runs on Qwen2-VL (language tasks: its LM's answers) and Idefics3 (both
+harnesses); a processor that needs torchvision is a row's claim checked against transformers, refused in one line;
+`lfm compare --items scienceqa` reads a hub-layout dataset cache offline.
 """
 from __future__ import annotations
 

@@ -127,7 +127,7 @@ def stage_items(items: str | Path | list = "organism", *, limit: int | None = No
     for r in recs:
         if isinstance(r.get("image"), (str, Path)):
             r["image"] = open_rgb(r["image"])  # bounded pixels: a bomb is refused before any model loads
-        r.setdefault("prompt", scienceqa_prompt(r["question"], r["choices"], r.get("hint", "")))
+        r.setdefault("prompt", scienceqa_prompt(r["question"], r["choices"]))
         if r["answer"] not in r["choices"]:
             raise ValueError(f"item {r.get('id')}: answer {r['answer']!r} is not one of its choices {r['choices']}")
     return recs
@@ -168,10 +168,10 @@ def hub_records(name: str, limit: int | None) -> list[dict]:
     for i, d in enumerate(ds):
         if d.get(source.image) is None:
             continue
-        choices = list(d[source.choices])
-        recs.append({"id": f"{name}-{i}", "question": d[source.question], "choices": choices,
-                     "answer": choices[int(d[source.answer])], "hint": d.get(source.hint) or "",
-                     "image": d[source.image].convert("RGB")})
+        question, choices = d[source.question], list(d[source.choices])
+        recs.append({"id": f"{name}-{i}", "question": question, "choices": choices,
+                     "answer": choices[int(d[source.answer])], "image": d[source.image].convert("RGB"),
+                     "prompt": scienceqa_prompt(question, choices, d.get(source.hint) or "")})
         if limit and len(recs) >= limit:
             break
     return recs

@@ -99,7 +99,7 @@ def missing_processor_packages(path: Path, family: Family | None) -> str | None:
         return None
     return (f"{path}: {family.name}'s processor needs {' and '.join(missing)} (transformers 5.24 has its video or "
             f"image processor only for it), which lfm's lock does not hold: pip install {' '.join(missing)} for "
-            f"visual tasks and lfm compare (language tasks run without it)")
+            f"visual tasks and lfm compare (a suite of language tasks only runs without it)")
 
 
 def straight_to(device: torch.device) -> dict:
