@@ -1,6 +1,6 @@
 """The Locate-then-Merge explorer: `python apps/explorer.py [options]` (as `lfm explore`; offline).
 
-Opens the embedded organism by default. Options:
+Opens the real pair once `make realpair` built it, else the embedded organism ($LFM_DEFAULT_PAIR chooses). Options:
     --base DIR --tuned DIR     a model pair to explore live (any size that fits in memory)
     --suite S.yaml             the pair's evaluation suite (live LA / VA / answers; the organism needs none)
     --results DIR              a results folder written by `lfm precompute` (big models)
@@ -50,6 +50,10 @@ if __name__ == "__main__":  # `python apps/explorer.py`: serve on 127.0.0.1 behi
     except ValueError as e:
         print(f"apps/explorer.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    if not (args.results or args.base or args.tuned):
+        from lfm.explorer.cli import default_source
+
+        source.update(default_source())
     serve(token=token, port=args.port, **source)
 else:  # `panel serve apps/explorer.py`: no gate runs before its sessions, so `page` refuses. location=False: no
     # Location model, whose parsing of a link answers `?foo=%C2%B2` with HTTP 500

@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# a machine that has built the real pair (`make realpair`) runs the same tests as one that has not: commands
+# given no pair open the organism (lfm.default_pair); tests of that rule set it per subprocess
+os.environ["LFM_DEFAULT_PAIR"] = "organism"
 sys.path.insert(0, str(Path(__file__).parent))
 
 from lfm.cli import let_idle_threads_sleep  # noqa: E402

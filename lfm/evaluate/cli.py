@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from lfm.cli import add_recipe_args, add_strict_arg, check_no_ops, count_option, device_option
+from lfm.default_pair import default_pair, opened_line
 from lfm.methods.recipe import Recipe, stage_recipes
 from lfm.methods.registry import NEURON_FUSION, SETTINGS, settings_in_effect
 
@@ -37,8 +38,10 @@ def add_trust_suite_code(p) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="LA / VA / OA of a model through lm-eval and lmms-eval")
     p.add_argument("model_dir", nargs="?", help="model directory (an MLLM, or a plain LLM: language tasks only; "
-                   "default: the embedded organism's tuned MLLM)")
-    p.add_argument("--suite", default="organism", help="paper | organism | a suite YAML file (default organism)")
+                   "default: the real pair's tuned MLLM once `make realpair` built it, else the embedded organism's; "
+                   "$LFM_DEFAULT_PAIR chooses)")
+    p.add_argument("--suite", help="paper | organism | a suite YAML file (default: the default pair's suite, "
+                   "else organism)")
     p.add_argument("--out", help="write the results JSON here")
     p.add_argument("--limit", type=count_option(1), help="items per task (quick checks)")
     p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda, cuda:N or auto")
@@ -73,11 +76,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_sweep)
 
     p = subparsers.add_parser("compare", help="hard-merge / suppress / restore generations + failure transitions")
-    p.add_argument("--base", help="base LLM directory (default, with --tuned: the embedded organism's)")
+    p.add_argument("--base", help="base LLM directory (default, with --tuned: the real pair once `make realpair` "
+                   "built it, else the embedded organism; $LFM_DEFAULT_PAIR chooses)")
     p.add_argument("--tuned", help="tuned MLLM directory")
     add_recipe_args(p, COMPARE_SETTINGS)
-    p.add_argument("--items", default="organism", help="organism (offline) | scienceqa (ScienceQA-IMG's test split "
-                   "as lmms-eval reads it: from the hub, or its cache with HF_HUB_OFFLINE=1) "
+    p.add_argument("--items", help="the default pair's items (organism, or the real pair's visual items) | organism "
+                   "(offline) | scienceqa (ScienceQA-IMG's test split as lmms-eval reads it: from the hub, or its "
+                   "cache with HF_HUB_OFFLINE=1) "
                    "| FILE.jsonl: one item a line {id, question, choices, answer, image (relative to the file), "
                    "prompt (optional)}, e.g. the real pair's <root>/suite/items/visual.jsonl")
     p.add_argument("--limit", type=count_option(1), help="visual items (default all)")
@@ -90,20 +95,18 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_compare)
 
 
-def organism_pair() -> tuple[str, str]:
-    """The embedded organism's (base, tuned) directories: the default model of `lfm eval` / pair of `lfm compare`."""
-    from lfm.organism import base_dir, tuned_dir
-
-    return str(base_dir()), str(tuned_dir())
-
-
 def cmd_eval(args) -> int:
     from lfm.evaluate.suites import get_suite
 
-    suite = get_suite(args.suite, trust_code=args.trust_suite_code)  # refused here, before the harnesses load
+    model_dir, suite_name = args.model_dir, args.suite
+    if model_dir is None:
+        pair = default_pair()
+        print(opened_line(pair), flush=True)
+        model_dir = pair.tuned
+        suite_name = suite_name or (str(pair.suite) if pair.suite else "organism")
+    suite = get_suite(suite_name or "organism", trust_code=args.trust_suite_code)  # refused before the harnesses load
     from lfm.evaluate.harness import evaluate, format_table
 
-    model_dir = args.model_dir or organism_pair()[1]
     res = evaluate(model_dir, suite, limit=args.limit, device=args.device, batch_size=args.batch_size,
                    log_samples=args.samples)
     res["model"] = str(Path(model_dir).resolve())
@@ -158,22 +161,26 @@ def cmd_compare(args) -> int:
     from lfm.evaluate.compare import HUB_ITEMS, compare_stages, format_summary, read_items_file, summary
     from lfm.spreadsheet import csv_text
 
-    if args.items != "organism" and args.items not in HUB_ITEMS:
+    if args.items not in (None, "organism", *HUB_ITEMS):
         read_items_file(args.items)  # every line checked before any model is loaded
 
     if (args.base is None) != (args.tuned is None):
-        raise ValueError("--base and --tuned go together (give neither for the embedded organism)")
+        raise ValueError("--base and --tuned go together (give neither for the default pair)")
     given = {name: getattr(args, name) for name in COMPARE_SETTINGS if getattr(args, name) is not None}
     recipe = check_no_ops(args, Recipe(method=NEURON_FUSION, **given), given)
     stages = stage_recipes(recipe)  # M > 0, checked before any model is loaded
-    base, tuned = (args.base, args.tuned) if args.base else organism_pair()
-    table = compare_stages(base, tuned, items=args.items, limit=args.limit, device=args.device,
+    base, tuned, items = args.base, args.tuned, args.items
+    if base is None:
+        pair = default_pair()
+        print(opened_line(pair), flush=True)
+        base, tuned, items = pair.base, pair.tuned, items or pair.items
+    table = compare_stages(base, tuned, items=items or "organism", limit=args.limit, device=args.device,
                            max_new_tokens=args.max_new_tokens, progress=not args.quiet, recipes=stages)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "items.csv").write_text(csv_text(table))  # formula cells neutralised: it is opened in spreadsheets
     s = summary(table)
-    s["recipe"] = {**{name: getattr(recipe, name) for name in COMPARE_SETTINGS}, "items": args.items}
+    s["recipe"] = {**{name: getattr(recipe, name) for name in COMPARE_SETTINGS}, "items": items or "organism"}
     (out / "transitions.json").write_text(json.dumps(s, indent=2) + "\n")
     print(format_summary(s))
     print(f"wrote {out / 'items.csv'} and {out / 'transitions.json'}")

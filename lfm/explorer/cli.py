@@ -61,7 +61,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_precompute)
 
     e = subparsers.add_parser("explore", help="serve the explorer dashboard on 127.0.0.1")
-    e.add_argument("--results", help="a results folder (default: the embedded organism)")
+    e.add_argument("--results", help="a results folder (default: the real pair, live, once `make realpair` built "
+                   "it, else the embedded organism; $LFM_DEFAULT_PAIR chooses)")
     e.add_argument("--base", help="base LLM directory (with --tuned: evaluate this pair live)")
     e.add_argument("--tuned", help="tuned MLLM directory (with --base)")
     e.add_argument("--suite", help="the pair's evaluation suite (a suite YAML, 'organism' or 'paper'); the organism "
@@ -131,9 +132,22 @@ def cmd_explore(args) -> int:
     device = str(resolve_device(args.device))  # an unavailable device: one line here, before the server starts
     if args.suite and not (args.base and args.tuned):
         raise ValueError("--suite evaluates a pair: pass it with --base and --tuned")
+    source = dict(results=args.results, base=args.base, tuned=args.tuned, suite=args.suite)
+    if not (args.results or args.base or args.tuned):
+        source.update(default_source())
     extension()
-    serve(token=token, address=args.address, port=args.port, allow_remote=args.allow_remote, results=args.results,
-          base=args.base, tuned=args.tuned, suite=args.suite, per_task=args.per_task, device=device)
+    serve(token=token, address=args.address, port=args.port, allow_remote=args.allow_remote, per_task=args.per_task,
+          device=device, **source)
+
+
+def default_source() -> dict:
+    """What the explorer opens when no pair is named (lfm.default_pair): the real pair, live on its suite, once
+    built; else {} (the embedded organism's results). Said in one line, never silently."""
+    from lfm.default_pair import default_pair, opened_line
+
+    pair = default_pair()
+    print(opened_line(pair), flush=True)
+    return {} if pair.is_organism else dict(base=str(pair.base), tuned=str(pair.tuned), suite=str(pair.suite))
     return 0
 
 

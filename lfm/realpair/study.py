@@ -117,8 +117,9 @@ def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str
                            stage_items_per_task=stage_limit, seconds=round(time.time() - t0, 1))
         if seeds:
             results["seeds"] = seed_summary(root, seeds, groups, name, limit)
-        if results_dir is not None:
-            out = Path(results_dir)
+        # the run's own copy, beside its tuned model: the explorer shows the findings of the pair it opens
+        # (lfm.explorer.story.report_of); results_dir is the report the README reads
+        for out in [p["run"]] + ([Path(results_dir)] if results_dir is not None else []):
             out.mkdir(parents=True, exist_ok=True)
             (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
             (out / "results.md").write_text(format_markdown(results) + "\n")
