@@ -403,7 +403,6 @@ def test_lfm_compare_items_file(family_zoo, tmp_path, row):
     assert done.returncode == 0, done.stderr[-2000:]
     table = list(csv.DictReader(open(tmp_path / "out" / "items.csv")))
     assert [r["id"] for r in table] == ["q0", "q1", "q2"]
-    assert len({r[f"{stage}_generated"] for stage in ("hard", "suppress", "restore") for r in table}) > 1
 
     processor = AutoProcessor.from_pretrained(tuned_dir)
     turn = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
@@ -580,26 +579,25 @@ def test_visual_tasks_without_the_processors_package_fail_in_one_line(family_zoo
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "cmp").exists()
 
 
-# ------------------------------------------------------------------------------------------ lfm compare --items scienceqa
+# ------------------------------------------------------------------------------- lfm compare --items scienceqa
 
 SCIENCEQA_TEXT = ("hint", "task", "grade", "subject", "topic", "category", "skill", "lecture", "solution")
 
 
-def scienceqa_repo(folder: Path, image_size: int, rows: list[dict]) -> Path:
+def scienceqa_repo(folder: Path, rows: list[dict]) -> Path:
     """A copy of the hub dataset lmms-eval's scienceqa_img reads, in its repo's layout and schema: README.md whose
     YAML names the configs' data files, ScienceQA-IMG/test-00000-of-00001.parquet written by `datasets` with the
     hub's features (image, question, choices: list of strings, answer: int8 index, hint ... solution: strings);
-    ScienceQA-FULL, listed first as on the hub, holds the same rows."""
+    ScienceQA-FULL, listed first as on the hub, holds the same rows. `rows`: those fields, image a file path."""
     import datasets
-
-    from families_support import sample_image
+    from PIL import Image
 
     features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
                                   "choices": datasets.Sequence(datasets.Value("string")),
                                   "answer": datasets.Value("int8"),
                                   **{k: datasets.Value("string") for k in SCIENCEQA_TEXT}})
     table = {k: [r.get(k, "") for r in rows] for k in features if k != "image"}
-    table["image"] = [sample_image(image_size, seed=i) for i in range(len(rows))]
+    table["image"] = [Image.open(r["image"]) for r in rows]
     for config in ("ScienceQA-FULL", "ScienceQA-IMG"):
         (folder / config).mkdir(parents=True)
         datasets.Dataset.from_dict(table, features=features).to_parquet(
@@ -610,11 +608,11 @@ def scienceqa_repo(folder: Path, image_size: int, rows: list[dict]) -> Path:
     return folder
 
 
-def test_lfm_compare_items_scienceqa_from_the_hub_cache(family_zoo, tmp_path):
+def test_lfm_compare_items_scienceqa_from_the_hub_cache(organism, tmp_path):
     """`lfm compare --items scienceqa` as a user runs it offline: the dataset id resolved by huggingface_hub in
     HF_HOME's hub cache (blobs + snapshot links + refs/main), read by `datasets` in the repo's own layout. Each item
-    is the row (answer = choices[answer]), asked with the prompt lmms-eval's scienceqa_img builds from it, and the
-    stages answer what they answer to the same items given as a JSONL file. No cache: one line, exit 2."""
+    is the row (answer = choices[answer]), its image the row's pixels, asked with the prompt lmms-eval's
+    scienceqa_img builds from it (hint as context). No cache: one line, exit 2, nothing written."""
     import csv
     import os
     import subprocess
@@ -622,52 +620,50 @@ def test_lfm_compare_items_scienceqa_from_the_hub_cache(family_zoo, tmp_path):
 
     from lmms_eval.tasks.scienceqa.utils import sqa_doc_to_text
 
-    from families_support import hub_cache, sample_image
-    from lfm.evaluate.compare import HUB_ITEMS
+    import hashlib
 
-    row = "Gemma 3"
+    from families_support import hub_cache
+    from lfm.evaluate.compare import HUB_ITEMS
+    from lfm.images import open_rgb
+    from lfm.organism import scienceqa_records
+
     source = HUB_ITEMS["scienceqa"]
-    rows = [{"question": "w5 w6", "choices": ["w7", "w8"], "answer": 1, "hint": "w10 w11", "subject": "w12"},
-            {"question": "w13", "choices": ["w14", "w15", "w16"], "answer": 2},
-            {"question": "w17 w18", "choices": ["w19", "w20"], "answer": 0, "hint": "w21"}]
-    repo = scienceqa_repo(tmp_path / "repo", SPECS[row].image_size, rows)
+    rows = [{"question": r["question"], "choices": r["choices"], "answer": r["choices"].index(r["answer"]),
+             "image": r["image"], "subject": "natural science"} for r in scienceqa_records()[::12][:6]]
+    rows[0]["hint"] = "the shape is small ."
+    repo = scienceqa_repo(tmp_path / "repo", rows)
     hub_cache(tmp_path / "home" / "hub", source.repo, repo, repo_type="dataset")
     env = {**os.environ, "HF_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     env.pop("HF_HUB_CACHE", None)
     env.pop("HF_DATASETS_CACHE", None)
-    base, tuned = str(family_zoo.base(row)), str(family_zoo.tuned(row, SAVED))
+    base, tuned = map(str, organism)
 
-    def compare(items: str, out: Path):
+    def compare(out: Path):
         return subprocess.run([sys.executable, "-m", "lfm.cli", "compare", "--base", base, "--tuned", tuned, "--items",
-                               items, "--out", str(out), "--max-new-tokens", "3", "--quiet"], env=env,
-                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                               "scienceqa", "--out", str(out), "--quiet"], env=env, capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
 
-    done = compare("scienceqa", tmp_path / "out")
+    done = compare(tmp_path / "out")
     assert done.returncode == 0, done.stderr[-2000:]
     table = list(csv.DictReader(open(tmp_path / "out" / "items.csv")))
     assert [(r["question"], r["choices"], r["answer"]) for r in table] == \
         [(x["question"], " | ".join(x["choices"]), x["choices"][x["answer"]]) for x in rows]
 
-    # the same items as a JSONL file, each with the prompt lmms-eval builds from the row: the same answers
-    folder = tmp_path / "jsonl"
-    folder.mkdir()
+    # the records lfm asks, read through the same path: lmms-eval's prompt for each row, the row's image pixels
     kwargs = {"format": "default", "pre_prompt": "",
               "post_prompt": "\nAnswer with the option's letter from the given choices directly."}
-    with open(folder / "items.jsonl", "w") as f:
-        for i, x in enumerate(rows):
-            sample_image(SPECS[row].image_size, seed=i).save(folder / f"{i}.png")
-            doc = {"hint": "", **x}
-            f.write(json.dumps({"id": f"q{i}", "question": x["question"], "choices": x["choices"],
-                                "answer": x["choices"][x["answer"]], "image": f"{i}.png",
-                                "prompt": sqa_doc_to_text(doc, kwargs)}) + "\n")
-    same = compare(str(folder / "items.jsonl"), tmp_path / "out-jsonl")
-    assert same.returncode == 0, same.stderr[-2000:]
-    reference = list(csv.DictReader(open(tmp_path / "out-jsonl" / "items.csv")))
-    for stage in ("hard", "suppress", "restore"):
-        assert [r[f"{stage}_generated"] for r in table] == [r[f"{stage}_generated"] for r in reference], stage
+    script = ("import json, hashlib, numpy; from lfm.evaluate.compare import stage_items; "
+              "print(json.dumps([(r['prompt'], hashlib.sha256(numpy.asarray(r['image']).tobytes()).hexdigest()) "
+              "for r in stage_items('scienceqa')]))")
+    read = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert read.returncode == 0, read.stderr[-2000:]
+    pixels = [hashlib.sha256(np.asarray(open_rgb(x["image"])).tobytes()).hexdigest() for x in rows]
+    assert json.loads(read.stdout.splitlines()[-1]) == \
+        [[sqa_doc_to_text({"hint": "", **x}, kwargs), h] for x, h in zip(rows, pixels)]
 
     env["HF_HOME"] = str(tmp_path / "empty")
-    missing = compare("scienceqa", tmp_path / "none")
+    missing = compare(tmp_path / "none")
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
     assert f"needs the hub dataset {source.repo}" in missing.stderr and "hf download" in missing.stderr
     assert not (tmp_path / "none").exists()
