@@ -228,7 +228,8 @@ FAMILY_ROWS: tuple[dict, ...] = (
          lm_types=(), base_types={}, layouts=_llava_layouts(), tied=True,
          vocab="image tokens: extra rows when the tuned vocabulary is larger", match=_LLAVA_MATCH,
          may_differ=ROPE + ("layer_norm_eps", "sliding_window", "layer_types"),
-         notes="Cohere2 LM (no post-attention norm; tied, logit scale in the config)", examples=(),
+         notes="Cohere2 LM (no post-attention norm; tied); the MLLM's head does not apply Cohere2's "
+               "logit_scale, which Cohere2ForCausalLM does (lfm eval's text model sets it to 1)", examples=(),
          verified=_ALL_CHECKS, text_overrides=_UNSCALED_HEAD, refuse=None),
     dict(name="GOT-OCR2", model_types=("got_ocr2",), classes=("GotOcr2ForConditionalGeneration",), lm_types=(),
          base_types={}, layouts=_llava_layouts(), tied=True, vocab="image tokens: extra rows",
@@ -249,7 +250,7 @@ FAMILY_ROWS: tuple[dict, ...] = (
                                               "model.multi_modal_projector.": "projector"}}},
          tied=True, vocab="image tokens: extra rows", match=_LLAVA_MATCH,
          may_differ=ROPE + ("layer_norm_eps", "sliding_window", "layer_types"),
-         notes="Command A Vision: Cohere2 LM", examples=(),
+         notes="Command A Vision: Cohere2 LM; as Aya Vision, the MLLM's head does not apply logit_scale", examples=(),
          verified=_NO_IMAGE, processor_needs=_TORCHVISION, text_overrides=_UNSCALED_HEAD, refuse=None),
     dict(name="Mllama", model_types=("mllama",), classes=("MllamaForConditionalGeneration",), lm_types=(),
          base_types={}, layouts={}, tied=False, vocab="", match=(), may_differ=(),
