@@ -19,6 +19,16 @@ A row says, for the multimodal classes of one family in transformers 5.24:
     refuse                why the family cannot be paired (the row then only explains the refusal)
     verified              what the tests prove for the row (tests/test_families.py; docs/families.md shows it)
 
+and, optionally (empty when left out):
+
+    text_overrides        text-config values under which the base's causal-LM class, run on the MLLM's LM
+                          modules, computes what the MLLM's own forward does on a text prompt (``lfm eval``'s
+                          language tasks, ``lfm.evaluate.models.text_model``): e.g. Aya Vision's head does not
+                          apply Cohere2's ``logit_scale``, so its text model's is 1
+    processor_needs       packages the family's AutoProcessor needs that lfm's lock does not hold (``torchvision``:
+                          a video processor, or an image processor, that transformers 5.24 has only for
+                          torchvision); without them its visual paths refuse in one line naming the install
+
 Which layout a checkpoint uses is read from its keys (``Family.layout_of``): the layout under which the most
 tuned keys are base tensors. A new family is a row here; ``docs/families.md`` is generated from this table
 (``families_markdown``) and a test keeps the two equal.
@@ -51,15 +61,19 @@ CHECKS = {
     "compare": "`lfm compare --items FILE.jsonl` answers are the stage merges' own greedy answers (processor + chat "
                "template from the tuned directory)",
     "notebooks": "notebooks 01 (neuron changes) and 04 (FFN key-value memories) run on the pair, their checks passing",
+    "eval": "`lfm eval`'s text model (the base's causal-LM class on the MLLM's own LM modules, found through the "
+            "layout of the loaded model's names) gives the tuned MLLM's logits and greedy tokens on a text prompt",
 }
 
 FIELDS = ("name", "model_types", "classes", "lm_types", "base_types", "layouts", "tied", "vocab", "match",
           "may_differ", "notes", "examples", "verified", "refuse")
+OPTIONAL_FIELDS = {"text_overrides": {}, "processor_needs": ()}  # field -> its value when a row leaves it out
 LAYOUT_FIELDS = ("lm", "passthrough")
 
-_EVERY_ROW = ("layouts", "formula", "passthrough", "loads", "score", "resident")
+_EVERY_ROW = ("layouts", "formula", "passthrough", "loads", "score", "resident", "eval")
 _ALL_CHECKS = _EVERY_ROW + ("image", "processor")
-_NO_PROCESSOR = _EVERY_ROW + ("image",)  # its processor needs a video processor, hence torchvision (not in the lock)
+_NO_PROCESSOR = _EVERY_ROW + ("image",)  # its processor needs torchvision (not in the lock): processor_needs
+_TORCHVISION = ("torchvision",)
 _NO_IMAGE = _EVERY_ROW  # no image inputs written for it yet: text-only generation
 
 
@@ -91,6 +105,8 @@ _MROPE = ("mrope: the LM rotates the same head dimensions with the same rope_the
           "(temporal, height, width) sections by mrope_section, so the base's q/k weights are used as they are; "
           "rope_theta itself may differ (reported)")
 _LLAVA_MATCH = SHAPES + ("hidden_act",)
+# Cohere2ForCausalLM multiplies its logits by logit_scale; the Cohere2-based MLLM classes apply lm_head alone
+_UNSCALED_HEAD = {"logit_scale": 1.0}
 
 FAMILY_ROWS: tuple[dict, ...] = (
     dict(name="LLaVA", model_types=("llava",), classes=("LlavaForConditionalGeneration",), lm_types=(),
@@ -112,7 +128,7 @@ FAMILY_ROWS: tuple[dict, ...] = (
          vocab="<image>/<video> tokens: extra rows when the tuned vocabulary is larger", match=_LLAVA_MATCH,
          may_differ=ROPE + ("rms_norm_eps",), notes="LLaVA-Next's layout; the video tower is the image tower",
          examples=(), verified=_NO_IMAGE,
-         refuse=None),
+         processor_needs=_TORCHVISION, refuse=None),
     dict(name="LLaVA-OneVision", model_types=("llava_onevision",),
          classes=("LlavaOnevisionForConditionalGeneration",), lm_types=(), base_types={},
          layouts=_llava_layouts(image_newline="image_newline"), tied=False,
@@ -120,7 +136,7 @@ FAMILY_ROWS: tuple[dict, ...] = (
          may_differ=ROPE + ("rms_norm_eps", "sliding_window", "max_window_layers", "layer_types"),
          notes="Qwen2 LM; the base is a Qwen2 causal LM",
          examples=("llava-hf/llava-onevision-qwen2-7b-ov-hf on Qwen/Qwen2-7B-Instruct",), verified=_NO_PROCESSOR,
-         refuse=None),
+         processor_needs=_TORCHVISION, refuse=None),
     dict(name="VipLLaVA", model_types=("vipllava",), classes=("VipLlavaForConditionalGeneration",), lm_types=(),
          base_types={}, layouts=_llava_layouts(), tied=False,
          vocab="the <image> token may add rows: extra rows", match=_LLAVA_MATCH,
@@ -135,7 +151,7 @@ FAMILY_ROWS: tuple[dict, ...] = (
          may_differ=ROPE + ("rms_norm_eps", "sliding_window", "max_window_layers", "layer_types"),
          notes=_MROPE, examples=("Qwen/Qwen2-VL-7B-Instruct on Qwen/Qwen2-7B-Instruct",),
          verified=_NO_PROCESSOR + ("explorer",),
-         refuse=None),
+         processor_needs=_TORCHVISION, refuse=None),
     dict(name="Qwen2.5-VL", model_types=("qwen2_5_vl",), classes=("Qwen2_5_VLForConditionalGeneration",),
          lm_types=("qwen2_5_vl_text",), base_types={"qwen2_5_vl_text": ("qwen2",)}, layouts=_QWEN_VL_LAYOUTS,
          tied=False, vocab="as Qwen2-VL: the vision tokens are in Qwen2.5's table already",
@@ -143,7 +159,7 @@ FAMILY_ROWS: tuple[dict, ...] = (
          may_differ=ROPE + ("rms_norm_eps", "sliding_window", "max_window_layers", "layer_types"),
          notes=_MROPE + "; Qwen2.5 causal LMs have model_type qwen2",
          examples=("Qwen/Qwen2.5-VL-7B-Instruct on Qwen/Qwen2.5-7B-Instruct",), verified=_NO_PROCESSOR,
-         refuse=None),
+         processor_needs=_TORCHVISION, refuse=None),
     dict(name="Qwen3-VL", model_types=("qwen3_vl",), classes=("Qwen3VLForConditionalGeneration",),
          lm_types=("qwen3_vl_text",), base_types={"qwen3_vl_text": ("qwen3",)},
          layouts={"save_pretrained = in-memory names": {"lm": _MODEL_LM,
@@ -152,7 +168,8 @@ FAMILY_ROWS: tuple[dict, ...] = (
          match=SHAPES + ("hidden_act",), may_differ=ROPE + ("rms_norm_eps",),
          notes="interleaved mrope (same weights, see Qwen2-VL); deepstack mergers feed visual features into the "
                "first LM layers' hidden states, not their weights; rope_theta differs in released pairs (reported)",
-         examples=("Qwen/Qwen3-VL-8B-Instruct on Qwen/Qwen3-8B",), verified=_NO_PROCESSOR, refuse=None),
+         examples=("Qwen/Qwen3-VL-8B-Instruct on Qwen/Qwen3-8B",), verified=_NO_PROCESSOR,
+         processor_needs=_TORCHVISION, refuse=None),
     dict(name="Idefics2", model_types=("idefics2",), classes=("Idefics2ForConditionalGeneration",), lm_types=(),
          base_types={}, layouts=_IDEFICS, tied=False,
          vocab="<fake_token_around_image>, <image>, <end_of_utterance>: extra rows", match=_LLAVA_MATCH,
@@ -173,7 +190,7 @@ FAMILY_ROWS: tuple[dict, ...] = (
          may_differ=ROPE + ("rms_norm_eps",),
          notes="Idefics3's layout on SmolLM2 (Llama); SmolVLM raised rope_theta for long context (reported)",
          examples=("HuggingFaceTB/SmolVLM-Instruct on HuggingFaceTB/SmolLM2-1.7B-Instruct",), verified=_NO_PROCESSOR,
-         refuse=None),
+         processor_needs=_TORCHVISION, refuse=None),
     dict(name="Gemma 3", model_types=("gemma3",), classes=("Gemma3ForConditionalGeneration",),
          lm_types=("gemma3_text",), base_types={}, layouts=_llava_layouts(), tied=True,
          vocab="<image_soft_token> and friends: the 4B+ vocabulary (262208) is 64 rows larger than gemma-3-1b's "
@@ -197,20 +214,23 @@ FAMILY_ROWS: tuple[dict, ...] = (
          notes="Mistral LM; the top-level tie_word_embeddings defaults to true in transformers 5.24: untied "
                "checkpoints state false",
          examples=("mistralai/Mistral-Small-3.1-24B-Instruct-2503 on mistralai/Mistral-Small-24B-Instruct-2501",),
-         verified=_NO_PROCESSOR, refuse=None),
+         verified=_NO_PROCESSOR,
+         processor_needs=_TORCHVISION, refuse=None),
     dict(name="InternVL", model_types=("internvl",), classes=("InternVLForConditionalGeneration",), lm_types=(),
          base_types={}, layouts=_llava_layouts(), tied=True,
          vocab="<img>, </img>, <IMG_CONTEXT> (and video tokens) added: extra rows",
          match=_LLAVA_MATCH, may_differ=ROPE + ("rms_norm_eps", "sliding_window", "max_window_layers", "layer_types"),
          notes="the -hf checkpoints (InternVL3 on Qwen2.5, InternVL3.5 on Qwen3); the top-level "
                "tie_word_embeddings defaults to true: untied checkpoints state false",
-         examples=("OpenGVLab/InternVL3-8B-hf on Qwen/Qwen2.5-7B",), verified=_NO_PROCESSOR, refuse=None),
+         examples=("OpenGVLab/InternVL3-8B-hf on Qwen/Qwen2.5-7B",), verified=_NO_PROCESSOR,
+         processor_needs=_TORCHVISION, refuse=None),
     dict(name="Aya Vision", model_types=("aya_vision",), classes=("AyaVisionForConditionalGeneration",),
          lm_types=(), base_types={}, layouts=_llava_layouts(), tied=True,
          vocab="image tokens: extra rows when the tuned vocabulary is larger", match=_LLAVA_MATCH,
          may_differ=ROPE + ("layer_norm_eps", "sliding_window", "layer_types"),
-         notes="Cohere2 LM (no post-attention norm; tied, logit scale in the config)", examples=(),
-         verified=_ALL_CHECKS, refuse=None),
+         notes="Cohere2 LM (no post-attention norm; tied); the MLLM's head does not apply Cohere2's "
+               "logit_scale, which Cohere2ForCausalLM does (lfm eval's text model sets it to 1)", examples=(),
+         verified=_ALL_CHECKS, text_overrides=_UNSCALED_HEAD, refuse=None),
     dict(name="GOT-OCR2", model_types=("got_ocr2",), classes=("GotOcr2ForConditionalGeneration",), lm_types=(),
          base_types={}, layouts=_llava_layouts(), tied=True, vocab="image tokens: extra rows",
          match=_LLAVA_MATCH, may_differ=ROPE + ("rms_norm_eps", "sliding_window", "max_window_layers", "layer_types"),
@@ -230,8 +250,8 @@ FAMILY_ROWS: tuple[dict, ...] = (
                                               "model.multi_modal_projector.": "projector"}}},
          tied=True, vocab="image tokens: extra rows", match=_LLAVA_MATCH,
          may_differ=ROPE + ("layer_norm_eps", "sliding_window", "layer_types"),
-         notes="Command A Vision: Cohere2 LM", examples=(),
-         verified=_NO_IMAGE, refuse=None),
+         notes="Command A Vision: Cohere2 LM; as Aya Vision, the MLLM's head does not apply logit_scale", examples=(),
+         verified=_NO_IMAGE, processor_needs=_TORCHVISION, text_overrides=_UNSCALED_HEAD, refuse=None),
     dict(name="Mllama", model_types=("mllama",), classes=("MllamaForConditionalGeneration",), lm_types=(),
          base_types={}, layouts={}, tied=False, vocab="", match=(), may_differ=(),
          notes="Llama 3.2 Vision", examples=(), verified=(),
@@ -323,6 +343,8 @@ class Family:
     examples: tuple[str, ...]
     verified: tuple[str, ...]
     refuse: str | None
+    text_overrides: dict[str, object]
+    processor_needs: tuple[str, ...]
 
     @property
     def supported(self) -> bool:
@@ -362,17 +384,22 @@ def load_families(rows) -> tuple[Family, ...]:
         name = row.get("name", "?") if isinstance(row, dict) else "?"
         if not isinstance(row, dict):
             raise FamilyTableError(f"family rows are dicts, got {row!r}")
-        unknown, missing = sorted(set(row) - set(FIELDS)), [f for f in FIELDS if f not in row]
+        unknown = sorted(set(row) - set(FIELDS) - set(OPTIONAL_FIELDS))
+        missing = [f for f in FIELDS if f not in row]
         if unknown or missing:
             problems = ([f"unknown field(s) {unknown}"] if unknown else []) + \
                 ([f"missing field(s) {missing}"] if missing else [])
-            raise FamilyTableError(f"family {name!r}: {'; '.join(problems)}; a row has exactly {list(FIELDS)}")
+            raise FamilyTableError(f"family {name!r}: {'; '.join(problems)}; a row has exactly {list(FIELDS)} "
+                                   f"and may have {list(OPTIONAL_FIELDS)}")
+        row = {**OPTIONAL_FIELDS, **row}
         for field in ("name", "vocab", "notes"):
             _check_type(name, field, row[field], str)
-        for field in ("model_types", "classes", "lm_types", "match", "may_differ", "examples", "verified"):
+        for field in ("model_types", "classes", "lm_types", "match", "may_differ", "examples", "verified",
+                      "processor_needs"):
             _check_type(name, field, row[field], tuple, str)
         _check_type(name, "tied", row["tied"], bool)
         _check_type(name, "base_types", row["base_types"], dict)
+        _check_type(name, "text_overrides", row["text_overrides"], dict)
         for lm_type, bases in row["base_types"].items():
             _check_type(name, f"base_types[{lm_type!r}]", bases, tuple, str)
         if row["refuse"] is not None:
@@ -483,6 +510,13 @@ def families_markdown() -> str:
                 f"- may differ (reported): {', '.join(f.may_differ)}",
                 f"- vocabulary: {f.vocab}",
                 f"- notes: {f.notes}"]
+        if f.text_overrides:
+            out.append("- lfm eval's text model: " + ", ".join(f"{k} = {v!r}" for k, v in f.text_overrides.items())
+                       + " (what the MLLM's own forward computes on text)")
+        if f.processor_needs:
+            needs = " ".join(f.processor_needs)
+            out.append(f"- processor: needs {needs}, which lfm's lock does not hold (`pip install {needs}`); without "
+                       f"it `lfm eval` runs the language tasks and refuses visual tasks and `lfm compare` in one line")
         if f.examples:
             out.append(f"- e.g. {'; '.join(f.examples)}")
         missing = [c for c in CHECKS if c not in f.verified]

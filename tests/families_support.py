@@ -436,22 +436,25 @@ def _slug(text: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ a hub cache
 
-def hub_cache(cache: Path, repo_id: str, source: Path, revision: str = "0" * 39 + "1") -> Path:
-    """Lay `source`'s files out as huggingface_hub's cache holds a downloaded model (HF_HUB_CACHE):
-    models--org--name/blobs/<sha256> with the bytes, snapshots/<revision>/<file> as relative links to them, and
-    refs/main naming the revision. Returns the snapshot directory."""
+def hub_cache(cache: Path, repo_id: str, source: Path, revision: str = "0" * 39 + "1",
+              repo_type: str = "model") -> Path:
+    """Lay `source`'s files (and folders) out as huggingface_hub's cache holds a downloaded repo (HF_HUB_CACHE):
+    <repo_type>s--org--name/blobs/<sha256> with the bytes, snapshots/<revision>/<path> as relative links to them,
+    and refs/main naming the revision. Returns the snapshot directory."""
     import hashlib
     import os
 
-    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    repo = Path(cache) / (f"{repo_type}s--" + repo_id.replace("/", "--"))
     snapshot = repo / "snapshots" / revision
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
     snapshot.mkdir(parents=True)
-    for file in sorted(Path(source).iterdir()):
+    for file in sorted(f for f in Path(source).rglob("*") if f.is_file()):
         data = file.read_bytes()
         blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
         blob.write_bytes(data)
-        os.symlink(os.path.relpath(blob, snapshot), snapshot / file.name)
+        link = snapshot / file.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
     return snapshot

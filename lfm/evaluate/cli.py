@@ -80,7 +80,9 @@ def register(subparsers) -> None:
                    "built it, else the embedded organism; $LFM_DEFAULT_PAIR chooses)")
     p.add_argument("--tuned", help="tuned MLLM directory")
     add_recipe_args(p, COMPARE_SETTINGS)
-    p.add_argument("--items", help="the default pair's items (organism, or the real pair's visual items) | organism (offline) | scienceqa (ScienceQA-IMG, needs the hub) "
+    p.add_argument("--items", help="the default pair's items (organism, or the real pair's visual items) | organism "
+                   "(offline) | scienceqa (ScienceQA-IMG's test split as lmms-eval reads it: from the hub, or its "
+                   "cache with HF_HUB_OFFLINE=1) "
                    "| FILE.jsonl: one item a line {id, question, choices, answer, image (relative to the file), "
                    "prompt (optional)}, e.g. the real pair's <root>/suite/items/visual.jsonl")
     p.add_argument("--limit", type=count_option(1), help="visual items (default all)")
@@ -156,10 +158,10 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from lfm.evaluate.compare import compare_stages, format_summary, read_items_file, summary
+    from lfm.evaluate.compare import HUB_ITEMS, compare_stages, format_summary, read_items_file, summary
     from lfm.spreadsheet import csv_text
 
-    if args.items not in (None, "organism", "scienceqa"):
+    if args.items not in (None, "organism", *HUB_ITEMS):
         read_items_file(args.items)  # every line checked before any model is loaded
 
     if (args.base is None) != (args.tuned is None):

@@ -9,22 +9,44 @@ correct, by the earlier stage's category (``lfm.taxonomy``).
 Stages (lfm's contract): hard = Recipe(method="hard"); suppress = Neuron-Fusion with M=0; restore =
 Neuron-Fusion with M>0 (same K, suppressor and restore mode).
 
-Items: 'organism' (the organism's visual items, offline), 'scienceqa' (ScienceQA-IMG test split through
-``datasets``; needs the hub), a JSONL file of such records (``read_items_file``; the real pair's is
-``<root>/suite/items/visual.jsonl``), or a list of records {id, question, choices, answer, image (path or PIL)}.
+Items: 'organism' (the organism's visual items, offline), a hub dataset named in ``HUB_ITEMS`` ('scienceqa':
+ScienceQA-IMG's test split, the dataset lmms-eval's scienceqa_img reads; fetched through huggingface_hub, or
+found in its cache with HF_HUB_OFFLINE=1, and read by ``datasets``), a JSONL file of such records
+(``read_items_file``; the real pair's is ``<root>/suite/items/visual.jsonl``), or a list of records {id, question,
+choices, answer, image (path or PIL)}.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from lfm.images import open_rgb
 from lfm.methods import STAGES, Recipe, stage_recipes
 from lfm.taxonomy import CATEGORIES, classify
 
-SCIENCEQA = ("lmms-lab-encoder/ScienceQA", "ScienceQA-IMG", "test")  # dataset, config, split (as lmms-eval)
+
+
+@dataclass(frozen=True)
+class HubItems:
+    """A hub dataset `lfm compare --items NAME` reads: where the split is, and which columns hold what."""
+
+    repo: str  # dataset id on the hub
+    config: str
+    split: str
+    question: str = "question"
+    choices: str = "choices"  # a list of strings
+    answer: str = "answer"  # the index of the right choice
+    hint: str = "hint"  # context shown before the question ('Context: ...', as lmms-eval)
+    image: str = "image"  # rows without an image are skipped
+
+
+HUB_ITEMS = {  # the dataset, config and split lmms-eval's scienceqa_img reads, in the hub repo's own layout
+    "scienceqa": HubItems("lmms-lab-encoder/ScienceQA", "ScienceQA-IMG", "test"),
+}
 
 
 def neuron_fusion_stages(density: float = 0.2, neurons: float = 0.3, suppress: str = "ties",
@@ -88,7 +110,7 @@ def stage_items(items: str | Path | list = "organism", *, limit: int | None = No
     file (``read_items_file``) or a list."""
     if isinstance(items, list):
         recs = [dict(r) for r in items]
-    elif items not in ("organism", "scienceqa") and (str(items).endswith(".jsonl") or Path(items).is_file()):
+    elif items != "organism" and items not in HUB_ITEMS and (str(items).endswith(".jsonl") or Path(items).is_file()):
         recs = read_items_file(items)
     elif items == "organism":
         from lfm.organism import format_prompt, scienceqa_records
@@ -96,10 +118,11 @@ def stage_items(items: str | Path | list = "organism", *, limit: int | None = No
         recs = scienceqa_records()
         for r in recs:
             r["prompt"] = format_prompt(r["question"], r["choices"])
-    elif items == "scienceqa":
-        recs = _scienceqa_records(limit)
+    elif items in HUB_ITEMS:
+        recs = hub_records(items, limit)
     else:
-        raise ValueError(f"--items must be 'organism', 'scienceqa' or a JSONL items file, got {items!r}")
+        raise ValueError(f"--items must be 'organism', {', '.join(repr(k) for k in HUB_ITEMS)} or a JSONL items "
+                         f"file, got {items!r}")
     recs = recs[:limit] if limit else recs
     for r in recs:
         if isinstance(r.get("image"), (str, Path)):
@@ -110,25 +133,45 @@ def stage_items(items: str | Path | list = "organism", *, limit: int | None = No
     return recs
 
 
-def scienceqa_prompt(question: str, choices: list[str]) -> str:
-    """The prompt lmms-eval's scienceqa_img uses (question, lettered options, answer-with-letter instruction)."""
+def scienceqa_prompt(question: str, choices: list[str], hint: str = "") -> str:
+    """The prompt lmms-eval's scienceqa_img uses (its context line when there is a hint, the question, lettered
+    options, the answer-with-letter instruction)."""
     opts = "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
-    return f"{question}\n{opts}\nAnswer with the option's letter from the given choices directly."
+    context = f"Context: {hint}\n" if hint else ""
+    return f"{context}{question}\n{opts}\nAnswer with the option's letter from the given choices directly."
 
 
-def _scienceqa_records(limit: int | None) -> list[dict]:
-    from lfm.evaluate.suites import Suite, check_datasets
+def hub_records(name: str, limit: int | None) -> list[dict]:
+    """The records of ``HUB_ITEMS[name]``: the repo through huggingface_hub (its cache, offline), read by ``datasets``
+    from the snapshot folder as the repo lays it out. The whole repo: ``datasets`` infers a local repo's file format
+    from the first config its README lists, so a snapshot of one config's files does not load. Not there:
+    DatasetsUnavailable, one line."""
+    from huggingface_hub import snapshot_download
 
-    check_datasets(Suite(name="scienceqa", datasets=(SCIENCEQA[0],)))
+    from lfm.evaluate.suites import DatasetsUnavailable
+
+    source = HUB_ITEMS[name]
+    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    try:
+        folder = snapshot_download(source.repo, repo_type="dataset", local_files_only=offline)
+    except Exception as e:  # noqa: BLE001 - not cached / not reachable: the one line below says what to do
+        where = "HF_HUB_OFFLINE is set and it is not in the hub cache" if offline else \
+            f"it could not be fetched ({type(e).__name__})"
+        raise DatasetsUnavailable(
+            f"--items {name} needs the hub dataset {source.repo} ({source.config}, {source.split} split): {where}; "
+            f"fetch it where the hub is reachable: hf download --repo-type dataset {source.repo}") from None
     import datasets
 
-    ds = datasets.load_dataset(SCIENCEQA[0], SCIENCEQA[1], split=SCIENCEQA[2])
+    ds = datasets.load_dataset(folder, source.config, split=source.split)
     recs = []
     for i, d in enumerate(ds):
-        if d.get("image") is None:
+        if d.get(source.image) is None:
             continue
-        recs.append({"id": f"scienceqa-{i}", "question": d["question"], "choices": list(d["choices"]),
-                     "answer": d["choices"][int(d["answer"])], "image": d["image"].convert("RGB")})
+        question, choices = d[source.question], list(d[source.choices])
+        recs.append({"id": f"{name}-{i}", "question": question, "choices": choices,
+                     "answer": choices[int(d[source.answer])], "image": d[source.image].convert("RGB"),
+                     "prompt": scienceqa_prompt(question, choices, d.get(source.hint) or "")})
         if limit and len(recs) >= limit:
             break
     return recs
@@ -148,15 +191,16 @@ def compare_stages(base, tuned, *, items: str | list = "organism", limit: int | 
 
     recipes = recipes or neuron_fusion_stages(**stage_fields)
     recs = stage_items(items, limit=limit)
-    em = load_eval_model(tuned, device=device)
+    em = load_eval_model(tuned, device=device, processor_required=True)
     if not em.multimodal:
         raise ValueError(f"{tuned} is not a multimodal model: compare needs the tuned MLLM")
+    processor = em.require_processor()
     resident = ResidentPair(base, tuned, progress=progress, model_device=device)  # on the CPU, staged to the model
     table = pd.DataFrame({"id": [r["id"] for r in recs], "question": [r["question"] for r in recs],
                           "choices": [" | ".join(r["choices"]) for r in recs], "answer": [r["answer"] for r in recs]})
     for stage, recipe in tqdm(recipes.items(), desc="stages", disable=not progress):
         resident.apply(em.model, recipe)
-        gen = generate_answers(em.model, em.processor, [r["prompt"] for r in recs], [[r["image"]] for r in recs],
+        gen = generate_answers(em.model, processor, [r["prompt"] for r in recs], [[r["image"]] for r in recs],
                                max_new_tokens=max_new_tokens, batch_size=batch_size)
         table[f"{stage}_generated"] = gen
         table[f"{stage}_category"] = [classify(g, list(r["choices"]), r["answer"]) for g, r in zip(gen, recs)]

@@ -246,7 +246,7 @@ def run_visual(em: EvalModel, specs, *, include: tuple[str, ...] = (), include_d
     from lmms_eval import evaluator
     from lmms_eval.tasks import TaskManager
 
-    lmm = lfm_llava_class()(em.model, em.processor, batch_size=batch_size)
+    lmm = lfm_llava_class()(em.model, em.require_processor(), batch_size=batch_size)
     manager = TaskManager("WARNING", include_path=list(include) or None, include_defaults=include_defaults)
     with quiet_harnesses():
         res = evaluator.simple_evaluate(model=lmm, tasks=[s.task for s in specs], task_manager=manager,
@@ -287,7 +287,10 @@ def evaluate(model: str | Path | EvalModel, suite: str | Path | Suite = "organis
     if check:
         check_datasets(suite)
     with HARNESS_LOCK:
-        em = model if isinstance(model, EvalModel) else load_eval_model(model, device=device)
+        em = model if isinstance(model, EvalModel) else \
+            load_eval_model(model, device=device, processor_required=bool(suite.visual))
+        if suite.visual and em.multimodal:
+            em.require_processor()  # refused before the language tasks run, not after
         try:
             lang = run_language(em, suite.language, include=suite.lm_eval_include,
                                 include_defaults=suite.include_defaults, limit=limit, batch_size=batch_size,

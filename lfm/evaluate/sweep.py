@@ -122,7 +122,7 @@ class PointRunner:
         self.base, self.tuned = str(base), str(tuned)
         self.suite, self.limit, self.device, self.batch_size = get_suite(suite), limit, device, batch_size
         self.log_items = log_items
-        self.em = load_eval_model(tuned, device=device)
+        self.em = load_eval_model(tuned, device=device, processor_required=bool(self.suite.visual))
         # a pair opened here stays on the CPU (memory-mapped); merged tensors are staged there and copied to the
         # model on ``device`` (the memory check counts the staging tensor)
         self.resident = resident if resident is not None else ResidentPair(base, tuned, progress=progress,
