@@ -176,7 +176,7 @@ def test_study_on_the_smoke_pair(smoke_pair, tmp_path):
     from lfm.methods import Recipe
     from lfm.realpair.study import run_study
 
-    root, _ = smoke_pair
+    root, built = smoke_pair
     recipes = [("average", Recipe.from_name("ta", alpha=0.5)),
                ("paper", Recipe.from_name("neu-s-ties", density=0.2, neurons=0.3))]
     res = run_study(root, recipes=recipes, limit=2, stage_limit=2, results_dir=tmp_path, progress=False, name="smoke")
@@ -206,6 +206,16 @@ def test_study_on_the_smoke_pair(smoke_pair, tmp_path):
     assert sum(line.startswith("| TaskA a=0.5 | tuned MLLM | ") and "[" in line for line in table) == 1
     best = next(line for line in md.splitlines() if line.startswith("- best merge by OA"))
     assert best.count("OA ") >= 2 and best.count("[") == 2 and "McNemar" in best
+    # the paper's question, paired: the best Neuron-Fusion row of the paper group against plain averaging
+    nf = res["findings"]["best_neuron_fusion_vs_average_OA"]
+    assert nf["neuron_fusion"] == "Neu-S-TIES K=0.2 M=0.3" and nf["paired"]["OA"] == res["paired"][0]["OA"]
+    assert nf["paired"]["OA"] == bootstrap_oa(by["Neu-S-TIES K=0.2 M=0.3"]["items"], a["items"], lang, vis, seed=0)
+    # the run keeps its own copy beside its tuned model: the explorer shows it for the pair it opens
+    from lfm.explorer.story import pair_findings
+
+    path, lines = pair_findings(built["tuned"])
+    assert Path(path) == Path(built["tuned"]).parent / "results.json" and any("vs plain averaging" in x and "[" in x
+                                                                     for x in lines)
     again = run_study(root, recipes=recipes, limit=2, results_dir=None, report_only=True, name="smoke")  # logs alone
     assert again["rows"] == res["rows"] and again["stages"] == res["stages"]
     # the seed table: seed 7 was never built, so it is reported missing; seed 0's rows carry its values

@@ -164,22 +164,57 @@ def findings(report: dict) -> list[str]:
 
 
 def study_findings(report: dict) -> list[str]:
-    """What a real-pair study's 'findings' (lfm realpair study) say: its best merge, and VA by locate mode."""
+    """What a real-pair study's 'findings' (lfm realpair study) say, each "beats" with its paired interval (OA
+    difference in points, 95 % paired bootstrap; McNemar's p): the best merge against the tuned MLLM, the best
+    Neuron-Fusion row against plain averaging, and VA by locate mode.
+
+    >>> f = {"best_neuron_fusion_vs_average_OA": {"neuron_fusion": "Neu-S-TIES", "OA": 0.646, "average_OA": 0.659,
+    ...      "paired": {"OA": {"diff": -0.013, "low": -0.026, "high": 0.001}, "mcnemar": {"p": 0.15}}}}
+    >>> study_findings({"findings": f})[0]
+    'Neu-S-TIES vs plain averaging (TaskA a=0.5): OA 64.6 vs 65.9, -1.3 [-2.6, +0.1] (McNemar p 0.15): not separable on these items.'
+    """
     f = report["findings"]
     lines = []
     best = f.get("best_merge")
     if isinstance(best, dict) and "label" in best:
         beats = f.get("best_merge_beats_tuned_and_hard")
-        lines.append(f"best merge by OA: {best['label']} (OA {best['OA']:.2f})"
+        lines.append(f"best merge by OA: {best['label']} (OA {100 * best['OA']:.1f})"
                      + ("" if beats is None else f", {'above' if beats else 'not above'} both tuned and hard-merge")
-                     + ".")
+                     + _versus(best.get("vs_tuned"), "over the tuned MLLM") + ".")
+    nf = f.get("best_neuron_fusion_vs_average_OA")
+    if isinstance(nf, dict) and "neuron_fusion" in nf:
+        cmp = nf.get("paired")
+        lines.append(f"{nf['neuron_fusion']} vs plain averaging (TaskA a=0.5): OA {100 * nf['OA']:.1f} vs "
+                     f"{100 * nf['average_OA']:.1f}" + (_versus(cmp, "").rstrip() if cmp else "")
+                     + f": {_verdict(cmp)}.")
     by_locate = f.get("locate_VA")
-    if isinstance(by_locate, dict) and "top" in by_locate:
+    if isinstance(by_locate, dict) and "top" in by_locate and len(by_locate) > 1:
         verdicts = [f"{mode} locating does as well as top" if by_locate[mode] >= by_locate["top"] else
                     f"top beats {mode}" for mode in LOCATE_MODES if mode != "top" and mode in by_locate]
-        lines.append("VA by locate mode: " + ", ".join(f"{m} {by_locate[m]:.2f}" for m in LOCATE_MODES
+        lines.append("VA by locate mode: " + ", ".join(f"{m} {100 * by_locate[m]:.1f}" for m in LOCATE_MODES
                                                       if m in by_locate) + ": " + "; ".join(verdicts) + ".")
     return lines
+
+
+def _versus(cmp: dict | None, what: str) -> str:
+    """', +4.2 [+2.6, +5.8] over the tuned MLLM (McNemar p 3e-06)' from a paired comparison ('' without one)."""
+    if not (isinstance(cmp, dict) and isinstance(cmp.get("OA"), dict)):
+        return ""
+    from lfm.evaluate.paired import format_interval
+
+    p = (cmp.get("mcnemar") or {}).get("p")
+    return f", {format_interval(cmp['OA'])} {what}".rstrip() + (f" (McNemar p {p:.2g})" if p is not None else "")
+
+
+def _verdict(cmp: dict | None) -> str:
+    """The paper's claim (restoring located neurons beats plain averaging), judged by the interval."""
+    if not (isinstance(cmp, dict) and isinstance(cmp.get("OA"), dict)):
+        return "no per-item outcomes, no verdict"
+    if cmp["OA"]["low"] > 0:
+        return "the paper's claim holds here"
+    if cmp["OA"]["high"] < 0:
+        return "the paper's claim does not hold here"
+    return "not separable on these items"
 
 
 # a report's top-level key -> its reader: the organism report ('table') or a real-pair study ('findings')

@@ -218,6 +218,7 @@ def assemble(suite_df, prose_df, stage_summary: dict, groups: dict, build: dict,
     rows = []
     for r in suite_df.to_dict("records"):
         row = {"point": r["point"], "kind": r["kind"], "label": r["label"],
+               "method": _clean(r.get("method")) if r["kind"] == "point" else None,
                "group": groups.get(r["point"], "") if r["kind"] == "point" else "reference",
                "locate": _clean(r.get("locate")) if _restores_neurons(r.get("method")) else None}
         row.update({k: _clean(r.get(k)) for k in ("LA", "VA", "OA")})
