@@ -179,6 +179,9 @@ def test_study_on_the_smoke_pair(smoke_pair, tmp_path):
     root, built = smoke_pair
     recipes = [("average", Recipe.from_name("ta", alpha=0.5)),
                ("paper", Recipe.from_name("neu-s-ties", density=0.2, neurons=0.3))]
+    from lfm.realpair.checks import run_checks
+
+    checked = run_checks(built, "inform", limit=2)  # the build's regime checks: the report carries them
     res = run_study(root, recipes=recipes, limit=2, stage_limit=2, results_dir=tmp_path, progress=False, name="smoke")
     labels = [r["label"] for r in res["rows"]]
     assert labels[:3] == ["base LLM", "tuned MLLM", "hard-merge"] and "TaskA a=0.5" in labels
@@ -189,6 +192,7 @@ def test_study_on_the_smoke_pair(smoke_pair, tmp_path):
     assert by["hard-merge"]["VA"] == pytest.approx(res["stages"]["stages"]["hard"]["accuracy"])
     assert [t["from"] for t in res["stages"]["transitions"]] == ["hard", "suppress"]
     md = (tmp_path / "results.md").read_text()
+    assert all(f"- {line}\n" in md for line in checked["lines"][:-1]) and "Regime checks of this build" in md
     assert "| reference | tuned MLLM |" in md and json.loads((tmp_path / "results.json").read_text())["rows"]
     # every merge paired against the plain average and the tuned model, on the same items, with an interval
     from lfm.evaluate.paired import bootstrap_oa, mcnemar

@@ -202,8 +202,10 @@ def _mean_sd(values: list) -> dict:
 def build_stats(p: dict) -> dict:
     """The run's config and stage statistics (its build.json) and the base's."""
     record = json.loads((p["run"] / "build.json").read_text())
+    checks = p["run"] / "checks.json"  # the regime checks `lfm realpair build` ran (absent: built with --no-checks)
     return {"config": record["config"], "base": json.loads((p["base"] / STAMP).read_text())["stats"],
-            **{stage: record["stages"][stage] for stage in ("vision", "aligned", "tuned")}}
+            **{stage: record["stages"][stage] for stage in ("vision", "aligned", "tuned")},
+            "checks": json.loads(checks.read_text()) if checks.exists() else None}
 
 
 # --------------------------------------------------------------------------------------- the tables
@@ -393,6 +395,12 @@ def format_markdown(res: dict) -> str:
     if "locate_VA" in f:
         lines.append("- Neu-S-TIES K=0.2 M=0.3 VA by locate mode: "
                      + ", ".join(f"{k} {_pct(v)}" for k, v in f["locate_VA"].items()))
+    checks = b.get("checks")
+    if checks:
+        failed = [c["check"] for c in checks["checks"] if c["status"] == "FAIL"]
+        lines += ["", f"Regime checks of this build (`lfm realpair build`, {checks['mode']}; lfm/realpair/checks.py): "
+                  + (f"{len(failed)} failed ({', '.join(failed)})" if failed else "all passed") + ":", ""]
+        lines += [f"- {c['line']}" for c in checks["checks"]]
     lines += ["", "Build (seconds on this machine's shared 2 CPU cores): "
               + ", ".join(f"{s} {b[s].get('seconds')}" for s in ("base", "vision", "aligned", "tuned"))
               + f"; tuning loss {b['tuned'].get('first_loss', 0):.3f} -> {b['tuned'].get('final_loss', 0):.3f}."]
