@@ -131,12 +131,13 @@ class PointRunner:
         self.resident.prepare([p for p in points or [] if isinstance(p, Recipe)], progress=progress)
         self._lock = threading.Lock()  # one apply + evaluate at a time on the one model
 
-    def evaluate(self, point: Recipe | str, *, limit: int | None, log_samples: bool = False) -> dict:
+    def evaluate(self, point: Recipe | str, *, limit: int | None, log_samples: bool = False, skip: int = 0) -> dict:
         """``lfm.evaluate.harness.evaluate`` of one point: a Recipe merged into the loaded model, 'tuned' (the
-        MLLM as trained), 'hard' (hard-merge) or 'base' (the base LLM, loaded for this call)."""
+        MLLM as trained), 'hard' (hard-merge) or 'base' (the base LLM, loaded for this call). ``skip``: the rest
+        after an evaluation on `skip` items per task (``harness.combine`` joins them)."""
         from lfm.evaluate.harness import evaluate
 
-        kw = dict(limit=limit, batch_size=self.batch_size, log_samples=log_samples, check=False)
+        kw = dict(limit=limit, skip=skip, batch_size=self.batch_size, log_samples=log_samples, check=False)
         if point == "base":
             return evaluate(self.base, self.suite, device=self.device, **kw)
         with self._lock:
