@@ -95,7 +95,7 @@ def run_language(em: EvalModel, specs: tuple[TaskSpec, ...] | list[TaskSpec], *,
         return {}
     import lm_eval
     import lm_eval.evaluator
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import TaskManager
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     with quiet_harnesses():
@@ -108,7 +108,7 @@ def run_language(em: EvalModel, specs: tuple[TaskSpec, ...] | list[TaskSpec], *,
         tasks, samples, group_limit = [s.task for s in group], None, limit
         if skip:  # the items of each task by index (lm-eval takes either `limit` or `samples`)
             with quiet_harnesses():
-                loaded = get_task_dict(tasks, manager)
+                loaded = manager.load(tasks)["tasks"]
             samples = {s.task: list(range(first_item(s, skip), len(loaded[s.task].eval_docs) if limit is None
                                           else min(limit, len(loaded[s.task].eval_docs)))) for s in group}
             group = [s for s in group if samples[s.task]]  # lm-eval reads an empty list as every item
