@@ -93,3 +93,28 @@ def test_combine_needs_the_samples():
     empty = {"raw": {}, "samples": {}}
     with pytest.raises(ValueError, match="log_samples=True"):
         combine(suite, {"raw": {}}, empty)
+
+
+def test_the_same_point_again_keeps_the_weights_in_place_and_its_answers():
+    """The rest after the first items is the same point: the model already holds its weights (not written twice);
+    a point in between is written, and the first one written back, answers unchanged."""
+    import torch
+
+    from lfm.organism import base_dir, tuned_dir
+
+    runner = PointRunner(base_dir(), tuned_dir(), "organism")
+    recipe = Recipe(density=0.3)
+    a = runner.evaluate(recipe, limit=2, log_samples=True)
+    held = {k: v.clone() for k, v in runner.em.model.state_dict().items()}
+    again = runner.evaluate(recipe, limit=2, log_samples=True)
+    assert all(torch.equal(held[k], v) for k, v in runner.em.model.state_dict().items())
+    tuned = runner.evaluate("tuned", limit=2, log_samples=True)
+    assert any(not torch.equal(held[k], v) for k, v in runner.em.model.state_dict().items())
+    back = runner.evaluate(recipe, limit=2, log_samples=True)
+    assert all(torch.equal(held[k], v) for k, v in runner.em.model.state_dict().items())
+    fresh = PointRunner(base_dir(), tuned_dir(), "organism")
+    fresh.evaluate(recipe, limit=1)
+    assert all(torch.equal(held[k], v) for k, v in fresh.em.model.state_dict().items())
+    for key in COMPARED:
+        assert a[key] == again[key] == back[key], key
+    assert tuned["tasks"] != a["tasks"] or tuned["answers"] != a["answers"]
