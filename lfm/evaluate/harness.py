@@ -308,11 +308,18 @@ def run_visual(em: EvalModel, specs, *, include: tuple[str, ...] = (), include_d
 
     lmm = lfm_llava_class()(em.model, em.processor, batch_size=batch_size)
     manager = TaskManager("WARNING", include_path=list(include) or None, include_defaults=include_defaults)
+    tasks = {s.task: s.task for s in specs}
+    if skip:  # loaded here to count their items: lmms-eval refuses a task none of whose items are left
+        from lmms_eval.tasks import get_task_dict
+
+        with quiet_harnesses():
+            tasks = get_task_dict(list(tasks), manager, "simple" if lmm.is_simple else "chat")
+        specs = [s for s in specs if first_item(s, skip) < len(tasks[s.task].eval_docs)]
     out = {}
     for start in sorted({first_item(s, skip) for s in specs}):
         group = [s for s in specs if first_item(s, skip) == start]
         with quiet_harnesses():
-            res = evaluator.simple_evaluate(model=lmm, tasks=[s.task for s in group], task_manager=manager,
+            res = evaluator.simple_evaluate(model=lmm, tasks=[tasks[s.task] for s in group], task_manager=manager,
                                             limit=None if limit is None else limit - start, offset=start,
                                             bootstrap_iters=0, log_samples=log_samples, verbosity="WARNING",
                                             random_seed=0, numpy_random_seed=0, torch_random_seed=0,
