@@ -59,15 +59,42 @@ def accuracy(spec: TaskSpec, task_results: dict) -> float:
     return float(sum(float(task_results[k]) for k in keys)) / spec.scale
 
 
+# The metrics the harnesses aggregate as the mean of one value per item: a task scored by one of them, zero-shot
+# and unscaled, has the same accuracy whether its items run in one call or in two (``combine``). Few-shot tasks
+# are not among them (the examples each item is shown are drawn from one seeded stream in item order, so a slice
+# of items sees other examples), nor sums (MME) or corpus-level metrics (perplexity, F1): those are re-run whole.
+MEAN_METRICS = ("acc", "acc_norm", "exact_match")
+
+
+def combinable(spec: TaskSpec) -> bool:
+    """Whether `spec`'s accuracy over all items can be put together from its items evaluated in two calls."""
+    return (spec.num_fewshot == 0 and spec.scale == 1.0 and not spec.extra_metrics
+            and spec.metric.split(",")[0] in MEAN_METRICS)
+
+
+def first_item(spec: TaskSpec, skip: int) -> int:
+    """The index of `spec`'s first item in an evaluation with ``skip``: `skip` for a combinable task, else 0."""
+    return skip if combinable(spec) else 0
+
+
+def _rest_specs(specs, skip: int, limit: int | None) -> list[TaskSpec]:
+    """The specs that have items left to run (a combinable task whose `limit` items all lie in the first `skip`
+    has none)."""
+    return [s for s in specs if limit is None or first_item(s, skip) < limit]
+
+
 # --------------------------------------------------------------------------------------- language (lm-eval)
 
 def run_language(em: EvalModel, specs: tuple[TaskSpec, ...] | list[TaskSpec], *, include: tuple[str, ...] = (),
-                 include_defaults: bool = True, limit: int | None = None, batch_size: int = 32,
+                 include_defaults: bool = True, limit: int | None = None, skip: int = 0, batch_size: int = 32,
                  log_samples: bool = False) -> dict:
-    """lm-eval on the model's language model. Returns {task: {"acc": float, "results": {...}, "samples": [...]}}."""
+    """lm-eval on the model's language model. Returns {task: {"acc": float, "results": {...}, "samples": [...]}}.
+    ``skip``: leave out the first `skip` items of the combinable tasks (``first_item``; lm-eval's ``samples``)."""
+    specs = _rest_specs(specs, skip, limit)
     if not specs:
         return {}
     import lm_eval
+    import lm_eval.evaluator
     from lm_eval.tasks import TaskManager
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
@@ -78,16 +105,42 @@ def run_language(em: EvalModel, specs: tuple[TaskSpec, ...] | list[TaskSpec], *,
     out = {}
     for shots in sorted({s.num_fewshot for s in specs}):
         group = [s for s in specs if s.num_fewshot == shots]
-        with quiet_harnesses():
-            res = lm_eval.simple_evaluate(model=lm, tasks=[s.task for s in group], num_fewshot=shots,
-                                          task_manager=manager, limit=limit, bootstrap_iters=0,
-                                          log_samples=log_samples, random_seed=0, numpy_random_seed=0,
-                                          torch_random_seed=0, fewshot_random_seed=0)
+        tasks, samples, group_limit = [s.task for s in group], None, limit
+        if skip:  # the items of each task by index (lm-eval takes either `limit` or `samples`)
+            with quiet_harnesses():
+                loaded = manager.load(tasks)["tasks"]
+            samples = {s.task: list(range(first_item(s, skip), len(loaded[s.task].eval_docs) if limit is None
+                                          else min(limit, len(loaded[s.task].eval_docs)))) for s in group}
+            group = [s for s in group if samples[s.task]]  # lm-eval reads an empty list as every item
+            if not group:
+                continue
+            tasks, group_limit = [loaded[s.task] for s in group], None
+        with quiet_harnesses(), _without_env_info(lm_eval.evaluator):
+            res = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=shots,
+                                          task_manager=manager, limit=group_limit, samples=samples,
+                                          bootstrap_iters=0, log_samples=log_samples, random_seed=0,
+                                          numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
         for s in group:
             out[s.task] = {"acc": accuracy(s, res["results"][s.task]), "results": _plain(res["results"][s.task])}
             if log_samples:
                 out[s.task]["samples"] = [_sample(x, s, x.get("filtered_resps")) for x in res["samples"][s.task]]
     return out
+
+
+class _without_env_info:
+    """lm-eval's ``simple_evaluate`` ends by describing the machine (torch's collect_env: pip, nvidia-smi and
+    compiler subprocesses, ~0.3 s a call) into a results field lfm drops: skipped for the call (under
+    HARNESS_LOCK, so no other evaluation sees the swap)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __enter__(self):
+        self.saved = self.module.add_env_info
+        self.module.add_env_info = lambda storage: None
+
+    def __exit__(self, *exc):
+        self.module.add_env_info = self.saved
 
 
 SHARED_CONTEXT = True  # False: stock HFLM (the reference the shared-context scores are tested against)
@@ -228,6 +281,10 @@ def lfm_llava_class():
         def generate_until_multi_round(self, requests):
             raise NotImplementedError("LfmLlava does not run multi-round tasks")
 
+        def clean(self):
+            """Nothing to free: the model is the caller's (a sweep's one loaded model). lmms-eval's own ``clean``
+            detaches it and runs ``gc.collect`` (~0.5 s a call)."""
+
     _LfmLlava = LfmLlava
     return LfmLlava
 
@@ -236,8 +293,11 @@ _LfmLlava = None
 
 
 def run_visual(em: EvalModel, specs, *, include: tuple[str, ...] = (), include_defaults: bool = True,
-               limit: int | None = None, batch_size: int = 16, log_samples: bool = False) -> dict:
-    """lmms-eval on the MLLM. Returns {task: {"acc": float, "results": {...}, "samples": [...]}}."""
+               limit: int | None = None, skip: int = 0, batch_size: int = 16, log_samples: bool = False) -> dict:
+    """lmms-eval on the MLLM. Returns {task: {"acc": float, "results": {...}, "samples": [...]}}.
+    ``skip``: leave out the first `skip` items of the combinable tasks (``first_item``; lmms-eval's ``offset``,
+    one per call: the tasks run in one call per start)."""
+    specs = _rest_specs(specs, skip, limit)
     if not specs:
         return {}
     if not em.multimodal:
@@ -248,26 +308,37 @@ def run_visual(em: EvalModel, specs, *, include: tuple[str, ...] = (), include_d
 
     lmm = lfm_llava_class()(em.model, em.require_processor(), batch_size=batch_size)
     manager = TaskManager("WARNING", include_path=list(include) or None, include_defaults=include_defaults)
-    with quiet_harnesses():
-        res = evaluator.simple_evaluate(model=lmm, tasks=[s.task for s in specs], task_manager=manager,
-                                        limit=limit, bootstrap_iters=0, log_samples=log_samples,
-                                        verbosity="WARNING", random_seed=0, numpy_random_seed=0,
-                                        torch_random_seed=0, fewshot_random_seed=0, process_docs_parallel=1)
-    if res is None:
-        raise RuntimeError("lmms-eval returned no results")
+    tasks = {s.task: s.task for s in specs}
+    if skip:  # loaded here to count their items: lmms-eval refuses a task none of whose items are left
+        from lmms_eval.tasks import get_task_dict
+
+        with quiet_harnesses():
+            tasks = get_task_dict(list(tasks), manager, "simple" if lmm.is_simple else "chat")
+        specs = [s for s in specs if first_item(s, skip) < len(tasks[s.task].eval_docs)]
     out = {}
-    for s in specs:
-        out[s.task] = {"acc": accuracy(s, res["results"][s.task]), "results": _plain(res["results"][s.task])}
-        if log_samples:
-            data_dir = _data_dir(res.get("configs", {}).get(s.task, {}))
-            out[s.task]["samples"] = [_sample(x, s, _first(x.get("resps")), data_dir) for x in res["samples"][s.task]]
+    for start in sorted({first_item(s, skip) for s in specs}):
+        group = [s for s in specs if first_item(s, skip) == start]
+        with quiet_harnesses():
+            res = evaluator.simple_evaluate(model=lmm, tasks=[tasks[s.task] for s in group], task_manager=manager,
+                                            limit=None if limit is None else limit - start, offset=start,
+                                            bootstrap_iters=0, log_samples=log_samples, verbosity="WARNING",
+                                            random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+                                            fewshot_random_seed=0, process_docs_parallel=1)
+        if res is None:
+            raise RuntimeError("lmms-eval returned no results")
+        for s in group:
+            out[s.task] = {"acc": accuracy(s, res["results"][s.task]), "results": _plain(res["results"][s.task])}
+            if log_samples:
+                data_dir = _data_dir(res.get("configs", {}).get(s.task, {}))
+                out[s.task]["samples"] = [_sample(x, s, _first(x.get("resps")), data_dir)
+                                          for x in res["samples"][s.task]]
     return out
 
 
 # --------------------------------------------------------------------------------------- one model, one suite
 
 def evaluate(model: str | Path | EvalModel, suite: str | Path | Suite = "organism", *, limit: int | None = None,
-             device: str | None = "cpu", batch_size: int = 32, log_samples: bool = False,
+             skip: int = 0, device: str | None = "cpu", batch_size: int = 32, log_samples: bool = False,
              check: bool = True) -> dict:
     """LA / VA / OA of a model on a suite through the real harnesses.
 
@@ -276,6 +347,9 @@ def evaluate(model: str | Path | EvalModel, suite: str | Path | Suite = "organis
             they replace between points).
         suite: 'paper', 'organism', a suite YAML path, or a Suite.
         limit: items per task (for quick checks; None = all).
+        skip: leave out each combinable task's first `skip` items (``combinable``; other tasks run from their
+            first item), the rest of an evaluation on `skip` items per task: ``combine`` joins the two. A task
+            with no items left is absent from the result (and from its LA / VA).
     Returns:
         {"LA", "VA", "OA", "tasks": {label: acc}, "language": [...], "visual": [...], "suite", "limit",
          "harness": versions, "raw": {task: harness results}, "samples", "answers", "language_answers"}
@@ -293,11 +367,11 @@ def evaluate(model: str | Path | EvalModel, suite: str | Path | Suite = "organis
             em.require_processor()  # refused before the language tasks run, not after
         try:
             lang = run_language(em, suite.language, include=suite.lm_eval_include,
-                                include_defaults=suite.include_defaults, limit=limit, batch_size=batch_size,
-                                log_samples=log_samples)
+                                include_defaults=suite.include_defaults, limit=limit, skip=skip,
+                                batch_size=batch_size, log_samples=log_samples)
             vis = run_visual(em, suite.visual, include=suite.lmms_eval_include,
-                             include_defaults=suite.include_defaults, limit=limit, batch_size=min(batch_size, 16),
-                             log_samples=log_samples) if em.multimodal else {}
+                             include_defaults=suite.include_defaults, limit=limit, skip=skip,
+                             batch_size=min(batch_size, 16), log_samples=log_samples) if em.multimodal else {}
         except (SyntaxError, ImportError) as e:  # a (trusted) suite's Python hooks that do not load: one line
             where = f"{e.filename}:{e.lineno}: " if isinstance(e, SyntaxError) else ""
             raise ValueError(f"{where}{type(e).__name__}: {getattr(e, 'msg', None) or e} while the harness loaded "
@@ -317,6 +391,32 @@ def summarize(suite: Suite, lang: dict, vis: dict, *, limit: int | None = None) 
             "raw": {**{t: v["results"] for t, v in lang.items()}, **{t: v["results"] for t, v in vis.items()}},
             "samples": {t: v["samples"] for t, v in {**lang, **vis}.items() if "samples" in v},
             **item_answers(suite, lang, vis)}
+
+
+def combine(suite: Suite, first: dict, rest: dict, *, limit: int | None = None) -> dict:
+    """The result on all items (``limit`` per task) from ``first``, an evaluation on the first k items per task,
+    and ``rest``, the evaluation with ``skip=k`` (both with ``log_samples``): a combinable task's samples joined
+    in item order and its accuracy their mean metric (as the harness averages it); any other task as ``rest``
+    ran it whole. LA / VA / OA and the answers as ``summarize`` makes them. Its ``raw`` holds, for a joined
+    task, the metric alone.
+    """
+    if "samples" not in first or "samples" not in rest:
+        raise ValueError("combine needs both evaluations' samples: evaluate them with log_samples=True")
+    parts: dict[str, dict] = {}
+    for s in suite.language + suite.visual:
+        if not combinable(s):
+            if s.task in rest["raw"]:
+                parts[s.task] = {"acc": accuracy(s, rest["raw"][s.task]), "results": rest["raw"][s.task],
+                                 "samples": rest["samples"].get(s.task, [])}
+            continue
+        samples = sorted(first["samples"].get(s.task, []) + rest["samples"].get(s.task, []),
+                         key=lambda x: x["doc_id"])
+        if samples:
+            acc = sum(x["score"] for x in samples) / len(samples)
+            parts[s.task] = {"acc": acc, "results": {s.metric: acc}, "samples": samples}
+    lang = {s.task: parts[s.task] for s in suite.language if s.task in parts}
+    vis = {s.task: parts[s.task] for s in suite.visual if s.task in parts}
+    return summarize(suite, lang, vis, limit=limit)
 
 
 def item_answers(suite: Suite, lang: dict, vis: dict) -> dict:

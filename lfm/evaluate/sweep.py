@@ -130,20 +130,25 @@ class PointRunner:
         # every top-K set the points need, all Ks of a tensor from one histogram of its |delta| key
         self.resident.prepare([p for p in points or [] if isinstance(p, Recipe)], progress=progress)
         self._lock = threading.Lock()  # one apply + evaluate at a time on the one model
+        self._holds: Recipe | str | None = None  # the point whose weights the model holds (only this class writes them)
 
-    def evaluate(self, point: Recipe | str, *, limit: int | None, log_samples: bool = False) -> dict:
+    def evaluate(self, point: Recipe | str, *, limit: int | None, log_samples: bool = False, skip: int = 0) -> dict:
         """``lfm.evaluate.harness.evaluate`` of one point: a Recipe merged into the loaded model, 'tuned' (the
-        MLLM as trained), 'hard' (hard-merge) or 'base' (the base LLM, loaded for this call)."""
+        MLLM as trained), 'hard' (hard-merge) or 'base' (the base LLM, loaded for this call). ``skip``: the rest
+        after an evaluation on `skip` items per task (``harness.combine`` joins them)."""
         from lfm.evaluate.harness import evaluate
 
-        kw = dict(limit=limit, batch_size=self.batch_size, log_samples=log_samples, check=False)
+        kw = dict(limit=limit, skip=skip, batch_size=self.batch_size, log_samples=log_samples, check=False)
         if point == "base":
             return evaluate(self.base, self.suite, device=self.device, **kw)
         with self._lock:
-            if point == "tuned":
-                self.resident.restore_tuned(self.em.model)
-            else:
-                self.resident.apply(self.em.model, REFERENCE_RECIPES.get(point, point))
+            if point != self._holds:  # the same point again (the rest after its first items): already in place
+                self._holds = None  # until the weights are all written
+                if point == "tuned":
+                    self.resident.restore_tuned(self.em.model)
+                else:
+                    self.resident.apply(self.em.model, REFERENCE_RECIPES.get(point, point))
+                self._holds = point
             return evaluate(self.em, self.suite, **kw)
 
     def run(self, point: Recipe | str) -> dict:

@@ -60,6 +60,7 @@ class OrganismEvaluator:
     """``lfm.organism.evaluate`` of a recipe on the organism's held-out items (``MergeablePair``)."""
 
     kind = "organism"
+    evaluates_rest = False  # in process, no per-call cost to save: more items are evaluated whole
 
     def __init__(self, resident: ResidentPair, base: str, tuned: str):
         from lfm.organism import scienceqa_records
@@ -92,6 +93,7 @@ class SuiteEvaluator:
     """``PointRunner.evaluate`` of a recipe on a suite (``lfm.evaluate.harness.evaluate``, samples logged)."""
 
     kind = "suite"
+    evaluates_rest = True  # more items after fewer: only the rest is evaluated (``evaluate_rest``)
 
     def __init__(self, resident: ResidentPair, base: str, tuned: str, suite, device: str):
         from lfm.evaluate.suites import check_datasets, get_suite
@@ -110,6 +112,14 @@ class SuiteEvaluator:
 
     def evaluate_base(self, limit: int | None) -> dict:
         return self.runner.evaluate("base", limit=limit, log_samples=True)
+
+    def evaluate_rest(self, recipe: Recipe | None, first: dict, skip: int, limit: int | None) -> dict:
+        """`recipe` on `limit` items per task, given `first`, its evaluation on the first `skip`: only the rest
+        runs, and ``harness.combine`` joins the two (the same numbers and answers as one evaluation)."""
+        from lfm.evaluate.harness import combine
+
+        rest = self.runner.evaluate("tuned" if recipe is None else recipe, limit=limit, skip=skip, log_samples=True)
+        return combine(self.runner.suite, first, rest, limit=limit)
 
 
 def _is_organism(tuned: str) -> bool:
@@ -173,7 +183,8 @@ class LivePair:
 
     def evaluation(self, recipe: Recipe | None, per_task: int) -> dict | None:
         """``evaluate`` on ``per_task`` items per task, once per (recipe, per_task): the stages, the references
-        and the live sweep share the evaluations of the recipes they have in common."""
+        and the live sweep share the evaluations of the recipes they have in common. When `recipe` was evaluated
+        on fewer items per task (a move's first numbers), a suite evaluates only the rest and combines them."""
         if not self.can_evaluate:
             return None
         key = (recipe, per_task)
@@ -181,7 +192,12 @@ class LivePair:
             if key in self._evaluations:
                 self._evaluations.move_to_end(key)
                 return self._evaluations[key]
-        result = self.evaluate(recipe, self.eval_items(per_task))
+            fewer = [k for r, k in self._evaluations if r == recipe and 0 < k and (per_task <= 0 or k < per_task)]
+            first = (max(fewer), self._evaluations[(recipe, max(fewer))]) if fewer else None
+        if first is not None and self.evaluator.evaluates_rest:  # the page's first numbers: only the rest runs now
+            result = self.evaluator.evaluate_rest(recipe, first[1], first[0], self.eval_items(per_task))
+        else:
+            result = self.evaluate(recipe, self.eval_items(per_task))
         with self._evaluations_lock:
             self._evaluations[key] = result
             if len(self._evaluations) > self.EVALUATIONS_KEPT:
