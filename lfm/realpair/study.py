@@ -322,6 +322,32 @@ def _spread(cell: dict, pct: bool = False) -> str:
     return (f"{scale * cell['mean']:.{digits}f}{sd} [" + ", ".join(f"{scale * v:.{digits}f}" for v in cell["values"]) + "]")
 
 
+README_ROWS = ("tuned MLLM", "hard-merge", "TaskA a=0.5", f"TIES K={K:g}", f"Neu-S-TIES K={K:g} M={M:g}",
+               f"Neu-P-TIES K={K:g} M={M:g}", f"Breadcrumbs K={K:g}", f"DARE K={K:g}")
+
+
+def readme_table(res: dict) -> str:
+    """The README's short table of a study report: the paper's core rows (those present), LA / VA / OA and each
+    merge's OA against the tuned MLLM on the same items (95 % paired-bootstrap interval, McNemar's p).
+
+    >>> r = {"rows": [{"label": "tuned MLLM", "kind": "reference", "LA": 0.5, "VA": 0.7, "OA": 0.6}],
+    ...      "paired": [], "meta": {"limit": None}}
+    >>> readme_table(r).splitlines()[2]
+    '| tuned MLLM | 50.0 | 70.0 | 60.0 | (reference) |'
+    """
+    vs_tuned = {c["label"]: c for c in res.get("paired", []) if c["vs"] == "tuned MLLM"}
+    lines = ["| model / merge | LA | VA | OA | OA vs tuned [95% CI], McNemar p |", "|---|---:|---:|---:|---:|"]
+    for row in res["rows"]:
+        label = _display_label(row)
+        if label not in README_ROWS:
+            continue
+        c = vs_tuned.get(label)
+        versus = f"{format_interval(c['OA'])}, p {c['mcnemar']['p']:.2g}" if c else \
+            ("(reference)" if row["kind"] == "reference" else "no per-item outcomes")
+        lines.append(f"| {label} | {_pct(row['LA'])} | {_pct(row['VA'])} | {_pct(row['OA'])} | {versus} |")
+    return "\n".join(lines)
+
+
 def format_markdown(res: dict) -> str:
     rows = res["rows"]
     lang = ["capitals_mc", "capitals_qa", "wordnet_mc"]
