@@ -51,3 +51,14 @@ def test_regression_speed_table_is_the_recorded_run():
     merge_speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(merge_speed)
     assert merge_speed.readme_table() in (ROOT / "docs" / "benchmarks.md").read_text()
+
+
+def test_regression_readme_real_pair_table_is_the_study_report():
+    """Regression check: README's real-pair table is lfm/data/realpair/results.json as
+    `lfm.realpair.study.readme_table` renders it (the study writes the report; the README reads it)."""
+    import json
+
+    from lfm.realpair.study import readme_table
+
+    report = json.loads((ROOT / "lfm" / "data" / "realpair" / "results.json").read_text())
+    assert readme_table(report) in README
