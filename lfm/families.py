@@ -467,6 +467,18 @@ def nearest_family(keys, base_names, lm_type) -> tuple[Family, str]:
 # ------------------------------------------------------------------------------------------------ docs
 
 
+def families_summary() -> str:
+    """README's line on the table: the supported and the refused families, by name (the rest in docs/families.md).
+
+    >>> families_summary().startswith("Supported (")
+    True
+    """
+    supported = [f.name for f in FAMILIES if f.supported]
+    refused = [f.name for f in FAMILIES if not f.supported]
+    return (f"Supported ({len(supported)}): {', '.join(supported)}. "
+            f"Refused, each with its reason ({len(refused)}): {', '.join(refused)}.")
+
+
 def families_markdown() -> str:
     """docs/families.md, generated from the table (tests/test_families.py keeps the file equal to this)."""
     out = ["# MLLM families lfm merges into",

@@ -62,3 +62,10 @@ def test_regression_readme_real_pair_table_is_the_study_report():
 
     report = json.loads((ROOT / "lfm" / "data" / "realpair" / "results.json").read_text())
     assert readme_table(report) in README
+
+
+def test_regression_readme_families_line_is_the_table():
+    """Regression check: README's supported / refused line is `lfm.families.families_summary()` (the table's)."""
+    from lfm.families import families_summary
+
+    assert families_summary() in README.replace("\n", " ")
