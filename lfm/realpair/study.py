@@ -323,7 +323,7 @@ def _spread(cell: dict, pct: bool = False) -> str:
 
 
 README_ROWS = ("tuned MLLM", "hard-merge", "TaskA a=0.5", f"TIES K={K:g}", f"Neu-S-TIES K={K:g} M={M:g}",
-               f"Neu-P-TIES K={K:g} M={M:g}", f"Breadcrumbs K={K:g}", f"DARE K={K:g}")
+               f"Neu-P-TIES K={K:g} M={M:g}")
 
 
 def readme_table(res: dict) -> str:
