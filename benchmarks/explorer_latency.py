@@ -8,12 +8,12 @@ pair (`lfm realpair build`'s output) or any pair with its suite.
     options: [--moves 6] [--per-task 8] [--burst 8] [--out JSON]
 
 Serves `apps/explorer.py` (no background sweep), then moves the K slider one step at a time (ArrowRight: a K never
-evaluated before, so no cache hit) and times, from the key press:
-    neuron view   until the rank-curve title names the new K
+evaluated before, so no cache hit) and times, from the key press, in the order the page draws them:
     first LA / VA until the trade-off shows the new recipe's numbers from its first items per task (a live move's
                   numbers arrive from the first lfm.explorer.state.FIRST_ITEMS items per task, then from all)
-    LA / VA       until the trade-off shows its numbers on all `--per-task` items (its stages' answers follow as
-                  a job of their own)
+    LA / VA       until the trade-off shows its numbers on all `--per-task` items
+    neuron view   until the rank-curve title names the new K (the neuron views follow the numbers; its stages'
+                  answers follow as a job of their own)
 then presses ArrowRight `--burst` times in a row and times until the trade-off shows the last K's numbers on all
 items (the page evaluates where a burst stops: lfm.explorer.state.SETTLE_S).
 
@@ -167,14 +167,15 @@ def main(argv: list[str] | None = None) -> int:
             handle.focus()
             t0 = time.perf_counter()
             handle.press("ArrowRight")
-            curve.filter(has_text=re.compile(rf"K={k:g} M=")).first.wait_for()
-            neuron.append(time.perf_counter() - t0)
+            # in the order the page draws them: the numbers, then the neuron views (lfm.explorer.state._evaluate_job)
             numbers(trade, k, all_items=False).first.wait_for()
             first.append(time.perf_counter() - t0)
             numbers(trade, k, all_items=True).first.wait_for()
             evals.append(time.perf_counter() - t0)
-            print(f"K={k:g}: neuron view {neuron[-1]:.2f} s, first LA/VA {first[-1]:.2f} s, LA/VA on {full} "
-                  f"{evals[-1]:.2f} s", flush=True)
+            curve.filter(has_text=re.compile(rf"K={k:g} M=")).first.wait_for()
+            neuron.append(time.perf_counter() - t0)
+            print(f"K={k:g}: first LA/VA {first[-1]:.2f} s, LA/VA on {full} {evals[-1]:.2f} s, neuron view "
+                  f"{neuron[-1]:.2f} s", flush=True)
         answers_computing.first.wait_for(state="detached")  # the burst starts from a quiet page
         handle.focus()
         t0 = time.perf_counter()

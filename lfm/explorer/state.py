@@ -202,7 +202,10 @@ class ExplorerState(param.Parameterized):
             return
         if self.error.startswith("invalid setting"):
             self.error = ""
-        self.recipe = recipe
+        # only a new recipe: a slider's float noise rounded off (``_round_sliders``) sets the same one again, and
+        # param would run every watcher of `recipe` twice (the page redrawn and the evaluation restarted)
+        if recipe != self.recipe:
+            self.recipe = recipe
 
     @param.depends(*(name for name in RECIPE_PARAMS if SETTINGS[name].kind is float), watch=True)
     def _round_sliders(self):
@@ -344,11 +347,14 @@ class ExplorerState(param.Parameterized):
 
     def _evaluate_job(self, source, recipe, per_task, ticket):
         """The recipe's LA / VA first (the trade-off plot gets them as soon as they exist: a live pair's from its
-        first items, then from all of them, ``evaluation_sizes``), then its stages' answers as a job of their own
-        (a newer setting skips whatever is left)."""
+        first items, then from all of them, ``evaluation_sizes``), then the neuron views (``drawn_recipe``), then
+        its stages' answers as a job of their own (a newer setting skips whatever is left).
+
+        The neuron views wait for the numbers: drawing them costs the page's thread (and the browser) about a
+        second, and the pair's tensors are one lock (``ResidentPair.one_at_a_time``) that the evaluation's merge
+        needs too; drawn first, they held back the numbers a key press waits for (benchmarks/explorer_latency.py)."""
         if not self._settled(ticket):
             return  # a newer setting was requested meanwhile
-        self._set(drawn_recipe=recipe)
         try:
             if source.can_evaluate and not self._first_numbers(source, recipe, per_task, ticket):
                 return
@@ -356,7 +362,8 @@ class ExplorerState(param.Parameterized):
             current = compute.evaluation(source, recipe, per_task)
         except Exception as e:
             traceback.print_exc()
-            self._set(error=f"evaluation failed: {e}", eval_status="", pending="", answers_pending="")
+            self._set(error=f"evaluation failed: {e}", eval_status="", pending="", answers_pending="",
+                      drawn_recipe=recipe)
             return
         if not self.session.is_latest(ticket):
             return
@@ -366,6 +373,7 @@ class ExplorerState(param.Parameterized):
         self._set(references=refs, current=current, pending="", not_precomputed=missing,
                   history=self._visited(current),
                   eval_status=missing or ("" if current is not None else "no evaluation for this setting"))
+        self._set(drawn_recipe=recipe)  # after the numbers: the page draws them first (a hand-back of their own)
         self.session.run(self._answers_job, source, recipe, per_task, ticket)
 
     def _first_numbers(self, source, recipe, per_task, ticket) -> bool:
