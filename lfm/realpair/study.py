@@ -188,7 +188,8 @@ def seed_summary(root, seeds: list[int], groups: dict, name: str = DEFAULT_PRESE
 
 
 def _display_label(row: dict) -> str:
-    return row["label"] + (f" ({row['locate']})" if row.get("locate") and row["locate"] != "top" else "")
+    named = "locate=" in row["label"]  # today's labels name it; reports from before did not
+    return row["label"] + (f" ({row['locate']})" if row.get("locate") and row["locate"] != "top" and not named else "")
 
 
 def _mean_sd(values: list) -> dict:
@@ -296,7 +297,8 @@ def findings(rows: list[dict], stages: dict) -> dict:
         top = max(nf, key=lambda r: r["OA"])
         out["best_neuron_fusion_vs_average_OA"] = {"neuron_fusion": _display_label(top), "OA": top["OA"],
                                                    "average_OA": avg["OA"], "paired": paired(top, avg)}
-    loc = {r["locate"]: r for r in merges if r["label"] == f"Neu-S-TIES K={K:g} M={M:g}"}
+    # the recipe's label names a locate mode other than top ('... locate=random'): the same recipe otherwise
+    loc = {r["locate"]: r for r in merges if r["label"].split(" locate=")[0] == f"Neu-S-TIES K={K:g} M={M:g}"}
     if loc:
         out["locate_VA"] = {k: v["VA"] for k, v in loc.items()}
     return out
