@@ -86,7 +86,7 @@ def test_a_move_shows_its_first_items_then_all_equal_to_a_plain_point_runner(tmp
     assert final["tasks"] == truth["tasks"]
 
 
-def test_a_burst_evaluates_neither_size_of_the_moves_it_skips(tmp_path):
+def test_a_burst_evaluates_neither_size_of_the_moves_it_skips(tmp_path, monkeypatch):
     """Eight K moves in a row (worker threads, as served) at 4 items per task: the skipped Ks are evaluated at
     no size, the last one at its first items and then at all 4."""
     base, tuned = organism_pair(tmp_path)
@@ -105,6 +105,9 @@ def test_a_burst_evaluates_neither_size_of_the_moves_it_skips(tmp_path):
         raise AssertionError(f"{label} never settled: {s.error or s.eval_status}")
 
     settled(Recipe().label)
+    # a burst is moves closer together than the settle time: hold it at 2 s, so a loaded machine (each move's
+    # watchers taking > 0.15 s) cannot split these eight moves into several bursts
+    monkeypatch.setattr("lfm.explorer.state.SETTLE_S", 2.0)
     ks = [round(0.2 + 0.01 * i, 2) for i in range(1, 9)]
     for k in ks:
         s.density = k

@@ -158,7 +158,7 @@ def test_pins_with_one_suppressed_curve_share_one_overlay():
     assert any("pinned C" in a.text for a in fig.layout.annotations)
 
 
-def test_a_burst_of_k_moves_evaluates_only_where_it_stops(tmp_path):
+def test_a_burst_of_k_moves_evaluates_only_where_it_stops(tmp_path, monkeypatch):
     """Eight K moves in a row on a served-like state (worker threads): only the last K is evaluated; its LA / VA
     and then its stages' answers arrive."""
     import time
@@ -180,6 +180,9 @@ def test_a_burst_of_k_moves_evaluates_only_where_it_stops(tmp_path):
         raise AssertionError(f"{label} never settled: {s.error or s.eval_status}")
 
     settled(Recipe().label)
+    # a burst is moves closer together than the settle time: hold it at 2 s, so a loaded machine (each move's
+    # watchers taking > 0.15 s) cannot split these eight moves into several bursts
+    monkeypatch.setattr("lfm.explorer.state.SETTLE_S", 2.0)
     ks = [round(0.2 + 0.01 * i, 2) for i in range(1, 9)]
     for k in ks:
         s.density = k
