@@ -112,11 +112,18 @@ def test_every_answer_row_is_drawn_and_visible_in_the_first_viewport(browser, so
     try:
         page.locator(".lfm-generations p", has_text="restore: Neu-S-TIES K=0.2 M=0.3").first.wait_for()
         summary = page.locator(".lfm-generations p", has_text=re.compile(r"^\d+ items")).first
-        n = int(re.match(r"(\d+) items", summary.text_content()).group(1))
         cells = page.locator('.lfm-generations .tabulator-cell[tabulator-field="answers"]')
-        wait_for(lambda: cells.count() == n, what=f"{n} drawn rows")
+        seen = {}
+
+        def drawn() -> bool:  # read together: under load the live page may redraw the area between two reads
+            found = re.match(r"(\d+) items", summary.text_content() or "")
+            seen.update(n=int(found.group(1)) if found else None, rows=cells.count(),
+                        box=cells.first.bounding_box() if cells.count() else None)
+            return seen["n"] is not None and seen["rows"] == seen["n"] and seen["box"] is not None
+
+        wait_for(drawn, what="every counted item drawn as a row")
+        n, first_row = seen["n"], seen["box"]
         assert n > 0 and cells.first.is_visible()
-        first_row = cells.first.bounding_box()
         assert first_row["height"] > 0 and first_row["y"] + 20 < 800, first_row
         assert "restore:" in cells.first.text_content()
     except AssertionError:
