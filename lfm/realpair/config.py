@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 CHECK_MODES = ("enforce", "inform")
+TEXT_KINDS = ("definitions", "replay")  # the text-only tuning data (data.py text_items)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class BuildConfig:
     tune_lr: float = 2e-4
     projector_lr: float = 1e-3
     text_share: float = 0.25
+    text_kinds: str = "definitions,replay"  # which of TEXT_KINDS make the text share (comma list)
     text_items: int = 2000
     text_tokens: int = 64
     # items
@@ -67,6 +69,16 @@ class BuildConfig:
             raise ValueError(f"checks={self.checks!r}: use one of {CHECK_MODES}")
         if not 0.0 <= self.text_share < 1.0:
             raise ValueError(f"text_share={self.text_share}: use a fraction in [0, 1)")
+        if not self.kinds() or set(self.kinds()) - set(TEXT_KINDS):
+            raise ValueError(f"text_kinds={self.text_kinds!r}: use a comma list of {TEXT_KINDS}")
+
+    def kinds(self) -> tuple[str, ...]:
+        """The text kinds as a tuple.
+
+        >>> BuildConfig(text_kinds="definitions").kinds()
+        ('definitions',)
+        """
+        return tuple(k.strip() for k in self.text_kinds.split(",") if k.strip())
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .config import TEXT_KINDS
+
 ITEMS_SEED = 0
 COUNTRIES = Path("/usr/share/misc/countries.gz")
 WORDNET = Path("/usr/share/wordnet")
@@ -175,9 +177,6 @@ class TextItem:
     kind: str  # 'definitions' | 'replay'
     prompt: str | None
     answer: str
-
-
-TEXT_KINDS = ("definitions", "replay")
 
 
 def text_items(kind: str, n: int) -> list[TextItem]:

@@ -36,22 +36,26 @@ from .checks import run_checks
 from .config import BuildConfig, preset
 
 
-def point_name(lr: float, steps: int, text_share: float) -> str:
-    """The run folder name of one point.
+def point_name(lr: float, steps: int, text_share: float, text_kinds: str = "definitions,replay") -> str:
+    """The run folder name of one point (the text kinds named when not the preset's both).
 
     >>> point_name(2e-4, 160, 0.25)
     'sweep-lr0.0002-steps160-text0.25'
+    >>> point_name(2e-4, 160, 0.25, "definitions")
+    'sweep-lr0.0002-steps160-text0.25-definitions'
     """
-    return f"sweep-lr{lr:g}-steps{steps}-text{text_share:g}"
+    kinds = "" if text_kinds == "definitions,replay" else "-" + text_kinds.replace(",", "+")
+    return f"sweep-lr{lr:g}-steps{steps}-text{text_share:g}{kinds}"
 
 
 def sweep_points(base_preset: str, *, lrs: list[float], steps: list[int], text_shares: list[float],
-                 seed: int = 0) -> list[BuildConfig]:
-    """Every (lr, steps, text share) point as a BuildConfig of its own run, checks enforced."""
+                 text_kinds: list[str] | None = None, seed: int = 0) -> list[BuildConfig]:
+    """Every (lr, steps, text share, text kinds) point as a BuildConfig of its own run, checks enforced
+    (``text_kinds``: comma lists of kinds; None = the preset's)."""
     base = preset(base_preset, seed=seed)
-    return [replace(base, name=point_name(lr, n, share), tune_lr=lr, tune_steps=n, text_share=share,
-                    checks="enforce")
-            for lr in lrs for n in steps for share in text_shares]
+    return [replace(base, name=point_name(lr, n, share, kinds), tune_lr=lr, tune_steps=n, text_share=share,
+                    text_kinds=kinds, checks="enforce")
+            for lr in lrs for n in steps for share in text_shares for kinds in (text_kinds or [base.text_kinds])]
 
 
 def _finished(run: Path, limit: int | None) -> dict | None:
@@ -91,7 +95,7 @@ def run_recipe_sweep(out: str | Path | None, points: list[BuildConfig], *, check
 
 def _row(cfg: BuildConfig, run: Path, done: dict | None) -> dict:
     row = {"name": cfg.name, "lr": cfg.tune_lr, "steps": cfg.tune_steps, "text_share": cfg.text_share,
-           "done": done is not None}
+           "text_kinds": cfg.text_kinds, "done": done is not None}
     if done:
         n = done["numbers"]
         stages = json.loads((run / "build.json").read_text())["stages"]
@@ -111,10 +115,10 @@ def format_table(res: dict) -> str:
     """The sweep as markdown: one row per point (numbers in % / points; 'todo' for a point not yet run)."""
     lines = [f"Recipe sweep ({res['check_limit'] or 'all'} items per task per check; bars: tuned VA >= 80% per "
              "task, hard-merge VA <= 30%, LA drop 5-15 points, held-out perplexity +15..+60%)", "",
-             "| lr | steps | text share | digits | colour | shape | count | hard VA | LA drop | ppl rise | failed "
-             "| tune s |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "| lr | steps | text share | text kinds | digits | colour | shape | count | hard VA | LA drop | ppl rise "
+             "| failed | tune s |", "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in res["rows"]:
-        head = f"| {r['lr']:g} | {r['steps']} | {r['text_share']:g} |"
+        head = f"| {r['lr']:g} | {r['steps']} | {r['text_share']:g} | {r.get('text_kinds', 'definitions,replay')} |"
         if not r["done"]:
             lines.append(head + " todo |" + " |" * 8)
             continue

@@ -27,7 +27,7 @@ from transformers import (AutoTokenizer, LlamaForCausalLM, LlavaConfig, LlavaFor
                           LlavaProcessor)
 
 from .config import BuildConfig
-from .data import TEXT_KINDS, TextItem, VisualItem, text_items
+from .data import TextItem, VisualItem, text_items
 from .vision import image_processor, pixel_values, vision_config
 
 IMAGE_TOKEN = "<image>"
@@ -109,8 +109,9 @@ def encode_text(processor: LlavaProcessor, item: TextItem, max_tokens: int) -> t
 
 
 def tuning_text(cfg: BuildConfig) -> list[TextItem]:
-    """The text-only tuning items: ``cfg.text_items`` of each kind (none when ``cfg.text_share`` is 0)."""
-    return [it for kind in TEXT_KINDS for it in text_items(kind, cfg.text_items)] if cfg.text_share else []
+    """The text-only tuning items: ``cfg.text_items`` of each of ``cfg.text_kinds`` (none when ``cfg.text_share``
+    is 0)."""
+    return [it for kind in cfg.kinds() for it in text_items(kind, cfg.text_items)] if cfg.text_share else []
 
 
 def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int, T: int) -> dict[str, torch.Tensor]:
