@@ -117,12 +117,14 @@ class PointRunner:
                  batch_size: int = 32, progress: bool = False, points: list | None = None, resident=None,
                  log_items: bool = False):
         from lfm.resident import ResidentPair
+        from lfm.evaluate.cancel import watch
         from lfm.evaluate.models import load_eval_model
 
         self.base, self.tuned = str(base), str(tuned)
         self.suite, self.limit, self.device, self.batch_size = get_suite(suite), limit, device, batch_size
         self.log_items = log_items
         self.em = load_eval_model(tuned, device=device, processor_required=bool(self.suite.visual))
+        watch(self.em.model)  # a caller's cancel_when can stop an evaluation nobody waits for (the explorer's)
         # a pair opened here stays on the CPU (memory-mapped); merged tensors are staged there and copied to the
         # model on ``device`` (the memory check counts the staging tensor)
         self.resident = resident if resident is not None else ResidentPair(base, tuned, progress=progress,

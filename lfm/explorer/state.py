@@ -17,6 +17,7 @@ import pandas as pd
 import param
 
 from lfm.checkpoint import is_hub_id
+from lfm.evaluate.cancel import Superseded, cancel_when
 from lfm.methods.recipe import Recipe
 from lfm.methods.registry import METHODS, SEED_MAX, SETTINGS, settings_in_effect
 from lfm.neurons import LINEAR_MODULES
@@ -352,14 +353,20 @@ class ExplorerState(param.Parameterized):
 
         The neuron views wait for the numbers: drawing them costs the page's thread (and the browser) about a
         second, and the pair's tensors are one lock (``ResidentPair.one_at_a_time``) that the evaluation's merge
-        needs too; drawn first, they held back the numbers a key press waits for (benchmarks/explorer_latency.py)."""
+        needs too; drawn first, they held back the numbers a key press waits for (benchmarks/explorer_latency.py).
+
+        A newer setting stops this job's evaluation at the model's next forward pass (``lfm.evaluate.cancel``): a
+        burst of moves evaluates where it stops, and a move never waits for the last one's stages."""
         if not self._settled(ticket):
             return  # a newer setting was requested meanwhile
         try:
-            if source.can_evaluate and not self._first_numbers(source, recipe, per_task, ticket):
-                return
-            refs = compute.reference_points(source, per_task)
-            current = compute.evaluation(source, recipe, per_task)
+            with cancel_when(lambda: not self.session.is_latest(ticket)):
+                if source.can_evaluate and not self._first_numbers(source, recipe, per_task, ticket):
+                    return
+                refs = compute.reference_points(source, per_task)
+                current = compute.evaluation(source, recipe, per_task)
+        except Superseded:
+            return  # the newer setting's job shows its own numbers and status
         except Exception as e:
             traceback.print_exc()
             self._set(error=f"evaluation failed: {e}", eval_status="", pending="", answers_pending="",
@@ -396,7 +403,10 @@ class ExplorerState(param.Parameterized):
         if not self.session.is_latest(ticket):
             return
         try:
-            gens = compute.generations(source, recipe, per_task)
+            with cancel_when(lambda: not self.session.is_latest(ticket)):  # a newer move need not wait for these
+                gens = compute.generations(source, recipe, per_task)
+        except Superseded:
+            return
         except Exception as e:
             traceback.print_exc()
             self._set(error=f"evaluation failed: {e}", answers_pending="")

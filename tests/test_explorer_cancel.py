@@ -1,0 +1,121 @@
+"""A newer move stops the evaluation it replaced (lfm.evaluate.cancel): the stopped evaluation raises at the
+model's next forward pass, leaves nothing cached, and the harnesses give every item the same answer afterwards
+as an evaluation that was never stopped; in the explorer a move's evaluation and its stages' answers stop when
+the user moves on, so the newest setting is evaluated next instead of after them."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from app_support import organism_pair
+from lfm.evaluate.cancel import Superseded, cancel_when
+from lfm.evaluate.sweep import item_outcomes
+from lfm.methods import Recipe
+
+
+def _answers(res: dict) -> dict:
+    """Every logged item's generated answer and score, by task and doc id."""
+    return {(task, s["doc_id"]): (s["generated"], s["score"]) for task, samples in res["samples"].items()
+            for s in samples}
+
+
+def _stale_after(model, passes: int):
+    """A `stale()` that turns True after `passes` forward passes of `model` (counted by a hook of this test)."""
+    seen = []
+    model.get_input_embeddings().register_forward_pre_hook(lambda m, a: seen.append(1))
+    return lambda: len(seen) >= passes, seen
+
+
+def test_a_stopped_point_runner_evaluation_leaves_the_next_ones_unchanged(tmp_path):
+    """Stopped mid-way (lm-eval's language tasks and lmms-eval's visual ones), the runner's next evaluations of
+    that recipe and of another give every item the answer a runner that was never stopped gives."""
+    from lfm.evaluate.sweep import PointRunner
+
+    base, tuned = organism_pair(tmp_path)
+    stopped = PointRunner(base, tuned, "organism")
+    fresh = PointRunner(base, tuned, "organism")
+    first, second = Recipe(density=0.3), Recipe(density=0.2, neurons=0.3)
+    for passes in (1, 3):  # at the second forward pass (of 6 here), and a few passes in
+        stale, seen = _stale_after(stopped.em.model, passes)
+        with pytest.raises(Superseded), cancel_when(stale):
+            stopped.evaluate(first, limit=4, log_samples=True)
+        assert len(seen) == passes  # it stopped at the pass after stale() turned True, not later
+    for recipe in (first, second):
+        want = fresh.evaluate(recipe, limit=4, log_samples=True)
+        got = stopped.evaluate(recipe, limit=4, log_samples=True)
+        assert _answers(got) == _answers(want) and _answers(want)
+        assert item_outcomes(stopped.suite, got) == item_outcomes(fresh.suite, want)
+
+
+def _wait(predicate, timeout: float = 240.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_move_stops_the_evaluation_it_replaced():
+    """With worker threads (as served): moving K while the last K evaluates stops that evaluation at its next
+    forward pass; only the new K is evaluated (and cached), and its numbers and answers are the page's."""
+    from lfm.explorer.state import ExplorerState
+
+    s = ExplorerState(background=True, auto_sweep=False, per_task=8, density=0.3)
+    s.load()
+    _wait(lambda: s.source is not None and s.current is not None and not s.pending and s.generations is not None)
+    assert s.error == "", s.error
+    source = s.source
+    replaced, wanted = Recipe(density=0.4), Recipe(density=0.45)
+    moved = threading.Event()
+
+    def move_on_first_pass(module, args):  # the user moves on while the replaced K is being evaluated
+        if s.recipe == replaced and not moved.is_set():
+            moved.set()
+            s.density = 0.45
+
+    hook = source.evaluator.pair.model.get_input_embeddings().register_forward_pre_hook(move_on_first_pass)
+    try:
+        s.density = 0.4
+        _wait(lambda: s.current is not None and s.current["label"] == wanted.label and "first_of" not in s.current
+              and s.generations_recipe == wanted)
+    finally:
+        hook.remove()
+    assert moved.is_set() and s.error == "", s.error
+    evaluated = {recipe for recipe, _ in source._evaluations}
+    assert wanted in evaluated and replaced not in evaluated  # stopped at its first items: nothing kept
+    assert s.current["LA"] == source.evaluation(wanted, 8)["LA"]
+    assert [h["label"] for h in s.history].count(replaced.label) == 0
+
+
+def test_a_move_stops_the_last_moves_stage_answers():
+    """A move made while the last move's stages (hard / suppress / restore) are being answered stops them: the
+    new K's numbers come next, and the old K's suppress stage is never finished (nor cached)."""
+    from lfm.explorer.state import ExplorerState
+    from lfm.methods import stage_recipes
+
+    s = ExplorerState(background=True, auto_sweep=False, per_task=8, density=0.3)
+    s.load()
+    _wait(lambda: s.source is not None and s.current is not None and not s.pending and s.generations is not None)
+    source = s.source
+    answered, wanted = Recipe(density=0.35), Recipe(density=0.25)
+    moved = threading.Event()
+
+    def move_while_answering(module, args):  # the numbers of `answered` are shown: its stages are computing
+        if s.recipe == answered and s.current and s.current["label"] == answered.label and \
+                "first_of" not in s.current and not moved.is_set():
+            moved.set()
+            s.density = 0.25
+
+    hook = source.evaluator.pair.model.get_input_embeddings().register_forward_pre_hook(move_while_answering)
+    try:
+        s.density = 0.35
+        _wait(lambda: s.current is not None and s.current["label"] == wanted.label and "first_of" not in s.current
+              and s.generations_recipe == wanted)
+    finally:
+        hook.remove()
+    assert moved.is_set() and s.error == "", s.error
+    evaluated = {recipe for recipe, _ in source._evaluations}
+    assert answered in evaluated and stage_recipes(answered)["suppress"] not in evaluated
+    assert stage_recipes(wanted)["suppress"] in evaluated
