@@ -37,6 +37,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from lfm.cancel import check as check_cancelled
 from lfm.device import gib, resolve_device
 from lfm.kernels import select
 from lfm.memory import check_fits
@@ -306,12 +307,17 @@ class ResidentPair:
 
         The model may live on another device than the pair (e.g. the pair on CPU, memory-mapped, and the
         model on a GPU): each tensor is then merged into a reused staging tensor and copied over.
+
+        A caller's ``lfm.cancel.cancel_when`` stops it between two tensors (``Superseded``): the model then holds
+        some tensors of this recipe and some of the last, which only a caller that re-applies before its next use
+        may allow (``PointRunner`` forgets what the model holds before it applies).
         """
         recipe = make_recipe(recipe, **fields)
         self._own_storage(model)
         params = self._model_tensors(model)
         fast = self.fast and is_fast(recipe)
         for i in tqdm(range(len(self.entries)), desc="applying", disable=not progress):
+            check_cancelled()
             entry = self.entries[i]
             name, t, target = entry.name, entry.tuned, params[entry.tuned_key]
             if not (fast and target.dtype == t.dtype and name not in self._non_finite):

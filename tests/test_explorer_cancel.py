@@ -1,4 +1,4 @@
-"""A newer move stops the evaluation it replaced (lfm.evaluate.cancel): the stopped evaluation raises at the
+"""A newer move stops the evaluation it replaced (lfm.cancel): the stopped evaluation raises at the
 model's next forward pass, leaves nothing cached, and the harnesses give every item the same answer afterwards
 as an evaluation that was never stopped; in the explorer a move's evaluation and its stages' answers stop when
 the user moves on, so the newest setting is evaluated next instead of after them."""
@@ -11,7 +11,7 @@ import time
 import pytest
 
 from app_support import organism_pair
-from lfm.evaluate.cancel import Superseded, cancel_when
+from lfm.cancel import Superseded, cancel_when
 from lfm.evaluate.sweep import item_outcomes
 from lfm.methods import Recipe
 
@@ -30,8 +30,8 @@ def _stale_after(model, passes: int):
 
 
 def test_a_stopped_point_runner_evaluation_leaves_the_next_ones_unchanged(tmp_path):
-    """Stopped mid-way (lm-eval's language tasks and lmms-eval's visual ones), the runner's next evaluations of
-    that recipe and of another give every item the answer a runner that was never stopped gives."""
+    """Stopped mid-way (lm-eval's language tasks and lmms-eval's visual ones, and in the merge into the model),
+    the runner's next evaluations of those recipes give every item the answer a runner never stopped gives."""
     from lfm.evaluate.sweep import PointRunner
 
     base, tuned = organism_pair(tmp_path)
@@ -43,6 +43,10 @@ def test_a_stopped_point_runner_evaluation_leaves_the_next_ones_unchanged(tmp_pa
         with pytest.raises(Superseded), cancel_when(stale):
             stopped.evaluate(first, limit=4, log_samples=True)
         assert len(seen) == passes  # it stopped at the pass after stale() turned True, not later
+    asked = []  # stopped half-way through writing the merged tensors into the model (ResidentPair.apply)
+    with pytest.raises(Superseded), cancel_when(lambda: asked.append(1) or len(asked) > 5):
+        stopped.evaluate(second, limit=4, log_samples=True)
+    assert len(asked) == 6 and len(stopped.resident.entries) > 6
     for recipe in (first, second):
         want = fresh.evaluate(recipe, limit=4, log_samples=True)
         got = stopped.evaluate(recipe, limit=4, log_samples=True)

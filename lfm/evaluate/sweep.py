@@ -117,7 +117,7 @@ class PointRunner:
                  batch_size: int = 32, progress: bool = False, points: list | None = None, resident=None,
                  log_items: bool = False):
         from lfm.resident import ResidentPair
-        from lfm.evaluate.cancel import watch
+        from lfm.cancel import watch
         from lfm.evaluate.models import load_eval_model
 
         self.base, self.tuned = str(base), str(tuned)

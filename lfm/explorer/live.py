@@ -63,7 +63,7 @@ class OrganismEvaluator:
     evaluates_rest = False  # in process, no per-call cost to save: more items are evaluated whole
 
     def __init__(self, resident: ResidentPair, base: str, tuned: str):
-        from lfm.evaluate.cancel import watch
+        from lfm.cancel import watch
         from lfm.organism import scienceqa_records
         from lfm.organism.merging import MergeablePair
 
@@ -72,7 +72,7 @@ class OrganismEvaluator:
         if not hasattr(self.pair.processor, "image_processor"):
             raise ValueError(f"{tuned} is not a LLaVA with a processor")
         resident.check_model(self.pair.model)  # every LM tensor has a place in the model
-        watch(self.pair.model)  # the page stops an evaluation a newer move replaced (lfm.evaluate.cancel)
+        watch(self.pair.model)  # the page stops an evaluation a newer move replaced (lfm.cancel)
         self.images = {r["id"]: r["image"] for r in scienceqa_records()}
 
     def items(self, per_task: int) -> dict:

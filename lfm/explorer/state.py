@@ -17,7 +17,7 @@ import pandas as pd
 import param
 
 from lfm.checkpoint import is_hub_id
-from lfm.evaluate.cancel import Superseded, cancel_when
+from lfm.cancel import Superseded, cancel_when
 from lfm.methods.recipe import Recipe
 from lfm.methods.registry import METHODS, SEED_MAX, SETTINGS, settings_in_effect
 from lfm.neurons import LINEAR_MODULES
@@ -355,7 +355,7 @@ class ExplorerState(param.Parameterized):
         second, and the pair's tensors are one lock (``ResidentPair.one_at_a_time``) that the evaluation's merge
         needs too; drawn first, they held back the numbers a key press waits for (benchmarks/explorer_latency.py).
 
-        A newer setting stops this job's evaluation at the model's next forward pass (``lfm.evaluate.cancel``): a
+        A newer setting stops this job's evaluation at the model's next forward pass (``lfm.cancel``): a
         burst of moves evaluates where it stops, and a move never waits for the last one's stages."""
         if not self._settled(ticket):
             return  # a newer setting was requested meanwhile

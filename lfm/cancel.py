@@ -5,6 +5,7 @@ are no longer wanted, and on a real pair it would hold the one loaded model for 
 waits for the last move's work to finish). So the explorer's worker runs its evaluation inside
 ``cancel_when(stale)``, and a model that ``watch`` was called on checks ``stale()`` at the start of every
 forward pass (every generated token, every batch of continuations): once stale, the pass raises ``Superseded``.
+``ResidentPair.apply`` checks between two tensors (a merge into the model takes a second or two on a real pair).
 
 Nothing else changes: a thread that never entered ``cancel_when`` (``lfm eval``, ``lfm sweep``, the tests) runs
 every forward pass as before, and an evaluation is either finished or raises (nothing half-done is cached: the
@@ -16,7 +17,7 @@ callers cache a result only once it returns).
     ...     model(torch.tensor([1]))
     Traceback (most recent call last):
     ...
-    lfm.evaluate.cancel.Superseded: a newer request replaced this evaluation
+    lfm.cancel.Superseded: a newer request replaced this evaluation
     >>> model(torch.tensor([1])).shape  # outside cancel_when: never stopped
     torch.Size([1, 2])
 """
