@@ -4,7 +4,8 @@ The explorer evaluates a recipe per slider move; when the user moves again, the 
 are no longer wanted, and on a real pair it would hold the one loaded model for seconds more (a key press then
 waits for the last move's work to finish). So the explorer's worker runs its evaluation inside
 ``cancel_when(stale)``, and a model that ``watch`` was called on checks ``stale()`` at the start of every
-forward pass (every generated token, every batch of continuations): once stale, the pass raises ``Superseded``.
+forward pass (every generated token, every batch of continuations) and of every layer in it (one forward of a
+batch of 32 items takes over a second on a real pair): once stale, the model raises ``Superseded``.
 ``ResidentPair.apply`` checks between two tensors (a merge into the model takes a second or two on a real pair).
 
 Nothing else changes: a thread that never entered ``cancel_when`` (``lfm eval``, ``lfm sweep``, the tests) runs
@@ -24,6 +25,7 @@ callers cache a result only once it returns).
 
 from __future__ import annotations
 
+import re
 import threading
 from contextlib import contextmanager
 from typing import Callable
@@ -60,14 +62,18 @@ def check() -> None:
 
 
 def watch(model):
-    """Make ``model`` (a torch module) check ``cancel_when`` at the start of each forward pass; returns it.
+    """Make ``model`` (a torch module) check ``cancel_when`` at the start of each forward pass and of each of its
+    layers; returns it.
 
-    The hook sits on the input embeddings, which every forward of a transformers model goes through once (an
-    MLLM's text and visual paths, the language model called alone, each generation step), or on the module
-    itself when it has none. Watching twice adds one hook."""
+    The hooks sit on the input embeddings, which every forward of a transformers model goes through once (an
+    MLLM's text and visual paths, the language model called alone, each generation step), and on every element
+    of a ``layers`` list (the decoder's and the vision tower's blocks); on the module itself when it has
+    neither. Watching twice adds no hook."""
     get = getattr(model, "get_input_embeddings", None)
-    target = (get() if callable(get) else None) or model
-    if not getattr(target, "_lfm_cancel_watched", False):
-        target.register_forward_pre_hook(lambda module, args: check())
-        target._lfm_cancel_watched = True
+    targets = [get()] if callable(get) else []
+    targets += [m for name, m in model.named_modules() if re.search(r"(^|\.)layers\.\d+$", name)]
+    for target in targets or [model]:
+        if not getattr(target, "_lfm_cancel_watched", False):
+            target.register_forward_pre_hook(lambda module, args: check())
+            target._lfm_cancel_watched = True
     return model

@@ -42,7 +42,15 @@ def test_a_stopped_point_runner_evaluation_leaves_the_next_ones_unchanged(tmp_pa
         stale, seen = _stale_after(stopped.em.model, passes)
         with pytest.raises(Superseded), cancel_when(stale):
             stopped.evaluate(first, limit=4, log_samples=True)
-        assert len(seen) == passes  # it stopped at the pass after stale() turned True, not later
+        assert len(seen) == passes  # it stopped in the pass where stale() turned True, not later
+    layers_run = []  # within that pass: before its first layer (each layer checks, lfm.cancel.watch)
+    for name, module in stopped.em.model.named_modules():
+        if name.endswith("layers.0"):
+            module.register_forward_hook(lambda m, a, out: layers_run.append(len(seen)))
+    stale, seen = _stale_after(stopped.em.model, 1)
+    with pytest.raises(Superseded), cancel_when(stale):
+        stopped.evaluate(first, limit=4, log_samples=True)
+    assert layers_run == []  # its first layer checked: the pass stopped before any layer ran
     asked = []  # stopped half-way through writing the merged tensors into the model (ResidentPair.apply)
     with pytest.raises(Superseded), cancel_when(lambda: asked.append(1) or len(asked) > 5):
         stopped.evaluate(second, limit=4, log_samples=True)
@@ -52,6 +60,7 @@ def test_a_stopped_point_runner_evaluation_leaves_the_next_ones_unchanged(tmp_pa
         got = stopped.evaluate(recipe, limit=4, log_samples=True)
         assert _answers(got) == _answers(want) and _answers(want)
         assert item_outcomes(stopped.suite, got) == item_outcomes(fresh.suite, want)
+    assert layers_run  # (the layer hook of this test does see the layers that run)
 
 
 def _wait(predicate, timeout: float = 240.0):
