@@ -97,3 +97,16 @@ def explorer_server(*app_args: str, log_dir: Path, timeout: float = 60):
     with local_server(cmd, f"http://127.0.0.1:{port}/static/js/bokeh.min.js", log_dir / f"explorer-{port}.log",
                       env=env, cwd=ROOT, timeout=timeout):
         yield with_token(f"http://127.0.0.1:{port}/explorer", token)
+
+
+def wait_settled(state, label: str, timeout: float = 180) -> None:
+    """Wait until a served-like ExplorerState (worker threads) shows `label`'s numbers on all its items, with
+    nothing pending (numbers or stage answers)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        c = state.current
+        if c is not None and c["label"] == label and "first_of" not in c and not state.pending \
+                and not state.answers_pending:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{label} never settled: {state.error or state.eval_status}")

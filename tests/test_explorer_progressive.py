@@ -4,11 +4,9 @@ all of them, each with its 95 % Wilson interval (which narrows); the final numbe
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from app_support import organism_pair
+from app_support import organism_pair, wait_settled
 from lfm.explorer.analysis import item_counts, wilson_interval
 from lfm.explorer.state import FIRST_ITEMS, ExplorerState, evaluation_sizes
 from lfm.methods import Recipe
@@ -94,17 +92,7 @@ def test_a_burst_evaluates_neither_size_of_the_moves_it_skips(tmp_path, monkeypa
                       tuned_path=str(tuned), per_task=4)
     s.load()
 
-    def settled(label):
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            c = s.current
-            if c is not None and c["label"] == label and "first_of" not in c and not s.pending \
-                    and not s.answers_pending:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"{label} never settled: {s.error or s.eval_status}")
-
-    settled(Recipe().label)
+    wait_settled(s, Recipe().label)
     # a burst is moves closer together than the settle time: hold it at 2 s, so a loaded machine (each move's
     # watchers taking > 0.15 s) cannot split these eight moves into several bursts
     monkeypatch.setattr("lfm.explorer.state.SETTLE_S", 2.0)
@@ -112,7 +100,7 @@ def test_a_burst_evaluates_neither_size_of_the_moves_it_skips(tmp_path, monkeypa
     before = list(s.source._evaluations)  # the pair is cached across tests: what earlier ones evaluated is kept
     for k in ks:
         s.density = k
-    settled(Recipe(density=ks[-1]).label)
+    wait_settled(s, Recipe(density=ks[-1]).label)
     evaluated = {(recipe.density, n) for recipe, n in s.source._evaluations if recipe is not None}
     new = {(recipe.density, n) for recipe, n in s.source._evaluations if recipe is not None and (recipe, n) not in before}
     assert {(ks[-1], FIRST_ITEMS), (ks[-1], 4)} <= evaluated

@@ -161,9 +161,7 @@ def test_pins_with_one_suppressed_curve_share_one_overlay():
 def test_a_burst_of_k_moves_evaluates_only_where_it_stops(tmp_path, monkeypatch):
     """Eight K moves in a row on a served-like state (worker threads): only the last K is evaluated; its LA / VA
     and then its stages' answers arrive."""
-    import time
-
-    from app_support import organism_pair
+    from app_support import organism_pair, wait_settled
     from lfm.explorer.state import ExplorerState
 
     base, tuned = organism_pair(tmp_path)
@@ -171,15 +169,7 @@ def test_a_burst_of_k_moves_evaluates_only_where_it_stops(tmp_path, monkeypatch)
                       tuned_path=str(tuned), per_task=1)
     s.load()
 
-    def settled(label):
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if s.current is not None and s.current["label"] == label and not s.pending and not s.answers_pending:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"{label} never settled: {s.error or s.eval_status}")
-
-    settled(Recipe().label)
+    wait_settled(s, Recipe().label)
     # a burst is moves closer together than the settle time: hold it at 2 s, so a loaded machine (each move's
     # watchers taking > 0.15 s) cannot split these eight moves into several bursts
     monkeypatch.setattr("lfm.explorer.state.SETTLE_S", 2.0)
@@ -187,7 +177,7 @@ def test_a_burst_of_k_moves_evaluates_only_where_it_stops(tmp_path, monkeypatch)
     before = list(s.source._evaluations)  # the pair is cached across tests: what earlier ones evaluated is kept
     for k in ks:
         s.density = k
-    settled(Recipe(density=ks[-1]).label)
+    wait_settled(s, Recipe(density=ks[-1]).label)
     evaluated = {recipe.density for recipe, _ in s.source._evaluations if recipe is not None}
     new = {recipe.density for recipe, n in s.source._evaluations if recipe is not None and (recipe, n) not in before}
     assert ks[-1] in evaluated and not new & set(ks[:-1]), new
