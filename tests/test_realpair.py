@@ -247,6 +247,14 @@ def test_presets_paper_is_the_default_and_overshoot_is_the_first_recipe():
     assert [getattr(over, k) for k in same_suite] == [getattr(paper, k) for k in same_suite]
     assert paper.test_per_task >= 200 and paper.checks == "enforce"
     assert PRESETS["smoke"].checks == PRESETS["overshoot"].checks == "inform"  # not meant to be in the regime
+    # the recipe the sweep chose (docs/realpair.md): the text share is definitions only; the first paper-regime
+    # recipe (definitions + pydoc replay, 160 steps) stays as 'replay', on the same tower, alignment and suite
+    replay = PRESETS["replay"]
+    assert paper.kinds() == ("definitions",) and replay.kinds() == ("definitions", "replay")
+    assert (replay.tune_steps, replay.tune_lr) == (160, paper.tune_lr) and paper.tune_steps > replay.tune_steps
+    assert replay.checks == "inform"
+    keep = [k for k in BuildConfig.__dataclass_fields__ if k not in ("name", "tune_steps", "text_kinds", "checks")]
+    assert [getattr(replay, k) for k in keep] == [getattr(paper, k) for k in keep]
     with pytest.raises(ValueError, match="unknown preset 'full'"):
         preset("full")
     with pytest.raises(ValueError, match="tune_lrr"):
@@ -267,7 +275,7 @@ def test_sweep_text_kinds_reach_the_tuning_data_and_the_tuned_stage(capsys):
 
     points = sweep_points("paper", lrs=[2e-4], steps=[160], text_shares=[0.25],
                           text_kinds=["definitions,replay", "definitions"])
-    assert [p.name for p in points] == ["sweep-lr0.0002-steps160-text0.25",
+    assert [p.name for p in points] == ["sweep-lr0.0002-steps160-text0.25-definitions+replay",
                                         "sweep-lr0.0002-steps160-text0.25-definitions"]
     assert [p.kinds() for p in points] == [("definitions", "replay"), ("definitions",)]
     if data.WORDNET.exists():
@@ -408,7 +416,7 @@ def test_text_only_tuning_data_is_disjoint_from_the_evaluation():
     wordnet_mc question and choice, the replay paragraphs outside the suite's and the check's texts."""
     from lfm.realpair.train import tuning_text
 
-    cfg = preset("paper")
+    cfg = preset("replay")  # both kinds
     text = tuning_text(cfg)
     assert tuning_text(preset("overshoot")) == [] and text == tuning_text(cfg)
     kinds = {}
@@ -467,7 +475,7 @@ def test_recipe_sweep_builds_checks_and_resumes(tiny_gguf, smoke_pair, tmp_path)
 
     root, _ = smoke_pair
     points = sweep_points("smoke", lrs=[1e-3], steps=[2], text_shares=[0.0, 0.5])
-    assert [p.name for p in points] == [point_name(1e-3, 2, 0.0), point_name(1e-3, 2, 0.5)]
+    assert [p.name for p in points] == [point_name(1e-3, 2, s, "definitions") for s in (0.0, 0.5)]
     assert all(p.checks == "enforce" and p.tune_steps == 2 for p in points)
     logged = []
     res = run_recipe_sweep(root, points, check_limit=2, table=tmp_path / "sweep.md", gguf=tiny_gguf[0],
@@ -477,7 +485,7 @@ def test_recipe_sweep_builds_checks_and_resumes(tiny_gguf, smoke_pair, tmp_path)
     assert sum("visual instruction tuning" in m for m in logged) == 2
     table = (tmp_path / "sweep.md").read_text()
     assert table.strip() == format_table(json.loads((tmp_path / "sweep.json").read_text()))
-    assert "| 0.001 | 2 | 0 | definitions,replay |" in table and "| 0.001 | 2 | 0.5 | definitions,replay |" in table
+    assert "| 0.001 | 2 | 0 | definitions |" in table and "| 0.001 | 2 | 0.5 | definitions |" in table
     again = run_recipe_sweep(root, points, check_limit=2, table=tmp_path / "sweep.md", gguf=tiny_gguf[0],
                              log=lambda m: pytest.fail(f"a finished point was redone: {m}"))
     assert again["rows"] == res["rows"]

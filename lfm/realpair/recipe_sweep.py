@@ -36,16 +36,15 @@ from .checks import run_checks
 from .config import BuildConfig, preset
 
 
-def point_name(lr: float, steps: int, text_share: float, text_kinds: str = "definitions,replay") -> str:
-    """The run folder name of one point (the text kinds named when not the preset's both).
+def point_name(lr: float, steps: int, text_share: float, text_kinds: str) -> str:
+    """The run folder name of one point.
 
-    >>> point_name(2e-4, 160, 0.25)
-    'sweep-lr0.0002-steps160-text0.25'
-    >>> point_name(2e-4, 160, 0.25, "definitions")
-    'sweep-lr0.0002-steps160-text0.25-definitions'
+    >>> point_name(2e-4, 240, 0.25, "definitions")
+    'sweep-lr0.0002-steps240-text0.25-definitions'
+    >>> point_name(2e-4, 160, 0.25, "definitions,replay")
+    'sweep-lr0.0002-steps160-text0.25-definitions+replay'
     """
-    kinds = "" if text_kinds == "definitions,replay" else "-" + text_kinds.replace(",", "+")
-    return f"sweep-lr{lr:g}-steps{steps}-text{text_share:g}{kinds}"
+    return f"sweep-lr{lr:g}-steps{steps}-text{text_share:g}-{text_kinds.replace(',', '+')}"
 
 
 def sweep_points(base_preset: str, *, lrs: list[float], steps: list[int], text_shares: list[float],
