@@ -475,7 +475,7 @@ def test_recipe_sweep_builds_checks_and_resumes(tiny_gguf, smoke_pair, tmp_path)
 
     root, _ = smoke_pair
     points = sweep_points("smoke", lrs=[1e-3], steps=[2], text_shares=[0.0, 0.5])
-    assert [p.name for p in points] == [point_name(1e-3, 2, s, "definitions") for s in (0.0, 0.5)]
+    assert [p.name for p in points] == [point_name(1e-3, 2, s, "definitions,replay") for s in (0.0, 0.5)]
     assert all(p.checks == "enforce" and p.tune_steps == 2 for p in points)
     logged = []
     res = run_recipe_sweep(root, points, check_limit=2, table=tmp_path / "sweep.md", gguf=tiny_gguf[0],
@@ -485,7 +485,7 @@ def test_recipe_sweep_builds_checks_and_resumes(tiny_gguf, smoke_pair, tmp_path)
     assert sum("visual instruction tuning" in m for m in logged) == 2
     table = (tmp_path / "sweep.md").read_text()
     assert table.strip() == format_table(json.loads((tmp_path / "sweep.json").read_text()))
-    assert "| 0.001 | 2 | 0 | definitions |" in table and "| 0.001 | 2 | 0.5 | definitions |" in table
+    assert "| 0.001 | 2 | 0 | definitions,replay |" in table and "| 0.001 | 2 | 0.5 | definitions,replay |" in table
     again = run_recipe_sweep(root, points, check_limit=2, table=tmp_path / "sweep.md", gguf=tiny_gguf[0],
                              log=lambda m: pytest.fail(f"a finished point was redone: {m}"))
     assert again["rows"] == res["rows"]
