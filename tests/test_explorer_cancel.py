@@ -70,32 +70,39 @@ def _wait(predicate, timeout: float = 240.0):
         time.sleep(0.05)
 
 
-def test_a_move_stops_the_evaluation_it_replaced():
-    """With worker threads (as served): moving K while the last K evaluates stops that evaluation at its next
-    forward pass; only the new K is evaluated (and cached), and its numbers and answers are the page's."""
+def _move_during(first: float, then: float, moving_now) -> tuple:
+    """A served-like state (worker threads) on the organism at K=0.3, moved to K=`first`; at the first forward
+    pass where `moving_now(state)` holds, the user moves on to K=`then`. Returns the state and its source once
+    `then`'s numbers on all items and its answers are shown."""
     from lfm.explorer.state import ExplorerState
 
     s = ExplorerState(background=True, auto_sweep=False, per_task=8, density=0.3)
     s.load()
     _wait(lambda: s.source is not None and s.current is not None and not s.pending and s.generations is not None)
     assert s.error == "", s.error
-    source = s.source
-    replaced, wanted = Recipe(density=0.4), Recipe(density=0.45)
     moved = threading.Event()
 
-    def move_on_first_pass(module, args):  # the user moves on while the replaced K is being evaluated
-        if s.recipe == replaced and not moved.is_set():
+    def move(module, args):
+        if s.recipe == Recipe(density=first) and not moved.is_set() and moving_now(s):
             moved.set()
-            s.density = 0.45
+            s.density = then
 
-    hook = source.evaluator.pair.model.get_input_embeddings().register_forward_pre_hook(move_on_first_pass)
+    hook = s.source.evaluator.pair.model.get_input_embeddings().register_forward_pre_hook(move)
     try:
-        s.density = 0.4
-        _wait(lambda: s.current is not None and s.current["label"] == wanted.label and "first_of" not in s.current
-              and s.generations_recipe == wanted)
+        s.density = first
+        _wait(lambda: s.current is not None and s.current["label"] == Recipe(density=then).label
+              and "first_of" not in s.current and s.generations_recipe == Recipe(density=then))
     finally:
         hook.remove()
     assert moved.is_set() and s.error == "", s.error
+    return s, s.source
+
+
+def test_a_move_stops_the_evaluation_it_replaced():
+    """With worker threads (as served): moving K while the last K evaluates stops that evaluation at its next
+    forward pass; only the new K is evaluated (and cached), and its numbers and answers are the page's."""
+    replaced, wanted = Recipe(density=0.4), Recipe(density=0.45)
+    s, source = _move_during(0.4, 0.45, lambda s: True)  # on the replaced K's first forward pass
     evaluated = {recipe for recipe, _ in source._evaluations}
     assert wanted in evaluated and replaced not in evaluated  # stopped at its first items: nothing kept
     assert s.current["LA"] == source.evaluation(wanted, 8)["LA"]
@@ -105,30 +112,12 @@ def test_a_move_stops_the_evaluation_it_replaced():
 def test_a_move_stops_the_last_moves_stage_answers():
     """A move made while the last move's stages (hard / suppress / restore) are being answered stops them: the
     new K's numbers come next, and the old K's suppress stage is never finished (nor cached)."""
-    from lfm.explorer.state import ExplorerState
     from lfm.methods import stage_recipes
 
-    s = ExplorerState(background=True, auto_sweep=False, per_task=8, density=0.3)
-    s.load()
-    _wait(lambda: s.source is not None and s.current is not None and not s.pending and s.generations is not None)
-    source = s.source
     answered, wanted = Recipe(density=0.35), Recipe(density=0.25)
-    moved = threading.Event()
-
-    def move_while_answering(module, args):  # the numbers of `answered` are shown: its stages are computing
-        if s.recipe == answered and s.current and s.current["label"] == answered.label and \
-                "first_of" not in s.current and not moved.is_set():
-            moved.set()
-            s.density = 0.25
-
-    hook = source.evaluator.pair.model.get_input_embeddings().register_forward_pre_hook(move_while_answering)
-    try:
-        s.density = 0.35
-        _wait(lambda: s.current is not None and s.current["label"] == wanted.label and "first_of" not in s.current
-              and s.generations_recipe == wanted)
-    finally:
-        hook.remove()
-    assert moved.is_set() and s.error == "", s.error
+    # the numbers of `answered` on all items are shown: its stages are computing
+    s, source = _move_during(0.35, 0.25, lambda s: s.current and s.current["label"] == answered.label
+                             and "first_of" not in s.current)
     evaluated = {recipe for recipe, _ in source._evaluations}
     assert answered in evaluated and stage_recipes(answered)["suppress"] not in evaluated
     assert stage_recipes(wanted)["suppress"] in evaluated

@@ -355,12 +355,12 @@ class ExplorerState(param.Parameterized):
         second, and the pair's tensors are one lock (``ResidentPair.one_at_a_time``) that the evaluation's merge
         needs too; drawn first, they held back the numbers a key press waits for (benchmarks/explorer_latency.py).
 
-        A newer setting stops this job's evaluation at the model's next forward pass (``lfm.cancel``): a
-        burst of moves evaluates where it stops, and a move never waits for the last one's stages."""
+        A newer setting stops this job's evaluation (``_until_replaced``): a burst of moves evaluates where it
+        stops, and a move never waits for the last one's stages."""
         if not self._settled(ticket):
             return  # a newer setting was requested meanwhile
         try:
-            with cancel_when(lambda: not self.session.is_latest(ticket)):
+            with self._until_replaced(ticket):
                 if source.can_evaluate and not self._first_numbers(source, recipe, per_task, ticket):
                     return
                 refs = compute.reference_points(source, per_task)
@@ -383,6 +383,11 @@ class ExplorerState(param.Parameterized):
         self._set(drawn_recipe=recipe)  # after the numbers: the page draws them first (a hand-back of their own)
         self.session.run(self._answers_job, source, recipe, per_task, ticket)
 
+    def _until_replaced(self, ticket):
+        """A block whose evaluation stops (``lfm.cancel.Superseded``, at the model's next forward pass or layer,
+        or between two merged tensors) once a newer setting than `ticket` was requested."""
+        return cancel_when(lambda: not self.session.is_latest(ticket))
+
     def _first_numbers(self, source, recipe, per_task, ticket) -> bool:
         """Show `recipe`'s numbers on its first items (``evaluation_sizes``) while all of them compute; False when
         a newer setting came meanwhile (nothing shown, nothing more to do)."""
@@ -403,7 +408,7 @@ class ExplorerState(param.Parameterized):
         if not self.session.is_latest(ticket):
             return
         try:
-            with cancel_when(lambda: not self.session.is_latest(ticket)):  # a newer move need not wait for these
+            with self._until_replaced(ticket):  # a newer move need not wait for these
                 gens = compute.generations(source, recipe, per_task)
         except Superseded:
             return

@@ -117,7 +117,7 @@ def format_table(res: dict) -> str:
              "| lr | steps | text share | text kinds | digits | colour | shape | count | hard VA | LA drop | ppl rise "
              "| failed | tune s |", "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in res["rows"]:
-        head = f"| {r['lr']:g} | {r['steps']} | {r['text_share']:g} | {r.get('text_kinds', 'definitions,replay')} |"
+        head = f"| {r['lr']:g} | {r['steps']} | {r['text_share']:g} | {r['text_kinds']} |"
         if not r["done"]:
             lines.append(head + " todo |" + " |" * 8)
             continue
