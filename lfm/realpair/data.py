@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .config import TEXT_KINDS
+from .config import TEXT_KINDS, VISUAL_TASKS
 
 ITEMS_SEED = 0
 COUNTRIES = Path("/usr/share/misc/countries.gz")
@@ -47,7 +47,6 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 70, 230), 
 SHAPES = ("circle", "square", "triangle", "cross")
 COUNTS = ("1", "2", "3", "4", "5")
 DIGITS = tuple(str(d) for d in range(10))
-VISUAL_TASKS = ("digits", "colour", "shape", "count")
 QUESTIONS = {"digits": "Which digit is written in the image?", "colour": "What colour is the shape in the image?",
              "shape": "What shape is shown in the image?", "count": "How many squares are in the image?"}
 CHOICES = {"digits": DIGITS, "colour": tuple(COLOURS), "shape": SHAPES, "count": COUNTS}

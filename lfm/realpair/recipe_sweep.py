@@ -36,25 +36,31 @@ from .checks import run_checks
 from .config import BuildConfig, preset
 
 
-def point_name(lr: float, steps: int, text_share: float, text_kinds: str) -> str:
-    """The run folder name of one point.
+def point_name(lr: float, steps: int, text_share: float, text_kinds: str, task_weights: str = "") -> str:
+    """The run folder name of one point (task weights, when any, last).
 
     >>> point_name(2e-4, 240, 0.25, "definitions")
     'sweep-lr0.0002-steps240-text0.25-definitions'
     >>> point_name(2e-4, 160, 0.25, "definitions,replay")
     'sweep-lr0.0002-steps160-text0.25-definitions+replay'
+    >>> point_name(2e-4, 300, 0.25, "definitions", "digits:2")
+    'sweep-lr0.0002-steps300-text0.25-definitions-digits2'
     """
-    return f"sweep-lr{lr:g}-steps{steps}-text{text_share:g}-{text_kinds.replace(',', '+')}"
+    weights = "".join(f"-{w.replace(':', '').strip()}" for w in task_weights.split(",") if w.strip())
+    return f"sweep-lr{lr:g}-steps{steps}-text{text_share:g}-{text_kinds.replace(',', '+')}{weights}"
 
 
 def sweep_points(base_preset: str, *, lrs: list[float], steps: list[int], text_shares: list[float],
-                 text_kinds: list[str] | None = None, seed: int = 0) -> list[BuildConfig]:
-    """Every (lr, steps, text share, text kinds) point as a BuildConfig of its own run, checks enforced
-    (``text_kinds``: comma lists of kinds; None = the preset's)."""
+                 text_kinds: list[str] | None = None, task_weights: list[str] | None = None,
+                 seed: int = 0) -> list[BuildConfig]:
+    """Every (lr, steps, text share, text kinds, task weights) point as a BuildConfig of its own run, checks
+    enforced (``text_kinds``: comma lists of kinds, ``task_weights``: "task:n" comma lists; None = the
+    preset's)."""
     base = preset(base_preset, seed=seed)
-    return [replace(base, name=point_name(lr, n, share, kinds), tune_lr=lr, tune_steps=n, text_share=share,
-                    text_kinds=kinds, checks="enforce")
-            for lr in lrs for n in steps for share in text_shares for kinds in (text_kinds or [base.text_kinds])]
+    return [replace(base, name=point_name(lr, n, share, kinds, weights), tune_lr=lr, tune_steps=n,
+                    text_share=share, text_kinds=kinds, task_weights=weights, checks="enforce")
+            for lr in lrs for n in steps for share in text_shares for kinds in (text_kinds or [base.text_kinds])
+            for weights in (task_weights or [base.task_weights])]
 
 
 def _finished(run: Path, limit: int | None) -> dict | None:
@@ -94,7 +100,7 @@ def run_recipe_sweep(out: str | Path | None, points: list[BuildConfig], *, check
 
 def _row(cfg: BuildConfig, run: Path, done: dict | None) -> dict:
     row = {"name": cfg.name, "lr": cfg.tune_lr, "steps": cfg.tune_steps, "text_share": cfg.text_share,
-           "text_kinds": cfg.text_kinds, "done": done is not None}
+           "text_kinds": cfg.text_kinds, "task_weights": cfg.task_weights, "done": done is not None}
     if done:
         n = done["numbers"]
         stages = json.loads((run / "build.json").read_text())["stages"]
@@ -114,10 +120,11 @@ def format_table(res: dict) -> str:
     """The sweep as markdown: one row per point (numbers in % / points; 'todo' for a point not yet run)."""
     lines = [f"Recipe sweep ({res['check_limit'] or 'all'} items per task per check; bars: tuned VA >= 80% per "
              "task, hard-merge VA <= 30%, LA drop 5-15 points, held-out perplexity +15..+60%)", "",
-             "| lr | steps | text share | text kinds | digits | colour | shape | count | hard VA | LA drop | ppl rise "
-             "| failed | tune s |", "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "| lr | steps | text share | text kinds | task weights | digits | colour | shape | count | hard VA | LA drop | ppl rise "
+             "| failed | tune s |", "|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in res["rows"]:
-        head = f"| {r['lr']:g} | {r['steps']} | {r['text_share']:g} | {r['text_kinds']} |"
+        head = (f"| {r['lr']:g} | {r['steps']} | {r['text_share']:g} | {r['text_kinds']} | "
+                f"{r.get('task_weights') or 'uniform'} |")
         if not r["done"]:
             lines.append(head + " todo |" + " |" * 8)
             continue

@@ -135,10 +135,23 @@ def _lr_factor(step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def draw_pool(items: list[VisualItem], weights: dict[str, int]) -> list[int]:
+    """The indices a batch draws its visual rows from: each item ``weights[task]`` times (default once), so a
+    task of weight 2 is drawn twice as often; with no weights, every index once (the uniform draw).
+
+    >>> from types import SimpleNamespace as I
+    >>> draw_pool([I(task="digits"), I(task="colour"), I(task="digits")], {"digits": 2})
+    [0, 0, 1, 2, 2]
+    """
+    return [i for i, it in enumerate(items) for _ in range(weights.get(it.task, 1))]
+
+
 def run_stage(model, processor, items: list[VisualItem], groups: list[dict], steps: int, batch: int,
-              desc: str, seed: int, text: list[TextItem] = (), text_share: float = 0.0, text_tokens: int = 64) -> dict:
+              desc: str, seed: int, text: list[TextItem] = (), text_share: float = 0.0, text_tokens: int = 64,
+              weights: dict[str, int] | None = None) -> dict:
     """Train the parameters in ``groups`` ([{"params", "lr"}]) for ``steps`` batches: ``batch`` rows each,
-    round(text_share * batch) of them text-only (``text``), the rest visual (``items``)."""
+    round(text_share * batch) of them text-only (``text``), the rest visual (``items``, drawn by task
+    ``weights``)."""
     t0 = time.time()
     n_img = model.config.image_seq_length
     examples = [encode(processor, it, n_img) for it in items]
@@ -149,6 +162,7 @@ def run_stage(model, processor, items: list[VisualItem], groups: list[dict], ste
     T_text = max((len(x) for x, _ in texts), default=0)
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.0)
     base_lrs = [g["lr"] for g in opt.param_groups]
+    pool = draw_pool(items, weights or {})
     rng, text_rng = random.Random(f"{desc}-{seed}"), random.Random(f"{desc}-text-{seed}")
     losses, text_losses = [], []
     pad = processor.tokenizer.pad_token_id
@@ -157,7 +171,7 @@ def run_stage(model, processor, items: list[VisualItem], groups: list[dict], ste
     for step in bar:
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * _lr_factor(step, steps)
-        idx = rng.sample(range(len(examples)), min(batch - n_text, len(examples)))
+        idx = [pool[j] for j in rng.sample(range(len(pool)), min(batch - n_text, len(pool)))]
         loss = model(**_batch([examples[i] for i in idx], pad, T), pixel_values=pix[idx]).loss
         if n_text:
             pick = text_rng.sample(range(len(texts)), min(n_text, len(texts)))
@@ -199,4 +213,5 @@ def tune(model, processor, items, cfg: BuildConfig) -> dict:
         p.requires_grad_(True)
     groups = [{"params": llm, "lr": cfg.tune_lr}, {"params": proj, "lr": cfg.projector_lr}]
     return run_stage(model, processor, items, groups, cfg.tune_steps, cfg.tune_batch, "tune llava", cfg.seed,
-                     text=tuning_text(cfg), text_share=cfg.text_share, text_tokens=cfg.text_tokens)
+                     text=tuning_text(cfg), text_share=cfg.text_share, text_tokens=cfg.text_tokens,
+                     weights=cfg.weights())
