@@ -336,6 +336,42 @@ def test_a_100k_row_results_table_sends_kilobytes_not_megabytes(big_results):
     assert sum(received) < 4_000_000, f"{sum(received) / 1e6:.1f} MB over the websocket"
 
 
+@pytest.mark.browser
+def test_rows_loaded_before_a_slow_browser_connects_reach_its_tables(zoo, tmp_path):
+    """A results folder that finishes loading before the browser has connected (a slow or busy browser:
+    Chromium's CPU throttled 12x) shows its generations and transitions rows. Before: Panel 1.9 lost the
+    table replacement made while the page was served but not connected; the item counts above arrived, the
+    tables stayed empty (browser models holding 0 rows) for good."""
+    from playwright.sync_api import sync_playwright
+
+    from lfm.explorer.results import write_scores
+    from test_app_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    out = tmp_path / "r"
+    write_scores(zoo.base, zoo.llava, out, (0.2,), progress=False)
+    write_big_generations(out, 240)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with explorer_server("--results", str(out), "--no-sweep", log_dir=ARTIFACTS) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.set_default_timeout(180_000)
+            page.context.new_cdp_session(page).send("Emulation.setCPUThrottlingRate", {"rate": 12})
+            page.goto(url)
+            page.get_by_text("showing the first 200 of 240 rows").first.wait_for(state="visible")
+            count_rows = """() => [...Bokeh.documents[0].all_models]
+                .filter(m => m.source !== undefined && m.configuration !== undefined && m.visible)
+                .map(m => [m.columns.length, m.source.get_length()])"""
+            page.wait_for_function(f"() => ({count_rows})().some(([c, n]) => n === 200)", timeout=60_000)
+            tables = page.evaluate(count_rows)
+        finally:
+            browser.close()
+    # the generations table (200 of 240 rows) and the transitions table (one row: wrong_choice -> wrong_choice)
+    assert sorted(n for _, n in tables if n) == [1, 200], tables
+
+
 # ---------------------------------------------------------------------------------------------- offline under load
 
 LATE_S = 35

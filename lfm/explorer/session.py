@@ -3,8 +3,11 @@
 Loading a pair and evaluating merges take seconds: in a served page (`background=True`) they run on two worker
 threads (one for loads and evaluations, one for the trade-off sweep), and what they produce is handed back to
 the page's document on its own thread (`Document.add_next_tick_callback`, Bokeh's thread-safe entry point),
-so the page never freezes. With `background=False` (tests, notebooks) everything runs inline. When the browser
-leaves, queued work is dropped and running work stops at its next hand-back (`SessionClosed`).
+so the page never freezes. A hand-back waits until the browser has connected to the page: Panel 1.9 loses
+some changes made to a document served but not yet connected (a results folder whose load finished before a
+slow browser connected showed empty tables under the right item counts). With `background=False` (tests,
+notebooks) everything runs inline. When the browser leaves, queued work is dropped and running work stops at
+its next hand-back (`SessionClosed`).
 """
 
 from __future__ import annotations
@@ -38,12 +41,17 @@ class PageSession:
         self._closed = False
         self._latest, self._latest_lock = 0, threading.Lock()
         self._session = self._doc.session_context if self._doc is not None else None  # None: no server
+        self._connected = threading.Event()  # the browser holds the page (set at once without a server)
         if self._session is not None and background:
             self._doc.on_session_destroyed(self._destroyed)
+            pn.state.onload(self._connected.set)  # Panel runs it when the browser's websocket is ready
+        else:
+            self._connected.set()
 
     def _destroyed(self, session_context):
         """The browser left: drop queued work; running jobs stop at their next hand-back."""
         self._closed = True
+        self._connected.set()  # a job waiting for the page wakes up to find it gone
         for pool in (self.work, self.sweeps):
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -55,9 +63,10 @@ class PageSession:
             job(*args)
 
     def hand_back(self, apply: Callable[[], None]) -> None:
-        """Run ``apply`` on the document's thread (or now, without a document or a worker thread).
-        Raises SessionClosed when the page is gone."""
+        """Run ``apply`` on the document's thread (or now, without a document or a worker thread), once the
+        browser has connected. Raises SessionClosed when the page is gone."""
         if self._doc is not None and self.background and threading.current_thread() is not threading.main_thread():
+            self._connected.wait()
             if self._closed or (self._session is not None and self._session.destroyed):
                 raise SessionClosed()
             try:
