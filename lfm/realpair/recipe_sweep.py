@@ -1,4 +1,5 @@
-"""The sweep that chooses the tuning recipe: lr x steps x text share, each point built and checked.
+"""The sweep that chooses the tuning recipe: lr x steps x text share (x text kinds x task weights), each point
+built and checked.
 
     lfm realpair sweep                      # = --lr 1.5e-4,2e-4,3e-4 --steps 160 --text-share 0.15,0.25
                                             #   --check-limit 50: 6 points around the paper preset
