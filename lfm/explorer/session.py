@@ -66,8 +66,10 @@ class PageSession:
         """Run ``apply`` on the document's thread (or now, without a document or a worker thread), once the
         browser has connected. Raises SessionClosed when the page is gone."""
         if self._doc is not None and self.background and threading.current_thread() is not threading.main_thread():
-            self._connected.wait()
-            if self._closed or (self._session is not None and self._session.destroyed):
+            while not self._connected.wait(0.25):  # a page closed before it connected ends the wait too
+                if self._gone():
+                    raise SessionClosed()
+            if self._gone():
                 raise SessionClosed()
             try:
                 self._doc.add_next_tick_callback(apply)
@@ -75,6 +77,10 @@ class PageSession:
                 raise SessionClosed() from e
         else:
             apply()
+
+    def _gone(self) -> bool:
+        """The browser left (Bokeh destroys the session before it runs the destroyed callbacks)."""
+        return self._closed or (self._session is not None and self._session.destroyed)
 
     def new_request(self) -> int:
         """A ticket for a request that replaces every earlier one (the newest setting wins)."""
