@@ -3,7 +3,7 @@
 Loading a pair and evaluating merges take seconds: in a served page (`background=True`) they run on two worker
 threads (one for loads and evaluations, one for the trade-off sweep), and what they produce is handed back to
 the page's document on its own thread (`Document.add_next_tick_callback`, Bokeh's thread-safe entry point),
-so the page never freezes. A hand-back waits until the browser has connected to the page: Panel 1.9 loses
+so the page never freezes. A hand-back is held until the browser has connected to the page: Panel 1.9 loses
 some changes made to a document served but not yet connected (a results folder whose load finished before a
 slow browser connected showed empty tables under the right item counts). With `background=False` (tests,
 notebooks) everything runs inline. When the browser leaves, queued work is dropped and running work stops at
@@ -41,17 +41,27 @@ class PageSession:
         self._closed = False
         self._latest, self._latest_lock = 0, threading.Lock()
         self._session = self._doc.session_context if self._doc is not None else None  # None: no server
-        self._connected = threading.Event()  # the browser holds the page (set at once without a server)
+        # hand-backs made before the browser connected wait here (not in the worker: a page nobody opens must
+        # not hold a thread, or the server's exit); None once connected (at once without a server)
+        self._unconnected: list[Callable[[], None]] | None = []
+        self._unconnected_lock = threading.Lock()
         if self._session is not None and background:
             self._doc.on_session_destroyed(self._destroyed)
-            pn.state.onload(self._connected.set)  # Panel runs it when the browser's websocket is ready
+            pn.state.onload(self._on_connected)  # Panel runs it when the browser's websocket is ready
         else:
-            self._connected.set()
+            self._unconnected = None
+
+    def _on_connected(self):
+        with self._unconnected_lock:  # held while scheduling: a hand-back made meanwhile comes after these
+            waiting, self._unconnected = self._unconnected or [], None
+            for apply in waiting:
+                self._doc.add_next_tick_callback(apply)
 
     def _destroyed(self, session_context):
         """The browser left: drop queued work; running jobs stop at their next hand-back."""
         self._closed = True
-        self._connected.set()  # a job waiting for the page wakes up to find it gone
+        with self._unconnected_lock:
+            self._unconnected = None  # what waited for the page is dropped with it
         for pool in (self.work, self.sweeps):
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -64,17 +74,19 @@ class PageSession:
 
     def hand_back(self, apply: Callable[[], None]) -> None:
         """Run ``apply`` on the document's thread (or now, without a document or a worker thread), once the
-        browser has connected. Raises SessionClosed when the page is gone."""
+        browser has connected (until then it waits in a queue; the worker goes on). Raises SessionClosed when the
+        page is gone."""
         if self._doc is not None and self.background and threading.current_thread() is not threading.main_thread():
-            while not self._connected.wait(0.25):  # a page closed before it connected ends the wait too
-                if self._gone():
-                    raise SessionClosed()
             if self._gone():
                 raise SessionClosed()
-            try:
-                self._doc.add_next_tick_callback(apply)
-            except AttributeError as e:  # Bokeh tore the document down between the check and the call
-                raise SessionClosed() from e
+            with self._unconnected_lock:
+                if self._unconnected is not None:
+                    self._unconnected.append(apply)
+                    return
+                try:
+                    self._doc.add_next_tick_callback(apply)
+                except AttributeError as e:  # Bokeh tore the document down between the check and the call
+                    raise SessionClosed() from e
         else:
             apply()
 
