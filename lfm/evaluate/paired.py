@@ -102,3 +102,27 @@ def format_interval(r: dict) -> str:
     '+1.2 [-0.4, +2.9]'
     """
     return f"{100 * r['diff']:+.1f} [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]"
+
+
+def above(cmp: dict | None) -> bool | None:
+    """Whether a paired comparison separates the first model above the second: its 95 % interval of the OA
+    difference lies above zero (None: no per-item outcomes, no verdict).
+
+    >>> above({"OA": {"diff": 0.0, "low": -0.009, "high": 0.009}}), above({"OA": {"diff": 0.02, "low": 0.01,
+    ...                                                                    "high": 0.03}}), above(None)
+    (False, True, None)
+    """
+    if not (isinstance(cmp, dict) and isinstance(cmp.get("OA"), dict)):
+        return None
+    return cmp["OA"]["low"] > 0
+
+
+def above_all(cmps: list[dict | None]) -> bool | None:
+    """``above`` for every comparison: None when any has no per-item outcomes.
+
+    >>> above_all([{"OA": {"low": 0.01}}, {"OA": {"low": 0.2}}]), above_all([{"OA": {"low": 0.01}}, None])
+    (True, None)
+    """
+    verdicts = [above(c) for c in cmps]
+    return None if None in verdicts else all(verdicts)
+
