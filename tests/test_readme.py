@@ -34,10 +34,10 @@ def test_readme_is_a_front_door_whose_links_exist():
         assert (ROOT / link).exists(), link
 
 
-@pytest.mark.parametrize("report", ["results.md", "overshoot/results.md"])
+@pytest.mark.parametrize("report", ["results.md", "replay/results.md", "overshoot/results.md"])
 def test_regression_real_pair_tables_are_the_study_report(report):
-    """Regression check: lfm/data/realpair/results.md (the paper preset) and overshoot/results.md are what
-    `lfm realpair study` wrote; docs/realpair.md quotes both."""
+    """Regression check: lfm/data/realpair/results.md (the paper preset), replay/results.md and
+    overshoot/results.md are what `lfm realpair study` wrote; docs/realpair.md quotes all three."""
     text = (ROOT / "lfm" / "data" / "realpair" / report).read_text().strip()
     assert text in (ROOT / "docs" / "realpair.md").read_text()
 

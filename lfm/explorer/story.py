@@ -193,11 +193,35 @@ def study_findings(report: dict) -> list[str]:
                      + f": {_verdict(cmp)}.")
     by_locate = f.get("locate_VA")
     if isinstance(by_locate, dict) and "top" in by_locate and len(by_locate) > 1:
-        verdicts = [f"{mode} locating does as well as top" if by_locate[mode] >= by_locate["top"] else
-                    f"top beats {mode}" for mode in LOCATE_MODES if mode != "top" and mode in by_locate]
+        versus_top = f.get("locate_vs_top") or {}
+        verdicts = [_locate_verdict(mode, versus_top.get(mode)) for mode in LOCATE_MODES
+                    if mode != "top" and mode in by_locate]
         lines.append("VA by locate mode: " + ", ".join(f"{m} {100 * by_locate[m]:.1f}" for m in LOCATE_MODES
                                                       if m in by_locate) + ": " + "; ".join(verdicts) + ".")
     return lines
+
+
+def _locate_verdict(mode: str, cmp: dict | None) -> str:
+    """Whether locating `mode` neurons instead of the top C(i) ones changes OA, judged by the paired interval
+    (`mode` minus top).
+
+    >>> _locate_verdict("random", {"OA": {"diff": 0.003, "low": -0.006, "high": 0.012}})
+    'random locating does as well as top (OA +0.3 [-0.6, +1.2])'
+    >>> _locate_verdict("bottom", {"OA": {"diff": -0.02, "low": -0.03, "high": -0.01}})
+    'top beats bottom (OA -2.0 [-3.0, -1.0])'
+    >>> _locate_verdict("bottom", None)
+    'bottom: no paired comparison with top, no verdict'
+    """
+    from lfm.evaluate.paired import above, format_interval
+
+    if above(cmp) is None:
+        return f"{mode}: no paired comparison with top, no verdict"
+    interval = f" (OA {format_interval(cmp['OA'])})"
+    if above(cmp):
+        return f"{mode} locating beats top{interval}"
+    if cmp["OA"]["high"] < 0:
+        return f"top beats {mode}{interval}"
+    return f"{mode} locating does as well as top{interval}"
 
 
 def _versus(cmp: dict | None, what: str) -> str:

@@ -8,7 +8,7 @@
         exit 0: built, and every check passed (or was tower-limited, or the preset's checks are
                 informational: smoke);  exit 1: built, but a check FAILed (the summary line names it);
         exit 2: nothing built or checked (one line on stderr says why)
-    lfm realpair study [--out DIR] [--preset paper] [--seed 0] [--results lfm/data/realpair] [--limit N]
+    lfm realpair study [--out DIR] [--preset paper] [--seed 0] [--results DIR] [--limit N]
                        [--stage-limit N] [--core] [--seeds 0,1,2] [--report]
     lfm realpair sweep [--out DIR] [--lr ...] [--steps ...] [--text-share ...] [--text-kinds K,...]
                        [--check-limit N] [--table F]
@@ -46,8 +46,8 @@ def register(subparsers) -> None:
     s = sub.add_parser("study", help="the paper's study on the pair -> results.{json,md}")
     _common(s)
     s.add_argument("--preset", default=DEFAULT_PRESET, help="whose pair (run folder OUT/<preset>/seed<N>) to study")
-    s.add_argument("--results", default=str(REALPAIR_RESULTS_DIR),
-                   help="folder for results.json / results.md (default: the shipped lfm/data/realpair)")
+    s.add_argument("--results", help="folder for results.json / results.md (default: the shipped "
+                   "lfm/data/realpair for the paper preset, lfm/data/realpair/<preset> for another)")
     s.add_argument("--limit", type=int, help="items per task of the LA/VA suite (default all)")
     s.add_argument("--stage-limit", type=int, help="visual items per task for the stage transitions (default all)")
     s.add_argument("--core", action="store_true", help="only the paper's core rows (references, TaskA a=0.5, "
@@ -105,6 +105,15 @@ def cmd_build(args) -> int:
     return 1 if checked and checked["mode"] == "enforce" and checked["failed"] else 0
 
 
+def shipped_report_dir(preset_name: str) -> Path:
+    """Where a preset's study report ships: the default preset's at the top, another's in its own folder.
+
+    >>> shipped_report_dir("paper") == REALPAIR_RESULTS_DIR, shipped_report_dir("replay").name
+    (True, 'replay')
+    """
+    return REALPAIR_RESULTS_DIR if preset_name == DEFAULT_PRESET else REALPAIR_RESULTS_DIR / preset_name
+
+
 def cmd_study(args) -> int:
     from .study import CORE, format_markdown, run_study, study_recipes
 
@@ -112,11 +121,12 @@ def cmd_study(args) -> int:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     except ValueError:
         raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
-    res = run_study(args.out, seed=args.seed, results_dir=Path(args.results), limit=args.limit,
+    results = Path(args.results) if args.results else shipped_report_dir(args.preset)
+    res = run_study(args.out, seed=args.seed, results_dir=results, limit=args.limit,
                     stage_limit=args.stage_limit, report_only=args.report, seeds=seeds, name=args.preset,
                     recipes=study_recipes()[:CORE] if args.core else None)
     print(format_markdown(res))
-    print(f"wrote {Path(args.results) / 'results.json'} and results.md")
+    print(f"wrote {results / 'results.json'} and results.md")
     return 0
 
 

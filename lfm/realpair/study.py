@@ -302,6 +302,8 @@ def findings(rows: list[dict], stages: dict) -> dict:
     loc = {r["locate"]: r for r in merges if r["label"].split(" locate=")[0] == f"Neu-S-TIES K={K:g} M={M:g}"}
     if loc:
         out["locate_VA"] = {k: v["VA"] for k, v in loc.items()}
+        if "top" in loc:  # each other locate mode against top, paired: what says whether locating matters
+            out["locate_vs_top"] = {k: paired(v, loc["top"]) for k, v in loc.items() if k != "top"}
     return out
 
 
@@ -424,7 +426,8 @@ def format_markdown(res: dict) -> str:
                      f"average (TaskA a=0.5) OA {_pct(g['average_OA'])} ({_paired_text(g.get('paired'))})")
     if "locate_VA" in f:
         lines.append("- Neu-S-TIES K=0.2 M=0.3 VA by locate mode: "
-                     + ", ".join(f"{k} {_pct(v)}" for k, v in f["locate_VA"].items()))
+                     + ", ".join(f"{k} {_pct(v)}" for k, v in f["locate_VA"].items())
+                     + "".join(f"; {k} vs top: {_paired_text(c)}" for k, c in f.get("locate_vs_top", {}).items()))
     checks = b.get("checks")
     if checks:
         failed = [c["check"] for c in checks["checks"] if c["status"] == "FAIL"]
