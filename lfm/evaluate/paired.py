@@ -104,23 +104,33 @@ def format_interval(r: dict) -> str:
     return f"{100 * r['diff']:+.1f} [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]"
 
 
-def above(cmp: dict | None) -> bool | None:
-    """Whether a paired comparison separates the first model above the second: its 95 % interval of the OA
-    difference lies above zero (None: no per-item outcomes, no verdict).
+def side(cmp: dict | None) -> int | None:
+    """Where a paired comparison puts the first model: +1 above the second (its 95 % interval of the OA
+    difference lies above zero), -1 below (the interval below zero), 0 not separable; None without per-item
+    outcomes (no verdict).
 
-    >>> above({"OA": {"diff": 0.0, "low": -0.009, "high": 0.009}}), above({"OA": {"diff": 0.02, "low": 0.01,
-    ...                                                                    "high": 0.03}}), above(None)
-    (False, True, None)
+    >>> side({"OA": {"low": -0.009, "high": 0.009}}), side({"OA": {"low": 0.01, "high": 0.03}}), side(None)
+    (0, 1, None)
     """
     if not (isinstance(cmp, dict) and isinstance(cmp.get("OA"), dict)):
         return None
-    return cmp["OA"]["low"] > 0
+    return 1 if cmp["OA"]["low"] > 0 else -1 if cmp["OA"]["high"] < 0 else 0
+
+
+def above(cmp: dict | None) -> bool | None:
+    """Whether a paired comparison separates the first model above the second (``side`` is +1); None: no verdict.
+
+    >>> above({"OA": {"low": -0.009, "high": 0.009}}), above({"OA": {"low": 0.01, "high": 0.03}}), above(None)
+    (False, True, None)
+    """
+    where = side(cmp)
+    return None if where is None else where == 1
 
 
 def above_all(cmps: list[dict | None]) -> bool | None:
     """``above`` for every comparison: None when any has no per-item outcomes.
 
-    >>> above_all([{"OA": {"low": 0.01}}, {"OA": {"low": 0.2}}]), above_all([{"OA": {"low": 0.01}}, None])
+    >>> above_all([{"OA": {"low": 0.01, "high": 0.02}}, {"OA": {"low": 0.2, "high": 0.3}}]), above_all([None])
     (True, None)
     """
     verdicts = [above(c) for c in cmps]

@@ -77,8 +77,8 @@ class PageSession:
         browser has connected (until then it waits in a queue; the worker goes on). Raises SessionClosed when the
         page is gone."""
         if self._doc is not None and self.background and threading.current_thread() is not threading.main_thread():
-            if self._gone():
-                raise SessionClosed()
+            if self._closed or (self._session is not None and self._session.destroyed):
+                raise SessionClosed()  # (Bokeh destroys the session before it runs the destroyed callbacks)
             with self._unconnected_lock:
                 if self._unconnected is not None:
                     self._unconnected.append(apply)
@@ -89,10 +89,6 @@ class PageSession:
                     raise SessionClosed() from e
         else:
             apply()
-
-    def _gone(self) -> bool:
-        """The browser left (Bokeh destroys the session before it runs the destroyed callbacks)."""
-        return self._closed or (self._session is not None and self._session.destroyed)
 
     def new_request(self) -> int:
         """A ticket for a request that replaces every earlier one (the newest setting wins)."""

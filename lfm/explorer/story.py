@@ -212,16 +212,13 @@ def _locate_verdict(mode: str, cmp: dict | None) -> str:
     >>> _locate_verdict("bottom", None)
     'bottom: no paired comparison with top, no verdict'
     """
-    from lfm.evaluate.paired import above, format_interval
+    from lfm.evaluate.paired import format_interval, side
 
-    if above(cmp) is None:
+    where = side(cmp)
+    if where is None:
         return f"{mode}: no paired comparison with top, no verdict"
-    interval = f" (OA {format_interval(cmp['OA'])})"
-    if above(cmp):
-        return f"{mode} locating beats top{interval}"
-    if cmp["OA"]["high"] < 0:
-        return f"top beats {mode}{interval}"
-    return f"{mode} locating does as well as top{interval}"
+    verdict = {1: f"{mode} locating beats top", -1: f"top beats {mode}", 0: f"{mode} locating does as well as top"}
+    return f"{verdict[where]} (OA {format_interval(cmp['OA'])})"
 
 
 def _versus(cmp: dict | None, what: str) -> str:
@@ -236,13 +233,10 @@ def _versus(cmp: dict | None, what: str) -> str:
 
 def _verdict(cmp: dict | None) -> str:
     """The paper's claim (restoring located neurons beats plain averaging), judged by the interval."""
-    if not (isinstance(cmp, dict) and isinstance(cmp.get("OA"), dict)):
-        return "no per-item outcomes, no verdict"
-    if cmp["OA"]["low"] > 0:
-        return "the paper's claim holds here"
-    if cmp["OA"]["high"] < 0:
-        return "the paper's claim does not hold here"
-    return "not separable on these items"
+    from lfm.evaluate.paired import side
+
+    return {None: "no per-item outcomes, no verdict", 1: "the paper's claim holds here",
+            -1: "the paper's claim does not hold here", 0: "not separable on these items"}[side(cmp)]
 
 
 # a report's top-level key -> its reader: the organism report ('table') or a real-pair study ('findings')
