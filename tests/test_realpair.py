@@ -248,12 +248,15 @@ def test_presets_paper_is_the_default_and_overshoot_is_the_first_recipe():
     assert paper.test_per_task >= 200 and paper.checks == "enforce"
     assert PRESETS["smoke"].checks == PRESETS["overshoot"].checks == "inform"  # not meant to be in the regime
     # the recipe the sweep chose (docs/realpair.md): the text share is definitions only; the first paper-regime
-    # recipe (definitions + pydoc replay, 160 steps) stays as 'replay', on the same tower, alignment and suite
+    # recipe (definitions + pydoc replay, 160 steps) stays as 'replay', on the suite and the tower (no distorted
+    # digits) its shipped report was measured with
     replay = PRESETS["replay"]
     assert paper.kinds() == ("definitions",) and replay.kinds() == ("definitions", "replay")
     assert (replay.tune_steps, replay.tune_lr) == (160, paper.tune_lr) and paper.tune_steps > replay.tune_steps
     assert replay.checks == "inform"
-    keep = [k for k in BuildConfig.__dataclass_fields__ if k not in ("name", "tune_steps", "text_kinds", "checks")]
+    assert paper.tower_digit_copies > 0 and replay.tower_digit_copies == over.tower_digit_copies == 0
+    keep = [k for k in BuildConfig.__dataclass_fields__
+            if k not in ("name", "tune_steps", "text_kinds", "checks", "tower_digit_copies")]
     assert [getattr(replay, k) for k in keep] == [getattr(paper, k) for k in keep]
     with pytest.raises(ValueError, match="unknown preset 'full'"):
         preset("full")
@@ -263,6 +266,8 @@ def test_presets_paper_is_the_default_and_overshoot_is_the_first_recipe():
         preset("paper", text_share=1.5)
     with pytest.raises(ValueError, match="text_kinds='definitions,pydoc'"):
         preset("paper", text_kinds="definitions,pydoc")
+    with pytest.raises(ValueError, match="tower_digit_copies=-1"):
+        preset("paper", tower_digit_copies=-1)
 
 
 def test_sweep_text_kinds_reach_the_tuning_data_and_the_tuned_stage(capsys):
@@ -317,6 +322,34 @@ def test_task_weights_draw_a_task_more_often_and_make_another_tuned_model(capsys
     assert main(["realpair", "sweep", "--dry-run", "--task-weights", "digit:2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "task_weights='digit:2'" in err[0] and "Traceback" not in err[0]
+
+
+def test_distorted_digits_are_exact_grid_moves_of_the_training_digits_only():
+    """distort_digit against numpy's own grid moves (a quarter turn is np.rot90, a one-pixel shift a slice),
+    the copies the tower sees: labels of their source digit, never a test digit, a pure function of the items
+    seed; and they enter the vision stage (another count is another tower), not the suite."""
+    from lfm.realpair.build import _stage_config
+
+    train = {i: (image, label) for i, image, label in data._digits("train")}
+    test_ids = {i for i, _, _ in data._digits("test")}
+    i, (d, label) = next(iter(train.items()))
+    np.testing.assert_allclose(data.distort_digit(d, 90.0, 1.0, (0.0, 0.0)), np.rot90(d, -1), atol=1e-9)
+    np.testing.assert_allclose(data.distort_digit(d, 180.0, 1.0, (0.0, 0.0)), np.rot90(d, 2), atol=1e-9)
+    down = np.zeros_like(d)
+    down[:-1] = d[1:]  # the content moves up a row: the output reads one row further down
+    np.testing.assert_allclose(data.distort_digit(d, 0.0, 1.0, (1.0, 0.0)), down, atol=1e-9)
+    shrunk = data.distort_digit(d, 0.0, 0.9, (0.0, 0.0))
+    assert 0 <= shrunk.min() and shrunk.max() <= 16 and shrunk.sum() < d.sum()  # smaller: less ink on the grid
+    copies, again = data.augmented_digits(2), data.augmented_digits(2)
+    assert len(copies) == 2 * len(train)
+    assert all(a.id == b.id and np.array_equal(a.image, b.image) for a, b in zip(copies, again))  # ITEMS_SEED only
+    sources = [int(it.id.split("-")[2]) for it in copies]
+    assert set(sources) == set(train) and not set(sources) & test_ids
+    assert all(it.answer == str(train[s][1]) and it.image.shape == (32, 32, 3) for it, s in zip(copies, sources))
+    plain = {it.id: it.image for it in data.visual_items("digits", "train", len(train))}
+    assert sum(np.array_equal(it.image, plain[f"digits-train-{s}"]) for it, s in zip(copies, sources)) == 0
+    towers = [_stage_config("vision", preset("paper", tower_digit_copies=n), {}) for n in (0, 4)]
+    assert towers[0] != towers[1] and "tower_digit_copies" not in _stage_config("suite", preset("paper"), {})
 
 
 def test_tower_batches_balance_the_tasks_and_its_heads_give_the_ceiling():

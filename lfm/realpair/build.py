@@ -35,8 +35,8 @@ DEFAULT_ROOT = Path(os.environ.get("LFM_REALPAIR_HOME", Path.home() / ".cache" /
 STAGE_FIELDS = {
     "suite": ("test_per_task", "prose_tokens", "image_size"),
     "vision": ("seed", "vision_hidden", "vision_layers", "vision_heads", "image_size", "patch", "vision_steps",
-               "vision_batch", "vision_lr", "vision_balanced", "tower_per_task", "train_per_task", "threads",
-               "test_per_task"),
+               "vision_batch", "vision_lr", "vision_balanced", "tower_per_task", "tower_digit_copies",
+               "train_per_task", "threads", "test_per_task"),
     "aligned": ("align_steps", "align_batch", "align_lr"),
     "tuned": ("tune_steps", "tune_batch", "tune_lr", "projector_lr", "text_share", "text_items", "text_tokens",
               "text_kinds", "task_weights"),
@@ -159,7 +159,8 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
     def items(split: str, n: int) -> list:
         return [it for t in data.VISUAL_TASKS for it in data.visual_items(t, split, n, cfg.image_size)]
 
-    train_items, tower_items = items("train", cfg.train_per_task), items("train", cfg.tower_per_task)
+    train_items = items("train", cfg.train_per_task)
+    tower_items = items("train", cfg.tower_per_task) + data.augmented_digits(cfg.tower_digit_copies, cfg.image_size)
     test_items = items("test", cfg.test_per_task)
     run = run_dir(root, cfg.name, cfg.seed)
     run.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,10 @@ class BuildConfig:
     # on 1500 images per task 75.5 / 100 / 47 / 100 %; task-balanced steps on 4000 drawn images per task
     # (digits: all 1497) 83.5 / 99.5 / 86.5 / 100 % at 1500 steps, 85.5 / 100 / 98 / 100 % at 2400 (a larger
     # tower, hidden 192 x 4 layers: 84 / 100 / 73 / 100 % at 1200 steps, 4x the time; shifting images by 4 px
-    # for augmentation: digits 36 %)
+    # for augmentation: digits 36 %). A ViT trained from scratch learns the 1497 training digits by heart
+    # (train 99.8 %, held-out 86 % on seed 0, 91 % on seed 1): ``tower_digit_copies`` distorted copies of each
+    # (rotated, scaled, shifted, redrawn at 8x8: data.augmented_digits) join its pretraining; 4 copies: held-out
+    # digits 97.5 % on seeds 0 and 1, the same 90 s
     vision_hidden: int = 128
     vision_layers: int = 3
     vision_heads: int = 4
@@ -46,6 +49,7 @@ class BuildConfig:
     vision_lr: float = 1e-3
     vision_balanced: bool = True  # each pretraining batch holds every task equally (else: drawn from all items)
     tower_per_task: int = 4000    # pretraining images per drawn task (digits: the 1497 sklearn has for training)
+    tower_digit_copies: int = 4   # distorted copies of each training digit the tower also sees (0: none)
     # stage 1, alignment: the projector alone, LLM frozen
     align_steps: int = 60
     align_batch: int = 16
@@ -75,6 +79,8 @@ class BuildConfig:
     def __post_init__(self):
         if self.checks not in CHECK_MODES:
             raise ValueError(f"checks={self.checks!r}: use one of {CHECK_MODES}")
+        if self.tower_digit_copies < 0:
+            raise ValueError(f"tower_digit_copies={self.tower_digit_copies}: use a whole number >= 0")
         if not 0.0 <= self.text_share < 1.0:
             raise ValueError(f"text_share={self.text_share}: use a fraction in [0, 1)")
         if not self.kinds() or set(self.kinds()) - set(TEXT_KINDS):
@@ -112,13 +118,14 @@ class BuildConfig:
 
 PRESETS = {
     "paper": BuildConfig(),
-    "replay": BuildConfig(name="replay", tune_steps=160, text_kinds="definitions,replay", checks="inform"),
+    "replay": BuildConfig(name="replay", tune_steps=160, text_kinds="definitions,replay", tower_digit_copies=0,
+                          checks="inform"),
     # out of the regime by design, so its checks inform (they would fail it) rather than fail the build
     "overshoot": BuildConfig(name="overshoot", vision_steps=600, vision_balanced=False, tower_per_task=1500,
-                             tune_steps=120, tune_lr=5e-4, text_share=0.0, checks="inform"),
+                             tower_digit_copies=0, tune_steps=120, tune_lr=5e-4, text_share=0.0, checks="inform"),
     "smoke": BuildConfig(name="smoke", vision_hidden=32, vision_layers=1, vision_heads=2, vision_steps=4,
                          vision_batch=8, align_steps=2, align_batch=2, tune_steps=3, tune_batch=4, train_per_task=16,
-                         tower_per_task=16,
+                         tower_per_task=16, tower_digit_copies=0,
                          text_items=8, text_tokens=24, test_per_task=6, prose_tokens=128, checks="inform",
                          # both kinds, as when the fast tests' expectations of this pair were set (notebook 01 on
                          # it finds every module's C(i) tail above the shuffled null; definitions only: not o_proj)
