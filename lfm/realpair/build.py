@@ -160,7 +160,6 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
         return [it for t in data.VISUAL_TASKS for it in data.visual_items(t, split, n, cfg.image_size)]
 
     train_items = items("train", cfg.train_per_task)
-    tower_items = items("train", cfg.tower_per_task) + data.augmented_digits(cfg.tower_digit_copies, cfg.image_size)
     test_items = items("test", cfg.test_per_task)
     run = run_dir(root, cfg.name, cfg.seed)
     run.mkdir(parents=True, exist_ok=True)
@@ -170,6 +169,8 @@ def build(out: str | Path | None = None, cfg: BuildConfig = BuildConfig(), *, gg
     vis_dir = _shared(root, "vision", vis_cfg)
     if not _done(vis_dir, vis_cfg):
         log(f"pretraining the vision tower -> {vis_dir}")
+        # drawn only when the tower is trained: a cached tower needs none of its 4000 images per task or copies
+        tower_items = items("train", cfg.tower_per_task) + data.augmented_digits(cfg.tower_digit_copies, cfg.image_size)
         with _tmp(vis_dir) as tmp:
             state, s = vision.pretrain_tower(cfg, tower_items, test_items)
             save_file(state, str(tmp / "vision.safetensors"))
