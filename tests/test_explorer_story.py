@@ -74,6 +74,24 @@ def test_shipped_organism_report_findings_regression():
                                          if isinstance(c.get(m), dict)}
 
 
+def test_study_findings_read_every_seed_of_the_paper_question_by_its_own_interval():
+    """A real-pair report with several tuning seeds: the Neuron-Fusion row against plain averaging is judged on
+    each seed by that seed's paired interval (lfm.evaluate.paired.side), never by the mean."""
+    def cmp(low, high):
+        return {"OA": {"diff": (low + high) / 2, "low": low, "high": high}, "mcnemar": {"p": 0.5}}
+
+    seeds = {"seeds": [0, 1, 2], "neuron_fusion": [
+        {"label": "Neu-S-TIES K=0.2 M=0.3", "vs": "TaskA a=0.5",
+         "per_seed": [cmp(-0.015, 0.005), cmp(-0.03, -0.01), cmp(0.001, 0.024)]},
+        {"label": "Neu-S-TIES K=0.2 M=0.3", "vs": "tuned MLLM", "per_seed": [cmp(-0.01, 0.01)] * 3}]}
+    lines = [x for x in story.study_findings({"findings": {}, "seeds": seeds}) if x.startswith("across tuning seeds")]
+    assert lines == ["across tuning seeds, Neu-S-TIES K=0.2 M=0.3 vs plain averaging (TaskA a=0.5), each seed on its "
+                     "own items: -0.5 [-1.5, +0.5] (seed 0), -2.0 [-3.0, -1.0] (seed 1), +1.2 [+0.1, +2.4] (seed 2): "
+                     "above on 1 of 3, below on 1, not separable on 1."]
+    one_seed = {**seeds, "seeds": [0], "neuron_fusion": [{**seeds["neuron_fusion"][0], "per_seed": [cmp(0.01, 0.02)]}]}
+    assert not any(x.startswith("across") for x in story.study_findings({"findings": {}, "seeds": one_seed}))
+
+
 def test_a_pair_without_report_has_no_findings(tmp_path):
     (tmp_path / "tuned").mkdir()
     assert story.pair_findings(tmp_path / "tuned") == ("", [])

@@ -230,6 +230,11 @@ def test_study_on_the_smoke_pair(smoke_pair, tmp_path):
     assert {r["point"] for r in seeds["rows"]} == set(points)
     for r in seeds["rows"]:
         assert r["OA"]["values"] == [points[r["point"]]["OA"]] and r["LA"]["mean"] == points[r["point"]]["LA"]
+    # the paper's question on every seed: each Neuron-Fusion row of the paper group, paired on that seed's items,
+    # the same comparison the seed's own report makes
+    assert [(c["label"], c["vs"]) for c in seeds["neuron_fusion"]] == [("Neu-S-TIES K=0.2 M=0.3", "TaskA a=0.5"),
+                                                                       ("Neu-S-TIES K=0.2 M=0.3", "tuned MLLM")]
+    assert seeds["neuron_fusion"][0]["per_seed"] == [{k: res["paired"][0][k] for k in ("OA", "mcnemar")}]
 
 
 # --------------------------------------------------------------------------------------- issue 26: the regime

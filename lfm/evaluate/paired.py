@@ -136,3 +136,17 @@ def above_all(cmps: list[dict | None]) -> bool | None:
     verdicts = [above(c) for c in cmps]
     return None if None in verdicts else all(verdicts)
 
+
+
+def across_runs(cmps: list[dict | None], runs: list[str]) -> str:
+    """The same paired comparison made on several runs (tuning seeds), each judged by its own interval (``side``).
+
+    >>> across_runs([{"OA": {"diff": -0.005, "low": -0.015, "high": 0.005}},
+    ...              {"OA": {"diff": 0.012, "low": 0.001, "high": 0.024}}], ["seed 0", "seed 1"])
+    '-0.5 [-1.5, +0.5] (seed 0), +1.2 [+0.1, +2.4] (seed 1): above on 1 of 2, below on 0, not separable on 1'
+    """
+    sides = [side(c) for c in cmps]
+    each = ", ".join(("no per-item outcomes" if c is None else format_interval(c["OA"])) + f" ({run})"
+                     for c, run in zip(cmps, runs))
+    verdict = f"above on {sides.count(1)} of {len(sides)}, below on {sides.count(-1)}, not separable on {sides.count(0)}"
+    return each + ": " + verdict + (f", no verdict on {sides.count(None)}" if None in sides else "")

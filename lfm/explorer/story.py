@@ -191,6 +191,13 @@ def study_findings(report: dict) -> list[str]:
         lines.append(f"{nf['neuron_fusion']} vs plain averaging (TaskA a=0.5): OA {100 * nf['OA']:.1f} vs "
                      f"{100 * nf['average_OA']:.1f}" + (_versus(cmp, "").rstrip() if cmp else "")
                      + f": {_verdict(cmp)}.")
+    seeds = report.get("seeds") if isinstance(report.get("seeds"), dict) else {}
+    for c in seeds.get("neuron_fusion", []):
+        if c.get("vs") == "TaskA a=0.5" and len(c.get("per_seed", [])) > 1:
+            from lfm.evaluate.paired import across_runs
+
+            lines.append(f"across tuning seeds, {c['label']} vs plain averaging (TaskA a=0.5), each seed on its own "
+                         f"items: " + across_runs(c["per_seed"], [f"seed {s}" for s in seeds["seeds"]]) + ".")
     by_locate = f.get("locate_VA")
     if isinstance(by_locate, dict) and "top" in by_locate and len(by_locate) > 1:
         versus_top = f.get("locate_vs_top") or {}

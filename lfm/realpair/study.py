@@ -19,7 +19,7 @@ import math
 import time
 from pathlib import Path
 
-from lfm.evaluate.paired import above_all, bootstrap_oa, format_interval, mcnemar
+from lfm.evaluate.paired import above_all, across_runs, bootstrap_oa, format_interval, mcnemar
 from lfm.methods import Recipe
 from lfm.package_data import REALPAIR_RESULTS_DIR
 from lfm.methods.registry import METHODS
@@ -158,7 +158,9 @@ def run_study(root: str | Path | None = None, *, seed: int = 0, results_dir: str
 
 
 def seed_summary(root, seeds: list[int], groups: dict, name: str = DEFAULT_PRESET, limit: int | None = None) -> dict:
-    """Each row that every seed's study has (LA, VA, OA, held-out perplexities), per seed and as mean / sd.
+    """Each row that every seed's study has (LA, VA, OA, held-out perplexities), per seed and as mean / sd, and
+    the paper's question asked on every seed: each Neuron-Fusion row of the paper group against plain averaging
+    and the tuned MLLM, paired on that seed's items ("neuron_fusion": [{"label", "vs", "per_seed": [paired]}]).
     A seed whose pair or study is missing is listed under "missing" (build it and run its study first)."""
     from lfm.evaluate.sweep import load_results
 
@@ -184,7 +186,27 @@ def seed_summary(root, seeds: list[int], groups: dict, name: str = DEFAULT_PRESE
                       for s in found]
             row[key] = {"values": values, **_mean_sd(values)}
         out.append(row)
-    return {"seeds": found, "missing": missing, "rows": out}
+    return {"seeds": found, "missing": missing, "rows": out,
+            "neuron_fusion": _across_seeds([per_seed[s] for s in found], points)}
+
+
+def _across_seeds(per_seed: list[dict], points: list[str]) -> list[dict]:
+    """Each Neuron-Fusion row of the paper group (as ``findings`` picks them) against plain averaging and the
+    tuned MLLM, paired on each seed's own items, in seed order."""
+    if not per_seed:
+        return []
+    first = per_seed[0]
+    by_label = {_display_label(r): pt for pt, r in first.items()}
+    out = []
+    for point in points:
+        r = first[point]
+        if r["kind"] != "point" or r.get("group") != "paper" or not _restores_neurons(r.get("method")):
+            continue
+        for vs in ("TaskA a=0.5", "tuned MLLM"):
+            if by_label.get(vs) in points:
+                out.append({"label": _display_label(r), "vs": vs,
+                            "per_seed": [paired(rows[point], rows[by_label[vs]]) for rows in per_seed]})
+    return out
 
 
 def _display_label(row: dict) -> str:
@@ -315,6 +337,13 @@ def _paired_text(cmp: dict | None) -> str:
     return f"OA {format_interval(cmp['OA'])}, McNemar {m['a_only']} vs {m['b_only']} items, p {m['p']:.2g}"
 
 
+def _paired_cell(cmp: dict | None) -> str:
+    """'+1.2 [+0.1, +2.4], p 0.01' ('n/a' without per-item outcomes)."""
+    if not cmp:
+        return "n/a"
+    return f"{format_interval(cmp['OA'])}, p {cmp['mcnemar']['p']:.2g}"
+
+
 def _pct(v, digits=1):
     return "n/a" if v is None else f"{100 * v:.{digits}f}"
 
@@ -404,6 +433,13 @@ def format_markdown(res: dict) -> str:
         for r in sorted(sd["rows"], key=lambda r: order.get(r["group"], 9)):
             cells = [_spread(r[k], pct=True) for k in ("LA", "VA", "OA")] + [_spread(r[k]) for k in ("ppl_gpl3", "ppl_pydoc")]
             lines.append(f"| {r['group']} | {r['label']} | " + " | ".join(cells) + " |")
+        if sd.get("neuron_fusion"):
+            lines += ["", "The paper's question on every seed, paired on that seed's items (OA difference [95% CI], "
+                      "McNemar p):", "", "| model / merge | vs | " + " | ".join(f"seed {s}" for s in sd["seeds"])
+                      + " |", "|---|---|" + "---:|" * len(sd["seeds"])]
+            for c in sd["neuron_fusion"]:
+                lines.append(f"| {c['label']} | {c['vs']} | " + " | ".join(_paired_cell(p) for p in c["per_seed"])
+                             + " |")
         if sd["missing"]:
             lines.append(f"\n(seeds without a finished study: {', '.join(map(str, sd['missing']))})")
     f = res["findings"]
@@ -424,6 +460,9 @@ def format_markdown(res: dict) -> str:
         g = f["best_neuron_fusion_vs_average_OA"]
         lines.append(f"- best Neuron-Fusion at K=0.2 M=0.3: {g['neuron_fusion']} OA {_pct(g['OA'])} vs plain "
                      f"average (TaskA a=0.5) OA {_pct(g['average_OA'])} ({_paired_text(g.get('paired'))})")
+    for c in (res.get("seeds") or {}).get("neuron_fusion", []):
+        lines.append(f"- across tuning seeds, {c['label']} vs {c['vs']}: "
+                     + across_runs(c["per_seed"], [f"seed {s}" for s in res["seeds"]["seeds"]]))
     if "locate_VA" in f:
         lines.append("- Neu-S-TIES K=0.2 M=0.3 VA by locate mode: "
                      + ", ".join(f"{k} {_pct(v)}" for k, v in f["locate_VA"].items())
