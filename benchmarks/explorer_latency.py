@@ -9,8 +9,9 @@ pair (`lfm realpair build`'s output) or any pair with its suite.
 
 Serves `apps/explorer.py` (no background sweep), then moves the K slider one step at a time (ArrowRight: a K never
 evaluated before, so no cache hit) and times, from the key press, in the order the page draws them:
-    first LA / VA until the trade-off shows the new recipe's numbers from its first items per task (a live move's
-                  numbers arrive from the first lfm.explorer.state.FIRST_ITEMS items per task, then from all)
+    first LA / VA until the trade-off shows the new recipe's numbers from its first items per task (a long live
+                  evaluation's numbers arrive from the first lfm.explorer.state.FIRST_ITEMS items per task, then
+                  from all; one taking less than PREVIEW_AFTER_S arrives once: then first = all)
     LA / VA       until the trade-off shows its numbers on all `--per-task` items
     neuron view   until the rank-curve title names the new K (the neuron views follow the numbers; its stages'
                   answers follow as a job of their own)
@@ -47,6 +48,7 @@ from lfm.cli import let_idle_threads_sleep  # noqa: E402
 # on this shared machine made one evaluation of the smoke real pair 5 s instead of 1 s
 let_idle_threads_sleep()
 
+from lfm.explorer.state import PREVIEW_AFTER_S  # noqa: E402
 from test_app_browser import CHROMIUM, CHROMIUM_ARGS, serve_explorer  # noqa: E402 (the tests' server fixture)
 
 REFERENCE_KS = (0.61, 0.62, 0.63)  # the yardstick's K values: the page never visits them
@@ -161,8 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         answers_computing = page.locator(".lfm-generations .bk-Markdown", has_text="computing the answers")
         numbers(trade, 0.2, all_items=True).first.wait_for()
         handle = page.locator(".bk-input-group", has_text="K (density").locator(".noUi-handle").first
+        def quiet():
+            """The page done with the last move: its stages' answers arrived and the browser has drawn them."""
+            answers_computing.first.wait_for(state="detached")
+            page.evaluate("() => new Promise(done => requestIdleCallback(() => done(), {timeout: 10000}))")
+
         for i in range(args.moves):
-            answers_computing.first.wait_for(state="detached")  # each move starts from a quiet page
+            quiet()  # each move starts from a quiet page
             k = round(0.2 + 0.01 * (i + 1), 2)
             handle.focus()
             t0 = time.perf_counter()
@@ -176,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             neuron.append(time.perf_counter() - t0)
             print(f"K={k:g}: first LA/VA {first[-1]:.2f} s, LA/VA on {full} {evals[-1]:.2f} s, neuron view "
                   f"{neuron[-1]:.2f} s", flush=True)
-        answers_computing.first.wait_for(state="detached")  # the burst starts from a quiet page
+        quiet()  # the burst starts from a quiet page
         handle.focus()
         t0 = time.perf_counter()
         for _ in range(args.burst):
@@ -187,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
             landed = k
         except PlaywrightTimeout:  # a press lost in the burst (docs/explorer.md): time where the slider stopped
             landed = round(float(handle.get_attribute("aria-valuenow")), 2)
-            numbers(trade, landed, all_items=True).first.wait_for()
+            try:
+                numbers(trade, landed, all_items=True).first.wait_for(timeout=120_000)
+            except PlaywrightTimeout:  # the slider and the numbers disagree: say so, never wait forever
+                fail(f"the burst did not settle: the slider shows K={landed:g} (pressed to K={k:g}), the trade-off "
+                     f"says {trade.all_inner_texts()}")
         burst = time.perf_counter() - t0
         print(f"{args.burst} presses to K={k:g}: settled in {burst:.2f} s"
               + ("" if landed == k else f" (the slider stopped at K={landed:g}: a press was lost)"), flush=True)
@@ -196,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
            "neuron_view_s": neuron, "first_la_va_s": first, "la_va_s": evals,
            "neuron_view_median_s": statistics.median(neuron), "first_la_va_median_s": statistics.median(first),
            "la_va_median_s": statistics.median(evals), "one_evaluation_s": one, "one_evaluation_median_s": ref,
-           "burst_presses": args.burst, "burst_s": burst, "burst_target_k": k, "burst_landed_k": landed,
+           "preview_after_s": PREVIEW_AFTER_S, "burst_presses": args.burst, "burst_s": burst, "burst_target_k": k, "burst_landed_k": landed,
            "first_la_va_over_one_evaluation": statistics.median(first) / ref,
            "la_va_over_one_evaluation": statistics.median(evals) / ref, "burst_over_one_evaluation": burst / ref,
            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}

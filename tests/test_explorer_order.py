@@ -21,7 +21,8 @@ def _organism_page(organism, per_task: int):
     return s, app
 
 
-def test_a_move_hands_its_numbers_to_the_page_before_the_neuron_views_are_recomputed(organism):
+def test_a_move_hands_its_numbers_to_the_page_before_the_neuron_views_are_recomputed(organism, monkeypatch):
+    monkeypatch.setattr("lfm.explorer.state.PREVIEW_AFTER_S", 0.0)  # a long evaluation: first items, then all
     s, app = _organism_page(organism, per_task=4)
     recipe = Recipe(density=0.37)
     events = []
@@ -59,3 +60,17 @@ def test_a_slider_value_with_float_noise_evaluates_once(organism):
     s.density = 0.23000000000000004  # what a slider sends after 0.22 + 0.01
     assert s.density == 0.23 and recipes == [Recipe(density=0.23)]
     assert s.session._latest == requests + 1  # one evaluation requested, not one per write of the value
+
+
+def test_a_pin_made_before_its_answers_arrive_gets_them_when_they_do(organism):
+    """The stage answers follow the numbers (and the neuron views, ``VIEWS_AFTER_NUMBERS_S``): a pin made in between
+    holds none at first, and the compare table would say it has no per-item answers; it gets them on arrival. A
+    pin of another recipe is left as it was."""
+    s, _ = _organism_page(organism, per_task=2)
+    answers, recipe, other = s.generations, s.recipe, Recipe(density=0.41)
+    assert answers is not None and s.generations_recipe == recipe
+    s.param.update(generations=None, generations_recipe=None)  # as between the numbers and the answers
+    s.pinned = [{"recipe": other, "current": s.current, "generations": None},
+                {"recipe": recipe, "current": s.current, "generations": None}]
+    s.param.update(generations=answers, generations_recipe=recipe)
+    assert s.pinned[1]["generations"] is answers and s.pinned[0]["generations"] is None

@@ -1,6 +1,8 @@
-"""Numbers that arrive progressively: a live move's LA / VA come first from the first items of each task, then from
-all of them, each with its 95 % Wilson interval (which narrows); the final numbers are a plain
-`PointRunner.evaluate` of the recipe, and a burst of moves still evaluates only where it stops, at either size."""
+"""Numbers that arrive progressively: a long live evaluation's LA / VA come first from the first items of each task,
+then from all of them, each with its 95 % Wilson interval (which narrows); the final numbers are a plain
+`PointRunner.evaluate` of the recipe, and a burst of moves still evaluates only where it stops, at either size. A
+short evaluation (under PREVIEW_AFTER_S here) comes once: the preview would delay the full numbers more than it
+shows early."""
 
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def _width(current: dict, side: str) -> float:
     return hi - lo
 
 
-def test_a_move_shows_its_first_items_then_all_equal_to_a_plain_point_runner(tmp_path):
+def test_a_move_shows_its_first_items_then_all_equal_to_a_plain_point_runner(tmp_path, monkeypatch):
     """One move on a pair evaluated through its suite (the organism's, lm-eval + lmms-eval: PointRunner, the
     path of every pair but the organism's own evaluator): two updates, the first from FIRST_ITEMS items per
     task (wide intervals, said in the numbers and on the star's error bars), then from all items (narrower);
@@ -48,6 +50,7 @@ def test_a_move_shows_its_first_items_then_all_equal_to_a_plain_point_runner(tmp
     from lfm.explorer.app import ExplorerApp, extension
 
     extension()
+    monkeypatch.setattr("lfm.explorer.state.PREVIEW_AFTER_S", 0.0)  # every evaluation counts as long
     base, tuned = organism_pair(tmp_path)
     recipe = Recipe(density=0.3)
     s = ExplorerState(background=False, auto_sweep=False, source_kind="pair", base_path=str(base),
@@ -87,6 +90,7 @@ def test_a_move_shows_its_first_items_then_all_equal_to_a_plain_point_runner(tmp
 def test_a_burst_evaluates_neither_size_of_the_moves_it_skips(tmp_path, monkeypatch):
     """Eight K moves in a row (worker threads, as served) at 4 items per task: the skipped Ks are evaluated at
     no size, the last one at its first items and then at all 4."""
+    monkeypatch.setattr("lfm.explorer.state.PREVIEW_AFTER_S", 0.0)  # every evaluation counts as long
     base, tuned = organism_pair(tmp_path)
     s = ExplorerState(background=True, auto_sweep=False, source_kind="pair", base_path=str(base),
                       tuned_path=str(tuned), per_task=4)
@@ -106,3 +110,25 @@ def test_a_burst_evaluates_neither_size_of_the_moves_it_skips(tmp_path, monkeypa
     assert {(ks[-1], FIRST_ITEMS), (ks[-1], 4)} <= evaluated
     assert not {k for k, _ in new} & set(ks[:-1]), new
     s.session.work.shutdown(wait=True)
+
+
+def test_a_short_evaluation_comes_once_and_a_long_one_first_from_its_first_items(tmp_path, monkeypatch):
+    """The page times each whole evaluation of a merge (``LivePair.seconds``); a move whose last evaluation of that
+    size took less than PREVIEW_AFTER_S shows its numbers once, on all its items; over it (here: the threshold
+    set below what this pair takes), first from FIRST_ITEMS items per task."""
+    base, tuned = organism_pair(tmp_path)
+    s = ExplorerState(background=False, auto_sweep=False, source_kind="pair", base_path=str(base),
+                      tuned_path=str(tuned), suite_path="organism", per_task=4)
+    s.load()
+    seconds = s.source.seconds(4)
+    assert seconds is not None and 0 < seconds < 60  # the load evaluated a merge (hard-merge) on 4 items per task
+    updates = []
+    s.param.watch(lambda e: updates.append(e.new) if e.new else None, "current")
+    monkeypatch.setattr("lfm.explorer.state.PREVIEW_AFTER_S", seconds * 100)  # this pair's evaluations are short
+    s.density = 0.33
+    assert [(u["label"], u["per_task"], "first_of" in u) for u in updates] == [(Recipe(density=0.33).label, 4, False)]
+    updates.clear()
+    monkeypatch.setattr("lfm.explorer.state.PREVIEW_AFTER_S", s.source.seconds(4) / 100)  # ... and now long
+    s.density = 0.34
+    label = Recipe(density=0.34).label
+    assert [(u["label"], u["per_task"], u.get("first_of")) for u in updates] == [(label, FIRST_ITEMS, 4), (label, 4, None)]

@@ -24,6 +24,7 @@ Which evaluator (explicit, never a fallback):
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
@@ -161,6 +162,7 @@ class LivePair:
         self.evaluator, self.eval_error = self._load_evaluator(suite, device)
         self._evaluations: OrderedDict[tuple, dict] = OrderedDict()
         self._evaluations_lock = threading.Lock()
+        self._seconds: dict[int, float] = {}  # per_task -> the last whole evaluation of a merge (``seconds``)
         if self.evaluator is not None:
             what = "the organism's held-out items" if self.evaluator.kind == "organism" else \
                 f"suite {self.evaluator.runner.suite.name!r}" + (f" ({suite})" if isinstance(suite, (str, Path))
@@ -199,7 +201,10 @@ class LivePair:
         if first is not None and self.evaluator.evaluates_rest:  # the page's first numbers: only the rest runs now
             result = self.evaluator.evaluate_rest(recipe, first[1], first[0], self.eval_items(per_task))
         else:
+            started = time.perf_counter()
             result = self.evaluate(recipe, self.eval_items(per_task))
+            if recipe is not None:  # a merge and its evaluation, as a move costs (the tuned model needs no merge)
+                self._seconds[per_task] = time.perf_counter() - started
         with self._evaluations_lock:
             self._evaluations[key] = result
             if len(self._evaluations) > self.EVALUATIONS_KEPT:
@@ -208,6 +213,9 @@ class LivePair:
 
     def missing_note(self, recipe: Recipe) -> str:
         return ""
+
+    def seconds(self, per_task: int) -> float | None:
+        return self._seconds.get(per_task)
 
     def reference(self, label: str, per_task: int) -> dict | None:
         if not self.can_evaluate:

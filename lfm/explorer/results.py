@@ -319,6 +319,9 @@ class ResultsFolder:
         ``per_task``."""
         return self.lookup(recipe) if recipe is not None else self.lookup(None, label="tuned")
 
+    def seconds(self, per_task: int) -> float | None:
+        return None  # looked up, never evaluated
+
     def missing_note(self, recipe: Recipe) -> str:
         """'not precomputed: nearest is <label>', or what else keeps ``recipe`` out of the folder."""
         if self.sweep is None:

@@ -53,6 +53,10 @@ class Source(Protocol):
     def missing_note(self, recipe: Recipe) -> str:
         """'' or why ``evaluation(recipe)`` has no numbers ('not precomputed: nearest is ...')."""
 
+    def seconds(self, per_task: int) -> float | None:
+        """How long the last whole evaluation of a merge on ``per_task`` items per task took here; None before
+        the first (or when numbers are looked up, not evaluated)."""
+
     def reference(self, label: str, per_task: int) -> dict | None:
         """LA / VA / OA of one of ``REFERENCES``; None when unavailable."""
 

@@ -29,9 +29,17 @@ from .session import PageSession, SessionClosed  # noqa: F401 (SessionClosed: wh
 SOURCES = ("organism", "pair", "results")
 # a burst of key presses (or a drag) evaluates where it stops: a request waits this long for a newer one
 SETTLE_S = 0.15
-# a live move's numbers arrive twice: from the first FIRST_ITEMS items per task (seconds sooner on the real pair),
-# then from all the page asks for, the Wilson interval narrowing (a newer move cancels the rest)
+# the neuron views follow a move's numbers by this beat (in a served page): the browser paints the numbers first
+# (~0.5 s on 2 cores) instead of sharing the CPU with the views' tensors and figures (0.4-0.5 s sooner on the
+# real pair: benchmarks/explorer_latency.py); a newer move cuts the beat short
+VIEWS_AFTER_NUMBERS_S = 0.5
+# a long live evaluation's numbers arrive twice: from the first FIRST_ITEMS items per task, then from all the page
+# asks for, the Wilson interval narrowing (a newer move cancels the rest). Only when one evaluation of that size took
+# PREVIEW_AFTER_S or more here: the preview costs a second harness call and a redraw while the rest computes (~2.4 s
+# on the real pair, 2 cores), so on 8 items per task (~7 s) it came at 0.75x one evaluation and put the full
+# numbers at 1.35x, against 1.18x without it (benchmarks/explorer_latency.py, docs/explorer.md)
 FIRST_ITEMS = 2
+PREVIEW_AFTER_S = 20.0
 # the recipe settings the page holds: those with a URL key in the registry's settings table
 RECIPE_PARAMS = tuple(name for name, setting in SETTINGS.items() if setting.url and name != "method")
 # state parameter -> URL query key (shareable links: ?method=Neu-P-TIES&K=0.3&M=0.2&locate=random ...); the
@@ -87,14 +95,19 @@ def clean_query(query: dict[str, str]) -> dict[str, str]:
     return clean
 
 
-def evaluation_sizes(per_task: int) -> tuple[int, ...]:
+def evaluation_sizes(per_task: int, seconds: float | None = None) -> tuple[int, ...]:
     """The items per task a live move is evaluated on, in the order its numbers arrive (0 = all items): the first
-    FIRST_ITEMS, then all `per_task`; just `per_task` when that is no more than FIRST_ITEMS.
+    FIRST_ITEMS, then all `per_task`, when one evaluation of that size took `seconds` >= PREVIEW_AFTER_S here (or
+    none has been timed yet); else just `per_task` (also when that is no more than FIRST_ITEMS).
 
-        >>> evaluation_sizes(8), evaluation_sizes(0), evaluation_sizes(2), evaluation_sizes(1)
+        >>> evaluation_sizes(8), evaluation_sizes(0, 95.0), evaluation_sizes(2), evaluation_sizes(1)
         ((2, 8), (2, 0), (2,), (1,))
+        >>> evaluation_sizes(8, 7.0), evaluation_sizes(0, 0.2)
+        ((8,), (0,))
     """
-    return (FIRST_ITEMS, per_task) if per_task <= 0 or per_task > FIRST_ITEMS else (per_task,)
+    more = per_task <= 0 or per_task > FIRST_ITEMS
+    long = seconds is None or seconds >= PREVIEW_AFTER_S
+    return (FIRST_ITEMS, per_task) if more and long else (per_task,)
 
 
 def organism_paths() -> tuple[str, str]:
@@ -340,11 +353,18 @@ class ExplorerState(param.Parameterized):
     def _settled(self, ticket) -> bool:
         """Whether `ticket` is still the newest request after SETTLE_S (in a served page): a burst of key presses
         queues one job per press, and only the last one's evaluates; the others return at once."""
-        if not self.session.is_latest(ticket):
-            return False
-        if self.session.background:
-            time.sleep(SETTLE_S)
-        return self.session.is_latest(ticket)
+        return self._still_latest_after(ticket, SETTLE_S)
+
+    def _still_latest_after(self, ticket, seconds: float) -> bool:
+        """Whether `ticket` is still the newest request after `seconds` (in a served page; at once otherwise),
+        answering False as soon as a newer one comes."""
+        end = time.monotonic() + (seconds if self.session.background else 0.0)
+        while self.session.is_latest(ticket):
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(min(left, 0.05))
+        return False
 
     def _evaluate_job(self, source, recipe, per_task, ticket):
         """The recipe's LA / VA first (the trade-off plot gets them as soon as they exist: a live pair's from its
@@ -380,6 +400,8 @@ class ExplorerState(param.Parameterized):
         self._set(references=refs, current=current, pending="", not_precomputed=missing,
                   history=self._visited(current),
                   eval_status=missing or ("" if current is not None else "no evaluation for this setting"))
+        if not self._still_latest_after(ticket, VIEWS_AFTER_NUMBERS_S):
+            return  # a newer move draws its own views and stages
         self._set(drawn_recipe=recipe)  # after the numbers: the page draws them first (a hand-back of their own)
         self.session.run(self._answers_job, source, recipe, per_task, ticket)
 
@@ -391,7 +413,7 @@ class ExplorerState(param.Parameterized):
     def _first_numbers(self, source, recipe, per_task, ticket) -> bool:
         """Show `recipe`'s numbers on its first items (``evaluation_sizes``) while all of them compute; False when
         a newer setting came meanwhile (nothing shown, nothing more to do)."""
-        first = evaluation_sizes(per_task)[0]
+        first = evaluation_sizes(per_task, source.seconds(per_task))[0]
         if first == per_task:
             return True  # one size only: the numbers come once
         current = compute.evaluation(source, recipe, first)
@@ -439,6 +461,15 @@ class ExplorerState(param.Parameterized):
             return
         gens = self.generations if self.generations_recipe == self.recipe else None
         self.pinned = (self.pinned + [{"recipe": self.recipe, "current": self.current, "generations": gens}])[-4:]
+
+    @param.depends("generations", watch=True)
+    def _answers_reach_pins(self):
+        """A pin made before its recipe's stage answers arrived gets them when they do (they follow the numbers)."""
+        if self.generations is None or not any(p["recipe"] == self.generations_recipe and p["generations"] is None
+                                               for p in self.pinned):
+            return
+        self.pinned = [{**p, "generations": self.generations} if p["recipe"] == self.generations_recipe and
+                       p["generations"] is None else p for p in self.pinned]
 
     def unpin_all(self) -> None:
         self.pinned = []
