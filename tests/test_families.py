@@ -667,3 +667,62 @@ def test_lfm_compare_items_scienceqa_from_the_hub_cache(organism, tmp_path):
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
     assert f"needs the hub dataset {source.repo}" in missing.stderr and "hf download" in missing.stderr
     assert not (tmp_path / "none").exists()
+
+
+# ------------------------------------------------------------------------------------------ shared prefix
+
+SHARED_PREFIX_ROWS = [f.name for f in FAMILIES if f.supported and SPECS[f.name].processor is not None]
+
+
+@pytest.mark.parametrize("row", SHARED_PREFIX_ROWS)
+def test_a_batch_sharing_its_prompts_prefix_answers_as_each_prompt_alone(family_zoo, row):
+    """lfm.generate.greedy_answers runs the tokens a batch's prompts share before the image once
+    (``with_shared_prefix``); each answer equals the model's own greedy generate of that prompt alone, on every
+    family whose processor is buildable here (families whose positions depend on the images share nothing)."""
+    from transformers import AutoProcessor
+
+    from families_support import sample_image
+    from lfm.generate import (MIN_SHARED_PREFIX, greedy_answers, placeholder_ids, positions_follow_tokens,
+                              with_shared_prefix)
+
+    tuned_dir = family_zoo.tuned(row, SAVED)
+    try:
+        processor = AutoProcessor.from_pretrained(tuned_dir)
+    except (ImportError, ValueError) as e:  # processor_needs a package the lock does not hold
+        pytest.skip(f"{row}: processor not buildable here ({e})")
+    model = load(SPECS[row], tuned_dir)
+    prefix = " ".join(f"w{i}" for i in range(1, 13))
+    turns = [processor.apply_chat_template([{"role": "user", "content": [
+        {"type": "text", "text": prefix}, {"type": "image"}, {"type": "text", "text": " w5 w6 w7"[:3 * (i + 1)]}]}],
+        add_generation_prompt=True, tokenize=False) for i in range(3)]  # three lengths: the batch is left-padded
+    images = [[sample_image(SPECS[row].image_size, seed=i)] for i in range(3)]
+    processor.tokenizer.padding_side = "left"  # as greedy_answers pads
+    enc = dict(processor(text=turns, images=images, padding=True, return_tensors="pt"))
+    assert not bool(enc["attention_mask"].all())
+    with torch.no_grad():
+        cache = with_shared_prefix(model, enc).get("cache")
+    starts_with_image = int(enc["input_ids"][-1, 0]) in placeholder_ids(model.config)  # PaliGemma's prompts
+    assert (cache is not None) == (positions_follow_tokens(model) and not starts_with_image), row
+    if cache is not None:
+        assert cache.get_seq_length() >= MIN_SHARED_PREFIX and cache.layers[0].keys.shape[0] == 3
+    shared = greedy_answers(model, processor, turns, images, max_new_tokens=4, batch_size=3)
+    tok = processor.tokenizer
+    for i, (turn, image) in enumerate(zip(turns, images)):
+        one = processor(text=[turn], images=[image], return_tensors="pt")
+        with torch.no_grad():
+            gen = model.generate(**one, max_new_tokens=4, do_sample=False, num_beams=1,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        assert shared[i] == tok.decode(gen[0, one["input_ids"].shape[1]:], skip_special_tokens=True).strip(), (row, i)
+
+
+@pytest.mark.parametrize("row", ["Qwen2-VL", "Qwen2.5-VL"])
+def test_a_family_whose_positions_follow_its_images_shares_no_prefix(family_zoo, row):
+    """Qwen2-VL's rotary positions are computed from the whole prompt and its images (``get_rope_index``): a
+    cache of the text before the image cannot be continued, so greedy_answers runs such batches whole."""
+    from lfm.generate import positions_follow_tokens, with_shared_prefix
+
+    model = load(SPECS[row], family_zoo.tuned(row, SAVED))
+    ids = torch.arange(4, 24).repeat(2, 1)
+    assert not positions_follow_tokens(model)
+    enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    assert with_shared_prefix(model, enc) is enc

@@ -168,6 +168,45 @@ def test_cli_build_prints_the_pair_last_and_fails_in_one_line(tiny_gguf, smoke_p
     assert len(err) == 1 and "nope.gguf" in err[0]
 
 
+def _visual_answers(tuned: Path, suite_dir: Path, per_task: int | None, share_prefix: bool) -> list[str]:
+    from lfm.evaluate.harness import generate_answers
+    from lfm.evaluate.models import load_eval_model
+    from lfm.images import open_rgb
+    from lfm.realpair.study import stage_items
+
+    em = load_eval_model(tuned, processor_required=True)
+    recs = stage_items(suite_dir, per_task)
+    return generate_answers(em.model, em.processor, [r["prompt"] for r in recs],
+                            [[open_rgb(r["image"])] for r in recs], max_new_tokens=8, share_prefix=share_prefix)
+
+
+def test_shared_prefix_leaves_every_visual_answer_of_the_smoke_pair_unchanged(smoke_pair):
+    """The speed-up of the visual tasks (the chat prompt's system turn run once per batch,
+    lfm.generate.with_shared_prefix) changes no answer: every visual item of the smoke suite, item by item."""
+    from transformers import AutoProcessor
+
+    from lfm.evaluate.harness import _render
+    from lfm.generate import MIN_SHARED_PREFIX, shared_prefix_length
+    from lfm.images import open_rgb
+    from lfm.realpair.study import stage_items
+
+    root, built = smoke_pair
+    processor, recs = AutoProcessor.from_pretrained(built["tuned"]), stage_items(root / "suite", 2)[:2]
+    enc = processor(text=[_render(processor, r["prompt"], 1) for r in recs], images=[[open_rgb(r["image"])] for r in recs],
+                    padding=True, return_tensors="pt")
+    assert shared_prefix_length(enc["input_ids"], enc["attention_mask"], {processor.image_token_id}) >= MIN_SHARED_PREFIX
+    plain = _visual_answers(built["tuned"], root / "suite", None, share_prefix=False)
+    assert len(plain) >= 8 and plain == _visual_answers(built["tuned"], root / "suite", None, share_prefix=True)
+
+
+@pytest.mark.skipif(not (FULL_TUNED / "lfm_realpair_stage.json").exists(),
+                    reason="the full real pair is not built (make realpair)")
+def test_shared_prefix_leaves_the_full_pairs_visual_answers_unchanged():
+    """The same on the built SmolLM2 pair, 50 items of each visual task."""
+    suite = DEFAULT_ROOT / "suite"
+    assert _visual_answers(FULL_TUNED, suite, 50, False) == _visual_answers(FULL_TUNED, suite, 50, True)
+
+
 @pytest.mark.slow
 def test_study_on_the_smoke_pair(smoke_pair, tmp_path):
     """The study end to end through run_sweep and compare_stages. Cross-check of two independent paths:
@@ -578,8 +617,21 @@ def test_recipe_sweep_builds_checks_and_resumes(tiny_gguf, smoke_pair, tmp_path)
 def test_shared_context_scoring_changes_no_answer(smoke_pair, tmp_path, monkeypatch):
     """The sped-up language path (SharedContextHFLM: each multiple-choice context run once) against stock
     HFLM, through lm-eval, on the smoke pair's base and tuned models and 60 items per language task: every
-    item's log-likelihoods agree to float rounding, so every chosen answer, greedy flag and score is the same."""
+    item's log-likelihoods agree to float rounding, so every chosen answer, greedy flag and score is the same;
+    the generation task's answers, whose batches run their shared chat prefix once, are the same text."""
     from transformers import AutoTokenizer
+
+    import lfm.generate
+
+    shared_batches = []
+    real = lfm.generate.with_shared_prefix
+
+    def spy(model, enc):
+        out = real(model, enc)
+        shared_batches.append("cache" in out)
+        return out
+
+    monkeypatch.setattr(lfm.generate, "with_shared_prefix", spy)
 
     from lfm.evaluate import harness
     from lfm.evaluate.models import load_eval_model
@@ -604,6 +656,7 @@ def test_shared_context_scoring_changes_no_answer(smoke_pair, tmp_path, monkeypa
                 assert (a["doc_id"], a["generated"], a["score"]) == (b["doc_id"], b["generated"], b["score"])
                 compared += 1
     assert compared == 2 * 3 * 60
+    assert shared_batches and all(shared_batches)  # every generation batch ran its prefix once
     # the log-likelihoods themselves, request by request (multi-token continuations of several lengths)
     from lm_eval.api.instance import Instance
 

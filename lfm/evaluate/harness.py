@@ -206,7 +206,8 @@ def _plain(d: dict) -> dict:
 # --------------------------------------------------------------------------------------- vision (lmms-eval)
 
 def generate_answers(model, processor, prompts: list[str], images: list[list], *, max_new_tokens: int = 16,
-                     batch_size: int = 16, until: list[str] | None = None, progress: bool = False) -> list[str]:
+                     batch_size: int = 16, until: list[str] | None = None, progress: bool = False,
+                     share_prefix: bool = True) -> list[str]:
     """Greedy answers of an LLaVA-style model to (images, text) user turns, as llava_hf builds them.
 
     Args:
@@ -217,7 +218,7 @@ def generate_answers(model, processor, prompts: list[str], images: list[list], *
     """
     chats = [_render(processor, p, len(ims)) for p, ims in zip(prompts, images)]
     return greedy_answers(model, processor, chats, images, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                          until=until, progress=progress)
+                          until=until, progress=progress, share_prefix=share_prefix)
 
 
 def _render(processor, text: str, n_images: int) -> str:

@@ -11,7 +11,11 @@ of items:
        padding), each row reading its item's context (the cache rows repeated by item),
     3. takes the log-softmax only where a continuation token is predicted.
 
-Everything else (a context with one continuation, loglikelihood_rolling windows, sequences longer than the
+Generation (``generate_until``) runs the prefix its batch's prompts share (a chat template's system turn) once
+(``_model_generate``, ``lfm.generate.with_shared_prefix``).
+
+Everything else (a context with one continuation, continuations longer than their context such as
+loglikelihood_rolling windows, sequences longer than the
 model's window, a seq2seq model) goes to stock HFLM unchanged. Results are (sum of the continuation's token
 log-probabilities, whether each token is the greedy one), in request order, as HFLM returns them; they equal
 HFLM's to float rounding (tests/test_realpair.py compares every item on the real pair's smoke build).
@@ -66,9 +70,26 @@ class _SharedContext:
                         self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
         return res
 
+    def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+        """HFLM's generation, with the prefix its batch's prompts share run once (``lfm.generate.with_shared_prefix``:
+        the rows' shared prefix first, their padding after it, a cache of it repeated per row)."""
+        from lfm.generate import with_shared_prefix
+
+        if self.backend != "causal" or generation_kwargs.get("attention_mask") is None:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        with torch.inference_mode():
+            enc = with_shared_prefix(self.model, {"input_ids": context,
+                                                  "attention_mask": generation_kwargs["attention_mask"]})
+        extra = {"cache": enc["cache"]} if "cache" in enc else {}
+        return super()._model_generate(enc["input_ids"], max_length, stop,
+                                       **{**generation_kwargs, "attention_mask": enc["attention_mask"], **extra})
+
     def _fits(self, context: tuple[int, ...], continuations: list[list[int]]) -> bool:
-        return (self.backend == "causal" and len(context) > 0 and all(len(c) > 0 for c in continuations)
-                and len(context) + max(len(c) for c in continuations) <= self.max_length + 1)
+        """Shared when it pays: the context is most of each sequence (a multiple-choice question, not the first
+        token of a rolling perplexity window, whose long continuation stock HFLM runs under a plain causal mask)."""
+        longest = max(len(c) for c in continuations)
+        return (self.backend == "causal" and len(context) >= longest > 0 and all(len(c) > 0 for c in continuations)
+                and len(context) + longest <= self.max_length + 1)
 
     @torch.inference_mode()
     def _score_shared(self, contexts: list[list[int]], continuations: list[list[list[int]]]) -> list[list[tuple]]:
