@@ -91,7 +91,7 @@ REALPAIR_ARGS = --preset $(REALPAIR_PRESET) --seed $(REALPAIR_SEED) $(if $(REALP
 realpair: install
 	$(VENV)/bin/lfm realpair build $(REALPAIR_ARGS)
 
-# the paper's study on it -> lfm/data/realpair/results.{json,md} (resumable; 50 min of 2 quiet cores at 200 items per
+# the paper's study on it -> lfm/data/realpair/results.{json,md} (resumable; 39 min of 2 quiet cores at 200 items per
 # task). A pair whose regime checks fail is studied too ('-': the build's FAIL lines are printed, and the report
 # carries them): the study says what such a pair does
 realpair-study: install
