@@ -62,6 +62,20 @@ def test_a_slider_value_with_float_noise_evaluates_once(organism):
     assert s.session._latest == requests + 1  # one evaluation requested, not one per write of the value
 
 
+def test_a_slider_is_never_sent_back_the_rounding_of_what_it_sent(organism):
+    """The K slider's value from the browser (with float noise) sets the state, which rounds it; the slider is
+    not written the rounded number (a write in flight while the user pressed on stepped the slider back one:
+    a lost key press, the slider out of step with the recipe evaluated). A link or the tour still moves it."""
+    s, app = _organism_page(organism, per_task=2)
+    slider, writes = app.controls.density, []
+    slider.param.watch(lambda e: writes.append(e.new), "value")
+    slider.value = 0.23000000000000004  # as the browser sends it after 0.22 + 0.01
+    assert s.density == 0.23 and s.recipe == Recipe(density=0.23)
+    assert writes == [0.23000000000000004]  # only the browser's own value: nothing written back to it
+    s.density = 0.5  # a link, the tour, a reset: the slider follows
+    assert slider.value == 0.5 and writes[-1] == 0.5
+
+
 def test_a_pin_made_before_its_answers_arrive_gets_them_when_they_do(organism):
     """The stage answers follow the numbers (and the neuron views, ``VIEWS_AFTER_NUMBERS_S``): a pin made in between
     holds none at first, and the compare table would say it has no per-item answers; it gets them on arrival. A

@@ -30,7 +30,7 @@ from lfm.methods.registry import METHODS, SETTINGS, widgets_of
 from lfm.spreadsheet import csv_text
 
 from . import analysis, compute, figures, story
-from .state import ExplorerState
+from .state import ExplorerState, _rounded
 
 PLOT_HEIGHT = 380
 HALF = {"flex": "1 1 430px", "min-width": "430px"}  # one of two panels side by side; below 860 px they stack
@@ -297,7 +297,7 @@ class Controls(View):
         spec, parameter = SETTINGS[name].widget, self.state.param[name]
         help_text = story.GLOSSARY[SETTING_WORD[name]] if name in SETTING_WORD else SETTINGS[name].help
         if spec.bounds is not None:  # a slider has no help icon of its own in Panel 1.9: one beside it
-            slider = pn.widgets.FloatSlider.from_param(parameter, label=spec.label, sizing_mode="stretch_width")
+            slider = self._slider(name, spec)
             return (pn.Row(slider, pn.widgets.TooltipIcon(value=help_text, margin=(24, 0, 0, 0)),
                            sizing_mode="stretch_width"), slider)
         if spec.buttons:
@@ -305,6 +305,24 @@ class Controls(View):
                            pn.widgets.TooltipIcon(value=help_text, margin=(0, 0, -12, 0))),
                     pn.widgets.RadioButtonGroup.from_param(parameter, label=spec.label))
         return (pn.widgets.Select.from_param(parameter, label=spec.label, description=help_text),)
+
+    def _slider(self, name: str, spec) -> pn.widgets.FloatSlider:
+        """A setting's slider, bound both ways by hand: the browser's value (on release, or per key press) sets
+        the state, which rounds off its float noise (0.23000000000000004 -> 0.23, ``_round_sliders``); the state
+        moves the slider only when it holds another number (a link, the tour), never to write that rounding back:
+        a write-back in flight while the user pressed on would step the slider back one, out of step with the
+        recipe the page evaluates (a lost key press in a burst)."""
+        state = self.state
+        slider = pn.widgets.FloatSlider(name=spec.label, start=spec.bounds[0], end=spec.bounds[1], step=spec.step,
+                                        value=getattr(state, name), sizing_mode="stretch_width")
+        slider.param.watch(lambda event: setattr(state, name, event.new), "value")  # throttled: on release
+
+        def follow(event):
+            if _rounded(slider.value) != event.new:
+                slider.value = event.new
+
+        state.param.watch(follow, name)
+        return slider
 
     def _visibility(self, *events):
         """The widgets of the settings the current method (and its suppressor) reads (``widgets_of``)."""
