@@ -58,7 +58,6 @@ def greedy_answers(model, processor, texts: list[str], images: list[list] | None
     return out
 
 
-
 MIN_SHARED_PREFIX = 8  # tokens: below this the extra forward costs more than it saves
 PER_TOKEN = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")  # [B, T] inputs, one per token
 
