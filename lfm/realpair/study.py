@@ -32,6 +32,7 @@ LANGUAGE_LABELS = ("capitals_mc", "capitals_qa", "wordnet_mc")  # the suite's ta
 VISUAL_LABELS = ("digits", "colour", "shape", "count")
 BOOTSTRAP_SEED = 0
 CORE = 3  # the first CORE recipes (average, Neu-S-TIES, TIES) run before anything else
+PAIRED_AGAINST = ("TaskA a=0.5", "tuned MLLM")  # plain averaging and the tuned model: merges are paired with them
 
 
 def study_recipes() -> list[tuple[str, Recipe]]:
@@ -202,7 +203,7 @@ def _across_seeds(per_seed: list[dict], points: list[str]) -> list[dict]:
         r = first[point]
         if r["kind"] != "point" or r.get("group") != "paper" or not _restores_neurons(r.get("method")):
             continue
-        for vs in ("TaskA a=0.5", "tuned MLLM"):
+        for vs in PAIRED_AGAINST:
             if by_label.get(vs) in points:
                 out.append({"label": _display_label(r), "vs": vs,
                             "per_seed": [paired(rows[point], rows[by_label[vs]]) for rows in per_seed]})
@@ -284,7 +285,7 @@ def paired_table(rows: list[dict]) -> list[dict]:
     """Every merge against the plain average (TaskA a=0.5) and the tuned MLLM: [{"label", "vs", **paired}]."""
     by = {_display_label(r): r for r in rows}
     out = []
-    for vs in ("TaskA a=0.5", "tuned MLLM"):
+    for vs in PAIRED_AGAINST:
         if vs not in by:
             continue
         for r in rows:
