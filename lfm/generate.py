@@ -24,7 +24,8 @@ def greedy_answers(model, processor, texts: list[str], images: list[list] | None
         images: per text, a list of PIL images (LLaVA); None for a text-only model or text-only prompts.
         until: stop strings; each answer is cut at the first one it contains.
         share_prefix: run the tokens every prompt of a batch starts with once (``with_shared_prefix``); the
-            answers are those of the plain batch (tests/test_generate.py compares them item by item).
+            answers are those of the plain batch (tests/test_families.py and tests/test_realpair.py compare them
+            item by item).
     Returns:
         one stripped answer per text.
     Example:
